@@ -1,0 +1,58 @@
+"""Sans-I/O core of the Responses API WebSocket protocol: events, codec, turn assembly.
+
+Nothing here does I/O, reads a clock or configures logging; ``orchestrator.connection`` and
+``orchestrator.server`` are the glue that does.
+"""
+
+from .codec import (
+    decode_client_event as decode_client_event,
+)
+from .codec import (
+    decode_item as decode_item,
+)
+from .codec import (
+    decode_items as decode_items,
+)
+from .codec import (
+    decode_server_event as decode_server_event,
+)
+from .codec import (
+    encode as encode,
+)
+from .codec import (
+    encode_text as encode_text,
+)
+from .events import *  # noqa: F403 - events.__all__ is the wire vocabulary
+from .events import __all__ as _events_all
+from .lifecycle import ConnectionLifecycle as ConnectionLifecycle
+from .turn import (
+    RequestError as RequestError,
+)
+from .turn import (
+    Response as Response,
+)
+from .turn import (
+    TurnAssembler as TurnAssembler,
+)
+from .turn import (
+    TurnState as TurnState,
+)
+from .turn import (
+    assemble as assemble,
+)
+
+__all__ = [
+    *_events_all,
+    "ConnectionLifecycle",
+    "RequestError",
+    "Response",
+    "TurnAssembler",
+    "TurnState",
+    "assemble",
+    "decode_client_event",
+    "decode_item",
+    "decode_items",
+    "decode_server_event",
+    "encode",
+    "encode_text",
+]

@@ -1,0 +1,239 @@
+"""Encoding and decoding of wire messages. Decoders are built once, here.
+
+The contract (spec 5.1, RELIABILITY T8/T9):
+
+* ``decode_server_event`` / ``decode_client_event`` return a typed event, or an
+  :class:`UnknownEvent` for a well-formed object whose ``type`` is not known. Everything else
+  (bad JSON, bad UTF-8, nesting deep enough to make msgspec raise ``RecursionError``, a known
+  type with wrong field types, a non-object) raises :class:`RemoteProtocolError` and nothing
+  else.
+* The fast path is a single typed msgspec decode of the tagged union. Only frames that fail it
+  are decoded a second time, generically, to tell "unknown type" from "malformed".
+* ``encode`` never emits an ``UNSET`` field, so exactly what the caller set is sent.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+from msgspec import Raw
+
+from orchestrator.errors import RemoteProtocolError
+
+from .events import (
+    ITEM_TYPES,
+    SERVER_EVENT_TYPES,
+    ClientEvent,
+    ClientEventUnion,
+    KnownItem,
+    ResponseCreate,
+    ResponseSteer,
+    ServerEvent,
+    ServerEventUnion,
+    UnknownEvent,
+    UnknownItem,
+)
+
+if TYPE_CHECKING:
+    from .events import Item
+
+__all__ = [
+    "DECODE_ERRORS",
+    "decode_client_event",
+    "decode_item",
+    "decode_items",
+    "decode_server_event",
+    "encode",
+    "encode_text",
+    "item_from_object",
+    "raw",
+]
+
+# Everything msgspec or the UTF-8 codec can raise on hostile input. msgspec raises
+# RecursionError itself on deep nesting, UnicodeDecodeError on invalid UTF-8 bytes and
+# UnicodeEncodeError on a str holding lone surrogates.
+DECODE_ERRORS: Final = (msgspec.MsgspecError, RecursionError, UnicodeError, ValueError)
+
+
+def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, UnknownItem | UnknownEvent):
+        return obj.data
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+_encoder: Final = msgspec.json.Encoder(enc_hook=_enc_hook)
+_server_decoder: Final = msgspec.json.Decoder(ServerEventUnion)
+_client_decoder: Final = msgspec.json.Decoder(ClientEventUnion)
+_any_decoder: Final = msgspec.json.Decoder()
+_item_decoder: Final = msgspec.json.Decoder(KnownItem)
+_items_decoder: Final = msgspec.json.Decoder(list[KnownItem])
+
+_CLIENT_TYPES: Final[dict[str, type[ClientEvent]]] = {
+    "response.create": ResponseCreate,
+    "response.steer": ResponseSteer,
+}
+
+
+def encode(obj: Any) -> bytes:
+    """Encode an event, item or any Struct to compact JSON bytes."""
+    return _encoder.encode(obj)
+
+
+def encode_text(obj: Any) -> str:
+    """Encode for a WebSocket text frame (every message of the protocol is one)."""
+    return _encoder.encode(obj).decode()
+
+
+def _generic(data: str | bytes | Raw) -> Any:
+    try:
+        return _any_decoder.decode(data)
+    except DECODE_ERRORS as exc:
+        raise RemoteProtocolError(f"malformed JSON frame: {_describe(exc)}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nesting too deep"
+    if isinstance(exc, UnicodeError):
+        return "invalid UTF-8"
+    return str(exc) or type(exc).__name__
+
+
+def _type_of(obj: Any) -> str:
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError(f"expected a JSON object, got {type(obj).__name__}")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise RemoteProtocolError("event has no string 'type' field")
+    return kind
+
+
+def decode_server_event(data: str | bytes) -> ServerEvent | UnknownEvent:
+    """Decode one server message.
+
+    Raises:
+        RemoteProtocolError: the frame is not a well-formed event.
+    """
+    try:
+        event: ServerEvent = _server_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        error: BaseException = exc
+    except DECODE_ERRORS as exc:
+        raise RemoteProtocolError(f"malformed server event: {_describe(exc)}") from exc
+    else:
+        return event
+    obj = _generic(data)
+    kind = _type_of(obj)
+    if kind not in SERVER_EVENT_TYPES:
+        return UnknownEvent(kind, obj)
+    raise RemoteProtocolError(f"invalid {kind!r} event: {_describe(error)}") from error
+
+
+def decode_client_event(data: str | bytes) -> ClientEvent | UnknownEvent:
+    """Decode one client message (used by the embedded server).
+
+    Accepts the short message form without ``type`` and unknown item types in ``input``
+    (spec 4.2), which the typed fast path cannot.
+
+    Raises:
+        RemoteProtocolError: the frame is not a well-formed client event; the message carries
+            msgspec's description, including the JSON path (``$.input[0].role``).
+    """
+    try:
+        decoded: ClientEvent = _client_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        error: BaseException = exc
+    except DECODE_ERRORS as exc:
+        raise RemoteProtocolError(f"malformed client event: {_describe(exc)}") from exc
+    else:
+        return decoded
+    obj = _generic(data)
+    kind = _type_of(obj)
+    cls = _CLIENT_TYPES.get(kind)
+    if cls is None:
+        return UnknownEvent(kind, obj)
+    items = obj.get("input")
+    if not isinstance(items, list):
+        raise RemoteProtocolError(f"invalid {kind!r} event: {_describe(error)}") from error
+    # Slow path: normalise short-form messages, set aside unknown item types, convert the rest.
+    unknown: dict[int, UnknownItem] = {}
+    fixed: list[Any] = []
+    for index, item in enumerate(items):
+        if isinstance(item, dict):
+            item_type = item.get("type")
+            if item_type is None and "role" in item:
+                item = {**item, "type": "message"}
+            elif isinstance(item_type, str) and item_type not in ITEM_TYPES:
+                unknown[index] = UnknownItem(item)
+                item = {"type": "item_reference", "id": ""}
+        fixed.append(item)
+    try:
+        event = msgspec.convert({**obj, "input": fixed}, cls)
+    except DECODE_ERRORS as exc:
+        raise RemoteProtocolError(f"invalid {kind!r} event: {_describe(exc)}") from exc
+    if unknown and isinstance(event, ResponseCreate | ResponseSteer):
+        assert isinstance(event.input, list)
+        restored = [unknown.get(i, item) for i, item in enumerate(event.input)]
+        event = msgspec.structs.replace(event, input=restored)
+    return event
+
+
+def item_from_object(obj: Any) -> Item:
+    """Turn one generically decoded JSON value into a typed item (or :class:`UnknownItem`).
+
+    Raises:
+        RemoteProtocolError: ``obj`` is not an item object.
+    """
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError(f"expected an item object, got {type(obj).__name__}")
+    item_type = obj.get("type")
+    if item_type is None and "role" in obj:
+        obj = {**obj, "type": "message"}
+    elif not isinstance(item_type, str):
+        raise RemoteProtocolError("item has no string 'type' field")
+    elif item_type not in ITEM_TYPES:
+        return UnknownItem(obj)
+    try:
+        item: Item = msgspec.convert(obj, KnownItem)
+    except DECODE_ERRORS as exc:
+        raise RemoteProtocolError(f"invalid {item_type!r} item: {_describe(exc)}") from exc
+    return item
+
+
+def decode_item(raw: Raw | bytes | str) -> Item:
+    """Decode one item kept raw by an event (``output_item.added``/``.done``).
+
+    Raises:
+        RemoteProtocolError: the JSON is not an item.
+    """
+    try:
+        known: Item = _item_decoder.decode(raw)
+    except DECODE_ERRORS:
+        pass
+    else:
+        return known
+    return item_from_object(_generic(raw))
+
+
+def decode_items(raw: Raw | bytes | str) -> list[Item]:
+    """Decode a list of items kept raw by a response object (``response.output``).
+
+    Raises:
+        RemoteProtocolError: the JSON is not a list of items.
+    """
+    try:
+        return list(_items_decoder.decode(raw))
+    except DECODE_ERRORS:
+        pass
+    obj = _generic(raw)
+    if obj is None:
+        return []
+    if not isinstance(obj, list):
+        raise RemoteProtocolError(f"expected a list of items, got {type(obj).__name__}")
+    return [item_from_object(entry) for entry in obj]
+
+
+def raw(obj: Any) -> Raw:
+    """Pre-encode ``obj`` as a :class:`msgspec.Raw` (for the raw ``item``/``output`` fields)."""
+    return Raw(_encoder.encode(obj))
