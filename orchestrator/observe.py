@@ -1,0 +1,268 @@
+"""Observable runtime events and the bus that carries them.
+
+Every layer reports what it does (a socket opened, a rotation, an actor restart, a routed
+message, a turn) as a small frozen msgspec Struct tagged by ``kind``. The CLI's live view,
+the JSONL trace writer and user code consume the same stream.
+
+Emitting never blocks and never fails the emitter: listeners are called synchronously and a
+listener that raises is removed (and counted); subscribers get bounded channels and a slow
+subscriber loses events (counted in ``EventBus.dropped``) rather than stalling the runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import attrs
+import msgspec
+import trio
+
+__all__ = [
+    "ActorEscalated",
+    "ActorFailed",
+    "ActorRestarted",
+    "ActorStarted",
+    "ActorStopped",
+    "ConnectionClosed",
+    "ConnectionFailed",
+    "ConnectionOpened",
+    "ConnectionReconnecting",
+    "ConnectionRotated",
+    "DeadLetter",
+    "EventBus",
+    "MessageRouted",
+    "RuntimeEvent",
+    "ToolFinished",
+    "ToolStarted",
+    "TranscriptReplayed",
+    "TurnFinished",
+    "TurnRetried",
+    "TurnStarted",
+    "WarmupFinished",
+    "event_encoder",
+]
+
+
+class RuntimeEvent(msgspec.Struct, tag_field="kind", frozen=True, kw_only=True):
+    """Base of every observable event. ``time`` is trio's clock, in seconds."""
+
+    time: float
+
+
+# -- connection layer ------------------------------------------------------------------------
+
+
+class ConnectionOpened(RuntimeEvent, tag="connection.opened", frozen=True, kw_only=True):
+    agent: str
+    connection: int
+    url: str
+    reason: str
+    duration: float
+
+
+class ConnectionClosed(RuntimeEvent, tag="connection.closed", frozen=True, kw_only=True):
+    agent: str
+    connection: int
+    reason: str
+    age: float
+
+
+class ConnectionRotated(RuntimeEvent, tag="connection.rotated", frozen=True, kw_only=True):
+    """A planned make-before-break rotation finished: ``new`` is warm and in use."""
+
+    agent: str
+    old: int
+    new: int
+    age: float
+    duration: float
+
+
+class WarmupFinished(RuntimeEvent, tag="connection.warmed_up", frozen=True, kw_only=True):
+    agent: str
+    connection: int
+    response_id: str
+    items: int
+    duration: float
+
+
+class ConnectionReconnecting(
+    RuntimeEvent, tag="connection.reconnecting", frozen=True, kw_only=True
+):
+    agent: str
+    attempt: int
+    delay: float
+    reason: str
+    code: int | None = None
+
+
+class ConnectionFailed(RuntimeEvent, tag="connection.failed", frozen=True, kw_only=True):
+    agent: str
+    reason: str
+    attempts: int
+
+
+class TranscriptReplayed(RuntimeEvent, tag="connection.replayed", frozen=True, kw_only=True):
+    """The conversation was re-sent in full because the server lost it."""
+
+    agent: str
+    reason: str
+    items: int
+
+
+# -- turns -------------------------------------------------------------------------------------
+
+
+class TurnStarted(RuntimeEvent, tag="turn.started", frozen=True, kw_only=True):
+    agent: str
+    turn: int
+    connection: int
+    new_items: int
+
+
+class TurnRetried(RuntimeEvent, tag="turn.retried", frozen=True, kw_only=True):
+    agent: str
+    turn: int
+    attempt: int
+    reason: str
+
+
+class TurnFinished(RuntimeEvent, tag="turn.finished", frozen=True, kw_only=True):
+    agent: str
+    turn: int
+    status: str
+    response_id: str | None
+    duration: float
+    input_tokens: int = 0
+    output_tokens: int = 0
+    function_calls: int = 0
+
+
+# -- actors and routing ------------------------------------------------------------------------
+
+
+class ActorStarted(RuntimeEvent, tag="actor.started", frozen=True, kw_only=True):
+    actor: str
+    supervisor: str | None = None
+
+
+class ActorStopped(RuntimeEvent, tag="actor.stopped", frozen=True, kw_only=True):
+    actor: str
+    reason: str
+
+
+class ActorFailed(RuntimeEvent, tag="actor.failed", frozen=True, kw_only=True):
+    actor: str
+    error: str
+
+
+class ActorRestarted(RuntimeEvent, tag="actor.restarted", frozen=True, kw_only=True):
+    actor: str
+    restarts: int
+    delay: float
+    reason: str
+
+
+class ActorEscalated(RuntimeEvent, tag="actor.escalated", frozen=True, kw_only=True):
+    """A supervisor exceeded its restart intensity and gave up."""
+
+    supervisor: str
+    child: str
+    restarts: int
+    window: float
+    reason: str
+
+
+class MessageRouted(RuntimeEvent, tag="message.routed", frozen=True, kw_only=True):
+    message_id: int
+    sender: str
+    recipient: str
+    kind: str
+    summary: str = ""
+
+
+class DeadLetter(RuntimeEvent, tag="message.dead_letter", frozen=True, kw_only=True):
+    message_id: int
+    sender: str
+    recipient: str
+    reason: str
+
+
+# -- tools -------------------------------------------------------------------------------------
+
+
+class ToolStarted(RuntimeEvent, tag="tool.started", frozen=True, kw_only=True):
+    agent: str
+    tool: str
+    call_id: str
+
+
+class ToolFinished(RuntimeEvent, tag="tool.finished", frozen=True, kw_only=True):
+    agent: str
+    tool: str
+    call_id: str
+    ok: bool
+    duration: float
+    error: str | None = None
+
+
+# -- the bus -----------------------------------------------------------------------------------
+
+Listener = Callable[[RuntimeEvent], Any]
+
+event_encoder: Final = msgspec.json.Encoder()
+
+
+@attrs.define(eq=False)
+class EventBus:
+    """Fan-out of runtime events to synchronous listeners and bounded async subscribers."""
+
+    _listeners: list[Listener] = attrs.field(factory=list)
+    _channels: list[trio.MemorySendChannel[RuntimeEvent]] = attrs.field(factory=list)
+    dropped: int = 0
+    listener_errors: int = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether anybody listens; emitters may skip building events when not."""
+        return bool(self._listeners or self._channels)
+
+    def emit(self, event: RuntimeEvent) -> None:
+        """Deliver ``event`` to every listener and subscriber without blocking."""
+        for listener in tuple(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                # A broken observer must never break the runtime it observes.
+                self.listener_errors += 1
+                self.remove_listener(listener)
+        for channel in tuple(self._channels):
+            try:
+                channel.send_nowait(event)
+            except trio.WouldBlock:
+                self.dropped += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._channels.remove(channel)
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    @asynccontextmanager
+    async def subscribe(
+        self, max_buffer: int = 1024
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[RuntimeEvent]]:
+        """Receive events on a bounded channel for the duration of the ``async with``."""
+        send, receive = trio.open_memory_channel[RuntimeEvent](max_buffer)
+        self._channels.append(send)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            if send in self._channels:
+                self._channels.remove(send)
+            send.close()
