@@ -7,10 +7,13 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-# The whole suite runs with a canary key in the environment: any test that finds it in an
-# artefact (log, trace, error text) proves a leak (RELIABILITY G13).
+# Tests never talk to the real service: a key inherited from the developer's shell would
+# switch runs from the embedded server to the network.
+os.environ.pop("OPENAI_API_KEY", None)
+
+# A canary key that tests use as the credential and then look for in every artefact (logs,
+# traces, errors): finding it anywhere proves a leak (RELIABILITY G13).
 CANARY_KEY = "sk-canary-" + os.urandom(12).hex()
-os.environ["OPENAI_API_KEY"] = CANARY_KEY
 
 settings.register_profile(
     "ci",
