@@ -6,20 +6,10 @@ Nothing here does I/O, reads a clock or configures logging; ``orchestrator.conne
 
 from .codec import (
     decode_client_event as decode_client_event,
-)
-from .codec import (
     decode_item as decode_item,
-)
-from .codec import (
     decode_items as decode_items,
-)
-from .codec import (
     decode_server_event as decode_server_event,
-)
-from .codec import (
     encode as encode,
-)
-from .codec import (
     encode_text as encode_text,
 )
 from .events import *  # noqa: F403 - events.__all__ is the wire vocabulary
@@ -27,17 +17,9 @@ from .events import __all__ as _events_all
 from .lifecycle import ConnectionLifecycle as ConnectionLifecycle
 from .turn import (
     RequestError as RequestError,
-)
-from .turn import (
     Response as Response,
-)
-from .turn import (
     TurnAssembler as TurnAssembler,
-)
-from .turn import (
     TurnState as TurnState,
-)
-from .turn import (
     assemble as assemble,
 )
 

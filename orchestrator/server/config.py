@@ -1,0 +1,191 @@
+"""Settings of the embedded server: limits, latency model, fault injection."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from orchestrator.errors import ConfigurationError
+
+__all__ = ["Fault", "FaultKind", "LatencyModel", "ServerConfig"]
+
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+HARD_MAX_MESSAGE_SIZE = 1024 * 1024 * 1024
+
+FaultKind = Literal[
+    "close",  # close with `code` after `after_events` events
+    "abort",  # drop the TCP connection without a close frame (the client sees 1006)
+    "stall",  # stop sending (TCP and pings stay alive) for `duration` seconds, None = forever
+    "blackhole",  # stop reading and writing the socket: pings go unanswered (half-open peer)
+    "error",  # send an `error` event with `error_code`/`status`, ending the request
+    "fail",  # end the response with `response.failed` carrying `error_code`
+    "drop_cache",  # forget this connection's cached responses
+    "expire",  # reach the connection age limit now
+    "send_raw",  # send `payload` as a text frame (garbage, unknown events...)
+    "oversize",  # send an unknown event padded to `size` bytes
+    "reject",  # refuse the WebSocket handshake with HTTP `status`
+    "delay_handshake",  # wait `duration` seconds before answering the handshake
+]
+
+_HANDSHAKE_FAULTS = frozenset({"reject", "delay_handshake"})
+# 1006 and 1015 are reserved for "no close frame" / "TLS failure" (RFC 6455 7.4.1). 1005 is
+# sendable: it goes out as a close frame without a code, which the peer reports as 1005.
+_UNSENDABLE_CLOSE_CODES = frozenset({1006, 1015})
+
+
+@attrs.frozen
+class Fault:
+    """One injected fault (the "nemesis" of RELIABILITY 2.1).
+
+    Matching: ``connection`` is the 1-based index of the connection in the server's life
+    (``None``: any connection); ``response`` is the 1-based index of the response on that
+    connection, warm-ups included (``None``: the next one). The fault fires once
+    ``after_events`` events of that response have been sent (for handshake faults, at the
+    handshake), and at most ``times`` times in all.
+    """
+
+    kind: FaultKind
+    after_events: int = 0
+    connection: int | None = None
+    response: int | None = None
+    code: int = 1011
+    status: int = 500
+    error_code: str = "server_error"
+    message: str | None = None
+    duration: float | None = None
+    payload: str = ""
+    size: int = 0
+    retry_after: float | None = None
+    times: int = 1
+
+    def __attrs_post_init__(self) -> None:
+        if self.after_events < 0:
+            raise ConfigurationError(f"fault after_events must be >= 0, got {self.after_events}")
+        if self.times < 1:
+            raise ConfigurationError(f"fault times must be >= 1, got {self.times}")
+        if self.kind == "close" and (
+            not 1000 <= self.code <= 4999 or self.code in _UNSENDABLE_CLOSE_CODES
+        ):
+            raise ConfigurationError(
+                f"close code {self.code} cannot be sent in a close frame; use kind='abort' "
+                "for an abnormal closure (1006)"
+            )
+
+    @property
+    def at_handshake(self) -> bool:
+        return self.kind in _HANDSHAKE_FAULTS
+
+
+@attrs.frozen
+class LatencyModel:
+    """How long the local model "thinks", so benchmarks show a real server's cost structure.
+
+    Args:
+        time_to_first_token: seconds between ``response.in_progress`` and the first output.
+        tokens_per_second: pace of output deltas; ``None`` sends them as fast as possible.
+        seconds_per_input_token: processing cost of every input token *not* served from the
+            connection cache (what a warm-up or a cache hit saves).
+    """
+
+    time_to_first_token: float = 0.0
+    tokens_per_second: float | None = None
+    seconds_per_input_token: float = 0.0
+
+    def __attrs_post_init__(self) -> None:
+        if self.time_to_first_token < 0 or self.seconds_per_input_token < 0:
+            raise ConfigurationError("latency model values must be >= 0")
+        if self.tokens_per_second is not None and self.tokens_per_second <= 0:
+            raise ConfigurationError("tokens_per_second must be > 0 (or None for no pacing)")
+
+    @property
+    def is_zero(self) -> bool:
+        return (
+            self.time_to_first_token == 0
+            and self.tokens_per_second is None
+            and self.seconds_per_input_token == 0
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@attrs.frozen
+class ServerConfig:
+    """Everything the embedded server can be told.
+
+    Args:
+        host: interface to bind; anything but loopback requires an explicit ``token``.
+        port: TCP port, 0 for any free one.
+        token: the bearer token clients must present; ``None`` generates a random one.
+        model: the local policy for every model name (``generic``, ``echo``, ``scripted``);
+            ``None`` picks by model name (names containing ``echo`` or ``scripted`` choose
+            those policies, anything else is ``generic``).
+        script: the scripted policy's turns: a path to a JSON/YAML file or the decoded data.
+        max_connection_age: seconds before ``websocket_connection_limit_reached`` (spec 3.1).
+        expiry_close_code: close code sent after the expiry error; ``None`` leaves it open.
+        max_message_size: incoming message limit, enforced with close 1009.
+        max_active_responses: responses running at once per connection (spec 8).
+        max_named_lanes: distinct ``stream_id`` values per connection (spec 8).
+        strict_single_flight: answer a create on a busy lane with 409 instead of queueing.
+        require_tool_outputs: refuse a continuation that leaves function calls unanswered.
+        latency: the latency model; zero by default.
+        faults: faults applied by connection/response index (see :class:`Fault`).
+        seed: makes ids deterministic; ``None`` draws them at random.
+        allowed_origins: browser ``Origin`` values accepted; any other Origin gets 403.
+        store_capacity: responses kept by the process-wide ``store: true`` store.
+        record_messages: keep every decoded client message for test assertions.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    token: str | None = attrs.field(default=None, repr=False)
+    model: Literal["generic", "echo", "scripted"] | None = None
+    script: Path | str | dict[str, Any] | list[Any] | None = None
+    max_connection_age: float = 3600.0
+    expiry_close_code: int | None = 1000
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_active_responses: int = 16
+    max_named_lanes: int = 32
+    max_queued_requests: int = 256
+    strict_single_flight: bool = False
+    require_tool_outputs: bool = True
+    latency: LatencyModel = LatencyModel()
+    faults: tuple[Fault, ...] = ()
+    seed: int | None = None
+    allowed_origins: frozenset[str] = frozenset()
+    store_capacity: int = 10_000
+    record_messages: bool = False
+    handshake_timeout: float = 10.0
+    close_timeout: float = 5.0
+
+    def __attrs_post_init__(self) -> None:
+        if not _is_loopback(self.host) and not self.token:
+            raise ConfigurationError(
+                f"binding {self.host} requires a token (--token): the server would accept "
+                "anyone on the network",
+                code="server.auth",
+            )
+        if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
+            raise ConfigurationError("token must be non-empty and contain no whitespace")
+        if not 0 <= self.port <= 65535:
+            raise ConfigurationError(f"port must be in 0..65535, got {self.port}")
+        if self.max_connection_age <= 0:
+            raise ConfigurationError("max_connection_age must be > 0 seconds")
+        if not 1 <= self.max_message_size <= HARD_MAX_MESSAGE_SIZE:
+            raise ConfigurationError(
+                f"max_message_size must be in 1..{HARD_MAX_MESSAGE_SIZE}, "
+                f"got {self.max_message_size}"
+            )
+        if self.max_active_responses < 1 or self.max_named_lanes < 0:
+            raise ConfigurationError("lane caps must be positive")
+        if self.expiry_close_code is not None and not 1000 <= self.expiry_close_code <= 4999:
+            raise ConfigurationError(f"invalid expiry close code {self.expiry_close_code}")
