@@ -1,5 +1,61 @@
-"""Plans: the plan model, loaders for TOML/YAML/JSON, validation and the Python builder."""
+"""Plans: the plan model, loaders for TOML/YAML/JSON, validation and the Python builder.
+
+See ``plans.model`` for the file format and ``plans.validate`` for the issue codes.
+"""
 
 from loguru import logger
 
+from .builder import PlanBuilder as PlanBuilder, import_path_of as import_path_of
+from .load import (
+    MAX_PLAN_BYTES as MAX_PLAN_BYTES,
+    check_plan_file as check_plan_file,
+    load_plan as load_plan,
+)
+from .model import (
+    LIMITS as LIMITS,
+    Agent as Agent,
+    Budget as Budget,
+    Plan as Plan,
+    Role as Role,
+    Settings as Settings,
+    SideEffect as SideEffect,
+    Step as Step,
+    ToolConfig as ToolConfig,
+    render_task as render_task,
+    result_steps as result_steps,
+    scheduled_steps as scheduled_steps,
+    task_references as task_references,
+)
+from .validate import (
+    PlanIssue as PlanIssue,
+    PlanReport as PlanReport,
+    check_plan as check_plan,
+    plan_from_dict as plan_from_dict,
+)
+
 logger.disable(__name__)
+
+__all__ = [
+    "LIMITS",
+    "MAX_PLAN_BYTES",
+    "Agent",
+    "Budget",
+    "Plan",
+    "PlanBuilder",
+    "PlanIssue",
+    "PlanReport",
+    "Role",
+    "Settings",
+    "SideEffect",
+    "Step",
+    "ToolConfig",
+    "check_plan",
+    "check_plan_file",
+    "import_path_of",
+    "load_plan",
+    "plan_from_dict",
+    "render_task",
+    "result_steps",
+    "scheduled_steps",
+    "task_references",
+]

@@ -1,0 +1,251 @@
+"""Building plans in Python.
+
+::
+
+    from plans import PlanBuilder, Budget
+
+    plan = (
+        PlanBuilder("trip", goal="Plan a 3-day trip to Lisbon", model="gpt-5-mini")
+        .budgets(max_turns=200, wall_clock=600)
+        .tool(search_flights, timeout=10, side_effect="read_only")
+        .planner("planner", instructions="Delegate, then answer.")
+        .worker("flights", instructions="Find flights.", tools=[search_flights])
+        .build()
+    )
+
+The builder produces the same plain data a plan file holds and runs the same validation, so a
+built plan and a loaded plan behave the same and report the same errors. Tools given as
+functions are stored by import path (``module:qualname``): plans stay plain data, which is what
+resuming a job in a new process needs. A function the import path does not lead back to (a
+lambda, a nested function) is refused at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, Self
+
+from orchestrator.errors import PlanError
+
+from .model import Budget, Plan, Role, SideEffect
+from .validate import PlanIssue, plan_from_dict
+
+__all__ = ["PlanBuilder", "import_path_of"]
+
+ToolLike = Callable[..., Any] | str
+
+
+class PlanBuilder:
+    """Accumulates a plan; ``build()`` validates it. Methods return the builder to chain."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        goal: str | None = None,
+        model: str | None = None,
+        store: bool = False,
+        base_url: str | None = None,
+    ) -> None:
+        self._data: dict[str, Any] = {"name": name}
+        if goal is not None:
+            self._data["goal"] = goal
+        settings: dict[str, Any] = {"store": store}
+        if model is not None:
+            settings["model"] = model
+        if base_url is not None:
+            settings["base_url"] = base_url
+        self._data["settings"] = settings
+        self._tools: dict[str, dict[str, Any]] = {}
+        self._tool_names: dict[int, str] = {}
+        self._agents: list[dict[str, Any]] = []
+        self._steps: list[dict[str, Any]] = []
+
+    def budgets(
+        self,
+        *,
+        max_turns: int | None = None,
+        max_tokens: int | None = None,
+        wall_clock: float | None = None,
+    ) -> Self:
+        """Set the run's budgets (see ``plans.Budget``)."""
+        self._data["budgets"] = _budget(
+            Budget(max_turns=max_turns, max_tokens=max_tokens, wall_clock=wall_clock)
+        )
+        return self
+
+    def tool(
+        self,
+        function: ToolLike,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        max_output: int | None = None,
+        side_effect: SideEffect | None = None,
+        description: str | None = None,
+    ) -> Self:
+        """Define a tool with options under ``name`` (default: the function's name).
+
+        Agents may then list it by name or by the same function object.
+
+        Raises:
+            PlanError: ``function`` is not reachable by import path.
+        """
+        path = function if isinstance(function, str) else import_path_of(function)
+        key = name or path.rpartition(":")[2].rpartition(".")[2]
+        options = {
+            "timeout": timeout,
+            "max_output": max_output,
+            "side_effect": side_effect,
+            "description": description,
+        }
+        self._tools[key] = {"path": path} | {k: v for k, v in options.items() if v is not None}
+        if not isinstance(function, str):
+            self._tool_names[id(function)] = key
+        return self
+
+    def planner(
+        self,
+        name: str,
+        *,
+        instructions: str = "",
+        model: str | None = None,
+        description: str = "",
+        tools: Iterable[ToolLike] = (),
+        limits: Budget | None = None,
+    ) -> Self:
+        """Add the planner agent (it gets its delegation tools from the runtime)."""
+        return self.agent(
+            name,
+            role="planner",
+            instructions=instructions,
+            model=model,
+            description=description,
+            tools=tools,
+            limits=limits,
+        )
+
+    def worker(
+        self,
+        name: str,
+        *,
+        instructions: str = "",
+        model: str | None = None,
+        description: str = "",
+        tools: Iterable[ToolLike] = (),
+        limits: Budget | None = None,
+    ) -> Self:
+        """Add a worker agent."""
+        return self.agent(
+            name,
+            role="worker",
+            instructions=instructions,
+            model=model,
+            description=description,
+            tools=tools,
+            limits=limits,
+        )
+
+    def agent(
+        self,
+        name: str,
+        *,
+        role: Role,
+        instructions: str = "",
+        model: str | None = None,
+        description: str = "",
+        tools: Iterable[ToolLike] = (),
+        limits: Budget | None = None,
+    ) -> Self:
+        """Add an agent. ``tools`` are names defined with ``tool()``, functions or paths.
+
+        Raises:
+            PlanError: a tool function is not reachable by import path.
+        """
+        agent: dict[str, Any] = {
+            "name": name,
+            "role": role,
+            "instructions": instructions,
+            "description": description,
+            "tools": [self._tool_entry(t) for t in tools],
+        }
+        if model is not None:
+            agent["model"] = model
+        if limits is not None:
+            agent["limits"] = _budget(limits)
+        self._agents.append(agent)
+        return self
+
+    def step(self, step_id: str, *, agent: str, task: str, depends_on: Iterable[str] = ()) -> Self:
+        """Add a step; ``task`` may use ``{{goal}}`` and ``{{steps.ID.result}}``."""
+        self._steps.append(
+            {"id": step_id, "agent": agent, "task": task, "depends_on": list(depends_on)}
+        )
+        return self
+
+    def final_step(self, step_id: str) -> Self:
+        """Make ``step_id``'s result the answer; only what it needs is scheduled."""
+        self._data["final_step"] = step_id
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as plain data, exactly as a JSON plan file would hold it."""
+        data = dict(self._data)
+        if self._tools:
+            data["tools"] = {name: dict(options) for name, options in self._tools.items()}
+        data["agents"] = [dict(agent) for agent in self._agents]
+        if self._steps:
+            data["steps"] = [dict(step) for step in self._steps]
+        return data
+
+    def build(
+        self, *, allowed_modules: Collection[str] | None = None, import_tools: bool = True
+    ) -> Plan:
+        """Validate and return the plan.
+
+        Raises:
+            PlanError: with every issue, as for a plan file.
+        """
+        return plan_from_dict(
+            self.to_dict(), allowed_modules=allowed_modules, import_tools=import_tools
+        )
+
+    def _tool_entry(self, tool: ToolLike) -> str:
+        if isinstance(tool, str):
+            return tool
+        return self._tool_names.get(id(tool)) or import_path_of(tool)
+
+
+def import_path_of(function: Callable[..., Any]) -> str:
+    """The ``module:qualname`` path that imports back to ``function``.
+
+    Raises:
+        PlanError: (``plan.tool``) no such path leads back to this very object.
+    """
+    module = getattr(function, "__module__", None)
+    qualname = getattr(function, "__qualname__", None)
+    if isinstance(module, str) and isinstance(qualname, str) and "<" not in qualname:
+        path = f"{module}:{qualname}"
+        try:
+            target: Any = importlib.import_module(module)
+            for part in qualname.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError):
+            target = None
+        if target is function:
+            return path
+    issue = PlanIssue(
+        code="plan.tool",
+        message=f"tool {function!r} cannot be referenced by an import path",
+        suggestion="define it at module level, or pass its 'module:function' path",
+    )
+    raise PlanError(str(issue), (issue,))
+
+
+def _budget(budget: Budget) -> dict[str, Any]:
+    return {
+        field: getattr(budget, field)
+        for field in ("max_turns", "max_tokens", "wall_clock")
+        if getattr(budget, field) is not None
+    }

@@ -1,0 +1,1026 @@
+"""Plan validation: every problem at once, each with a code, a location and a suggestion.
+
+Validation runs on the plain data a loader decoded (or a builder produced), before any socket
+opens or any tool runs. It walks the data against the model itself instead of stopping at
+msgspec's first error, so one pass reports every unknown field and wrong type, then checks
+what msgspec cannot: references between agents, steps and tools, cycles, ranges, tool import
+paths, and secrets pasted into the plan.
+
+Issue codes (the CLI maps them to exit codes):
+
+    plan.io           the file cannot be read
+    plan.format       the file extension is not .toml/.yaml/.yml/.json
+    plan.too_large    the file exceeds the size cap (checked before decoding)
+    plan.encoding     the file is not UTF-8
+    plan.syntax       malformed TOML/YAML/JSON, or nesting too deep
+    plan.schema       unknown field, wrong type, missing field, agent without a model
+    plan.empty        no agents
+    plan.duplicate    agent name, step id, tool name or list entry given twice
+    plan.planner      missing or duplicate planner
+    plan.cycle        dependency cycle or self-dependency
+    plan.unknown_step depends_on / final_step / {{steps.X.result}} names no step
+    plan.unknown_agent a step names no agent
+    plan.reference    invalid {{...}} placeholder, or a result of a step not depended on
+    plan.tool         bad import path, module or function missing, not registered, not allowed
+    plan.value        out-of-range number, bad name, unsupported version, bad URL
+    plan.secret       something that looks like an API key or password
+  warnings:
+    plan.unreachable  steps never scheduled (not needed by final_step)
+    plan.unused_agent a worker no step uses and no planner can reach
+    plan.unused_tool  a [tools] entry no agent lists
+"""
+
+from __future__ import annotations
+
+import difflib
+import graphlib
+import importlib
+import math
+import pkgutil
+import re
+import types
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any, Final, Literal, TypeVar, Union, get_args, get_origin
+
+import msgspec
+from loguru import logger
+
+from orchestrator.errors import PlanError
+
+from .model import (
+    FORMAT_VERSION,
+    LIMITS,
+    NAME_PATTERN,
+    TOOL_NAME_PATTERN,
+    Agent,
+    Budget,
+    Plan,
+    Settings,
+    Step,
+    ToolConfig,
+    task_references,
+    tool_name_of_path,
+)
+
+__all__ = ["PlanIssue", "PlanReport", "check_plan", "plan_from_dict"]
+
+Severity = Literal["error", "warning"]
+_T = TypeVar("_T")
+
+
+class PlanIssue(msgspec.Struct, frozen=True, kw_only=True):
+    """One problem found in a plan.
+
+    Attributes:
+        code: machine-readable class of problem, e.g. ``plan.cycle`` (see the module doc).
+        message: what is wrong, never echoing anything that looks like a secret.
+        path: the plan file as the user named it, or None for plans built in Python.
+        location: JSONPath-like place in the plan (``$.agents[2].tools[0]``), or None when
+            the problem concerns the whole file (size, encoding, syntax).
+        suggestion: how to fix it, e.g. ``did you mean 'agent'?``.
+        severity: ``error`` stops the run; ``warning`` does not.
+    """
+
+    code: str
+    message: str
+    path: str | None = None
+    location: str | None = None
+    suggestion: str | None = None
+    severity: Severity = "error"
+
+    def __str__(self) -> str:
+        where = ""
+        if self.location is not None:
+            where = f"{self.path}: {self.location}: " if self.path else f"{self.location}: "
+        text = f"{self.severity}[{self.code}]: {where}{self.message}"
+        if self.suggestion:
+            # "did you mean" reads as an aside; other advice as a clause.
+            joiner = " ({})" if self.suggestion.startswith("did you mean") else "; {}"
+            text += joiner.format(self.suggestion)
+        return text
+
+
+class PlanReport(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of checking a plan: the plan (when it decoded) and every issue, sorted."""
+
+    plan: Plan | None
+    issues: tuple[PlanIssue, ...] = ()
+
+    @property
+    def errors(self) -> tuple[PlanIssue, ...]:
+        return tuple(i for i in self.issues if i.severity == "error")
+
+    @property
+    def warnings(self) -> tuple[PlanIssue, ...]:
+        return tuple(i for i in self.issues if i.severity == "warning")
+
+    @property
+    def ok(self) -> bool:
+        """No errors (warnings allowed)."""
+        return self.plan is not None and not self.errors
+
+    def raise_for_errors(self) -> Plan:
+        """The plan, if it has no errors; warnings are logged.
+
+        Raises:
+            PlanError: with every issue in ``issues`` and the listing, one per line, as str.
+        """
+        if self.plan is None or self.errors:
+            listing = issues_listing(self.issues)
+            raise PlanError(listing or "error[plan.schema]: invalid plan", self.issues)
+        for warning in self.warnings:
+            logger.warning("{}", warning)
+        return self.plan
+
+
+def plan_from_dict(
+    data: Mapping[str, Any],
+    *,
+    source: str | None = None,
+    allowed_modules: Collection[str] | None = None,
+    import_tools: bool = True,
+) -> Plan:
+    """Check plain data (as decoded from a plan file) and return the plan.
+
+    Args:
+        data: the plan as dicts, lists and scalars.
+        source: what to call the plan in messages (usually its file name).
+        allowed_modules: if given, tools may only come from these modules or their
+            submodules; anything else is ``plan.tool`` and is never imported.
+        import_tools: import every tool module to check that its function exists.
+
+    Raises:
+        PlanError: the plan has errors; ``issues`` lists them all.
+    """
+    return check_plan(
+        data, source=source, allowed_modules=allowed_modules, import_tools=import_tools
+    ).raise_for_errors()
+
+
+def check_plan(
+    plan: Plan | Mapping[str, Any],
+    *,
+    source: str | None = None,
+    allowed_modules: Collection[str] | None = None,
+    import_tools: bool = True,
+) -> PlanReport:
+    """Check a plan (a ``Plan`` or its plain data) and report every issue. Never raises for
+    problems in the plan; see ``plan_from_dict`` for the arguments."""
+    out = _Issues(source)
+    if isinstance(plan, Plan):
+        try:
+            data: Any = msgspec.to_builtins(plan)
+        except (TypeError, ValueError) as exc:
+            out.add("plan.schema", "$", f"plan holds a value that is not plain data: {exc}")
+            return out.report(None)
+    else:
+        data = plan
+    if not isinstance(data, Mapping):
+        out.add("plan.schema", "$", f"expected object, got {_kind(data)}")
+        return out.report(None)
+    data = dict(data)
+
+    _scan_secrets(data, out)
+    schema_ok = _check_struct(data, Plan, "$", out)
+    view = _View.build(data, complete=schema_ok)
+    _Semantics(view, out, allowed_modules=allowed_modules, import_tools=import_tools).run()
+
+    result: Plan | None = None
+    if schema_ok:
+        try:
+            result = msgspec.convert(data, Plan)
+        except msgspec.ValidationError as exc:  # pragma: no cover - the walk above agrees
+            location, message = _split_msgspec_error(str(exc), "$")
+            out.add("plan.schema", location, message)
+    return out.report(result)
+
+
+# -- collecting issues -------------------------------------------------------------------------
+
+
+class _Issues:
+    def __init__(self, source: str | None) -> None:
+        self.source = source
+        self.items: list[PlanIssue] = []
+
+    def add(
+        self,
+        code: str,
+        location: str | None,
+        message: str,
+        suggestion: str | None = None,
+        *,
+        severity: Severity = "error",
+    ) -> None:
+        self.items.append(
+            PlanIssue(
+                code=code,
+                message=message,
+                path=self.source,
+                location=location,
+                suggestion=suggestion,
+                severity=severity,
+            )
+        )
+
+    def report(self, plan: Plan | None) -> PlanReport:
+        unique = list(dict.fromkeys(self.items))
+        unique.sort(key=lambda i: (_location_key(i.location), i.severity != "error", i.code))
+        return PlanReport(plan=plan, issues=tuple(unique))
+
+
+_LOCATION_PART: Final = re.compile(r"\[(\d+)\]|\[(\".*?\")\]|\.([^.\[]+)")
+
+
+def _location_key(location: str | None) -> tuple[tuple[int, int | str], ...]:
+    """Sort key for locations: whole-file issues first, list indices numerically."""
+    if location is None:
+        return ()
+    key: list[tuple[int, int | str]] = [(0, 0)]
+    for index, quoted, name in _LOCATION_PART.findall(location):
+        key.append((1, int(index)) if index else (2, quoted or name))
+    return tuple(key)
+
+
+def issues_listing(issues: Iterable[PlanIssue]) -> str:
+    """The ``error[CODE]: ...`` listing of ``issues``, one per line."""
+    return "\n".join(str(issue) for issue in issues)
+
+
+# -- shaping text ------------------------------------------------------------------------------
+
+_SECRET_PATTERNS: Final = (
+    re.compile(r"(?<![A-Za-z0-9])sk-(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9_-]{10,}"),
+    re.compile(r"\bBearer\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE),
+    re.compile(r"\bAKIA[0-9A-Z]{16}\b"),
+    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}"),
+    re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"),
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+)
+_SECRET_KEYS: Final = frozenset(
+    {
+        "api_key",
+        "apikey",
+        "openai_api_key",
+        "authorization",
+        "password",
+        "passwd",
+        "secret",
+        "secret_key",
+        "access_token",
+        "token",
+        "bearer",
+    }
+)
+
+
+def _looks_secret(text: str) -> bool:
+    return any(pattern.search(text) for pattern in _SECRET_PATTERNS)
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """``value`` quoted for a message: shortened, and withheld if it looks like a secret."""
+    text = value if isinstance(value, str) else repr(value)
+    if _looks_secret(text):
+        return "<redacted>"
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return repr(text) if isinstance(value, str) else text
+
+
+def _did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"did you mean {matches[0]!r}?" if matches else None
+
+
+def _kind(value: object) -> str:
+    """A JSON-ish name for the type of ``value``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list | tuple):
+        return "array"
+    return type(value).__name__
+
+
+def _key_location(base: str, key: str) -> str:
+    return f"{base}.{key}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", key) else f'{base}["{key}"]'
+
+
+_MSGSPEC_AT: Final = re.compile(r"^(.*?)(?: - at `\$(.*)`)?$", re.DOTALL)
+
+
+def _split_msgspec_error(text: str, location: str) -> tuple[str, str]:
+    """msgspec's ``Expected `int`, got `str` - at `$.x``` as (location, message)."""
+    match = _MSGSPEC_AT.match(text)
+    assert match is not None  # the pattern matches every string
+    message = match.group(1).replace("`", "")
+    suffix = match.group(2) or ""
+    return location + suffix, message[:1].lower() + message[1:]
+
+
+# -- the schema walk ---------------------------------------------------------------------------
+
+
+def _check_struct(value: Any, cls: type[msgspec.Struct], location: str, out: _Issues) -> bool:
+    """Check ``value`` against Struct ``cls`` field by field; report every problem."""
+    if not isinstance(value, dict):
+        out.add("plan.schema", location, f"expected object, got {_kind(value)}")
+        return False
+    fields = {info.encode_name: info for info in msgspec.structs.fields(cls)}
+    ok = True
+    for key in value:
+        if not isinstance(key, str):
+            out.add("plan.schema", location, f"field names must be strings, got {_show(key)}")
+            ok = False
+        elif key not in fields:
+            out.add(
+                "plan.schema", location, f"unknown field {_show(key)}", _did_you_mean(key, fields)
+            )
+            ok = False
+    for name, info in fields.items():
+        if name in value:
+            ok = _check_value(value[name], info.type, f"{location}.{name}", out) and ok
+        elif info.required:
+            out.add("plan.schema", location, f"missing required field {name!r}")
+            ok = False
+    return ok
+
+
+def _check_value(value: Any, annotation: Any, location: str, out: _Issues) -> bool:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return True
+        members = [a for a in args if a is not type(None)]
+        if len(members) == 1:
+            annotation = members[0]
+            origin, args = get_origin(annotation), get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct):
+        return _check_struct(value, annotation, location, out)
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            out.add("plan.schema", location, f"expected array, got {_kind(value)}")
+            return False
+        results = [_check_value(v, args[0], f"{location}[{i}]", out) for i, v in enumerate(value)]
+        return all(results)
+    if origin is dict:
+        if not isinstance(value, dict):
+            out.add("plan.schema", location, f"expected object, got {_kind(value)}")
+            return False
+        ok = True
+        for key, item in value.items():
+            if not isinstance(key, str):
+                out.add("plan.schema", location, f"keys must be strings, got {_show(key)}")
+                ok = False
+                continue
+            ok = _check_value(item, args[1], _key_location(location, key), out) and ok
+        return ok
+    if origin is Literal:
+        if isinstance(value, str) and value in args:
+            return True
+        choices = ", ".join(repr(a) for a in args)
+        suggestion = _did_you_mean(value, args) if isinstance(value, str) else None
+        out.add(
+            "plan.schema", location, f"expected one of {choices}, got {_show(value)}", suggestion
+        )
+        return False
+    try:
+        msgspec.convert(value, annotation)
+    except msgspec.ValidationError as exc:
+        where, message = _split_msgspec_error(str(exc), location)
+        out.add("plan.schema", where, message)
+        return False
+    if isinstance(value, float) and not math.isfinite(value):
+        out.add("plan.value", location, f"must be a finite number, got {value}")
+        return False
+    return True
+
+
+# -- a view of the plan that tolerates broken parts -------------------------------------------
+
+
+class _View:
+    """The parts of a plan that decoded, with their original indices.
+
+    When the schema walk found errors, the semantic checks still run on every agent, step
+    and tool that is valid on its own, so one run reports everything. Names of broken
+    agents and steps still count as defined, to avoid follow-on "unknown agent" noise.
+    """
+
+    def __init__(self) -> None:
+        self.complete = True
+        self.name: str | None = None
+        self.version: int | None = None
+        self.goal: str | None = None
+        self.final_step: str | None = None
+        self.has_final_step = False
+        self.settings: Settings | None = None
+        self.budgets: Budget | None = None
+        self.tools: dict[str, ToolConfig] = {}
+        self.broken_tools: set[str] = set()
+        self.agents: list[tuple[int, Agent]] = []
+        self.steps: list[tuple[int, Step]] = []
+        self.agent_count = 0
+        self.step_count = 0
+        self.broken_agent_names: set[str] = set()
+        self.broken_step_ids: set[str] = set()
+
+    @classmethod
+    def build(cls, data: dict[str, Any], *, complete: bool) -> _View:
+        view = cls()
+        view.complete = complete
+        name, version = data.get("name"), data.get("version", FORMAT_VERSION)
+        view.name = name if isinstance(name, str) else None
+        view.version = version if type(version) is int else None
+        goal, final = data.get("goal"), data.get("final_step")
+        view.goal = goal if isinstance(goal, str) else None
+        view.has_final_step = final is not None
+        view.final_step = final if isinstance(final, str) else None
+        view.settings = _convert_or_none(data.get("settings", {}), Settings)
+        view.budgets = _convert_or_none(data.get("budgets", {}), Budget)
+        tools = data.get("tools", {})
+        if isinstance(tools, dict):
+            for key, raw in tools.items():
+                config = _convert_or_none(raw, ToolConfig)
+                if config is not None and isinstance(key, str):
+                    view.tools[key] = config
+                elif isinstance(key, str):
+                    view.broken_tools.add(key)
+        agents = data.get("agents", [])
+        if isinstance(agents, list | tuple):
+            view.agent_count = len(agents)
+            for index, raw in enumerate(agents):
+                agent = _convert_or_none(raw, Agent)
+                if agent is not None:
+                    view.agents.append((index, agent))
+                elif isinstance(raw, dict) and isinstance(raw.get("name"), str):
+                    view.broken_agent_names.add(raw["name"])
+        steps = data.get("steps", [])
+        if isinstance(steps, list | tuple):
+            view.step_count = len(steps)
+            for index, raw in enumerate(steps):
+                step = _convert_or_none(raw, Step)
+                if step is not None:
+                    view.steps.append((index, step))
+                elif isinstance(raw, dict) and isinstance(raw.get("id"), str):
+                    view.broken_step_ids.add(raw["id"])
+        return view
+
+
+def _convert_or_none(value: Any, cls: type[_T]) -> _T | None:
+    """``value`` as ``cls``, keeping what is valid: unknown fields and fields of the wrong
+    type are dropped (the schema walk reported them), so one typo does not hide the rest
+    of an agent or step from the semantic checks."""
+    try:
+        return msgspec.convert(value, cls)
+    except msgspec.ValidationError:
+        pass
+    if not isinstance(value, dict) or not issubclass(cls, msgspec.Struct):
+        return None
+    fields = {info.encode_name: info for info in msgspec.structs.fields(cls)}
+    kept = {}
+    for key, item in value.items():
+        info = fields.get(key) if isinstance(key, str) else None
+        if info is not None and _convert_or_none(item, info.type) is not None:
+            kept[key] = item
+    try:
+        return msgspec.convert(kept, cls)
+    except msgspec.ValidationError:
+        return None
+
+
+# -- semantic checks ---------------------------------------------------------------------------
+
+_IMPORT_PATH: Final = re.compile(
+    r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+)
+_URL_SCHEMES: Final = ("http://", "https://", "ws://", "wss://")
+
+
+class _Semantics:
+    def __init__(
+        self,
+        view: _View,
+        out: _Issues,
+        *,
+        allowed_modules: Collection[str] | None,
+        import_tools: bool,
+    ) -> None:
+        self.view = view
+        self.out = out
+        self.allowed_modules = None if allowed_modules is None else tuple(allowed_modules)
+        self.import_tools = import_tools
+        self._imports: dict[str, tuple[str, str | None] | None] = {}
+
+    def run(self) -> None:
+        self.check_top_level()
+        self.check_agents()
+        self.check_steps()
+        self.check_tools()
+
+    # -- top level -----------------------------------------------------------------------------
+
+    def check_top_level(self) -> None:
+        view, out = self.view, self.out
+        if view.version is not None and view.version != FORMAT_VERSION:
+            out.add(
+                "plan.value",
+                "$.version",
+                f"unsupported plan format version {view.version}",
+                f"this orchestrator reads version {FORMAT_VERSION}",
+            )
+        if view.name is not None and not (
+            0 < len(view.name) <= 200 and view.name.isprintable() and view.name.strip()
+        ):
+            out.add("plan.value", "$.name", "must be 1 to 200 printable characters")
+        if view.budgets is not None:
+            self.check_budget(view.budgets, "$.budgets")
+        settings = view.settings
+        if settings is not None:
+            if settings.model is not None and not settings.model.strip():
+                out.add("plan.value", "$.settings.model", "must not be empty")
+            if settings.base_url is not None and not settings.base_url.startswith(_URL_SCHEMES):
+                out.add(
+                    "plan.value",
+                    "$.settings.base_url",
+                    f"{_show(settings.base_url)} is not an http(s):// or ws(s):// URL",
+                )
+        if view.agent_count == 0:
+            what = "agents" if view.step_count else "agents and no steps"
+            out.add("plan.empty", "$", f"plan defines no {what}", "add an [[agents]] entry")
+
+    def check_budget(self, budget: Budget, location: str) -> None:
+        for field in ("max_turns", "max_tokens", "wall_clock"):
+            value = getattr(budget, field)
+            if value is None:
+                continue
+            low, high = LIMITS[field]
+            exclusive = field == "wall_clock"
+            if (value <= low if exclusive else value < low) or value > high:
+                shown = f"0 < x <= {high:g}" if exclusive else f"{low:g}..{high:g}"
+                self.out.add(
+                    "plan.value", f"{location}.{field}", f"must be in {shown}, got {value}"
+                )
+
+    # -- agents --------------------------------------------------------------------------------
+
+    def check_agents(self) -> None:
+        view, out = self.view, self.out
+        seen: dict[str, list[int]] = {}
+        planners: list[tuple[int, Agent]] = []
+        default_model = view.settings.model if view.settings is not None else None
+        for index, agent in view.agents:
+            location = f"$.agents[{index}]"
+            seen.setdefault(agent.name, []).append(index)
+            if not NAME_PATTERN.fullmatch(agent.name):
+                out.add(
+                    "plan.value",
+                    f"{location}.name",
+                    f"agent name {_show(agent.name)} must match {NAME_PATTERN.pattern}",
+                )
+            if agent.role == "planner":
+                planners.append((index, agent))
+            if agent.model is not None and not agent.model.strip():
+                out.add("plan.value", f"{location}.model", "must not be empty")
+            elif agent.model is None and not default_model and view.settings is not None:
+                out.add(
+                    "plan.schema",
+                    location,
+                    f"agent {_show(agent.name)} has no model",
+                    "set model here or in [settings]",
+                )
+            if agent.limits is not None:
+                self.check_budget(agent.limits, f"{location}.limits")
+        for name, indices in seen.items():
+            if len(indices) > 1:
+                self.report_duplicate("agent name", name, "$.agents", indices)
+
+        if len(planners) > 1:
+            listing = ", ".join(f"{a.name!r} ($.agents[{i}])" for i, a in planners)
+            out.add(
+                "plan.planner",
+                f"$.agents[{planners[1][0]}].role",
+                f"{len(planners)} agents have role 'planner': {listing}",
+                "a plan has at most one planner",
+            )
+        broken_agents = len(view.agents) < view.agent_count
+        if not planners and view.step_count == 0 and view.agent_count and not broken_agents:
+            out.add(
+                "plan.planner",
+                "$.agents",
+                "plan has no steps, so it needs a planner; no agent has role 'planner'",
+                "set role = 'planner' on the agent that drives the run, or add [[steps]]",
+            )
+
+    def report_duplicate(self, what: str, name: str, base: str, indices: list[int]) -> None:
+        places = ", ".join(f"{base}[{i}]" for i in indices)
+        times = "twice" if len(indices) == 2 else f"{len(indices)} times"
+        self.out.add(
+            "plan.duplicate",
+            f"{base}[{indices[1]}]",
+            f"{what} {_show(name)} defined {times} ({places})",
+        )
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def check_steps(self) -> None:
+        view, out = self.view, self.out
+        agent_names = list(dict.fromkeys(a.name for _, a in view.agents))
+        known_agents = set(agent_names) | view.broken_agent_names
+        valid_ids = {step.id for _, step in view.steps}
+        step_ids = valid_ids | view.broken_step_ids
+        seen: dict[str, list[int]] = {}
+        graph: dict[str, set[str]] = {}
+        declared: dict[str, int] = {}
+        for index, step in view.steps:
+            location = f"$.steps[{index}]"
+            seen.setdefault(step.id, []).append(index)
+            declared.setdefault(step.id, index)
+            if not NAME_PATTERN.fullmatch(step.id):
+                out.add(
+                    "plan.value",
+                    f"{location}.id",
+                    f"step id {_show(step.id)} must match {NAME_PATTERN.pattern}",
+                )
+            if not step.task.strip():
+                out.add(
+                    "plan.value", f"{location}.task", f"step {_show(step.id)} has an empty task"
+                )
+            if step.agent not in known_agents:
+                defined = ", ".join(agent_names) or "none"
+                out.add(
+                    "plan.unknown_agent",
+                    f"{location}.agent",
+                    f"step {_show(step.id)} uses agent {_show(step.agent)}; "
+                    f"defined agents: {defined}",
+                    _did_you_mean(step.agent, agent_names),
+                )
+            edges = graph.setdefault(step.id, set())
+            listed: set[str] = set()
+            for position, dependency in enumerate(step.depends_on):
+                where = f"{location}.depends_on[{position}]"
+                if dependency in listed:
+                    out.add(
+                        "plan.duplicate",
+                        where,
+                        f"step {_show(step.id)} lists {_show(dependency)} twice in depends_on",
+                        severity="warning",
+                    )
+                listed.add(dependency)
+                if dependency == step.id:
+                    out.add("plan.cycle", where, f"step {_show(step.id)} depends on itself")
+                elif dependency not in step_ids:
+                    out.add(
+                        "plan.unknown_step",
+                        where,
+                        f"step {_show(step.id)} depends on unknown step {_show(dependency)}",
+                        _did_you_mean(dependency, step_ids),
+                    )
+                elif dependency in valid_ids:
+                    edges.add(dependency)
+        for step_id, indices in seen.items():
+            if len(indices) > 1:
+                self.report_duplicate("step id", step_id, "$.steps", indices)
+
+        cyclic = self.check_cycles(graph, declared)
+        if view.has_final_step and view.final_step is None:
+            pass  # wrong type: reported by the schema walk
+        elif view.final_step is not None and view.final_step not in step_ids:
+            out.add(
+                "plan.unknown_step",
+                "$.final_step",
+                f"final_step names unknown step {_show(view.final_step)}",
+                _did_you_mean(view.final_step, step_ids),
+            )
+        elif view.final_step is not None and not cyclic and view.complete:
+            needed = _ancestors(graph, view.final_step)
+            unreachable = [s.id for _, s in view.steps if s.id not in needed]
+            if unreachable:
+                names = ",".join(_show(s) for s in unreachable)
+                verb = "steps {} are" if len(unreachable) > 1 else "step {} is"
+                out.add(
+                    "plan.unreachable",
+                    "$.steps",
+                    f"{verb.format(names)} never scheduled",
+                    f"final_step {view.final_step!r} does not depend on them",
+                    severity="warning",
+                )
+        self.check_references(graph)
+        if view.complete and view.steps:
+            self.check_unused_agents()
+
+    def check_cycles(self, graph: dict[str, set[str]], declared: dict[str, int]) -> bool:
+        """Report one cycle per cyclic region (graphlib finds one at a time)."""
+        remaining = {node: set(edges) for node, edges in graph.items()}
+        found = False
+        while True:
+            try:
+                graphlib.TopologicalSorter(remaining).prepare()
+            except graphlib.CycleError as exc:
+                # graphlib lists each node before the one that depends on it; reverse so
+                # that "a → b" reads "a depends on b", and start at the first-declared step.
+                cycle = list(reversed(exc.args[1]))[:-1]
+                start = min(range(len(cycle)), key=lambda i: declared.get(cycle[i], 0))
+                cycle = cycle[start:] + cycle[:start]
+                first = cycle[0]
+                position = self.dependency_position(first, cycle[1])
+                self.out.add(
+                    "plan.cycle",
+                    f"$.steps[{declared.get(first, 0)}].depends_on[{position}]",
+                    "dependency cycle: " + " → ".join([*cycle, first]),
+                    "remove one of these dependencies",
+                )
+                found = True
+                for node in cycle:
+                    remaining.pop(node, None)
+                for edges in remaining.values():
+                    edges.difference_update(cycle)
+            else:
+                return found
+
+    def dependency_position(self, step_id: str, dependency: str) -> int:
+        for _, step in self.view.steps:
+            if step.id == step_id and dependency in step.depends_on:
+                return step.depends_on.index(dependency)
+        return 0  # pragma: no cover - the cycle came from these edges
+
+    def check_references(self, graph: dict[str, set[str]]) -> None:
+        view, out = self.view, self.out
+        step_ids = {step.id for _, step in view.steps} | view.broken_step_ids
+        for index, step in view.steps:
+            ancestors = _ancestors(graph, step.id) - {step.id}
+            for reference in task_references(step.task):
+                location = f"$.steps[{index}].task"
+                if reference.kind == "invalid":
+                    out.add(
+                        "plan.reference",
+                        location,
+                        f"invalid reference {_show(reference.text)} in step {_show(step.id)}",
+                        "use {{goal}} or {{steps.ID.result}}",
+                    )
+                elif reference.step is None:
+                    continue
+                elif reference.step not in step_ids:
+                    out.add(
+                        "plan.unknown_step",
+                        location,
+                        f"step {_show(step.id)} references unknown step {_show(reference.step)}",
+                        _did_you_mean(reference.step, step_ids),
+                    )
+                elif reference.step not in ancestors and reference.step in graph:
+                    out.add(
+                        "plan.reference",
+                        location,
+                        f"step {_show(step.id)} uses the result of {_show(reference.step)} "
+                        "but does not depend on it",
+                        f"add {reference.step!r} to depends_on",
+                    )
+
+    def check_unused_agents(self) -> None:
+        view = self.view
+        if any(agent.role == "planner" for _, agent in view.agents):
+            return  # the planner may delegate to any worker
+        used = {step.agent for _, step in view.steps}
+        for index, agent in view.agents:
+            if agent.name not in used:
+                self.out.add(
+                    "plan.unused_agent",
+                    f"$.agents[{index}]",
+                    f"agent {_show(agent.name)} runs no step and there is no planner to "
+                    "delegate to it",
+                    severity="warning",
+                )
+
+    # -- tools ---------------------------------------------------------------------------------
+
+    def check_tools(self) -> None:
+        view, out = self.view, self.out
+        for name, config in view.tools.items():
+            location = _key_location("$.tools", name)
+            if not TOOL_NAME_PATTERN.fullmatch(name):
+                out.add(
+                    "plan.tool",
+                    location,
+                    f"tool name {_show(name)} must match {TOOL_NAME_PATTERN.pattern}",
+                    "name the tool by its function name and put the import path in path",
+                )
+            self.check_tool_options(config, location)
+            self.check_import(config.path, f"{location}.path", f"tool {_show(name)} uses")
+
+        used: set[str] = set()
+        paths_by_name: dict[str, tuple[str, str]] = {}
+        for index, agent in view.agents:
+            names_here: dict[str, int] = {}
+            for position, entry in enumerate(agent.tools):
+                location = f"$.agents[{index}].tools[{position}]"
+                if ":" in entry:
+                    name, path = tool_name_of_path(entry), entry
+                    self.check_import(entry, location, f"agent {_show(agent.name)} lists")
+                elif entry in view.tools:
+                    name, path = entry, view.tools[entry].path
+                    used.add(entry)
+                elif entry in view.broken_tools:
+                    used.add(entry)
+                    continue
+                else:
+                    out.add(
+                        "plan.tool",
+                        location,
+                        f"agent {_show(agent.name)} lists tool {_show(entry)} which is not "
+                        "registered",
+                        _did_you_mean(entry, view.tools)
+                        or "define it under [tools] or give its import path 'module:function'",
+                    )
+                    continue
+                if name in names_here:
+                    out.add(
+                        "plan.duplicate",
+                        location,
+                        f"agent {_show(agent.name)} lists tool name {_show(name)} twice "
+                        f"($.agents[{index}].tools[{names_here[name]}])",
+                    )
+                names_here.setdefault(name, position)
+                previous = paths_by_name.setdefault(name, (path, location))
+                if previous[0] != path:
+                    out.add(
+                        "plan.duplicate",
+                        location,
+                        f"tool name {_show(name)} means both {_show(previous[0])} "
+                        f"({previous[1]}) and {_show(path)}",
+                        "give one of them another name under [tools]",
+                    )
+        for name in view.tools:
+            if name not in used and view.complete:
+                out.add(
+                    "plan.unused_tool",
+                    _key_location("$.tools", name),
+                    f"tool {_show(name)} is listed by no agent",
+                    severity="warning",
+                )
+
+    def check_tool_options(self, config: ToolConfig, location: str) -> None:
+        if config.timeout is not None:
+            _, high = LIMITS["timeout"]
+            if not 0 < config.timeout <= high:
+                self.out.add(
+                    "plan.value",
+                    f"{location}.timeout",
+                    f"must be in 0 < x <= {high:g}, got {config.timeout}",
+                )
+        if config.max_output is not None:
+            low, high = LIMITS["max_output"]
+            if not low <= config.max_output <= high:
+                self.out.add(
+                    "plan.value",
+                    f"{location}.max_output",
+                    f"must be in {low:g}..{high:g}, got {config.max_output}",
+                )
+
+    def check_import(self, path: str, location: str, subject: str) -> None:
+        """Check one ``module:function`` path: syntax, allow-list, then (once) the import."""
+        if not _IMPORT_PATH.fullmatch(path):
+            self.out.add(
+                "plan.tool",
+                location,
+                f"{_show(path)} is not an import path",
+                "expected 'package.module:function'",
+            )
+            return
+        module = path.partition(":")[0]
+        if self.allowed_modules is not None and not any(
+            module == allowed or module.startswith(allowed + ".")
+            for allowed in self.allowed_modules
+        ):
+            allowed = ", ".join(self.allowed_modules) or "none"
+            self.out.add(
+                "plan.tool",
+                location,
+                f"{subject} tool {_show(path)} which is not in the allow-list",
+                f"allowed modules: {allowed}",
+            )
+            return
+        if not self.import_tools:
+            return
+        if path not in self._imports:
+            self._imports[path] = _try_import(path)
+        problem = self._imports[path]
+        if problem is not None:
+            self.out.add("plan.tool", location, problem[0], problem[1])
+
+
+def _try_import(path: str) -> tuple[str, str | None] | None:
+    """Import ``module:attribute``; None if it names a callable, else (message, suggestion)."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
+            return f"{path!r} not found: no module named {exc.name!r}", _module_suggestion(
+                exc.name, attribute
+            )
+        return _import_failure(path, exc)
+    except (Exception, SystemExit) as exc:  # importing runs arbitrary code
+        return _import_failure(path, exc)
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            candidates = [
+                f"{module_name}:{name}"
+                for name, value in vars(module).items()
+                if callable(value) and not name.startswith("_")
+            ]
+            return f"{path!r} not found", _did_you_mean(path, candidates)
+    if not callable(target):
+        return f"{path!r} is not callable (it is a {type(target).__name__})", None
+    return None
+
+
+def _import_failure(path: str, exc: BaseException) -> tuple[str, str | None]:
+    detail = _show(str(exc), limit=200).strip("'\"")
+    return f"{path!r} could not be imported: {type(exc).__name__}: {detail}", None
+
+
+def _module_suggestion(missing: str, attribute: str) -> str | None:
+    parent, _, leaf = missing.rpartition(".")
+    try:
+        if parent:
+            package = importlib.import_module(parent)
+            search_path = getattr(package, "__path__", None)
+            if search_path is None:
+                return None
+            names = [info.name for info in pkgutil.iter_modules(search_path)]
+        else:
+            names = [info.name for info in pkgutil.iter_modules()]
+    except (Exception, SystemExit):
+        return None
+    matches = difflib.get_close_matches(leaf, names, n=1, cutoff=0.6)
+    if not matches:
+        return None
+    module = f"{parent}.{matches[0]}" if parent else matches[0]
+    return f"did you mean {module + ':' + attribute!r}?"
+
+
+def _ancestors(graph: Mapping[str, Collection[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    stack = [start]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.extend(graph.get(node, ()))
+    return seen
+
+
+# -- secrets -----------------------------------------------------------------------------------
+
+
+def _scan_secrets(data: Any, out: _Issues) -> None:
+    """Report every string (key or value) that looks like a credential.
+
+    Iterative, and each container is visited once: YAML aliases can make a small file
+    describe an exponentially large tree.
+    """
+    seen: set[int] = set()
+    stack: list[tuple[Any, str]] = [(data, "$")]
+    while stack:
+        value, location = stack.pop()
+        if isinstance(value, dict):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            for key, item in value.items():
+                where = _key_location(location, key) if isinstance(key, str) else location
+                if isinstance(key, str) and _looks_secret(key):
+                    _secret_issue(out, location)
+                elif (
+                    isinstance(key, str)
+                    and key.lower() in _SECRET_KEYS
+                    and isinstance(item, str)
+                    and item.strip()
+                ):
+                    _secret_issue(out, where)
+                    continue
+                stack.append((item, where))
+        elif isinstance(value, list | tuple):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            stack.extend((item, f"{location}[{i}]") for i, item in enumerate(value))
+        elif isinstance(value, str) and _looks_secret(value):
+            _secret_issue(out, location)
+
+
+def _secret_issue(out: _Issues, location: str) -> None:
+    out.add(
+        "plan.secret",
+        location,
+        "plan contains what looks like an API key or password",
+        "remove it and use OPENAI_API_KEY (or a key file); never put secrets in plans",
+    )
