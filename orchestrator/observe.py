@@ -1,7 +1,7 @@
 """Observable runtime events and the bus that carries them.
 
 Every layer reports what it does (a socket opened, a rotation, an actor restart, a routed
-message, a turn) as a small frozen msgspec Struct tagged by ``kind``. The CLI's live view,
+message, a turn) as a small frozen msgspec Struct tagged by ``type``. The CLI's live view,
 the JSONL trace writer and user code consume the same stream.
 
 Emitting never blocks and never fails the emitter: listeners are called synchronously and a
@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 
-class RuntimeEvent(msgspec.Struct, tag_field="kind", frozen=True, kw_only=True):
+class RuntimeEvent(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
     """Base of every observable event. ``time`` is trio's clock, in seconds."""
 
     time: float
