@@ -1,0 +1,1135 @@
+"""One agent's connection to ``/v1/responses``: one sequential socket, rotated and recovered.
+
+:func:`open_connection` yields a :class:`Connection` that owns at most one socket in use
+(plus, briefly, a warm standby during a planned rotation). :meth:`Connection.run_turn` sends
+one ``response.create`` built by the agent's :class:`~orchestrator.session.Session`, streams
+the events to an optional observer as they arrive, and returns the assembled response, having
+committed it to the session. Whatever happens to the socket meanwhile is handled here
+(spec section 9, RELIABILITY T1-T14):
+
+* **Planned rotation, make-before-break.** Once a socket is ``max_age - margin - lead`` old,
+  a background task opens a new socket and warms it with ``generate: false`` carrying the
+  transcript. The next turn boundary switches to it and continues from the warm-up's id, so
+  no turn is cut and the first turn on the new socket pays no extra latency. From
+  ``max_age - margin`` on, the old socket is never used for a new turn.
+* **Recovery.** ``previous_response_not_found`` replays the transcript as a new chain on the
+  same socket, once. ``websocket_connection_limit_reached``, recoverable close codes, network
+  errors, missed pings and the idle deadline between events drop the socket and re-issue the
+  turn from a full replay on a new one, after a jittered exponential backoff with bounded
+  attempts. Partial output of a lost turn is discarded: only a terminal event commits.
+* **Failing clearly.** 401/403 at the handshake raise :class:`AuthenticationError` at once;
+  1009 and other final close codes raise :class:`ConnectionLost` naming the code; errors the
+  server reports raise :class:`ServerError` with their code (``server_error`` and rate limits
+  are retried first, honouring ``retry-after``).
+* **Cancellation** of a turn discards the socket and leaves the session as it was.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+import trio
+from loguru import logger
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    wrap_client_stream,
+)
+
+from orchestrator.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionLost,
+    HandshakeRejected,
+    RemoteProtocolError,
+    ServerError,
+    TurnFailed,
+)
+from orchestrator.logging import Secret
+from orchestrator.observe import (
+    ConnectionClosed as ConnectionClosedEvent,
+    ConnectionFailed,
+    ConnectionOpened,
+    ConnectionReconnecting,
+    ConnectionRotated,
+    EventBus,
+    RuntimeEvent,
+    TranscriptReplayed,
+    TurnFinished,
+    TurnRetried,
+    TurnStarted,
+    WarmupFinished,
+)
+from orchestrator.protocol.codec import decode_server_event, encode_text
+from orchestrator.protocol.lifecycle import ConnectionLifecycle
+from orchestrator.protocol.turn import RequestError, Response, TurnAssembler
+from orchestrator.session import Session
+
+if TYPE_CHECKING:
+    from orchestrator.protocol.events import Item, ResponseCreate, ServerEvent, UnknownEvent
+    from orchestrator.session import TurnRequest
+
+__all__ = [
+    "DEFAULT_URL",
+    "AttemptAbandoned",
+    "Connection",
+    "ConnectionSettings",
+    "ConnectionStatistics",
+    "Connector",
+    "Endpoint",
+    "open_connection",
+    "resolve_api_key",
+    "resolve_endpoint",
+]
+
+DEFAULT_URL: Final = "wss://api.openai.com/v1/responses"
+USER_AGENT: Final = "orchestrator/0.1 (trio)"
+
+# Server-reported failures worth retrying (spec 9.6; openai-agents retries the first two).
+_RETRYABLE_CODES: Final = frozenset(
+    {"server_error", "server_is_overloaded", "rate_limit_exceeded", "overloaded_error"}
+)
+# A socket that reports expiry this soon after opening did not expire: back off instead.
+_FRESH_SOCKET_AGE: Final = 5.0
+
+
+@attrs.frozen
+class ConnectionSettings:
+    """Explicit transport settings of an agent's connection.
+
+    Args:
+        max_message_size: largest server message accepted (at least 64 MiB by default: a
+            ``response.completed`` can be large; trio-websocket's 1 MiB default is too small).
+        message_queue_size: messages buffered between trio-websocket's reader and the turn.
+        connect_timeout: seconds for TCP, TLS and the WebSocket handshake together.
+        idle_timeout: longest silence between two events of a turn before the socket is
+            considered dead (the turn is then re-issued on a new socket).
+        ping_interval: seconds between keepalive pings; ``None`` disables them.
+        ping_timeout: a pong must arrive within this many seconds.
+        max_age: the server's connection limit (3600 s on the service).
+        rotation_margin: never start a turn on a socket older than ``max_age - margin``;
+            ``None`` disables planned rotation. Make it longer than your longest turn.
+        warmup_lead: how long before that point the standby socket is prepared.
+        warmup: warm the new socket with ``generate: false`` (else the first turn replays).
+        max_attempts: connection attempts and turn retries allowed per turn.
+        backoff_initial, backoff_max: the jittered exponential backoff, in seconds.
+        close_timeout: how long a graceful close may take before the socket is dropped.
+        allow_insecure: allow ``ws://`` to a host that is not loopback.
+    """
+
+    max_message_size: int = 64 * 1024 * 1024
+    message_queue_size: int = 8
+    receive_buffer_size: int = 64 * 1024
+    connect_timeout: float = 15.0
+    idle_timeout: float = 300.0
+    ping_interval: float | None = 20.0
+    ping_timeout: float = 20.0
+    max_age: float = 3600.0
+    rotation_margin: float | None = 300.0
+    warmup_lead: float = 30.0
+    warmup: bool = True
+    max_attempts: int = 6
+    backoff_initial: float = 0.5
+    backoff_max: float = 8.0
+    close_timeout: float = 2.0
+    allow_insecure: bool = False
+    organization: str | None = None
+    project: str | None = None
+    extra_headers: tuple[tuple[str, str], ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if not 1024 <= self.max_message_size <= 2**31:
+            raise ConfigurationError(
+                f"max_message_size must be in 1 KiB..2 GiB, got {self.max_message_size}"
+            )
+        for name in ("connect_timeout", "idle_timeout", "ping_timeout", "max_age"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"{name} must be > 0 seconds")
+        if self.rotation_margin is not None and not 0 <= self.rotation_margin < self.max_age:
+            raise ConfigurationError("rotation_margin must be in [0, max_age)")
+        if self.max_attempts < 1 or self.message_queue_size < 1:
+            raise ConfigurationError("max_attempts and message_queue_size must be >= 1")
+
+
+@attrs.frozen
+class Endpoint:
+    """A resolved ``/responses`` WebSocket URL."""
+
+    url: str
+    host: str
+    port: int
+    resource: str
+    secure: bool
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_endpoint(url: str | None = None, *, allow_insecure: bool = False) -> Endpoint:
+    """Turn a WebSocket URL or an SDK-style base URL into the ``/responses`` endpoint.
+
+    ``https://host/v1`` becomes ``wss://host/v1/responses`` (as the official SDK derives it);
+    a ``ws(s)://`` URL ending in ``/responses`` is used as is. ``None`` means
+    ``OPENAI_BASE_URL`` if set, else the service.
+
+    Raises:
+        ConfigurationError: the URL is malformed, or ``ws://`` to a remote host without
+            ``allow_insecure``.
+    """
+    if url is None:
+        base = os.environ.get("OPENAI_BASE_URL")
+        url = base if base else DEFAULT_URL
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss") or not parts.hostname:
+        raise ConfigurationError(
+            f"invalid endpoint URL {url!r}: expected wss://host/v1/responses or https://host/v1",
+            code="config.url",
+        )
+    if parts.username or parts.password:
+        raise ConfigurationError(
+            "credentials in the URL are refused: pass the API key instead", code="config.url"
+        )
+    host = parts.hostname
+    secure = scheme == "wss"
+    if not secure and not allow_insecure and not _is_loopback(host):
+        raise ConfigurationError(
+            f"refusing ws:// to remote host {host}; use wss:// or allow_insecure "
+            "(--allow-insecure)",
+            code="config.insecure",
+        )
+    path = parts.path.rstrip("/")
+    if not path.endswith("/responses"):
+        path = f"{path}/responses"
+    port = parts.port or (443 if secure else 80)
+    resource = path + (f"?{parts.query}" if parts.query else "")
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return Endpoint(
+        url=urlunsplit((scheme, netloc, path, parts.query, "")),
+        host=host,
+        port=port,
+        resource=resource,
+        secure=secure,
+    )
+
+
+def resolve_api_key(api_key: str | Secret | None = None) -> Secret:
+    """The API key as a :class:`Secret`, from the argument or ``OPENAI_API_KEY``.
+
+    Raises:
+        ConfigurationError: missing (``auth.missing``) or malformed (``auth.malformed``);
+            the message never contains the key.
+    """
+    if isinstance(api_key, Secret):
+        api_key = api_key.reveal()
+    if api_key is None:
+        api_key = os.environ.get("OPENAI_API_KEY")
+        if api_key is None:
+            raise ConfigurationError(
+                "OPENAI_API_KEY is not set (or pass --api-key-file)", code="auth.missing"
+            )
+    if not api_key.strip() or any(c.isspace() for c in api_key):
+        raise ConfigurationError(
+            "OPENAI_API_KEY is empty or contains whitespace", code="auth.malformed"
+        )
+    return Secret(api_key)
+
+
+Connector = Callable[[], Awaitable[trio.abc.Stream]]
+"""Opens the byte stream a socket runs on (TCP/TLS by default; in-memory in tests)."""
+
+
+def _tcp_connector(endpoint: Endpoint) -> Connector:
+    context = ssl.create_default_context() if endpoint.secure else None
+
+    async def connect() -> trio.abc.Stream:
+        if context is not None:
+            return await trio.open_ssl_over_tcp_stream(
+                endpoint.host, endpoint.port, ssl_context=context
+            )
+        return await trio.open_tcp_stream(endpoint.host, endpoint.port)
+
+    return connect
+
+
+@attrs.frozen
+class AttemptAbandoned:
+    """Given to a turn's ``on_event`` observer when the events so far must be discarded.
+
+    The turn goes on (on a new socket, or as a replay); its earlier partial output is void.
+    """
+
+    reason: str
+
+
+@attrs.frozen
+class ConnectionStatistics:
+    """A snapshot of one agent connection."""
+
+    agent: str
+    socket: int | None
+    age: float
+    turns: int
+    sockets_opened: int
+    rotations: int
+    warmups: int
+    reconnects: int
+    replays: int
+    retries: int
+    failures: int
+    bytes_sent: int
+    bytes_received: int
+    events_received: int
+
+
+@attrs.define(eq=False)
+class _Socket:
+    """One WebSocket and what we know about it."""
+
+    id: int
+    ws: WebSocketConnection
+    stream: trio.abc.Stream
+    lifecycle: ConnectionLifecycle
+    done: trio.Event = attrs.field(factory=trio.Event)
+    dead_reason: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.dead_reason is None and self.ws.closed is None and not self.done.is_set()
+
+
+@attrs.define(eq=False)
+class _Standby:
+    socket: _Socket
+    session: Session | None
+    response_id: str | None
+    covers: int
+
+
+class _Lost(Exception):
+    """Internal: the socket broke during a turn; carries the ConnectionLost to report.
+
+    ``sent`` is false when the socket was already closed before the create went out: a
+    stale socket, not a failed turn.
+    """
+
+    def __init__(self, error: ConnectionLost, *, sent: bool = True) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.sent = sent
+
+
+@attrs.define(eq=False)
+class Connection:
+    """An agent's connection. Create it with :func:`open_connection`."""
+
+    agent: str
+    endpoint: Endpoint
+    settings: ConnectionSettings
+    _api_key: Secret = attrs.field(repr=False, alias="api_key")
+    _connector: Connector = attrs.field(repr=False, alias="connector")
+    _nursery: trio.Nursery = attrs.field(repr=False, alias="nursery")
+    _events: EventBus | None = attrs.field(default=None, repr=False, alias="events")
+    _rng: random.Random = attrs.field(factory=random.Random, repr=False, alias="rng")
+    _current: _Socket | None = attrs.field(default=None, init=False, repr=False)
+    _standby: _Standby | None = attrs.field(default=None, init=False, repr=False)
+    _standby_ready: trio.Event | None = attrs.field(default=None, init=False, repr=False)
+    _session: Session | None = attrs.field(default=None, init=False, repr=False)
+    _busy: bool = attrs.field(default=False, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+    _timer_scope: trio.CancelScope | None = attrs.field(default=None, init=False, repr=False)
+    _socket_count: int = attrs.field(default=0, init=False)
+    _turns: int = attrs.field(default=0, init=False)
+    _rotations: int = attrs.field(default=0, init=False)
+    _warmups: int = attrs.field(default=0, init=False)
+    _reconnects: int = attrs.field(default=0, init=False)
+    _replays: int = attrs.field(default=0, init=False)
+    _retries: int = attrs.field(default=0, init=False)
+    _failures: int = attrs.field(default=0, init=False)
+    _bytes_sent: int = attrs.field(default=0, init=False)
+    _bytes_received: int = attrs.field(default=0, init=False)
+    _events_received: int = attrs.field(default=0, init=False)
+    _log: Any = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._log = logger.bind(agent=self.agent)
+
+    # -- public API ---------------------------------------------------------------------------
+
+    async def run_turn(
+        self,
+        session: Session,
+        new_items: list[Item] | tuple[Item, ...],
+        *,
+        on_event: Callable[[ServerEvent | UnknownEvent | AttemptAbandoned], object] | None = None,
+    ) -> Response:
+        """Run one turn: send the new items, stream the events, commit and return the response.
+
+        Args:
+            session: the conversation; it is changed only when the turn succeeds.
+            new_items: what this turn adds (a user message, function call outputs...).
+            on_event: called synchronously with each server event as it arrives, and with
+                :class:`AttemptAbandoned` when partial output must be discarded.
+
+        Returns:
+            The completed (or incomplete) response, already committed to ``session``.
+
+        Raises:
+            trio.BusyResourceError: another turn is in flight on this connection (a bug).
+            AuthenticationError: the server refused the API key (never retried).
+            ConnectionLost: the socket closed with a final code (1009, 1008...).
+            ServerError: the server reported an error that retrying cannot fix.
+            RemoteProtocolError: the server sent a malformed or out-of-order stream.
+            TurnFailed: the bounded reconnect/retry attempts ran out.
+        """
+        if self._busy:
+            raise trio.BusyResourceError(f"turn in flight on {self.agent}")
+        if self._closed:
+            raise trio.ClosedResourceError(f"connection of {self.agent} is closed")
+        self._busy = True
+        self._session = session
+        try:
+            return await self._run_turn(session, tuple(new_items), on_event)
+        finally:
+            self._busy = False
+            standby = self._standby
+            if standby is not None and standby.socket.usable and not self._closed:
+                # A standby finished warming during the turn: switch now, between turns.
+                self._switch(session, standby)
+
+    async def warm_up(self, session: Session) -> str:
+        """Prepare the current socket with ``generate: false`` (no model output).
+
+        Returns:
+            The warm-up response id, now the session's chain head.
+        """
+        if self._busy:
+            raise trio.BusyResourceError(f"turn in flight on {self.agent}")
+        self._busy = True
+        self._session = session
+        try:
+            socket = await self._socket_for_turn(session, [0])
+            covers = session.snapshot_length()
+            request = session.warmup(socket=socket.id)
+            response_id = await self._warm(socket, request)
+            session.adopt_warmup(response_id, socket=socket.id, covers=covers)
+            return response_id
+        finally:
+            self._busy = False
+
+    def statistics(self) -> ConnectionStatistics:
+        now = trio.current_time()
+        current = self._current
+        return ConnectionStatistics(
+            agent=self.agent,
+            socket=current.id if current is not None else None,
+            age=current.lifecycle.age(now) if current is not None else 0.0,
+            turns=self._turns,
+            sockets_opened=self._socket_count,
+            rotations=self._rotations,
+            warmups=self._warmups,
+            reconnects=self._reconnects,
+            replays=self._replays,
+            retries=self._retries,
+            failures=self._failures,
+            bytes_sent=self._bytes_sent,
+            bytes_received=self._bytes_received,
+            events_received=self._events_received,
+        )
+
+    async def aclose(self) -> None:
+        """Close every socket (gracefully, within ``close_timeout``). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer_scope is not None:
+            self._timer_scope.cancel()
+        sockets = [self._current, self._standby.socket if self._standby else None]
+        self._current = None
+        self._standby = None
+        with trio.CancelScope(shield=True):
+            for socket in sockets:
+                if socket is not None:
+                    await self._close_socket(socket, "connection closed")
+
+    # -- observability ------------------------------------------------------------------------
+
+    def _emit(self, event: RuntimeEvent) -> None:
+        if self._events is not None:
+            self._events.emit(event)
+
+    @property
+    def _observed(self) -> bool:
+        return self._events is not None and self._events.active
+
+    # -- sockets ------------------------------------------------------------------------------
+
+    def _headers(self) -> list[tuple[bytes, bytes]]:
+        headers = [
+            (b"authorization", b"Bearer " + self._api_key.reveal().encode()),
+            (b"user-agent", USER_AGENT.encode()),
+        ]
+        if self.settings.organization:
+            headers.append((b"openai-organization", self.settings.organization.encode()))
+        if self.settings.project:
+            headers.append((b"openai-project", self.settings.project.encode()))
+        headers.extend((k.encode(), v.encode()) for k, v in self.settings.extra_headers)
+        return headers
+
+    async def _open_socket(self, reason: str) -> _Socket:
+        self._socket_count += 1
+        index = self._socket_count
+        started = trio.current_time()
+        socket: _Socket = await self._nursery.start(self._socket_task, index)
+        duration = trio.current_time() - started
+        self._log.info("socket {} open ({}, {:.3f} s)", index, reason, duration)
+        if self._observed:
+            self._emit(
+                ConnectionOpened(
+                    time=trio.current_time(),
+                    agent=self.agent,
+                    connection=index,
+                    url=self.endpoint.url,
+                    reason=reason,
+                    duration=duration,
+                )
+            )
+        return socket
+
+    async def _socket_task(self, index: int, task_status: trio.TaskStatus[_Socket]) -> None:
+        """Owns one socket: its trio-websocket reader and its keepalive, until discarded."""
+        settings = self.settings
+        started = False
+        try:
+            async with trio.open_nursery() as nursery:
+                with trio.fail_after(settings.connect_timeout):
+                    stream = await self._connector()
+                    ws = await wrap_client_stream(
+                        nursery,
+                        stream,  # type: ignore[arg-type]
+                        f"{self.endpoint.host}:{self.endpoint.port}",
+                        self.endpoint.resource,
+                        extra_headers=self._headers(),
+                        message_queue_size=settings.message_queue_size,
+                        max_message_size=settings.max_message_size,
+                        receive_buffer_size=settings.receive_buffer_size,
+                    )
+                socket = _Socket(
+                    index,
+                    ws,
+                    stream,
+                    ConnectionLifecycle(
+                        trio.current_time(), settings.max_age, settings.rotation_margin
+                    ),
+                )
+                if settings.ping_interval is not None:
+                    nursery.start_soon(self._keepalive, socket)
+                started = True
+                task_status.started(socket)
+                await socket.done.wait()
+                nursery.cancel_scope.cancel()
+        except* ConnectionRejected as group:
+            raise self._rejected(_first(group, ConnectionRejected)) from None
+        except* trio.TooSlowError:
+            raise HandshakeRejected(
+                0,
+                f"no WebSocket handshake from {self.endpoint.url} within "
+                f"{settings.connect_timeout:g} s",
+            ) from None
+        except* (OSError, HandshakeError, ConnectionClosed) as group:
+            if started:
+                # The socket already serves turns, which see it as lost; nothing to raise here.
+                self._log.debug("socket {} ended: {!r}", index, group)
+            else:
+                raise ConnectionLost(
+                    1006, f"cannot connect to {self.endpoint.url}: {_first(group, Exception)}"
+                ) from None
+
+    def _rejected(self, exc: ConnectionRejected) -> HandshakeRejected:
+        status = exc.status_code
+        body = (exc.body or b"")[:512].decode("utf-8", "replace")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in exc.headers}
+        if status in (401, 403):
+            what = "rejected the API key" if status == 401 else "refused access (HTTP 403)"
+            return AuthenticationError(
+                status,
+                f"server {what} (HTTP {status}) for {self.endpoint.url}; key fingerprint "
+                f"{self._api_key.fingerprint}",
+            )
+        retry_after = _seconds(headers.get("retry-after"))
+        return HandshakeRejected(
+            status,
+            f"WebSocket handshake refused with HTTP {status} by {self.endpoint.url}: {body}",
+            retry_after=retry_after,
+        )
+
+    async def _keepalive(self, socket: _Socket) -> None:
+        interval = self.settings.ping_interval
+        assert interval is not None
+        while True:
+            await trio.sleep(interval)
+            with trio.move_on_after(self.settings.ping_timeout) as scope:
+                try:
+                    await socket.ws.ping()
+                except ConnectionClosed:
+                    return
+            if scope.cancelled_caught:
+                self._log.warning("socket {}: keepalive ping unanswered, dropping it", socket.id)
+                socket.dead_reason = "keepalive ping timed out"
+                # Closing the transport wakes a turn blocked in get_message() with 1006.
+                with trio.CancelScope(shield=True):
+                    await socket.stream.aclose()
+                return
+
+    async def _close_socket(self, socket: _Socket, reason: str, *, graceful: bool = True) -> None:
+        if socket.done.is_set():
+            return
+        if socket.dead_reason is None:
+            socket.dead_reason = reason
+        age = socket.lifecycle.age(trio.current_time())
+        try:
+            if graceful and socket.ws.closed is None:
+                with trio.move_on_after(self.settings.close_timeout):
+                    await socket.ws.aclose(1000)
+        finally:
+            with trio.CancelScope(shield=True):
+                await socket.stream.aclose()
+            socket.done.set()
+        self._log.debug("socket {} closed: {}", socket.id, reason)
+        if self._observed:
+            self._emit(
+                ConnectionClosedEvent(
+                    time=trio.current_time(),
+                    agent=self.agent,
+                    connection=socket.id,
+                    reason=reason,
+                    age=age,
+                )
+            )
+
+    async def _discard(self, socket: _Socket, reason: str) -> None:
+        """Drop a socket at once (no close handshake): it can no longer be trusted."""
+        if self._current is socket:
+            self._current = None
+        with trio.CancelScope(shield=True):
+            await self._close_socket(socket, reason, graceful=False)
+
+    # -- choosing the socket for a turn --------------------------------------------------------
+
+    def _rotation_point(self) -> float | None:
+        margin = self.settings.rotation_margin
+        return None if margin is None else self.settings.max_age - margin
+
+    async def _socket_for_turn(self, session: Session, failures: list[int]) -> _Socket:
+        standby = self._standby
+        if standby is not None:
+            if standby.socket.usable:
+                return self._switch(session, standby)
+            self._standby = None
+        current = self._current
+        if current is not None and current.usable:
+            if not current.lifecycle.rotation_due(trio.current_time()):
+                return current
+            # Rotation is due and no standby is ready: wait for one being prepared, else
+            # open a fresh socket now (the turn then replays instead of continuing).
+            if self._standby_ready is not None:
+                await self._standby_ready.wait()
+                if self._standby is not None and self._standby.socket.usable:
+                    return self._switch(session, self._standby)
+            old = current
+            self._current = None
+            socket = await self._connect(session, "rotation", failures)
+            self._rotations += 1
+            self._nursery.start_soon(self._close_socket, old, "rotated")
+            return socket
+        if current is not None:
+            await self._discard(current, current.dead_reason or "closed by peer")
+        return await self._connect(session, "reconnect" if current else "open", failures)
+
+    def _switch(self, session: Session | None, standby: _Standby) -> _Socket:
+        """Make the warm standby the current socket; close the old one in the background."""
+        old = self._current
+        self._standby = None
+        self._current = standby.socket
+        if standby.response_id is not None and session is not None and standby.session is session:
+            session.adopt_warmup(
+                standby.response_id, socket=standby.socket.id, covers=standby.covers
+            )
+        self._rotations += 1
+        if old is not None:
+            self._nursery.start_soon(self._close_socket, old, "rotated")
+            age = old.lifecycle.age(trio.current_time())
+            self._log.info(
+                "rotated socket {} -> {} at age {:.0f} s", old.id, standby.socket.id, age
+            )
+            if self._observed:
+                self._emit(
+                    ConnectionRotated(
+                        time=trio.current_time(),
+                        agent=self.agent,
+                        old=old.id,
+                        new=standby.socket.id,
+                        age=age,
+                        duration=trio.current_time() - standby.socket.lifecycle.opened_at,
+                    )
+                )
+        self._schedule_rotation()
+        return standby.socket
+
+    async def _connect(self, session: Session | None, reason: str, failures: list[int]) -> _Socket:
+        """Open a socket, retrying with backoff. ``failures`` is the turn's shared budget."""
+        while True:
+            try:
+                socket = await self._open_socket(reason)
+            except AuthenticationError:
+                self._failures += 1
+                raise
+            except HandshakeRejected as exc:
+                if exc.status not in (0, 408, 429) and exc.status < 500:
+                    self._failures += 1
+                    raise
+                await self._back_off(failures, f"handshake: {exc}", None, exc.retry_after, exc)
+                continue
+            except ConnectionLost as exc:
+                await self._back_off(failures, str(exc), exc.code, None, exc)
+                continue
+            if reason != "open":
+                self._reconnects += 1
+            self._current = socket
+            self._schedule_rotation()
+            return socket
+
+    async def _back_off(
+        self,
+        failures: list[int],
+        reason: str,
+        code: int | None,
+        retry_after: float | None,
+        cause: BaseException | None = None,
+    ) -> None:
+        failures[0] += 1
+        attempt = failures[0]
+        if attempt >= self.settings.max_attempts:
+            self._failures += 1
+            self._log.warning("giving up after {} attempts: {}", attempt, reason)
+            if self._observed:
+                self._emit(
+                    ConnectionFailed(
+                        time=trio.current_time(), agent=self.agent, reason=reason, attempts=attempt
+                    )
+                )
+            raise TurnFailed(f"{self.agent}: gave up after {attempt} attempts: {reason}") from cause
+        delay = retry_after if retry_after is not None else self._backoff_delay(attempt)
+        self._log.info("attempt {} failed ({}); retrying in {:.2f} s", attempt, reason, delay)
+        if self._observed:
+            self._emit(
+                ConnectionReconnecting(
+                    time=trio.current_time(),
+                    agent=self.agent,
+                    attempt=attempt,
+                    delay=delay,
+                    reason=reason,
+                    code=code,
+                )
+            )
+        await trio.sleep(delay)
+
+    def _backoff_delay(self, attempt: int) -> float:
+        """Jittered exponential backoff; the first retry is spread over [0, initial]."""
+        initial, cap = self.settings.backoff_initial, self.settings.backoff_max
+        if attempt <= 1:
+            return self._rng.uniform(0.0, initial)
+        ceiling: float = min(cap, initial * 2 ** (attempt - 1))
+        return ceiling * self._rng.uniform(0.5, 1.0)
+
+    # -- planned rotation -----------------------------------------------------------------------
+
+    def _schedule_rotation(self) -> None:
+        point = self._rotation_point()
+        if point is None or self._closed or self._current is None:
+            return
+        if self._timer_scope is not None:
+            self._timer_scope.cancel()
+        scope = trio.CancelScope()
+        self._timer_scope = scope
+        prepare_at = self._current.lifecycle.opened_at + max(0.0, point - self.settings.warmup_lead)
+        self._nursery.start_soon(self._rotation_timer, scope, prepare_at)
+
+    async def _rotation_timer(self, scope: trio.CancelScope, prepare_at: float) -> None:
+        with scope:
+            await trio.sleep_until(prepare_at)
+            await self._prepare_standby()
+
+    async def _prepare_standby(self) -> None:
+        """Open the next socket and warm it while the current one keeps serving turns."""
+        if self._standby is not None or self._closed:
+            return
+        ready = trio.Event()
+        self._standby_ready = ready
+        started = trio.current_time()
+        session = self._session
+        try:
+            socket = await self._open_socket("rotation")
+            response_id: str | None = None
+            covers = 0
+            if session is not None and self.settings.warmup and len(session) > 0:
+                covers = session.snapshot_length()
+                try:
+                    response_id = await self._warm(socket, session.warmup(socket=socket.id))
+                except (ConnectionLost, ServerError, RemoteProtocolError, TurnFailed) as exc:
+                    self._log.warning("warm-up on socket {} failed: {}", socket.id, exc)
+                    await self._discard(socket, f"warm-up failed: {exc}")
+                    return
+            standby = _Standby(socket, session, response_id, covers)
+            self._log.debug(
+                "standby socket {} ready in {:.3f} s", socket.id, trio.current_time() - started
+            )
+            if self._busy:
+                self._standby = standby  # the next turn boundary switches to it
+            else:
+                self._switch(session, standby)
+        except (HandshakeRejected, ConnectionLost) as exc:
+            # The current socket still serves; the next turn boundary will try again.
+            self._log.warning("could not prepare the next socket: {}", exc)
+        finally:
+            ready.set()
+            if self._standby_ready is ready:
+                self._standby_ready = None
+
+    async def _warm(self, socket: _Socket, request: TurnRequest) -> str:
+        started = trio.current_time()
+        result = await self._exchange(socket, request.create, None)
+        if isinstance(result, RequestError):
+            raise result.to_exception()
+        if result.status != "completed":
+            raise ServerError(
+                result.error.code if result.error else None,
+                f"warm-up ended {result.status}",
+            )
+        self._warmups += 1
+        duration = trio.current_time() - started
+        if self._observed:
+            self._emit(
+                WarmupFinished(
+                    time=trio.current_time(),
+                    agent=self.agent,
+                    connection=socket.id,
+                    response_id=result.id,
+                    items=len(request.create.input)
+                    if isinstance(request.create.input, list)
+                    else 0,
+                    duration=duration,
+                )
+            )
+        return result.id
+
+    # -- one exchange on one socket ----------------------------------------------------------------
+
+    async def _exchange(
+        self,
+        socket: _Socket,
+        create: ResponseCreate,
+        on_event: Callable[[Any], object] | None,
+    ) -> Response | RequestError:
+        """Send one create and read its events to the terminal one.
+
+        Raises:
+            _Lost: the socket broke (close, network error, idle deadline).
+            RemoteProtocolError: garbage or out-of-order events.
+        """
+        ws = socket.ws
+        text = encode_text(create)
+        socket.lifecycle.start_turn(self.agent)
+        try:
+            try:
+                await ws.send_message(text)
+            except ConnectionClosed as exc:
+                raise _Lost(_lost_from(exc, socket), sent=False) from exc
+            self._bytes_sent += len(text)
+            assembler = TurnAssembler()
+            idle = self.settings.idle_timeout
+            with trio.CancelScope(deadline=trio.current_time() + idle) as scope:
+                while True:
+                    try:
+                        message = await ws.get_message()
+                    except ConnectionClosed as exc:
+                        raise _Lost(_lost_from(exc, socket)) from exc
+                    self._events_received += 1
+                    self._bytes_received += len(message)
+                    if isinstance(message, bytes):
+                        raise RemoteProtocolError("binary frame on a text protocol")
+                    event = decode_server_event(message)
+                    result = assembler.receive(event)
+                    if on_event is not None:
+                        on_event(event)
+                    if result is not None:
+                        return result
+                    scope.deadline = trio.current_time() + idle
+            socket.dead_reason = f"no event for {idle:g} s"
+            raise _Lost(ConnectionLost(1006, f"no event for {idle:g} s (idle deadline)"))
+        finally:
+            socket.lifecycle.end_turn()
+
+    # -- the turn loop -----------------------------------------------------------------------------
+
+    async def _run_turn(
+        self,
+        session: Session,
+        new_items: tuple[Item, ...],
+        on_event: Callable[[Any], object] | None,
+    ) -> Response:
+        failures = [0]
+        replayed_for_not_found = False
+        replay = False
+        closed_normally = False
+        turn = session.turns + 1
+        started = trio.current_time()
+        attempt = 0
+        while True:
+            attempt += 1
+            socket = await self._socket_for_turn(session, failures)
+            request = session.request(new_items, socket=socket.id, replay=replay)
+            if request.replay and len(session):
+                self._replays += 1
+                reason = "replay requested" if replay else "socket does not hold the chain"
+                self._log.info(
+                    "replaying {} items on socket {} ({})", len(session), socket.id, reason
+                )
+                if self._observed:
+                    self._emit(
+                        TranscriptReplayed(
+                            time=trio.current_time(),
+                            agent=self.agent,
+                            reason=reason,
+                            items=len(session),
+                        )
+                    )
+            replay = False
+            if self._observed:
+                self._emit(
+                    TurnStarted(
+                        time=trio.current_time(),
+                        agent=self.agent,
+                        turn=turn,
+                        connection=socket.id,
+                        new_items=len(new_items),
+                    )
+                )
+            try:
+                result = await self._exchange(socket, request.create, on_event)
+            except _Lost as lost:
+                error = lost.error
+                await self._discard(socket, error.reason or f"close code {error.code}")
+                if not lost.sent and socket.lifecycle.age(trio.current_time()) >= _FRESH_SOCKET_AGE:
+                    continue  # an old socket was already gone: just take a fresh one
+                self._abandon(on_event, str(error), turn, attempt)
+                if error.code == 1000 and not closed_normally:
+                    closed_normally = True  # one retry for a clean close before the terminal
+                elif not error.retryable:
+                    self._failures += 1
+                    raise error from None
+                await self._back_off(failures, str(error), error.code, None, error)
+                continue
+            except BaseException:
+                # Protocol garbage, cancellation, anything: the socket's stream is no longer
+                # trustworthy, and the session has not changed.
+                await self._discard(socket, "turn abandoned")
+                raise
+            if isinstance(result, RequestError):
+                code = result.code
+                if code == "previous_response_not_found":
+                    self._abandon(on_event, "previous_response_not_found", turn, attempt)
+                    if request.replay or replayed_for_not_found:
+                        self._failures += 1
+                        raise result.to_exception()
+                    replayed_for_not_found = True
+                    session.forget_chain()
+                    replay = True
+                    continue
+                if code == "websocket_connection_limit_reached":
+                    self._abandon(on_event, "connection limit reached", turn, attempt)
+                    age = socket.lifecycle.age(trio.current_time())
+                    await self._discard(socket, "expired (websocket_connection_limit_reached)")
+                    if age < _FRESH_SOCKET_AGE:
+                        await self._back_off(
+                            failures, "expiry reported by a fresh socket", None, None
+                        )
+                    continue
+                if code == "response_already_in_flight":
+                    # Impossible from this client (RELIABILITY T7): the gateway and we disagree
+                    # about the socket's state, so stop trusting it.
+                    self._log.error(
+                        "server reports a response already in flight on socket {}", socket.id
+                    )
+                    self._abandon(on_event, "response_already_in_flight", turn, attempt)
+                    await self._discard(socket, "response_already_in_flight")
+                    await self._back_off(failures, "response_already_in_flight", None, None)
+                    continue
+                if _retryable(code, result.status):
+                    self._abandon(on_event, f"server error {code}", turn, attempt)
+                    self._retries += 1
+                    await self._back_off(
+                        failures,
+                        f"server error {code}",
+                        None,
+                        result.retry_after,
+                        result.to_exception(),
+                    )
+                    # The failed continuation evicted its parent (spec 7.3): replay.
+                    session.forget_chain()
+                    replay = True
+                    continue
+                self._failures += 1
+                raise result.to_exception()
+            if result.status == "failed":
+                code = result.error.code if result.error else None
+                if _retryable(code, None):
+                    self._abandon(on_event, f"response failed: {code}", turn, attempt)
+                    self._retries += 1
+                    await self._back_off(failures, f"response failed: {code}", None, None)
+                    session.forget_chain()
+                    replay = True
+                    continue
+                self._failures += 1
+                raise ServerError(
+                    code,
+                    result.error.message if result.error else "response failed",
+                    status=None,
+                )
+            session.commit(request, result, socket=socket.id)
+            self._turns += 1
+            if self._observed:
+                usage = result.usage
+                self._emit(
+                    TurnFinished(
+                        time=trio.current_time(),
+                        agent=self.agent,
+                        turn=turn,
+                        status=result.status,
+                        response_id=result.id,
+                        duration=trio.current_time() - started,
+                        input_tokens=usage.input_tokens if usage else 0,
+                        output_tokens=usage.output_tokens if usage else 0,
+                        function_calls=len(result.function_calls),
+                    )
+                )
+            return result
+
+    def _abandon(
+        self, on_event: Callable[[Any], object] | None, reason: str, turn: int, attempt: int
+    ) -> None:
+        if on_event is not None:
+            on_event(AttemptAbandoned(reason))
+        if self._observed:
+            self._emit(
+                TurnRetried(
+                    time=trio.current_time(),
+                    agent=self.agent,
+                    turn=turn,
+                    attempt=attempt,
+                    reason=reason,
+                )
+            )
+
+
+def _retryable(code: str | None, status: int | None) -> bool:
+    if code in _RETRYABLE_CODES:
+        return True
+    return code is None and status is not None and (status >= 500 or status == 429)
+
+
+def _lost_from(exc: ConnectionClosed, socket: _Socket) -> ConnectionLost:
+    reason = exc.reason
+    if socket.dead_reason is not None:
+        return ConnectionLost(1006, socket.dead_reason)
+    if reason is None:
+        return ConnectionLost(1006, "connection closed without a close frame")
+    return ConnectionLost(reason.code, reason.reason or reason.name)
+
+
+def _first(group: BaseExceptionGroup[Any], kind: type[Any]) -> Any:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first(exc, kind)
+            if found is not None:
+                return found
+        elif isinstance(exc, kind):
+            return exc
+    return None
+
+
+def _seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+@asynccontextmanager
+async def open_connection(
+    url: str | None = None,
+    api_key: str | Secret | None = None,
+    *,
+    settings: ConnectionSettings | None = None,
+    agent: str = "agent",
+    events: EventBus | None = None,
+    connector: Connector | None = None,
+    rng: random.Random | None = None,
+) -> AsyncIterator[Connection]:
+    """Open an agent's connection for the duration of the ``async with``.
+
+    Args:
+        url: ``wss://.../v1/responses`` or an SDK-style base URL (``https://host/v1``);
+            default ``OPENAI_BASE_URL`` or the service.
+        api_key: default ``OPENAI_API_KEY``. Never logged; ``repr`` shows a fingerprint.
+        settings: transport settings (timeouts, sizes, rotation, backoff).
+        agent: the name used in logs, events and errors.
+        events: where to report opens, rotations, reconnects, replays and turns.
+        connector: opens the byte stream (tests pass in-memory streams); default TCP/TLS.
+        rng: randomness for backoff jitter (seed it for reproducible tests).
+
+    The first socket opens lazily, at the first turn.
+
+    Raises:
+        ConfigurationError: a bad URL, an insecure URL, a missing or malformed key.
+    """
+    settings = settings if settings is not None else ConnectionSettings()
+    endpoint = resolve_endpoint(url, allow_insecure=settings.allow_insecure)
+    secret = resolve_api_key(api_key)
+    async with trio.open_nursery() as nursery:
+        connection = Connection(
+            agent=agent,
+            endpoint=endpoint,
+            settings=settings,
+            api_key=secret,
+            connector=connector if connector is not None else _tcp_connector(endpoint),
+            nursery=nursery,
+            events=events,
+            rng=rng if rng is not None else random.Random(),
+        )
+        try:
+            yield connection
+        finally:
+            await connection.aclose()
+            nursery.cancel_scope.cancel()
