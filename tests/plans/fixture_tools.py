@@ -1,0 +1,20 @@
+"""Tool functions that test plans reference by import path (``tests.plans.fixture_tools:...``)."""
+
+from __future__ import annotations
+
+NOT_CALLABLE = 3
+
+
+def search(query: str) -> str:
+    """Search the web."""
+    return f"results for {query}"
+
+
+def fetch(url: str) -> str:
+    """Fetch a page."""
+    return f"page {url}"
+
+
+def search_hotels(city: str) -> str:
+    """Search hotels."""
+    return f"hotels in {city}"
