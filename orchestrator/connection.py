@@ -662,7 +662,7 @@ class Connection:
             return socket
         if current is not None:
             await self._discard(current, current.dead_reason or "closed by peer")
-        return await self._connect(session, "reconnect" if current else "open", failures)
+        return await self._connect(session, "reconnect" if self._socket_count else "open", failures)
 
     def _switch(self, session: Session | None, standby: _Standby) -> _Socket:
         """Make the warm standby the current socket; close the old one in the background."""
