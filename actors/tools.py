@@ -503,7 +503,7 @@ def _utf8_size(text: str) -> int:
 def _enc_hook(value: Any) -> Any:
     if isinstance(value, pathlib.PurePath):
         return str(value)
-    raise NotImplementedError(f"objects of type {type(value).__name__} are not supported")
+    raise TypeError(f"objects of type {type(value).__name__} are not supported")
 
 
 _output_encoder: Final = msgspec.json.Encoder(enc_hook=_enc_hook)

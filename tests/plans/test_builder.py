@@ -1,8 +1,5 @@
 """Building plans in Python: same data, same validation as files."""
 
-# STYLE 7: asserts read ``expected == actual``, so the expected constant comes first.
-# ruff: noqa: SIM300
-
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,8 +1,5 @@
 """Plan files: decoding, file-level errors (RELIABILITY 3.1 rows 1-4), equal plans per format."""
 
-# STYLE 7: asserts read ``expected == actual``, so the expected constant comes first.
-# ruff: noqa: SIM300
-
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,8 +1,5 @@
 """The plan model's helpers: rendering tasks, scheduling steps, resolving agents' tools."""
 
-# STYLE 7: asserts read ``expected == actual``, so the expected constant comes first.
-# ruff: noqa: SIM300
-
 from __future__ import annotations
 
 from pathlib import Path

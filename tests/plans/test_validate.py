@@ -1,8 +1,5 @@
 """Plan validation: RELIABILITY 3.1 rows from 'unknown field' on, each with its code and shape."""
 
-# STYLE 7: asserts read ``expected == actual``, so the expected constant comes first.
-# ruff: noqa: SIM300
-
 from __future__ import annotations
 
 import copy
