@@ -459,6 +459,9 @@ class _ResponseStream:
     index: int
     stream_id: str | UnsetType
     sequence: int = 0
+    # ``created_at`` of the response object, fixed at ``response.created``: every lifecycle
+    # event of one response carries the same object, the terminal one included.
+    created_at: int | None = None
 
     def next_sequence(self) -> int:
         number = self.sequence
@@ -864,7 +867,25 @@ class _ServerConnection:
             if end.evict and parent is not None and parent_lane is lane:
                 self._evict(parent.id, lane)
             if end.failed is not None:
-                # Reached only from a "fail" fault before the terminal event was sent.
+                # Reached only from a "fail" fault before the terminal event was sent. A
+                # response must exist before it can fail: announce it first if needed.
+                if stream.sequence == 0:
+                    tools_raw = raw(create.tools or [])
+                    created_at = stream.created_at = int(time.time())
+                    base = self._response_object(
+                        create,
+                        response_id,
+                        status="in_progress",
+                        created_at=created_at,
+                        tools_raw=tools_raw,
+                    )
+                    await self.send(
+                        ResponseCreated(
+                            sequence_number=stream.next_sequence(),
+                            response=base,
+                            stream_id=stream.stream_id,
+                        )
+                    )
                 await self._send_failed(create, stream, response_id, end.failed, end.message)
         finally:
             self._active_responses.pop(response_id, None)
@@ -942,7 +963,7 @@ class _ServerConnection:
     ) -> None:
         config = self.server.config
         latency = config.latency
-        created_at = int(time.time())
+        created_at = stream.created_at = int(time.time())
         tools = tuple(create.tools) if isinstance(create.tools, list) else ()
         tools_raw = raw(tools)
         store = create.store is not False
@@ -1063,7 +1084,7 @@ class _ServerConnection:
             create,
             response_id,
             status="failed",
-            created_at=int(time.time()),
+            created_at=stream.created_at if stream.created_at is not None else int(time.time()),
             output=output,
             usage=usage,
             error=ResponseError(code=code, message=message or "The model failed to respond."),
