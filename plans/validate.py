@@ -293,6 +293,11 @@ def _did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     return f"did you mean {matches[0]!r}?" if matches else None
 
 
+def _number(value: float) -> str:
+    """``1000000`` rather than ``1e+06``."""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
 def _kind(value: object) -> str:
     """A JSON-ish name for the type of ``value``."""
     if value is None:
@@ -417,7 +422,6 @@ class _View:
         self.version: int | None = None
         self.goal: str | None = None
         self.final_step: str | None = None
-        self.has_final_step = False
         self.settings: Settings | None = None
         self.budgets: Budget | None = None
         self.tools: dict[str, ToolConfig] = {}
@@ -427,6 +431,8 @@ class _View:
         self.agent_count = 0
         self.step_count = 0
         self.broken_agent_names: set[str] = set()
+        # Agents that decoded only after dropping broken fields: role or model may be wrong.
+        self.lossy_agents: set[int] = set()
         self.broken_step_ids: set[str] = set()
 
     @classmethod
@@ -438,7 +444,6 @@ class _View:
         view.version = version if type(version) is int else None
         goal, final = data.get("goal"), data.get("final_step")
         view.goal = goal if isinstance(goal, str) else None
-        view.has_final_step = final is not None
         view.final_step = final if isinstance(final, str) else None
         view.settings = _convert_or_none(data.get("settings", {}), Settings)
         view.budgets = _convert_or_none(data.get("budgets", {}), Budget)
@@ -457,6 +462,8 @@ class _View:
                 agent = _convert_or_none(raw, Agent)
                 if agent is not None:
                     view.agents.append((index, agent))
+                    if _convert_exact(raw, Agent) is None:
+                        view.lossy_agents.add(index)
                 elif isinstance(raw, dict) and isinstance(raw.get("name"), str):
                     view.broken_agent_names.add(raw["name"])
         steps = data.get("steps", [])
@@ -471,6 +478,13 @@ class _View:
         return view
 
 
+def _convert_exact(value: Any, cls: type[_T]) -> _T | None:
+    try:
+        return msgspec.convert(value, cls)
+    except msgspec.ValidationError:
+        return None
+
+
 def _convert_or_none(value: Any, cls: type[_T]) -> _T | None:
     """``value`` as ``cls``, keeping what is valid: unknown fields and fields of the wrong
     type are dropped (the schema walk reported them), so one typo does not hide the rest
@@ -479,7 +493,7 @@ def _convert_or_none(value: Any, cls: type[_T]) -> _T | None:
         return msgspec.convert(value, cls)
     except msgspec.ValidationError:
         pass
-    if not isinstance(value, dict) or not issubclass(cls, msgspec.Struct):
+    if not (isinstance(value, dict) and isinstance(cls, type) and issubclass(cls, msgspec.Struct)):
         return None
     fields = {info.encode_name: info for info in msgspec.structs.fields(cls)}
     kept = {}
@@ -556,12 +570,14 @@ class _Semantics:
     def check_budget(self, budget: Budget, location: str) -> None:
         for field in ("max_turns", "max_tokens", "wall_clock"):
             value = getattr(budget, field)
-            if value is None:
-                continue
+            if value is None or not math.isfinite(value):
+                continue  # non-finite numbers are reported by the schema walk
             low, high = LIMITS[field]
             exclusive = field == "wall_clock"
             if (value <= low if exclusive else value < low) or value > high:
-                shown = f"0 < x <= {high:g}" if exclusive else f"{low:g}..{high:g}"
+                shown = (
+                    f"0 < x <= {_number(high)}" if exclusive else f"{_number(low)}..{_number(high)}"
+                )
                 self.out.add(
                     "plan.value", f"{location}.{field}", f"must be in {shown}, got {value}"
                 )
@@ -586,7 +602,12 @@ class _Semantics:
                 planners.append((index, agent))
             if agent.model is not None and not agent.model.strip():
                 out.add("plan.value", f"{location}.model", "must not be empty")
-            elif agent.model is None and not default_model and view.settings is not None:
+            elif (
+                agent.model is None
+                and not default_model
+                and view.settings is not None
+                and index not in view.lossy_agents
+            ):
                 out.add(
                     "plan.schema",
                     location,
@@ -607,7 +628,7 @@ class _Semantics:
                 f"{len(planners)} agents have role 'planner': {listing}",
                 "a plan has at most one planner",
             )
-        broken_agents = len(view.agents) < view.agent_count
+        broken_agents = len(view.agents) < view.agent_count or bool(view.lossy_agents)
         if not planners and view.step_count == 0 and view.agent_count and not broken_agents:
             out.add(
                 "plan.planner",
@@ -687,31 +708,40 @@ class _Semantics:
                 self.report_duplicate("step id", step_id, "$.steps", indices)
 
         cyclic = self.check_cycles(graph, declared)
-        if view.has_final_step and view.final_step is None:
-            pass  # wrong type: reported by the schema walk
-        elif view.final_step is not None and view.final_step not in step_ids:
-            out.add(
-                "plan.unknown_step",
-                "$.final_step",
-                f"final_step names unknown step {_show(view.final_step)}",
-                _did_you_mean(view.final_step, step_ids),
-            )
-        elif view.final_step is not None and not cyclic and view.complete:
-            needed = _ancestors(graph, view.final_step)
-            unreachable = [s.id for _, s in view.steps if s.id not in needed]
-            if unreachable:
-                names = ",".join(_show(s) for s in unreachable)
-                verb = "steps {} are" if len(unreachable) > 1 else "step {} is"
-                out.add(
-                    "plan.unreachable",
-                    "$.steps",
-                    f"{verb.format(names)} never scheduled",
-                    f"final_step {view.final_step!r} does not depend on them",
-                    severity="warning",
-                )
+        self.check_final_step(graph, step_ids, check_reach=view.complete and not cyclic)
         self.check_references(graph)
         if view.complete and view.steps:
             self.check_unused_agents()
+
+    def check_final_step(
+        self, graph: dict[str, set[str]], step_ids: set[str], *, check_reach: bool
+    ) -> None:
+        """final_step must exist; steps it does not need are never scheduled (a warning)."""
+        final = self.view.final_step  # None when unset (or of the wrong type: reported)
+        if final is None:
+            return
+        if final not in step_ids:
+            self.out.add(
+                "plan.unknown_step",
+                "$.final_step",
+                f"final_step names unknown step {_show(final)}",
+                _did_you_mean(final, step_ids),
+            )
+            return
+        if not check_reach:
+            return
+        needed = _ancestors(graph, final)
+        unreachable = [s.id for _, s in self.view.steps if s.id not in needed]
+        if unreachable:
+            names = ",".join(_show(s) for s in unreachable)
+            verb = "steps {} are" if len(unreachable) > 1 else "step {} is"
+            self.out.add(
+                "plan.unreachable",
+                "$.steps",
+                f"{verb.format(names)} never scheduled",
+                f"final_step {final!r} does not depend on them",
+                severity="warning",
+            )
 
     def check_cycles(self, graph: dict[str, set[str]], declared: dict[str, int]) -> bool:
         """Report one cycle per cyclic region (graphlib finds one at a time)."""
@@ -819,7 +849,8 @@ class _Semantics:
                 location = f"$.agents[{index}].tools[{position}]"
                 if ":" in entry:
                     name, path = tool_name_of_path(entry), entry
-                    self.check_import(entry, location, f"agent {_show(agent.name)} lists")
+                    if not self.check_import(entry, location, f"agent {_show(agent.name)} lists"):
+                        continue
                 elif entry in view.tools:
                     name, path = entry, view.tools[entry].path
                     used.add(entry)
@@ -836,15 +867,15 @@ class _Semantics:
                         or "define it under [tools] or give its import path 'module:function'",
                     )
                     continue
-                if name in names_here:
+                previous = paths_by_name.setdefault(name, (path, location))
+                if name in names_here and previous[0] == path:
                     out.add(
                         "plan.duplicate",
                         location,
-                        f"agent {_show(agent.name)} lists tool name {_show(name)} twice "
+                        f"agent {_show(agent.name)} lists tool {_show(name)} twice "
                         f"($.agents[{index}].tools[{names_here[name]}])",
                     )
                 names_here.setdefault(name, position)
-                previous = paths_by_name.setdefault(name, (path, location))
                 if previous[0] != path:
                     out.add(
                         "plan.duplicate",
@@ -863,13 +894,13 @@ class _Semantics:
                 )
 
     def check_tool_options(self, config: ToolConfig, location: str) -> None:
-        if config.timeout is not None:
+        if config.timeout is not None and math.isfinite(config.timeout):
             _, high = LIMITS["timeout"]
             if not 0 < config.timeout <= high:
                 self.out.add(
                     "plan.value",
                     f"{location}.timeout",
-                    f"must be in 0 < x <= {high:g}, got {config.timeout}",
+                    f"must be in 0 < x <= {_number(high)}, got {config.timeout}",
                 )
         if config.max_output is not None:
             low, high = LIMITS["max_output"]
@@ -877,11 +908,14 @@ class _Semantics:
                 self.out.add(
                     "plan.value",
                     f"{location}.max_output",
-                    f"must be in {low:g}..{high:g}, got {config.max_output}",
+                    f"must be in {_number(low)}..{_number(high)}, got {config.max_output}",
                 )
 
-    def check_import(self, path: str, location: str, subject: str) -> None:
-        """Check one ``module:function`` path: syntax, allow-list, then (once) the import."""
+    def check_import(self, path: str, location: str, subject: str) -> bool:
+        """Check one ``module:function`` path: syntax, allow-list, then (once) the import.
+
+        Returns whether the path is well-formed (further checks make sense).
+        """
         if not _IMPORT_PATH.fullmatch(path):
             self.out.add(
                 "plan.tool",
@@ -889,7 +923,7 @@ class _Semantics:
                 f"{_show(path)} is not an import path",
                 "expected 'package.module:function'",
             )
-            return
+            return False
         module = path.partition(":")[0]
         if self.allowed_modules is not None and not any(
             module == allowed or module.startswith(allowed + ".")
@@ -902,14 +936,15 @@ class _Semantics:
                 f"{subject} tool {_show(path)} which is not in the allow-list",
                 f"allowed modules: {allowed}",
             )
-            return
+            return True
         if not self.import_tools:
-            return
+            return True
         if path not in self._imports:
             self._imports[path] = _try_import(path)
         problem = self._imports[path]
         if problem is not None:
             self.out.add("plan.tool", location, problem[0], problem[1])
+        return True
 
 
 def _try_import(path: str) -> tuple[str, str | None] | None:
