@@ -153,6 +153,73 @@ async def _serve_until_signal(config: Any, print_token: bool) -> None:
                 break
 
 
+# -- demo ----------------------------------------------------------------------------------------
+
+
+def _add_demo(commands: Any) -> None:
+    parser = commands.add_parser(
+        "demo",
+        help="run a short offline conversation on the embedded server (no API key needed)",
+    )
+    parser.set_defaults(handler=_demo_command)
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    trio.run(_demo)
+    return EXIT_OK
+
+
+async def _demo() -> None:
+    from orchestrator.connection import open_connection
+    from orchestrator.protocol.events import (
+        FunctionCallOutputItem,
+        FunctionTool,
+        MessageItem,
+        OutputTextDelta,
+    )
+    from orchestrator.server import open_local_server
+    from orchestrator.session import Session
+
+    weather = FunctionTool(
+        "weather",
+        {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+        "Today's weather in a city.",
+    )
+    print("demo: embedded server (no API key needed), generic local model")
+    async with (
+        open_local_server() as server,
+        open_connection(server.url, server.token, agent="demo") as connection,
+    ):
+        session = Session(model="local-generic", instructions="Be brief.", tools=(weather,))
+
+        def show(event: object) -> None:
+            if isinstance(event, OutputTextDelta):
+                print(event.delta, end="", flush=True)
+
+        prompt = "What is the weather in Lisbon today?"
+        print(f"user: {prompt}")
+        response = await connection.run_turn(session, [MessageItem.user(prompt)])
+        outputs = []
+        for call in response.function_calls:
+            print(f"tool: {call.name}({call.arguments})")
+            outputs.append(
+                FunctionCallOutputItem(call_id=call.call_id, output='{"sky":"sunny","c":21}')
+            )
+        print("assistant: ", end="")
+        await connection.run_turn(session, outputs, on_event=show)
+        print()
+        stats = connection.statistics()
+        print(
+            f"turns {stats.turns}, transcript {len(session.transcript)} items, "
+            f"{stats.events_received} events, continued by previous_response_id"
+        )
+
+
 # -- entry point -------------------------------------------------------------------------------
 
 
@@ -163,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(commands)
+    _add_demo(commands)
     return parser
 
 
