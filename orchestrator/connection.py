@@ -30,7 +30,7 @@ import ipaddress
 import os
 import random
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -377,7 +377,7 @@ class Connection:
     async def run_turn(
         self,
         session: Session,
-        new_items: list[Item] | tuple[Item, ...],
+        new_items: Sequence[Item],
         *,
         on_event: Callable[[ServerEvent | UnknownEvent | AttemptAbandoned], object] | None = None,
     ) -> Response:
