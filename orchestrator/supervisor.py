@@ -295,7 +295,7 @@ class Supervisor:
                 for c in state.children
             ),
             restarts=self._restarts,
-            restarts_in_period=len(state.restart_times),
+            restarts_in_period=state.restarts_since(trio.current_time() - self.period),
         )
 
 
@@ -527,6 +527,9 @@ class _SupervisorRun:
             times.popleft()
         times.append(now)
         return len(times) <= self.sup.intensity
+
+    def restarts_since(self, time: float) -> int:
+        return sum(t >= time for t in self.restart_times)
 
     def _restart_group(self, child: _Child) -> list[_Child]:
         strategy = self.sup.strategy
