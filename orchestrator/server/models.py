@@ -253,6 +253,7 @@ class _Drawer:
     """Draws argument values from the conversation text, deterministically."""
 
     text: str
+    whole_text: bool = False
     _used: set[str] = attrs.field(factory=set)
 
     def proper_noun(self) -> str | None:
@@ -336,7 +337,11 @@ def _string_for(name: str, schema: Mapping[str, Any], drawer: _Drawer) -> str:
     if schema.get("format") == "date" or "date" in lowered:
         match = _DATE.search(drawer.text)
         value = match.group(0) if match else "2026-01-01"
-    elif lowered in _LONG_TEXT_NAMES or lowered.endswith(("_query", "_text", "_task")):
+    elif (
+        drawer.whole_text
+        or lowered in _LONG_TEXT_NAMES
+        or lowered.endswith(("_query", "_text", "_task"))
+    ):
         value = drawer.text.strip() or name
     else:
         value = drawer.proper_noun() or drawer.text.strip() or name
@@ -391,10 +396,15 @@ def _object_for(
     }
 
 
-def arguments_for(tool: Tool, text: str) -> str:
-    """Arguments for ``tool`` that validate against its JSON schema, drawn from ``text``."""
+def arguments_for(tool: Tool, text: str, *, prefer_text: bool = False) -> str:
+    """Arguments for ``tool`` that validate against its JSON schema, drawn from ``text``.
+
+    With ``prefer_text`` every free-form string parameter receives the whole text (used for
+    terminal tools, whose argument is the answer).
+    """
     schema = tool.parameters if isinstance(tool.parameters, dict) else {}
-    value = _object_for(schema, schema, _Drawer(text), 0) if schema else {}
+    drawer = _Drawer(text, whole_text=prefer_text)
+    value = _object_for(schema, schema, drawer, 0) if schema else {}
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -407,6 +417,11 @@ def _summarise(outputs: Sequence[FunctionCallOutputItem], calls: Mapping[str, st
             content = content[:277] + "..."
         lines.append(f"- {name}: {content}")
     return "\n".join(lines)
+
+
+# Tools that end the agent's work ("finish with the answer"): called last, once every other
+# tool has answered, with the summary of those answers as their text arguments.
+TERMINAL_TOOLS: Final = frozenset({"finish", "final_answer", "submit_answer", "done"})
 
 
 class GenericPolicy(Policy):
@@ -428,7 +443,9 @@ class GenericPolicy(Policy):
             offered = []
         elif isinstance(choice, dict) and choice.get("type") == "function":
             offered = [tool for tool in offered if tool.name == choice.get("name")]
-        pending = [tool for tool in offered if tool.name not in called]
+        pending = [
+            tool for tool in offered if tool.name not in called and tool.name not in TERMINAL_TOOLS
+        ]
         if pending:
             if not request.parallel_tool_calls:
                 pending = pending[:1]
@@ -439,11 +456,22 @@ class GenericPolicy(Policy):
                     for tool in pending
                 )
             )
+        names = {item.call_id: item.name for item in recent if isinstance(item, FunctionCallItem)}
+        terminal = [
+            tool for tool in offered if tool.name in TERMINAL_TOOLS and tool.name not in called
+        ]
+        if terminal:
+            answered = [item for item in recent if isinstance(item, FunctionCallOutputItem)]
+            summary = (
+                _summarise(answered, names)
+                if answered
+                else " ".join(_last_user_text(context).split())
+            )
+            tool = terminal[0]
+            arguments = arguments_for(tool, summary, prefer_text=True)
+            return ModelReply(calls=(CallSpec(name=str(tool.name), arguments=arguments),))
         outputs = _trailing_outputs(context)
         if outputs:
-            names = {
-                item.call_id: item.name for item in recent if isinstance(item, FunctionCallItem)
-            }
             return ModelReply(text=_summarise(outputs, names))
         question = " ".join(_last_user_text(context).split())
         if not question:
