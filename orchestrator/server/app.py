@@ -319,9 +319,14 @@ class LocalServer:
         log = logger.bind(server_connection=index)
         try:
             async with trio.open_nursery() as nursery:
+                # trio-websocket's reader task completes the closing handshake. It runs in a
+                # nursery that a server shutdown does not cancel, so the 1001 close is
+                # answered at once instead of waiting out close_timeout with nobody reading.
+                websocket_nursery: trio.Nursery = await nursery.start(_open_shielded_nursery)
                 try:
-                    await self._serve(nursery, transport, index, log)
+                    await self._serve(websocket_nursery, transport, index, log)
                 finally:
+                    websocket_nursery.cancel_scope.cancel()
                     nursery.cancel_scope.cancel()
         except* _Stop:
             pass  # already reported where it happened
@@ -1250,6 +1255,14 @@ class _EndResponse(Exception):
         self.evict = evict
         self.failed = failed
         self.message = message
+
+
+async def _open_shielded_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+    """Provide a nursery that outside cancellation does not reach; cancel its scope to end it."""
+    with trio.CancelScope(shield=True):
+        async with trio.open_nursery() as nursery:
+            task_status.started(nursery)
+            await trio.sleep_forever()
 
 
 def _or(value: Any, default: Any) -> Any:
