@@ -85,6 +85,22 @@ def encode_text(obj: Any) -> str:
     return _encoder.encode(obj).decode()
 
 
+def _require_utf8(data: str | bytes | Raw, what: str) -> None:
+    """Reject bytes that are not UTF-8 as a whole.
+
+    msgspec validates UTF-8 only in what it decodes: the unknown fields it skips and the
+    ``Raw`` fields it keeps are copied unchecked, so without this a binary frame with a bad
+    byte there passes (and a kept ``Raw`` can no longer be sent as text). ``str`` input is
+    Unicode already; msgspec rejects lone surrogates in it when encoding it to UTF-8.
+    """
+    if isinstance(data, str):
+        return
+    try:
+        str(data, "utf-8")
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError(f"malformed {what}: invalid UTF-8") from exc
+
+
 def _generic(data: str | bytes | Raw) -> Any:
     try:
         return _any_decoder.decode(data)
@@ -115,6 +131,7 @@ def decode_server_event(data: str | bytes) -> ServerEvent | UnknownEvent:
     Raises:
         RemoteProtocolError: the frame is not a well-formed event.
     """
+    _require_utf8(data, "server event")
     try:
         event: ServerEvent = _server_decoder.decode(data)
     except msgspec.ValidationError as exc:
@@ -140,6 +157,7 @@ def decode_client_event(data: str | bytes) -> ClientEvent | UnknownEvent:
         RemoteProtocolError: the frame is not a well-formed client event; the message carries
             msgspec's description, including the JSON path (``$.input[0].role``).
     """
+    _require_utf8(data, "client event")
     try:
         decoded: ClientEvent = _client_decoder.decode(data)
     except msgspec.ValidationError as exc:
@@ -207,6 +225,7 @@ def decode_item(raw: Raw | bytes | str) -> Item:
     Raises:
         RemoteProtocolError: the JSON is not an item.
     """
+    _require_utf8(raw, "item")
     try:
         known: Item = _item_decoder.decode(raw)
     except DECODE_ERRORS:
@@ -222,6 +241,7 @@ def decode_items(raw: Raw | bytes | str) -> list[Item]:
     Raises:
         RemoteProtocolError: the JSON is not a list of items.
     """
+    _require_utf8(raw, "item list")
     try:
         return list(_items_decoder.decode(raw))
     except DECODE_ERRORS:
