@@ -14,6 +14,7 @@ and otherwise ignored (T9).
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -140,7 +141,9 @@ class RequestError:
             seconds = float(value)
         except ValueError:
             return None
-        return seconds if seconds >= 0 else None
+        # float() also parses "inf", "nan" and "1e999": a caller that honours an infinite
+        # delay would wait forever.
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
     def to_exception(self) -> ServerError:
         return ServerError(
