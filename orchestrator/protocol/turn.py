@@ -275,8 +275,12 @@ class TurnAssembler:
 
     @property
     def text(self) -> str:
-        """The text streamed so far (deltas of every message content), for live display."""
-        return "".join("".join(parts) for parts in self._text.values())
+        """The text streamed so far (deltas of every message content), for live display.
+
+        In output order (output_index, then content_index), like ``Response.text``, even when
+        the server interleaves items.
+        """
+        return "".join("".join(self._text[key]) for key in sorted(self._text))
 
     # -- checks -------------------------------------------------------------------------------
 
