@@ -34,7 +34,7 @@ class ConnectionLifecycle:
     _in_flight: bool = False
 
     def __attrs_post_init__(self) -> None:
-        if self.max_age <= 0:
+        if not self.max_age > 0:  # also rejects NaN, which would never expire
             raise ValueError(f"max_age must be positive, got {self.max_age}")
         if self.margin is not None and not 0 <= self.margin < self.max_age:
             raise ValueError(f"margin must be in [0, max_age), got {self.margin}")
