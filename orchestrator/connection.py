@@ -1083,7 +1083,8 @@ def _seconds(value: str | None) -> float | None:
         seconds = float(value)
     except ValueError:
         return None
-    return seconds if seconds >= 0 else None
+    # "inf" or "1e999" would make the backoff sleep forever.
+    return seconds if 0 <= seconds < 86_400 else None
 
 
 @asynccontextmanager
