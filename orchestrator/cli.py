@@ -7,6 +7,7 @@ Exit codes (RELIABILITY section 3): 0 success, 2 usage/configuration/plan error,
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from functools import partial
@@ -153,6 +154,217 @@ async def _serve_until_signal(config: Any, print_token: bool) -> None:
                 break
 
 
+# -- validate and run ----------------------------------------------------------------------------
+
+
+def _add_validate(commands: Any) -> None:
+    parser = commands.add_parser(
+        "validate",
+        help="check a plan file and report every problem at once",
+        description="Validate a plan (TOML, YAML or JSON) without opening any connection.",
+    )
+    parser.add_argument("plan", type=Path, help="the plan file")
+    parser.set_defaults(handler=_validate_command)
+
+
+def _plan_path_on_sys_path(path: Path) -> None:
+    """Tools are imported by path: make modules next to the plan and in the cwd importable."""
+    for entry in (str(Path.cwd()), str(path.resolve().parent)):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+
+
+def _check(path: Path) -> Any:
+    from plans import check_plan_file
+
+    _plan_path_on_sys_path(path)
+    report = check_plan_file(path)
+    for issue in sorted(report.warnings, key=str):
+        print(str(issue), file=sys.stderr)
+    if report.errors:
+        for issue in report.errors:
+            print(str(issue), file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    return report.plan
+
+
+def _validate_command(args: argparse.Namespace) -> int:
+    plan = _check(args.plan)
+    print(
+        f"ok: plan {plan.name!r}: {len(plan.agents)} agents, {len(plan.steps)} steps, "
+        f"{len({t for a in plan.agents for t in a.tools})} tools"
+    )
+    return EXIT_OK
+
+
+def _add_run(commands: Any) -> None:
+    parser = commands.add_parser(
+        "run",
+        help="run a plan (offline on the embedded server when OPENAI_API_KEY is not set)",
+        description="Run a plan to its answer. Without OPENAI_API_KEY (or --api-key-file) the "
+        "run uses the embedded server in-process; with a key it runs live against the "
+        "service or --base-url.",
+    )
+    parser.add_argument("plan", type=Path, help="the plan file (TOML, YAML or JSON)")
+    parser.add_argument("--goal", help="what to achieve (default: the plan's goal)")
+    parser.add_argument("--json", action="store_true", help="print one JSON result, no live view")
+    parser.add_argument("--trace", type=Path, metavar="FILE", help="write every event as JSONL")
+    parser.add_argument("--base-url", help="a compatible endpoint (https://host/v1 or wss://...)")
+    parser.add_argument(
+        "--api-key-file", type=Path, metavar="FILE", help="read the API key from a 0600 file"
+    )
+    parser.add_argument(
+        "--offline", action="store_true", help="use the embedded server even with a key"
+    )
+    parser.add_argument(
+        "--allow-insecure", action="store_true", help="allow ws:// to a non-loopback host"
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (stderr)")
+    parser.set_defaults(handler=_run_command)
+
+
+def _read_key_file(path: Path) -> str:
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        _fail("auth.missing", f"cannot read --api-key-file {path}: {exc.strerror}", EXIT_AUTH)
+    if mode & 0o077:
+        _fail(
+            "auth.permissions",
+            f"{path} is readable by others (mode {mode & 0o777:o}); chmod 600 it",
+            EXIT_AUTH,
+        )
+    return text.strip()
+
+
+def _exit_code(result: Any) -> int:
+    if result.status == "completed":
+        return EXIT_OK
+    if result.status == "budget_exceeded":
+        return EXIT_BUDGET
+    if result.status == "interrupted":
+        return EXIT_INTERRUPTED
+    code = result.code or ""
+    if code.startswith("auth."):
+        return EXIT_AUTH
+    if code.startswith(("config.", "plan.")):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from orchestrator.logging import configure
+
+    configure("DEBUG" if args.verbose > 1 else "INFO" if args.verbose else "WARNING")
+    plan = _check(args.plan)
+    key: str | None = None
+    if args.api_key_file is not None:
+        key = _read_key_file(args.api_key_file)
+    elif not args.offline:
+        key = os.environ.get("OPENAI_API_KEY")
+    offline = args.offline or key is None
+    if offline and args.base_url and not args.offline:
+        _fail(
+            "auth.missing",
+            f"--base-url {args.base_url} needs a key: set OPENAI_API_KEY or pass --api-key-file",
+            EXIT_AUTH,
+        )
+    if key is not None and not offline:
+        from orchestrator.connection import resolve_api_key, resolve_endpoint
+
+        try:
+            resolve_api_key(key)
+            resolve_endpoint(
+                args.base_url or plan.settings.base_url, allow_insecure=args.allow_insecure
+            )
+        except ConfigurationError as exc:
+            _fail(exc.code, str(exc), EXIT_AUTH if exc.code.startswith("auth.") else EXIT_USAGE)
+        if not key.startswith("sk-"):
+            print("warning[auth.format]: key does not start with 'sk-'", file=sys.stderr)
+    if offline:
+        print("offline: no OPENAI_API_KEY, running on the embedded server", file=sys.stderr)
+    return trio.run(_run_async, args, plan, key, offline)
+
+
+async def _run_async(args: argparse.Namespace, plan: Any, key: str | None, offline: bool) -> int:
+    from rich.console import Console
+
+    from orchestrator.connection import ConnectionSettings
+    from orchestrator.display import LiveView, render_report
+    from orchestrator.observe import EventBus, event_encoder
+    from orchestrator.run import run
+
+    console = Console(stderr=args.json)
+    bus = EventBus()
+    stop = trio.Event()
+    trace = None
+    if args.trace is not None:
+        descriptor = os.open(args.trace, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        trace = os.fdopen(descriptor, "wb")
+
+        def write(event: Any) -> None:
+            assert trace is not None
+            trace.write(event_encoder.encode(event) + b"\n")
+
+        bus.add_listener(write)
+    view = LiveView(f"{plan.name}: {'embedded server' if offline else 'live'}")
+    bus.add_listener(view)
+    results: list[Any] = []
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def interrupt() -> None:
+                    count = 0
+                    async for _ in signals:
+                        count += 1
+                        if count == 1:
+                            print(
+                                "\ninterrupted: stopping cleanly (Ctrl-C again to force)",
+                                file=sys.stderr,
+                            )
+                            stop.set()
+                        else:
+                            print("forced stop", file=sys.stderr)
+                            nursery.cancel_scope.cancel()
+
+                nursery.start_soon(interrupt)
+                live_scope = trio.CancelScope()
+                if console.is_terminal and not args.json:
+
+                    async def show() -> None:
+                        with live_scope:
+                            await view.refresh(console)
+
+                    nursery.start_soon(show)
+                result = await run(
+                    plan,
+                    args.goal,
+                    api_key=key,
+                    base_url=args.base_url,
+                    offline=offline,
+                    events=bus,
+                    stop=stop,
+                    connection_settings=ConnectionSettings(allow_insecure=args.allow_insecure),
+                )
+                results.append(result)
+                live_scope.cancel()
+                nursery.cancel_scope.cancel()
+    finally:
+        if trace is not None:
+            trace.close()
+    if not results:
+        return EXIT_INTERRUPTED  # forced: no report
+    result = results[0]
+    if args.json:
+        sys.stdout.buffer.write(result.to_json() + b"\n")
+        sys.stdout.flush()
+    else:
+        console.print(render_report(result))
+    return _exit_code(result)
+
+
 # -- demo ----------------------------------------------------------------------------------------
 
 
@@ -229,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Supervised teams of LLM agents over the Responses API WebSocket mode.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(commands)
+    _add_validate(commands)
     _add_serve(commands)
     _add_demo(commands)
     return parser

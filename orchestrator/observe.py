@@ -25,6 +25,7 @@ __all__ = [
     "ActorRestarted",
     "ActorStarted",
     "ActorStopped",
+    "AgentState",
     "ConnectionClosed",
     "ConnectionFailed",
     "ConnectionOpened",
@@ -137,6 +138,16 @@ class TurnFinished(RuntimeEvent, tag="turn.finished", frozen=True, kw_only=True)
     input_tokens: int = 0
     output_tokens: int = 0
     function_calls: int = 0
+
+
+class AgentState(RuntimeEvent, tag="agent.state", frozen=True, kw_only=True):
+    """What an agent is doing: ``thinking`` (a turn in flight), ``calling_tool``,
+    ``waiting`` (for delegated work), ``idle``."""
+
+    agent: str
+    role: str
+    state: str
+    detail: str = ""
 
 
 # -- actors and routing ------------------------------------------------------------------------

@@ -1,0 +1,221 @@
+"""AgentActor: an actor that owns one connection and one session and runs tool loops.
+
+Each incarnation opens its own connection (the first socket opens lazily, at the first turn)
+and closes it when it ends; the session lives on the actor object, so a crash in the actor's
+code restarts it with its conversation intact. Socket expiry and loss never reach the actor:
+the connection rotates and recovers by itself, and only when it gives up (bounded attempts)
+does the failure crash the incarnation for the supervisor to restart.
+
+A message is a :class:`Task`; the reply is a :class:`TaskResult` with the agent's final text.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import msgspec
+import trio
+
+from actors.base import Actor
+from actors.tools import ToolExecutor, ToolRepairBudgetExceeded
+from orchestrator.budget import BudgetTracker
+from orchestrator.connection import Connection
+from orchestrator.errors import (
+    AuthenticationError,
+    BudgetExceeded,
+    ConfigurationError,
+    OrchestratorError,
+)
+from orchestrator.observe import AgentState, EventBus
+from orchestrator.protocol.events import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    Item,
+    MessageItem,
+)
+from orchestrator.session import Session
+
+if TYPE_CHECKING:
+    from orchestrator.protocol.turn import Response
+
+__all__ = ["AgentActor", "CallOutcome", "Task", "TaskResult"]
+
+ENDED_OUTPUT: Final = '{"status":"ended","note":"the previous task ended before this output"}'
+
+
+class Task(msgspec.Struct, frozen=True, kw_only=True):
+    """Work for an agent: the text becomes the next user message."""
+
+    text: str
+    sender: str = "run"
+    step: str | None = None
+
+
+class TaskResult(msgspec.Struct, frozen=True, kw_only=True):
+    """An agent's answer to a task."""
+
+    agent: str
+    text: str
+    turns: int
+    step: str | None = None
+
+
+@attrs.frozen
+class CallOutcome:
+    """What handling one response's function calls produced.
+
+    ``answer`` is set when a call ended the task (the planner's ``finish``).
+    """
+
+    outputs: tuple[Item, ...]
+    answer: str | None = None
+
+
+ConnectionOpener = Callable[[str], AbstractAsyncContextManager["Connection"]]
+
+
+@attrs.define(eq=False)
+class AgentActor(Actor):
+    """An agent: one connection, one session, its tools.
+
+    Args:
+        session: the conversation (model, instructions, tools, transcript).
+        open_connection: opens this agent's connection, given the agent's name.
+        tools: the executor of this agent's tools (``None``: no tools).
+        budget: the run's budget tracker, consulted before and after every turn.
+        events: where agent states (thinking, calling a tool...) are reported.
+    """
+
+    session: Session = attrs.field(kw_only=True)
+    open_connection: ConnectionOpener = attrs.field(kw_only=True, repr=False)
+    tools: ToolExecutor | None = attrs.field(default=None, kw_only=True, repr=False)
+    budget: BudgetTracker | None = attrs.field(default=None, kw_only=True, repr=False)
+    events: EventBus | None = attrs.field(default=None, kw_only=True, repr=False)
+    model_turns: int = attrs.field(default=0, init=False)
+    tool_calls: int = attrs.field(default=0, init=False)
+    tasks_done: int = attrs.field(default=0, init=False)
+    _connection: Connection | None = attrs.field(default=None, init=False, repr=False)
+    _last_connection: Connection | None = attrs.field(default=None, init=False, repr=False)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """One incarnation: open the connection, serve the mailbox, close the connection."""
+        async with self.open_connection(self.name) as connection:
+            self._connection = connection
+            self._last_connection = connection
+            try:
+                await super().run(task_status=task_status)
+            finally:
+                self._connection = None
+
+    @property
+    def connection(self) -> Connection | None:
+        """The current (or, between incarnations, the last) connection, for statistics."""
+        return self._connection or self._last_connection
+
+    # -- messages -----------------------------------------------------------------------------
+
+    async def handle(self, message: Any) -> Any:
+        if not isinstance(message, Task):
+            raise TypeError(f"agent {self.name!r} expects a Task, got {type(message).__name__}")
+        try:
+            return await self.perform(message)
+        except (
+            BudgetExceeded,
+            ToolRepairBudgetExceeded,
+            AuthenticationError,
+            ConfigurationError,
+        ) as exc:
+            # These end the whole run, not just this incarnation: record the reason and
+            # unwind with the run's cancellation instead of crashing into a restart.
+            if self.budget is not None:
+                self.budget.fail(exc)
+                await trio.lowlevel.checkpoint()
+            raise
+        finally:
+            self._state("idle")
+
+    async def perform(self, task: Task) -> TaskResult:
+        """Run the tool loop for ``task`` until the model answers without calling a tool."""
+        items: list[Item] = [*self._close_pending_calls(), MessageItem.user(task.text)]
+        turns = 0
+        while True:
+            response = await self.turn(items)
+            turns += 1
+            calls = response.function_calls
+            if not calls:
+                self.tasks_done += 1
+                return TaskResult(agent=self.name, text=response.text, turns=turns, step=task.step)
+            outcome = await self.handle_calls(calls)
+            if outcome.answer is not None:
+                self.tasks_done += 1
+                return TaskResult(agent=self.name, text=outcome.answer, turns=turns, step=task.step)
+            items = list(outcome.outputs)
+
+    async def turn(self, items: Sequence[Item]) -> Response:
+        """One model turn on this agent's connection, within the budgets."""
+        connection = self._connection
+        if connection is None:
+            raise OrchestratorError(f"agent {self.name!r} is not running")
+        budget = self.budget
+        deadline = math.inf
+        if budget is not None:
+            budget.before_turn(self.name)
+            deadline = budget.agent_deadline(self.name)
+        self._state("thinking")
+        with trio.move_on_at(deadline) as scope:
+            response = await connection.run_turn(self.session, items)
+        if scope.cancelled_caught:
+            assert budget is not None
+            limits = budget.agents[self.name]
+            assert limits.wall_clock is not None
+            raise budget.wall_clock_reached(self.name, limits.wall_clock, limits.wall_clock)
+        self.model_turns += 1
+        if budget is not None and response.usage is not None:
+            budget.after_turn(self.name, response.usage.input_tokens, response.usage.output_tokens)
+        return response
+
+    async def handle_calls(self, calls: Sequence[FunctionCallItem]) -> CallOutcome:
+        """Run this agent's tools for the calls of one response (concurrently)."""
+        self.tool_calls += len(calls)
+        self._state("calling_tool", ", ".join(call.name for call in calls))
+        return CallOutcome(tuple(await self.run_tools(calls)))
+
+    async def run_tools(self, calls: Sequence[FunctionCallItem]) -> list[FunctionCallOutputItem]:
+        if not calls:
+            return []
+        if self.tools is None:
+            return [
+                FunctionCallOutputItem(
+                    call_id=call.call_id,
+                    output=msgspec.json.encode(
+                        {"error": "unknown_tool", "tool": call.name[:64], "allowed": []}
+                    ).decode(),
+                )
+                for call in calls
+            ]
+        return await self.tools.execute_all(calls)
+
+    def _close_pending_calls(self) -> list[Item]:
+        """Outputs for calls a previous task left unanswered (a ``finish`` call, say)."""
+        return [
+            FunctionCallOutputItem(call_id=call.call_id, output=ENDED_OUTPUT)
+            for call in self.session.pending_calls()
+        ]
+
+    def _state(self, state: str, detail: str = "") -> None:
+        if self.events is not None and self.events.active:
+            self.events.emit(
+                AgentState(
+                    time=trio.current_time(),
+                    agent=self.name,
+                    role=self.role or "worker",
+                    state=state,
+                    detail=detail,
+                )
+            )

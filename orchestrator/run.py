@@ -1,0 +1,605 @@
+"""``run(plan, goal)``: the top layer, wiring plans, actors, the supervisor and budgets.
+
+A run starts one actor per agent of the plan under a supervisor, each actor with its own
+connection, and then either
+
+* **delegates** (no steps in the plan): the goal goes to the planner, whose delegation tools
+  route tasks to the workers (in parallel when one response delegates several times), until
+  it finishes with the answer; or
+* **follows the steps**: a DAG whose independent steps run in parallel, each step's task
+  rendered with the results of the steps it depends on.
+
+Without an API key the run uses the embedded server in-process (the result says so). Budgets
+(turns, tokens, wall-clock; per run and per agent) and a ``stop`` event end the run cleanly
+with the reason and the partial results; nothing raises for them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import attrs
+import msgspec
+import trio
+from loguru import logger
+
+from actors.agent import AgentActor, Task, TaskResult
+from actors.planner import PlannerActor, WorkerInfo, delegation_tools
+from actors.tools import ToolRegistry, ToolRepairBudgetExceeded
+from actors.worker import WorkerActor
+from orchestrator.budget import BudgetLimits, BudgetTracker
+from orchestrator.connection import (
+    Connection,
+    ConnectionSettings,
+    ConnectionStatistics,
+    open_connection,
+    resolve_api_key,
+)
+from orchestrator.errors import (
+    ActorDead,
+    AuthenticationError,
+    BudgetExceeded,
+    ConfigurationError,
+    OrchestratorError,
+    PlanError,
+    RestartLimitReached,
+)
+from orchestrator.logging import Secret, redact
+from orchestrator.observe import ActorStarted, EventBus, RuntimeEvent
+from orchestrator.protocol.codec import encode
+from orchestrator.protocol.events import Item
+from orchestrator.router import Router
+from orchestrator.session import Session
+from orchestrator.supervisor import Backoff, Supervisor
+from plans import Plan, check_plan, load_plan, render_task, result_steps, scheduled_steps
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Mapping
+
+__all__ = [
+    "AgentReport",
+    "RunResult",
+    "RunStatus",
+    "StepReport",
+    "run",
+]
+
+RunStatus = Literal["completed", "budget_exceeded", "failed", "interrupted"]
+
+DEFAULT_INSTRUCTIONS: Final = {
+    "planner": (
+        "You coordinate a team. Split the goal into tasks, delegate them to the workers with "
+        "your delegate_to_* tools (several at once when they are independent), then call "
+        "finish with the final answer built from their results."
+    ),
+    "worker": "You are a careful worker. Use your tools, then answer with the result.",
+}
+STEP_ATTEMPTS: Final = 2
+RESTART_WAIT: Final = 60.0
+
+
+class ConnectionReport(msgspec.Struct, frozen=True, kw_only=True):
+    sockets_opened: int
+    rotations: int
+    warmups: int
+    reconnects: int
+    replays: int
+    retries: int
+    failures: int
+    bytes_sent: int
+    bytes_received: int
+    events_received: int
+    age: float
+
+    @classmethod
+    def of(cls, stats: ConnectionStatistics) -> ConnectionReport:
+        return cls(
+            sockets_opened=stats.sockets_opened,
+            rotations=stats.rotations,
+            warmups=stats.warmups,
+            reconnects=stats.reconnects,
+            replays=stats.replays,
+            retries=stats.retries,
+            failures=stats.failures,
+            bytes_sent=stats.bytes_sent,
+            bytes_received=stats.bytes_received,
+            events_received=stats.events_received,
+            age=stats.age,
+        )
+
+
+class AgentReport(msgspec.Struct, frozen=True, kw_only=True):
+    """One agent's share of a run."""
+
+    name: str
+    role: str
+    model: str
+    turns: int
+    input_tokens: int
+    output_tokens: int
+    tool_calls: int
+    tasks: int
+    restarts: int
+    connection: ConnectionReport | None
+    transcript: list[Item]
+
+
+class StepReport(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    agent: str
+    status: Literal["completed", "failed", "skipped"]
+    result: str | None = None
+    error: str | None = None
+    duration: float = 0.0
+
+
+class UsageReport(msgspec.Struct, frozen=True, kw_only=True):
+    turns: int
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+class RunResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What a run produced, whatever way it ended.
+
+    Attributes:
+        status: ``completed``, ``budget_exceeded``, ``failed`` or ``interrupted``.
+        answer: the final answer (``None`` unless completed).
+        reason: why the run ended early, in words.
+        code: a machine-readable reason (``budget.max_turns``, ``tool.repair_budget``,
+            ``auth.rejected``...).
+        endpoint: ``embedded`` for an offline run, else the service URL.
+    """
+
+    status: RunStatus
+    plan: str
+    goal: str | None
+    mode: Literal["delegate", "steps"]
+    endpoint: str
+    answer: str | None = None
+    reason: str | None = None
+    code: str | None = None
+    usage: UsageReport
+    agents: list[AgentReport]
+    steps: list[StepReport] = msgspec.field(default_factory=list)
+    started_at: float
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+    def agent(self, name: str) -> AgentReport:
+        return next(report for report in self.agents if report.name == name)
+
+    def to_json(self) -> bytes:
+        """The result as JSON (transcripts included), for ``--json`` and files."""
+        return encode(self)
+
+
+@attrs.define(eq=False)
+class _Team:
+    actors: dict[str, AgentActor]
+    planner: PlannerActor | None
+    router: Router
+    supervisor: Supervisor
+    starts: _Starts
+
+
+def _limits(budget: Any) -> BudgetLimits:
+    return BudgetLimits(
+        max_turns=budget.max_turns, max_tokens=budget.max_tokens, wall_clock=budget.wall_clock
+    )
+
+
+def _build_team(
+    plan: Plan,
+    *,
+    opener: Callable[[str], AbstractAsyncContextManager[Connection]],
+    budget: BudgetTracker,
+    bus: EventBus,
+    registry: ToolRegistry,
+    intensity: int,
+    period: float,
+) -> _Team:
+    router = Router(events=bus)
+    actors: dict[str, AgentActor] = {}
+    planner: PlannerActor | None = None
+    workers = [WorkerInfo(agent.name, agent.description) for agent in plan.workers]
+    for agent in plan.agents:
+        tools = plan.tools_for(agent)
+        for name, config in tools.items():
+            if name not in registry:
+                registry.add(
+                    config.path,
+                    name=name,
+                    timeout=config.timeout,
+                    max_output=config.max_output,
+                    side_effect=config.side_effect,
+                    description=config.description,
+                )
+        executor = registry.executor(agent.name, allowed=tuple(tools), bus=bus) if tools else None
+        wire_tools = tuple(executor.tools()) if executor is not None else ()
+        instructions = agent.instructions or DEFAULT_INSTRUCTIONS[agent.role]
+        common: dict[str, Any] = {
+            "role": agent.role,
+            "router": router,
+            "open_connection": opener,
+            "tools": executor,
+            "budget": budget,
+            "events": bus,
+        }
+        if agent.role == "planner" and not plan.steps:
+            session = Session(
+                model=plan.model_for(agent),
+                instructions=instructions,
+                tools=(*wire_tools, *delegation_tools(workers)),
+                store=plan.settings.store,
+            )
+            planner = PlannerActor(agent.name, session=session, workers=tuple(workers), **common)
+            actors[agent.name] = planner
+        else:
+            session = Session(
+                model=plan.model_for(agent),
+                instructions=instructions,
+                tools=wire_tools,
+                store=plan.settings.store,
+            )
+            actors[agent.name] = WorkerActor(agent.name, session=session, **common)
+    # Workers first, the planner last: it can delegate as soon as it is up, and it is the
+    # first to stop (shutdown runs in reverse start order).
+    ordered = sorted(actors.values(), key=lambda actor: actor is planner)
+    supervisor = Supervisor(
+        "run",
+        [actor.child_spec() for actor in ordered],
+        strategy="one_for_one",
+        intensity=intensity,
+        period=period,
+        backoff=Backoff(0.5, 2.0, 10.0),
+        events=bus,
+    )
+    starts = _Starts(router)
+    bus.add_listener(starts)
+    return _Team(actors, planner, router, supervisor, starts)
+
+
+@asynccontextmanager
+async def _endpoint(
+    api_key: str | Secret | None,
+    base_url: str | None,
+    offline: bool | None,
+    server_options: Mapping[str, Any] | None,
+) -> AsyncIterator[tuple[str | None, Secret | str, str]]:
+    """Yield (url, key, endpoint label): the live service or the embedded server."""
+    key_available = api_key is not None or bool(os.environ.get("OPENAI_API_KEY"))
+    if offline is None:
+        offline = not key_available
+    if not offline:
+        yield base_url, resolve_api_key(api_key), base_url or "wss://api.openai.com/v1/responses"
+        return
+    from orchestrator.server import open_local_server  # only offline runs need the server
+
+    async with open_local_server(**dict(server_options or {})) as server:
+        logger.info("offline: running on the embedded server at {}", server.url)
+        yield server.url, server.token, "embedded"
+
+
+async def run(
+    plan: Plan | str | os.PathLike[str],
+    goal: str | None = None,
+    *,
+    api_key: str | Secret | None = None,
+    base_url: str | None = None,
+    offline: bool | None = None,
+    events: EventBus | None = None,
+    observer: Callable[[RuntimeEvent], object] | None = None,
+    stop: trio.Event | None = None,
+    connection_settings: ConnectionSettings | None = None,
+    server_options: Mapping[str, Any] | None = None,
+    restart_intensity: int = 3,
+    restart_period: float = 60.0,
+) -> RunResult:
+    """Run a plan to its answer, inside the caller's trio program.
+
+    Args:
+        plan: a :class:`~plans.Plan`, or the path of a TOML/YAML/JSON plan file.
+        goal: what to achieve; defaults to the plan's ``goal``.
+        api_key: the service key; default ``OPENAI_API_KEY``. Without any key the run uses
+            the embedded server in-process (unless ``offline=False``).
+        base_url: a compatible endpoint (``https://host/v1`` or ``wss://host/v1/responses``);
+            default the plan's ``settings.base_url``, then the service.
+        offline: force the embedded server (True) or the network (False).
+        events: a bus to publish runtime events on (subscribe to it to watch the run).
+        observer: a callable receiving every runtime event, synchronously.
+        stop: set this event to stop the run cleanly; the result is ``interrupted``.
+        connection_settings: transport settings for every agent.
+        server_options: ``ServerConfig`` fields for the embedded server (offline runs).
+        restart_intensity, restart_period: the supervisor's restart limit.
+
+    Returns:
+        The :class:`RunResult`, also when a budget, a stop request or a failure ended the run.
+
+    Raises:
+        PlanError: the plan is invalid (nothing was started).
+        ConfigurationError: a bad endpoint or a malformed key (nothing was started).
+    """
+    plan = check_plan(plan).raise_for_errors() if isinstance(plan, Plan) else load_plan(Path(plan))
+    goal = goal if goal is not None else plan.goal
+    if goal is None and not plan.steps:
+        raise PlanError(
+            f"plan {plan.name!r} has no goal: pass one (--goal) or set 'goal' in the plan"
+        )
+    bus = events if events is not None else EventBus()
+    if observer is not None:
+        bus.add_listener(observer)
+    url_option = base_url or plan.settings.base_url
+    settings = connection_settings or ConnectionSettings()
+    started_wall = time.time()
+    started = trio.current_time()
+    run_scope = trio.CancelScope()
+    budget = BudgetTracker(
+        run=_limits(plan.budgets),
+        agents={agent.name: _limits(agent.limits) for agent in plan.agents if agent.limits},
+        scope=run_scope,
+    )
+    if plan.budgets.wall_clock is not None:
+        run_scope.deadline = started + plan.budgets.wall_clock
+    registry = ToolRegistry()
+    answer: str | None = None
+    steps: dict[str, StepReport] = {}
+    failure: BaseException | None = None
+    interrupted = False
+    async with _endpoint(api_key, url_option, offline, server_options) as (url, key, label):
+
+        @asynccontextmanager
+        async def opener(agent: str) -> AsyncIterator[Connection]:
+            async with open_connection(url, key, settings=settings, agent=agent, events=bus) as c:
+                yield c
+
+        team = _build_team(
+            plan,
+            opener=opener,
+            budget=budget,
+            bus=bus,
+            registry=registry,
+            intensity=restart_intensity,
+            period=restart_period,
+        )
+        with run_scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    if stop is not None:
+                        nursery.start_soon(_watch_stop, stop, run_scope)
+                    await nursery.start(team.supervisor.run)
+                    try:
+                        if plan.steps:
+                            answer = await _run_steps(plan, goal, team, steps, budget)
+                        else:
+                            assert team.planner is not None
+                            reply = await team.router.ask(
+                                "run", team.planner.name, Task(text=goal or "", sender="run")
+                            )
+                            answer = reply.text if isinstance(reply, TaskResult) else str(reply)
+                    finally:
+                        team.supervisor.stop()
+                        nursery.cancel_scope.cancel()
+            except* (OrchestratorError, ToolRepairBudgetExceeded) as group:
+                failure = _first_exception(group)
+        if stop is not None and stop.is_set() and run_scope.cancelled_caught:
+            interrupted = True
+        if failure is None and budget.failure is not None:
+            failure = budget.failure
+    return _result(
+        plan,
+        goal,
+        team,
+        budget,
+        label,
+        answer=answer,
+        steps=steps,
+        failure=failure,
+        interrupted=interrupted,
+        timed_out=run_scope.cancelled_caught and trio.current_time() >= run_scope.deadline,
+        started_wall=started_wall,
+        duration=trio.current_time() - started,
+    )
+
+
+async def _watch_stop(stop: trio.Event, scope: trio.CancelScope) -> None:
+    await stop.wait()
+    scope.cancel()
+
+
+def _first_exception(group: BaseExceptionGroup[Any]) -> BaseException:
+    exc: BaseException = group.exceptions[0]
+    return _first_exception(exc) if isinstance(exc, BaseExceptionGroup) else exc
+
+
+async def _run_steps(
+    plan: Plan,
+    goal: str | None,
+    team: _Team,
+    reports: dict[str, StepReport],
+    budget: BudgetTracker,
+) -> str:
+    """Run the DAG: each step once its dependencies are done, independent ones in parallel."""
+    order = scheduled_steps(plan)
+    done = {step.id: trio.Event() for step in order}
+    results: dict[str, str] = {}
+
+    async def run_step(step: Any) -> None:
+        for dependency in step.depends_on:
+            await done[dependency].wait()
+        if any(reports[d].status != "completed" for d in step.depends_on):
+            reports[step.id] = StepReport(
+                id=step.id, agent=step.agent, status="skipped", error="a dependency failed"
+            )
+            done[step.id].set()
+            return
+        task = render_task(step, results, goal=goal)
+        began = trio.current_time()
+        error: str | None = None
+        for attempt in range(STEP_ATTEMPTS):
+            try:
+                reply = await team.router.ask(
+                    "run", step.agent, Task(text=task, sender="run", step=step.id)
+                )
+            except ActorDead as exc:
+                # The agent crashed on this step; the supervisor restarts it with its session.
+                error = str(exc)
+                if attempt + 1 < STEP_ATTEMPTS:
+                    with trio.move_on_after(RESTART_WAIT):
+                        await team.starts.wait_running(step.agent)
+                continue
+            text = reply.text if isinstance(reply, TaskResult) else str(reply)
+            results[step.id] = text
+            reports[step.id] = StepReport(
+                id=step.id,
+                agent=step.agent,
+                status="completed",
+                result=text,
+                duration=trio.current_time() - began,
+            )
+            done[step.id].set()
+            return
+        reports[step.id] = StepReport(
+            id=step.id,
+            agent=step.agent,
+            status="failed",
+            error=error,
+            duration=trio.current_time() - began,
+        )
+        done[step.id].set()
+
+    async with trio.open_nursery() as nursery:
+        for step in order:
+            nursery.start_soon(run_step, step)
+    failed = [report for report in reports.values() if report.status == "failed"]
+    if failed:
+        raise _StepsFailed(failed)
+    budget.check()
+    finals = result_steps(plan)
+    return "\n\n".join(results[step.id] for step in finals if step.id in results)
+
+
+@attrs.define(eq=False)
+class _Starts:
+    """Lets a task wait until an actor is up again (after a restart), from ActorStarted events."""
+
+    router: Router
+    _waiting: dict[str, trio.Event] = attrs.field(factory=dict)
+
+    def __call__(self, event: RuntimeEvent) -> None:
+        if isinstance(event, ActorStarted):
+            waiter = self._waiting.pop(event.actor, None)
+            if waiter is not None:
+                waiter.set()
+
+    async def wait_running(self, name: str) -> None:
+        if self.router.is_running(name):
+            return
+        waiter = self._waiting.setdefault(name, trio.Event())
+        await waiter.wait()
+
+
+class _StepsFailed(OrchestratorError):
+    def __init__(self, failed: list[StepReport]) -> None:
+        self.failed = failed
+        names = ", ".join(f"{report.id} ({report.error})" for report in failed)
+        super().__init__(f"steps failed: {names}")
+
+
+def _code_of(error: BaseException) -> str:
+    if isinstance(error, BudgetExceeded):
+        return f"budget.{error.budget}"
+    if isinstance(error, ToolRepairBudgetExceeded):
+        return "tool.repair_budget"
+    if isinstance(error, AuthenticationError):
+        return "auth.rejected" if error.status == 401 else "auth.forbidden"
+    if isinstance(error, ConfigurationError):
+        return error.code
+    if isinstance(error, RestartLimitReached):
+        return "run.restart_limit"
+    if isinstance(error, _StepsFailed):
+        return "run.step_failed"
+    return "run.failed"
+
+
+def _result(
+    plan: Plan,
+    goal: str | None,
+    team: _Team,
+    budget: BudgetTracker,
+    endpoint: str,
+    *,
+    answer: str | None,
+    steps: dict[str, StepReport],
+    failure: BaseException | None,
+    interrupted: bool,
+    timed_out: bool,
+    started_wall: float,
+    duration: float,
+) -> RunResult:
+    status: RunStatus
+    reason: str | None = None
+    code: str | None = None
+    exceeded = budget.exceeded
+    if timed_out and exceeded is None and plan.budgets.wall_clock is not None:
+        exceeded = BudgetExceeded("wall_clock", plan.budgets.wall_clock, duration)
+    if exceeded is not None:
+        status, reason, code = "budget_exceeded", str(exceeded), f"budget.{exceeded.budget}"
+        answer = None
+    elif interrupted:
+        status, reason, code, answer = "interrupted", "stopped on request", "run.interrupted", None
+    elif failure is not None:
+        status, reason, code, answer = "failed", redact(str(failure)), _code_of(failure), None
+    elif answer is None:
+        status, reason, code = "failed", "the run ended without an answer", "run.failed"
+    else:
+        status = "completed"
+    agents = []
+    for name, actor in team.actors.items():
+        usage = budget.usage(name)
+        connection = actor.connection
+        agents.append(
+            AgentReport(
+                name=name,
+                role=actor.role or "worker",
+                model=actor.session.model,
+                turns=actor.model_turns,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                tool_calls=actor.tool_calls,
+                tasks=actor.tasks_done,
+                restarts=actor.statistics().restarts,
+                connection=ConnectionReport.of(connection.statistics()) if connection else None,
+                transcript=list(actor.session.transcript),
+            )
+        )
+    total = budget.total
+    ordered_steps = [steps[s.id] for s in plan.steps if s.id in steps]
+    return RunResult(
+        status=status,
+        plan=plan.name,
+        goal=goal,
+        mode="steps" if plan.steps else "delegate",
+        endpoint=endpoint,
+        answer=answer,
+        reason=reason,
+        code=code,
+        usage=UsageReport(
+            turns=total.turns,
+            input_tokens=total.input_tokens,
+            output_tokens=total.output_tokens,
+            total_tokens=total.tokens,
+        ),
+        agents=agents,
+        steps=ordered_steps,
+        started_at=started_wall,
+        duration=duration,
+    )
