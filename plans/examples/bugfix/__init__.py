@@ -1,0 +1,1 @@
+"""The bug fixer example: ``plan.yaml``, its tools and the bundled package in ``sample/``."""

@@ -1,0 +1,1 @@
+"""Tests of calc; run them with ``python -m unittest discover -s calc -t .``."""
