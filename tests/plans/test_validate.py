@@ -574,7 +574,9 @@ field_names = st.sampled_from(
 def test_arbitrary_data_gives_issues_never_exceptions(data):
     """Whatever the data, check_plan returns a report; a report without errors has a plan."""
     report = check_plan(data, import_tools=False)
-    assert (report.plan is not None) == (not report.errors)
+    if not report.errors:
+        assert report.plan is not None
+    # (a plan that decoded may still have errors: the report keeps it for the caller)
 
 
 @given(st.data())
