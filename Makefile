@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	@touch $@
 
 demo: $(STAMP)
-	$(BIN)/orchestrator demo
+	$(BIN)/orchestrator run plans/examples/trip/plan.toml
 
 test: check pytest
 

@@ -155,40 +155,30 @@ def render_report(result: RunResult) -> Group:
         parts.append(Text(f"reason: {clean(result.reason)}", style="yellow"))
     if result.answer is not None:
         parts.append(Panel(Text(clean(result.answer)), title="answer", title_align="left"))
-    table = Table(show_edge=False, pad_edge=False)
-    for column in (
-        "agent",
-        "role",
-        "turns",
-        "tool calls",
-        "tokens in/out",
-        "sockets",
-        "rotations",
-        "reconnects",
-        "replays",
-        "restarts",
-    ):
+    table = Table(show_edge=False, pad_edge=False, box=None)
+    for column in ("agent", "role", "turns", "tools", "tokens", "sockets", "recovered", "restarts"):
         table.add_column(column, justify="left" if column in ("agent", "role") else "right")
     for agent in result.agents:
         connection = agent.connection
+        recovered = (connection.reconnects + connection.replays) if connection else 0
         table.add_row(
             agent.name,
             agent.role,
             str(agent.turns),
             str(agent.tool_calls),
-            f"{agent.input_tokens:,}/{agent.output_tokens:,}",
+            f"{agent.input_tokens + agent.output_tokens:,}",
             str(connection.sockets_opened if connection else 0),
-            str(connection.rotations if connection else 0),
-            str(connection.reconnects if connection else 0),
-            str(connection.replays if connection else 0),
+            str(recovered),
             str(agent.restarts),
         )
     parts.append(table)
     if result.steps:
-        steps = Table(show_edge=False, pad_edge=False)
-        for column in ("step", "agent", "status", "seconds"):
-            steps.add_column(column)
+        counts: dict[str, int] = {}
         for step in result.steps:
-            steps.add_row(step.id, step.agent, step.status, f"{step.duration:.2f}")
-        parts.append(steps)
+            counts[step.status] = counts.get(step.status, 0) + 1
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        parts.append(Text(f"{len(result.steps)} steps: {summary}"))
+        for step in result.steps:
+            if step.status != "completed":
+                parts.append(Text(f"  {step.id} ({step.agent}): {step.status} {step.error or ''}"))
     return Group(*parts)  # type: ignore[arg-type]

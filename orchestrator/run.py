@@ -36,6 +36,7 @@ from orchestrator.connection import (
     Connection,
     ConnectionSettings,
     ConnectionStatistics,
+    Connector,
     open_connection,
     resolve_api_key,
 )
@@ -268,25 +269,48 @@ def _build_team(
     return _Team(actors, planner, router, supervisor, starts)
 
 
+@attrs.frozen
+class _Endpoint:
+    url: str | None
+    key: Secret | str
+    label: str
+    connector: Connector | None = None
+
+
 @asynccontextmanager
 async def _endpoint(
     api_key: str | Secret | None,
     base_url: str | None,
     offline: bool | None,
     server_options: Mapping[str, Any] | None,
-) -> AsyncIterator[tuple[str | None, Secret | str, str]]:
-    """Yield (url, key, endpoint label): the live service or the embedded server."""
+    transport: Literal["tcp", "memory"],
+) -> AsyncIterator[_Endpoint]:
+    """The live service, or the embedded server (over loopback TCP or in memory)."""
     key_available = api_key is not None or bool(os.environ.get("OPENAI_API_KEY"))
     if offline is None:
         offline = not key_available
     if not offline:
-        yield base_url, resolve_api_key(api_key), base_url or "wss://api.openai.com/v1/responses"
+        url = base_url or "wss://api.openai.com/v1/responses"
+        yield _Endpoint(base_url, resolve_api_key(api_key), url)
         return
-    from orchestrator.server import open_local_server  # only offline runs need the server
+    # Only offline runs need the server.
+    from orchestrator.server import LocalServer, ServerConfig, open_local_server
+    from orchestrator.testing import memory_connector
 
-    async with open_local_server(**dict(server_options or {})) as server:
-        logger.info("offline: running on the embedded server at {}", server.url)
-        yield server.url, server.token, "embedded"
+    if transport == "memory":
+        server = LocalServer.from_config(ServerConfig(**dict(server_options or {})))
+        async with trio.open_nursery() as nursery:
+            yield _Endpoint(
+                "ws://127.0.0.1/v1/responses",
+                server.token,
+                "embedded",
+                memory_connector(server, nursery),
+            )
+            nursery.cancel_scope.cancel()
+        return
+    async with open_local_server(**dict(server_options or {})) as running:
+        logger.info("offline: running on the embedded server at {}", running.url)
+        yield _Endpoint(running.url, running.token, "embedded")
 
 
 async def run(
@@ -303,6 +327,7 @@ async def run(
     server_options: Mapping[str, Any] | None = None,
     restart_intensity: int = 3,
     restart_period: float = 60.0,
+    transport: Literal["tcp", "memory"] = "tcp",
 ) -> RunResult:
     """Run a plan to its answer, inside the caller's trio program.
 
@@ -320,6 +345,9 @@ async def run(
         connection_settings: transport settings for every agent.
         server_options: ``ServerConfig`` fields for the embedded server (offline runs).
         restart_intensity, restart_period: the supervisor's restart limit.
+        transport: how an offline run reaches the embedded server: loopback ``tcp`` (real
+            sockets) or ``memory`` (in-memory streams: no file descriptors, and trio's
+            ``MockClock`` drives both sides, for tests and simulations).
 
     Returns:
         The :class:`RunResult`, also when a budget, a stop request or a failure ended the run.
@@ -354,12 +382,20 @@ async def run(
     steps: dict[str, StepReport] = {}
     failure: BaseException | None = None
     interrupted = False
-    async with _endpoint(api_key, url_option, offline, server_options) as (url, key, label):
+    async with _endpoint(api_key, url_option, offline, server_options, transport) as endpoint:
+        label = endpoint.label
 
         @asynccontextmanager
         async def opener(agent: str) -> AsyncIterator[Connection]:
-            async with open_connection(url, key, settings=settings, agent=agent, events=bus) as c:
-                yield c
+            async with open_connection(
+                endpoint.url,
+                endpoint.key,
+                settings=settings,
+                agent=agent,
+                events=bus,
+                connector=endpoint.connector,
+            ) as connection:
+                yield connection
 
         team = _build_team(
             plan,
