@@ -219,6 +219,22 @@ def _add_run(commands: Any) -> None:
     parser.add_argument(
         "--allow-insecure", action="store_true", help="allow ws:// to a non-loopback host"
     )
+    offline = parser.add_argument_group("embedded server (offline runs)")
+    offline.add_argument(
+        "--local-model",
+        choices=("generic", "echo", "scripted"),
+        help="local model for every agent (default: by model name, i.e. generic)",
+    )
+    offline.add_argument("--local-script", type=Path, metavar="FILE", help="scripted turns")
+    offline.add_argument(
+        "--local-ttft", type=float, default=0.0, metavar="S", help="time to first token"
+    )
+    offline.add_argument(
+        "--local-tokens-per-second", type=float, default=None, metavar="N", help="output pace"
+    )
+    offline.add_argument(
+        "--local-seed", type=int, default=None, metavar="N", help="deterministic ids"
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (stderr)")
     parser.set_defaults(handler=_run_command)
 
@@ -308,6 +324,16 @@ async def _run_async(args: argparse.Namespace, plan: Any, key: str | None, offli
             trace.write(event_encoder.encode(event) + b"\n")
 
         bus.add_listener(write)
+    from orchestrator.server import LatencyModel
+
+    server_options: dict[str, Any] = {
+        "model": args.local_model,
+        "script": args.local_script,
+        "seed": args.local_seed,
+        "latency": LatencyModel(
+            time_to_first_token=args.local_ttft, tokens_per_second=args.local_tokens_per_second
+        ),
+    }
     view = LiveView(f"{plan.name}: {'embedded server' if offline else 'live'}")
     bus.add_listener(view)
     results: list[Any] = []
@@ -347,6 +373,7 @@ async def _run_async(args: argparse.Namespace, plan: Any, key: str | None, offli
                     events=bus,
                     stop=stop,
                     connection_settings=ConnectionSettings(allow_insecure=args.allow_insecure),
+                    server_options=server_options,
                 )
                 results.append(result)
                 live_scope.cancel()
