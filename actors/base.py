@@ -105,6 +105,9 @@ class Actor(abc.ABC):
     _mailbox: Mailbox | None = attrs.field(default=None, init=False, repr=False)
     _current: Envelope | None = attrs.field(default=None, init=False, repr=False)
     _starts: int = attrs.field(default=0, init=False, repr=False)
+    # True from the start of run() to the end of its cleanup, including after stop() closed
+    # the mailbox while the last message is still being handled.
+    _active: bool = attrs.field(default=False, init=False, repr=False)
     _processed: int = attrs.field(default=0, init=False, repr=False)
     _failures: int = attrs.field(default=0, init=False, repr=False)
     _log: Logger = attrs.field(
@@ -153,9 +156,10 @@ class Actor(abc.ABC):
             ValueError: another running actor has this name on the router.
             Exception: whatever ``on_start`` or ``handle`` raised (a crash).
         """
-        if self._mailbox is not None and not self._mailbox.closed:
+        if self._active:
             raise trio.BusyResourceError(f"actor {self.name!r} is already running")
         mailbox = self.router.open_mailbox(self.name, role=self.role, capacity=self.mailbox_size)
+        self._active = True
         self._mailbox = mailbox
         self._starts += 1
         log = self._log
@@ -177,10 +181,13 @@ class Actor(abc.ABC):
             raise
         finally:
             self._end(mailbox, reason, None)
-            if started:
-                with trio.move_on_after(self.stop_grace, shield=True):
-                    await self.on_stop()
-                log.info("{} stopped ({})", self.name, reason)
+            try:
+                if started:
+                    with trio.move_on_after(self.stop_grace, shield=True):
+                        await self.on_stop()
+                    log.info("{} stopped ({})", self.name, reason)
+            finally:
+                self._active = False
 
     async def _serve(self, mailbox: Mailbox) -> None:
         handle = self.handle

@@ -352,6 +352,22 @@ async def test_running_an_actor_twice_at_once_is_refused(nursery):
         await actor.run()
 
 
+async def test_a_stopped_actor_cannot_run_again_until_its_last_message_is_done(nursery):
+    """After stop() the incarnation still finishes its message: run() is refused till then."""
+    actor = Recorder("a")
+    release = trio.Event()
+    await nursery.start(actor.run)
+    await actor.tell(("wait", release))
+    await trio.testing.wait_all_tasks_blocked()
+    actor.stop()
+    with pytest.raises(trio.BusyResourceError):
+        await actor.run()
+    release.set()
+    await trio.testing.wait_all_tasks_blocked()
+    await nursery.start(actor.run)
+    assert 1 == await actor.ask(1)
+
+
 async def test_two_running_actors_cannot_share_a_name_on_a_router(nursery):
     """A second actor registering a running name is a bug, reported as ValueError."""
     router = Router()
