@@ -308,6 +308,7 @@ async def _run_async(args: argparse.Namespace, plan: Any, key: str | None, offli
 
     from orchestrator.connection import ConnectionSettings
     from orchestrator.display import LiveView, render_report
+    from orchestrator.logging import redact
     from orchestrator.observe import EventBus, event_encoder
     from orchestrator.run import run
 
@@ -320,8 +321,9 @@ async def _run_async(args: argparse.Namespace, plan: Any, key: str | None, offli
         trace = os.fdopen(descriptor, "wb")
 
         def write(event: Any) -> None:
+            # Events carry error texts (a crash's repr, a dead letter's reason): redact them.
             assert trace is not None
-            trace.write(event_encoder.encode(event) + b"\n")
+            trace.write(redact(event_encoder.encode(event).decode()).encode() + b"\n")
 
         bus.add_listener(write)
     from orchestrator.server import LatencyModel

@@ -63,15 +63,24 @@ PROMPTS = ("Weather in Lisbon?", "And Porto and Faro?", "Anything else?") * 2
 
 @attrs.define
 class Recorder:
-    """Collects runtime events from a bus."""
+    """Collects runtime events from a bus; tests can wait for one to arrive."""
 
     events: list[RuntimeEvent] = attrs.field(factory=list)
+    _arrived: trio.Event | None = None
 
     def __call__(self, event: RuntimeEvent) -> None:
         self.events.append(event)
+        if self._arrived is not None:
+            self._arrived.set()
 
     def of(self, kind: type[Any]) -> list[Any]:
         return [event for event in self.events if isinstance(event, kind)]
+
+    async def wait_for(self, kind: type[Any], count: int = 1) -> None:
+        """Wait until ``count`` events of ``kind`` were recorded."""
+        while len(self.of(kind)) < count:
+            self._arrived = trio.Event()
+            await self._arrived.wait()
 
 
 @asynccontextmanager
