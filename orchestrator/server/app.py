@@ -20,6 +20,7 @@ import struct
 import time
 from collections import Counter
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
@@ -32,7 +33,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_st
 from wsproto.frame_protocol import CloseReason
 
 from orchestrator.errors import ConfigurationError, RemoteProtocolError
-from orchestrator.protocol.codec import decode_client_event, encode_text, raw
+from orchestrator.protocol.codec import DECODE_ERRORS, decode_client_event, encode_text, raw
 from orchestrator.protocol.events import (
     ClientEvent,
     ContentPart,
@@ -108,6 +109,8 @@ _LANE_ID_CHARS: Final = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
 )
 _RECORD_LIMIT: Final = 100_000
+_any_json: Final = msgspec.json.Decoder()
+_NO_TOOLS: Final = msgspec.Raw(b"[]")
 _QUEUE_SIZE: Final = 256
 
 
@@ -428,7 +431,7 @@ class LocalServer:
             {
                 "error": {
                     "message": message,
-                    "type": "invalid_request_error" if status < 500 else "server_error",
+                    "type": error_type(status),
                     "code": code,
                     "param": None,
                 }
@@ -445,6 +448,9 @@ class LocalServer:
 class _Request:
     create: ResponseCreate
     lane: str | None
+    # The tools exactly as the client sent them: echoed in the response object (spec 4.3)
+    # without decoding and re-encoding them every turn.
+    tools_raw: msgspec.Raw
 
 
 @attrs.define(eq=False)
@@ -560,7 +566,6 @@ class _ServerConnection:
         message: str,
         *,
         param: str | None = None,
-        error_type: str = "invalid_request_error",
         stream_id: str | UnsetType = UNSET,
         sequence_number: int | UnsetType = UNSET,
         headers: dict[str, str] | UnsetType = UNSET,
@@ -569,7 +574,11 @@ class _ServerConnection:
             ErrorEvent(
                 status=status,
                 error=ErrorDetail(
-                    type=error_type, code=code, message=message, param=param, headers=headers
+                    type=error_type(status),
+                    code=code,
+                    message=message,
+                    param=param,
+                    headers=headers,
                 ),
                 stream_id=stream_id,
                 sequence_number=sequence_number,
@@ -621,7 +630,6 @@ class _ServerConnection:
                 fault.status,
                 fault.error_code,
                 fault.message or default_message,
-                error_type="invalid_request_error" if fault.status < 500 else "server_error",
                 stream_id=UNSET if connection_scoped else stream.stream_id,
                 # Before response.created the error is an admission error: no sequence number.
                 sequence_number=stream.next_sequence() if stream.sequence else UNSET,
@@ -678,7 +686,7 @@ class _ServerConnection:
         if self.server.config.record_messages and len(self.server.received) < _RECORD_LIMIT:
             self.server.received.append((self.index, event))
         if isinstance(event, ResponseCreate):
-            await self._on_create(event)
+            await self._on_create(event, _tools_of(event, message))
         elif isinstance(event, ResponseSteer):
             await self._on_steer(event)
         elif isinstance(event, UnknownEvent):
@@ -692,13 +700,28 @@ class _ServerConnection:
 
     async def _on_bad_message(self, message: str | bytes, exc: RemoteProtocolError) -> None:
         text = str(exc)
-        if "malformed" in text:
+        try:
+            obj = _any_json.decode(message)
+        except DECODE_ERRORS:
             await self.send_error(400, "invalid_json", f"Invalid JSON message: {text}")
+            return
+        if not isinstance(obj, dict):
+            await self.send_error(
+                400, "invalid_value", f"A client event is a JSON object, not {type(obj).__name__}."
+            )
+            return
+        if "type" not in obj:
+            await self.send_error(
+                400,
+                "missing_required_parameter",
+                "Missing required parameter: 'type'.",
+                param="type",
+            )
             return
         param, code = _param_from(text)
         await self.send_error(400, code, f"Invalid client event: {text}", param=param)
 
-    async def _on_create(self, create: ResponseCreate) -> None:
+    async def _on_create(self, create: ResponseCreate, tools_raw: msgspec.Raw) -> None:
         config = self.server.config
         stream_id = create.stream_id
         if isinstance(stream_id, str) and not _valid_lane_id(stream_id):
@@ -761,7 +784,7 @@ class _ServerConnection:
             return
         self._mark_busy(lane)
         try:
-            lane.send.send_nowait(_Request(create, lane_key))
+            lane.send.send_nowait(_Request(create, lane_key, tools_raw))
         except trio.WouldBlock:
             self._mark_done(lane)
             await self.send_error(
@@ -769,7 +792,6 @@ class _ServerConnection:
                 "too_many_queued_requests",
                 "Too many queued responses on this lane.",
                 stream_id=stream_id,
-                error_type="rate_limit_error",
             )
 
     def _open_lane(self, key: str | None) -> _Lane:
@@ -809,7 +831,7 @@ class _ServerConnection:
         async for request in lane.receive:
             try:
                 async with self._active:
-                    await self._process(request.create, lane)
+                    await self._process(request.create, lane, request.tools_raw)
             finally:
                 self._mark_done(lane)
 
@@ -824,7 +846,7 @@ class _ServerConnection:
         if lane.latest is not None and lane.latest.id == response_id:
             lane.latest = None
 
-    async def _process(self, create: ResponseCreate, lane: _Lane) -> None:
+    async def _process(self, create: ResponseCreate, lane: _Lane, tools_raw: msgspec.Raw) -> None:
         stream_id = create.stream_id
         if self._expired:
             await self.send_error(400, "websocket_connection_limit_reached", LIMIT_MESSAGE)
@@ -866,7 +888,15 @@ class _ServerConnection:
         self._active_responses[response_id] = stream
         try:
             await self._generate(
-                create, lane, stream, response_id, parent, parent_lane, parent_context, new_input
+                create,
+                lane,
+                stream,
+                response_id,
+                parent,
+                parent_lane,
+                parent_context,
+                new_input,
+                tools_raw,
             )
         except _EndResponse as end:
             if end.evict and parent is not None and parent_lane is lane:
@@ -875,7 +905,6 @@ class _ServerConnection:
                 # Reached only from a "fail" fault before the terminal event was sent. A
                 # response must exist before it can fail: announce it first if needed.
                 if stream.sequence == 0:
-                    tools_raw = raw(create.tools or [])
                     created_at = stream.created_at = int(time.time())
                     base = self._response_object(
                         create,
@@ -891,7 +920,9 @@ class _ServerConnection:
                             stream_id=stream.stream_id,
                         )
                     )
-                await self._send_failed(create, stream, response_id, end.failed, end.message)
+                await self._send_failed(
+                    create, stream, response_id, end.failed, end.message, tools_raw=tools_raw
+                )
         finally:
             self._active_responses.pop(response_id, None)
 
@@ -965,12 +996,12 @@ class _ServerConnection:
         parent_lane: _Lane | None,
         parent_context: list[Item],
         new_input: list[Item],
+        tools_raw: msgspec.Raw,
     ) -> None:
         config = self.server.config
         latency = config.latency
         created_at = stream.created_at = int(time.time())
         tools = tuple(create.tools) if isinstance(create.tools, list) else ()
-        tools_raw = raw(tools)
         store = create.store is not False
         base = self._response_object(
             create, response_id, status="in_progress", created_at=created_at, tools_raw=tools_raw
@@ -979,9 +1010,7 @@ class _ServerConnection:
         await stream.emit(ResponseCreated, response=base)
         await stream.emit(ResponseInProgress, response=base)
         instructions = create.instructions if isinstance(create.instructions, str) else ""
-        prefix_tokens = count_tokens(instructions) + (
-            -(-len(bytes(tools_raw)) // 4) if tools else 0
-        )
+        prefix_tokens = count_tokens(instructions) + (-(-len(tools_raw) // 4) if tools else 0)
         input_tokens = sum(count_tokens(item_text(item)) for item in new_input)
         parent_tokens = parent.context_tokens if parent is not None else 0
         cached = parent_tokens + prefix_tokens if parent_lane is not None else 0
@@ -1013,9 +1042,7 @@ class _ServerConnection:
                     ErrorEvent,
                     status=reply.error_status,
                     error=ErrorDetail(
-                        type="invalid_request_error"
-                        if reply.error_status < 500
-                        else "server_error",
+                        type=error_type(reply.error_status),
                         code=reply.error,
                         message=reply.message or "scripted error",
                         param=None,
@@ -1035,7 +1062,14 @@ class _ServerConnection:
         )
         if reply.failed is not None:
             await self._send_failed(
-                create, stream, response_id, reply.failed, reply.message, output, usage, tools_raw
+                create,
+                stream,
+                response_id,
+                reply.failed,
+                reply.message,
+                output,
+                usage,
+                tools_raw=tools_raw,
             )
             raise _EndResponse(evict=True)
         if reply.incomplete is not None:
@@ -1083,7 +1117,8 @@ class _ServerConnection:
         message: str | None,
         output: list[Item] | None = None,
         usage: Usage | None = None,
-        tools_raw: msgspec.Raw | None = None,
+        *,
+        tools_raw: msgspec.Raw,
     ) -> None:
         final = self._response_object(
             create,
@@ -1093,7 +1128,7 @@ class _ServerConnection:
             output=output,
             usage=usage,
             error=ResponseError(code=code, message=message or "The model failed to respond."),
-            tools_raw=tools_raw if tools_raw is not None else raw(create.tools or []),
+            tools_raw=tools_raw,
         )
         self.counters.responses_failed += 1
         await stream.connection.send(
@@ -1202,7 +1237,8 @@ class _ServerConnection:
             message = MessageItem(
                 id=item_id,
                 role="assistant",
-                status="completed",
+                # The message of an incomplete response is the one that was cut off.
+                status="incomplete" if reply.incomplete is not None else "completed",
                 content=[ContentPart.output_text(text)],
             )
             await stream.emit(OutputItemDone, output_index=index, item=raw(message))
@@ -1265,8 +1301,37 @@ async def _open_shielded_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) 
             await trio.sleep_forever()
 
 
+def error_type(status: int) -> str:
+    """The ``error.type`` for an HTTP status, the one rule for every error the server builds.
+
+    5xx is ``server_error``; 429 is ``requests``, the rate-limit class the HTTP API sends with
+    ``rate_limit_exceeded`` (spec 6.1 "rate-limit classes"; the SDK maps errors by status
+    and never reads the type); every other status is ``invalid_request_error``, including
+    401 (spec 2.3) and 409 (spec 6.4).
+    """
+    if status >= 500:
+        return "server_error"
+    if status == 429:
+        return "requests"
+    return "invalid_request_error"
+
+
 def _or(value: Any, default: Any) -> Any:
     return default if isinstance(value, UnsetType) else value
+
+
+class _ToolsOnly(msgspec.Struct):
+    tools: msgspec.Raw = _NO_TOOLS
+
+
+_tools_decoder: Final = msgspec.json.Decoder(_ToolsOnly)
+
+
+def _tools_of(create: ResponseCreate, message: str | bytes) -> msgspec.Raw:
+    """The ``tools`` of a create exactly as sent (msgspec skips everything else quickly)."""
+    if not isinstance(create.tools, list) or not create.tools:
+        return _NO_TOOLS
+    return _tools_decoder.decode(message).tools
 
 
 def _valid_lane_id(value: str) -> bool:
@@ -1343,8 +1408,13 @@ async def serve_local_server(
         ConfigurationError: the port is in use or the address cannot be bound.
     """
     local = server if server is not None else LocalServer.from_config(config)
+    listeners = await _listen(config)
+    await _serve_listeners(local, listeners, task_status=task_status)
+
+
+async def _listen(config: ServerConfig) -> list[trio.SocketListener]:
     try:
-        listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+        return await trio.open_tcp_listeners(config.port, host=config.host)
     except OSError as exc:
         if exc.errno in (98, 48, 10048):  # EADDRINUSE on Linux, macOS, Windows
             raise ConfigurationError(
@@ -1353,6 +1423,14 @@ async def serve_local_server(
         raise ConfigurationError(
             f"cannot listen on {config.host}:{config.port}: {exc.strerror}", code="server.port"
         ) from exc
+
+
+async def _serve_listeners(
+    local: LocalServer,
+    listeners: list[trio.SocketListener],
+    *,
+    task_status: trio.TaskStatus[RunningServer],
+) -> None:
     sockname = listeners[0].socket.getsockname()
     host, port = sockname[0], sockname[1]
     shown = f"[{host}]" if ":" in host else host
@@ -1380,13 +1458,21 @@ async def open_local_server(
 
     Yields:
         The :class:`RunningServer`: ``url``, ``token``, ``statistics()``, ``inject()``.
+
+    Raises:
+        ConfigurationError: invalid settings, a missing script, or a port in use
+            (``server.port``), raised as such, not inside an exception group.
     """
     if config is None:
         config = ServerConfig(**options)
     elif options:
         config = attrs.evolve(config, **options)
+    local = LocalServer.from_config(config)
+    # Bound here, outside the nursery, so a port in use raises ConfigurationError itself
+    # rather than inside an exception group.
+    listeners = await _listen(config)
     async with trio.open_nursery() as nursery:
-        running: RunningServer = await nursery.start(serve_local_server, config)
+        running: RunningServer = await nursery.start(partial(_serve_listeners, local, listeners))
         try:
             yield running
         finally:

@@ -243,7 +243,9 @@ _LONG_TEXT_NAMES: Final = frozenset(
     }
 )
 _DATE: Final = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
-_NUMBER: Final = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
+# A number standing alone; a full stop after it ends the sentence ("top 3.") and does not
+# make it part of a version or a word ("v1.2", "3.x").
+_NUMBER: Final = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?!\.?\w)")
 _PROPER: Final = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-zA-Z\-]+")
 _STOP_WORDS: Final = frozenset({"I", "The", "A", "An", "Plan", "Please", "Find", "Make", "Use"})
 
