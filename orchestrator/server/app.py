@@ -12,11 +12,8 @@ driven by trio's MockClock in tests.
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import json
-import socket
-import struct
 import time
 from collections import Counter
 from contextlib import asynccontextmanager
@@ -29,11 +26,9 @@ import msgspec
 import trio
 from loguru import logger
 from msgspec import UNSET, UnsetType
-from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
-from wsproto.frame_protocol import CloseReason
 
 from orchestrator.errors import ConfigurationError, RemoteProtocolError
-from orchestrator.protocol.codec import DECODE_ERRORS, decode_client_event, encode_text, raw
+from orchestrator.protocol.codec import DECODE_ERRORS, decode_client_event, encode, raw
 from orchestrator.protocol.events import (
     ClientEvent,
     ContentPart,
@@ -88,6 +83,7 @@ from .models import (
     split_text,
 )
 from .state import CachedResponse, IdFactory, ResponseStore, call_ids_in
+from .transport import ServerWebSocket, TransportClosed
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -169,6 +165,10 @@ class _FaultPlan:
     def add(self, fault: Fault) -> None:
         self._entries.append([fault, fault.times])
 
+    def __bool__(self) -> bool:
+        """Whether any fault can still fire (exhausted ones are dropped)."""
+        return bool(self._entries)
+
     def take(
         self,
         connection: int,
@@ -192,52 +192,19 @@ class _FaultPlan:
                 if fault.after_events != events:
                     continue
             entry[1] = remaining - 1
+            if entry[1] == 0:
+                self._entries.remove(entry)
             return fault  # type: ignore[no-any-return]
         return None
 
 
 _REQUEST_FAULTS: Final = frozenset({"error", "fail"})
+# Faults that act on the connection itself: whatever is buffered is flushed before them.
+_TRANSPORT_FAULTS: Final = frozenset({"close", "abort", "stall", "blackhole"})
 
 
 class _Stop(Exception):
     """Internal: this connection is finished (closed or aborted by a fault)."""
-
-
-@attrs.define(eq=False)
-class _FaultableStream(trio.abc.Stream):
-    """Wraps a connection's transport so faults can abort it or turn it into a black hole."""
-
-    _stream: trio.abc.Stream
-    _frozen: bool = False
-
-    def freeze(self) -> None:
-        """Stop answering: writes block forever, reads are discarded until EOF."""
-        self._frozen = True
-
-    async def abort(self) -> None:
-        """Drop the connection without a WebSocket close frame (the peer sees 1006)."""
-        sock = getattr(self._stream, "socket", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):  # already gone is fine too
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        await self._stream.aclose()
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._frozen:
-            await trio.sleep_forever()
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        while True:
-            data = await self._stream.receive_some(max_bytes)
-            if not self._frozen or not data:
-                return data
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
 
 
 @attrs.define(eq=False)
@@ -318,45 +285,38 @@ class LocalServer:
         """Serve one client connection on ``stream`` until it ends. Never raises ``Exception``."""
         self._connection_count += 1
         index = self._connection_count
-        transport = _FaultableStream(stream)
+        transport = ServerWebSocket(stream, self.config.max_message_size)
         log = logger.bind(server_connection=index)
         try:
             async with trio.open_nursery() as nursery:
-                # trio-websocket's reader task completes the closing handshake. It runs in a
-                # nursery that a server shutdown does not cancel, so the 1001 close is
-                # answered at once instead of waiting out close_timeout with nobody reading.
-                websocket_nursery: trio.Nursery = await nursery.start(_open_shielded_nursery)
+                # The writer runs in a nursery that a server shutdown does not cancel, so
+                # the 1001 close still goes out (and is answered) while the connection's
+                # own tasks are being cancelled; it is cancelled last.
+                writer_nursery: trio.Nursery = await nursery.start(_open_shielded_nursery)
+                writer_nursery.start_soon(transport.serve_writes)
                 try:
-                    await self._serve(websocket_nursery, transport, index, log)
+                    await self._serve(transport, index, log)
                 finally:
-                    websocket_nursery.cancel_scope.cancel()
+                    writer_nursery.cancel_scope.cancel()
                     nursery.cancel_scope.cancel()
-        except* _Stop:
+        except* (_Stop, TransportClosed):
             pass  # already reported where it happened
         except* Exception as group:
             # Isolation: whatever went wrong stays in this connection.
             self._counters.connection_errors += 1
             log.opt(exception=group).warning("connection {} failed: {!r}", index, group)
         finally:
-            with trio.CancelScope(shield=True):
-                await transport.aclose()
+            await transport.close_stream()
 
     # -- per connection -----------------------------------------------------------------------
 
-    async def _serve(
-        self, nursery: trio.Nursery, transport: _FaultableStream, index: int, log: Any
-    ) -> None:
+    async def _serve(self, transport: ServerWebSocket, index: int, log: Any) -> None:
         config = self.config
-        with trio.move_on_after(config.handshake_timeout) as handshake_scope:
-            request = await wrap_server_stream(
-                nursery,
-                transport,
-                message_queue_size=64,
-                max_message_size=config.max_message_size,
-                receive_buffer_size=65536,
-            )
-        if handshake_scope.cancelled_caught:
-            return
+        request = None
+        with trio.move_on_after(config.handshake_timeout):
+            request = await transport.receive_request()
+        if request is None:
+            return  # silent, gone, or not a WebSocket upgrade (answered with 400)
         fault = self._faults.take(index, None, None, handshake=True)
         if fault is not None:
             self._counters.faults_fired += 1
@@ -367,33 +327,42 @@ class LocalServer:
                 if fault.retry_after is not None:
                     headers.append((b"retry-after", str(fault.retry_after).encode()))
                 await self._reject(
-                    request, fault.status, fault.error_code, fault.message or "rejected", headers
+                    transport,
+                    fault.status,
+                    fault.error_code,
+                    fault.message or "rejected",
+                    headers,
                 )
                 return
-        path = urlsplit(request.path).path
+        path = urlsplit(request.target).path
         if path not in RESPONSES_PATHS:
             await self._reject(
-                request, 404, "not_found", f"no WebSocket endpoint at {path}; use /v1/responses"
+                transport,
+                404,
+                "not_found",
+                f"no WebSocket endpoint at {path}; use /v1/responses",
             )
             return
-        request_headers = {name.lower(): value for name, value in request.headers}
+        request_headers = {
+            bytes(name).lower(): bytes(value) for name, value in request.extra_headers
+        }
         origin = request_headers.get(b"origin")
         if origin is not None and origin.decode("latin-1") not in config.allowed_origins:
-            await self._reject(request, 403, "origin_not_allowed", "this Origin is not allowed")
+            await self._reject(transport, 403, "origin_not_allowed", "this Origin is not allowed")
             return
         if not self._authorised(request_headers.get(b"authorization")):
             await self._reject(
-                request,
+                transport,
                 401,
                 "invalid_api_key",
                 "Incorrect API key provided. The embedded server expects the token it printed "
                 "at start-up.",
             )
             return
-        ws = await request.accept()
+        transport.accept()
         self._counters.connections_opened += 1
         self._counters.connections_active += 1
-        connection = _ServerConnection(self, ws, transport, index, log)
+        connection = _ServerConnection(self, transport, index, log)
         self._connections.add(connection)
         # 1001 "going away" when the server shuts down; 1011 when this connection broke.
         close_code = 1001
@@ -408,7 +377,7 @@ class LocalServer:
             self._connections.discard(connection)
             self._counters.connections_active -= 1
             with trio.move_on_after(config.close_timeout, shield=True):
-                await ws.aclose(close_code)
+                await transport.aclose(close_code)
 
     def _authorised(self, header: bytes | None) -> bool:
         if header is None:
@@ -420,7 +389,7 @@ class LocalServer:
 
     async def _reject(
         self,
-        request: Any,
+        transport: ServerWebSocket,
         status: int,
         code: str,
         message: str,
@@ -437,10 +406,8 @@ class LocalServer:
                 }
             }
         ).encode()
-        await request.reject(
-            status,
-            extra_headers=[(b"content-type", b"application/json"), *(headers or [])],
-            body=body,
+        await transport.reject(
+            status, [(b"content-type", b"application/json"), *(headers or [])], body
         )
 
 
@@ -470,9 +437,9 @@ class _ResponseStream:
     index: int
     stream_id: str | UnsetType
     sequence: int = 0
-    # ``created_at`` of the response object, fixed at ``response.created``: every lifecycle
-    # event of one response carries the same object, the terminal one included.
-    created_at: int | None = None
+    # The response object of ``response.created``: every lifecycle event of one response
+    # carries it (created_at included), the terminal one with its outcome replaced.
+    base: ResponseObject | None = None
 
     def next_sequence(self) -> int:
         number = self.sequence
@@ -480,21 +447,28 @@ class _ResponseStream:
         return number
 
     async def emit(self, event_type: Any, **fields: Any) -> None:
-        """Send the next event of this response, after firing the faults due before it."""
-        await self.connection.before_event(self)
+        """Send the next event of this response, after firing the faults due before it.
+
+        Checkpoints only when it has to wait (a fault, or backpressure): the events of a
+        turn are produced back to back and leave in one write (see ``transport``).
+        """
+        connection = self.connection
+        if connection.server._faults:
+            await connection.before_event(self)
         # No checkpoint between numbering and sending: events of concurrent senders (a steer
         # answer, say) reach the socket in sequence order.
         event: ServerEvent = event_type(
             sequence_number=self.next_sequence(), stream_id=self.stream_id, **fields
         )
-        await self.connection.send(event)
+        connection.send(event)
+        if connection.transport.must_wait:
+            await connection.transport.wait_writable()
 
 
 @attrs.define(eq=False)
 class _ServerConnection:
     server: LocalServer
-    ws: WebSocketConnection
-    transport: _FaultableStream
+    transport: ServerWebSocket
     index: int
     log: Any
     _lanes: dict[str | None, _Lane] = attrs.field(factory=dict)
@@ -527,20 +501,20 @@ class _ServerConnection:
                 nursery.start_soon(self._expiry_timer)
                 await self._read_loop()
                 nursery.cancel_scope.cancel()
-        except* _Stop:
-            pass
-        except* ConnectionClosed:
+        except* (_Stop, TransportClosed):
             pass
 
     async def _read_loop(self) -> None:
+        transport = self.transport
         while True:
-            try:
-                message = await self.ws.get_message()
-            except ConnectionClosed:
-                return
+            message = await transport.receive_message()
+            if message is None:
+                return  # closed by the peer, or over the size limit (1009 is on its way)
             self.counters.messages_received += 1
             self.counters.bytes_received += len(message)
-            await self._on_message(message)
+            self._on_message(message)
+            if transport.must_wait:  # a peer that sends and never reads
+                await transport.wait_writable()
 
     def drop_cache(self) -> None:
         for lane in self._lanes.values():
@@ -548,18 +522,21 @@ class _ServerConnection:
 
     # -- sending ------------------------------------------------------------------------------
 
-    async def send(self, event: ServerEvent) -> None:
-        text = encode_text(event)
-        self.counters.events_sent += 1
-        self.counters.bytes_sent += len(text)
-        if isinstance(event, ErrorEvent):
-            self.counters.errors_sent[event.code_value or "unknown"] += 1
-        try:
-            await self.ws.send_message(text)
-        except ConnectionClosed as exc:
-            raise _Stop from exc
+    def send(self, event: ServerEvent) -> None:
+        """Queue one event for the client (the writer sends it at the next checkpoint).
 
-    async def send_error(
+        Raises:
+            TransportClosed: the connection is closing or gone.
+        """
+        payload = encode(event)
+        counters = self.counters
+        counters.events_sent += 1
+        counters.bytes_sent += len(payload)
+        if isinstance(event, ErrorEvent):
+            counters.errors_sent[event.code_value or "unknown"] += 1
+        self.transport.send_text(payload)
+
+    def send_error(
         self,
         status: int,
         code: str | None,
@@ -570,7 +547,7 @@ class _ServerConnection:
         sequence_number: int | UnsetType = UNSET,
         headers: dict[str, str] | UnsetType = UNSET,
     ) -> None:
-        await self.send(
+        self.send(
             ErrorEvent(
                 status=status,
                 error=ErrorDetail(
@@ -603,22 +580,25 @@ class _ServerConnection:
         self.counters.faults_fired += 1
         self.log.debug("fault {} on response {}", fault.kind, stream.index)
         kind = fault.kind
+        transport = self.transport
+        if kind in _TRANSPORT_FAULTS:
+            # Exactly ``after_events`` events reach the client before the fault: what is
+            # still buffered goes out first.
+            await transport.flush()
         if kind == "close":
-            code: int = fault.code
-            if code == 1005:
-                code = CloseReason.NO_STATUS_RCVD  # sent as a close frame without a code
-            with trio.move_on_after(self.server.config.close_timeout):
-                await self.ws.aclose(code, fault.message)
+            # 1005 goes out as a close frame without a code. The handshake completes in
+            # _serve's aclose, after this connection's tasks are gone.
+            transport.start_close(fault.code, fault.message)
             raise _Stop
         if kind == "abort":
-            await self.transport.abort()
+            await transport.abort()
             raise _Stop
         if kind == "stall":
             if fault.duration is None:
                 await trio.sleep_forever()
             await trio.sleep(fault.duration)
         elif kind == "blackhole":
-            self.transport.freeze()
+            transport.freeze()
             await trio.sleep_forever()
         elif kind == "error":
             headers: dict[str, str] | UnsetType = UNSET
@@ -626,7 +606,7 @@ class _ServerConnection:
                 headers = {"retry-after": str(fault.retry_after)}
             connection_scoped = fault.error_code == "websocket_connection_limit_reached"
             default_message = LIMIT_MESSAGE if connection_scoped else "injected error"
-            await self.send_error(
+            self.send_error(
                 fault.status,
                 fault.error_code,
                 fault.message or default_message,
@@ -643,10 +623,10 @@ class _ServerConnection:
         elif kind == "expire":
             self._expire_now.set()
         elif kind == "send_raw":
-            await self.ws.send_message(fault.payload)
+            transport.send_text(fault.payload.encode())
         elif kind == "oversize":
             padding = max(0, fault.size - 40)
-            await self.ws.send_message('{"type":"response.padding","pad":"' + "x" * padding + '"}')
+            transport.send_text(b'{"type":"response.padding","pad":"' + b"x" * padding + b'"}')
 
     # -- expiry -------------------------------------------------------------------------------
 
@@ -656,11 +636,11 @@ class _ServerConnection:
         self._expired = True
         self.counters.expiries += 1
         await self._idle.wait()
-        await self.send_error(400, "websocket_connection_limit_reached", LIMIT_MESSAGE)
+        self.send_error(400, "websocket_connection_limit_reached", LIMIT_MESSAGE)
         code = self.server.config.expiry_close_code
         if code is not None:
-            with trio.move_on_after(self.server.config.close_timeout):
-                await self.ws.aclose(code)
+            # The handshake completes in _serve's aclose, after this connection's tasks.
+            self.transport.start_close(code)
             raise _Stop
 
     def _mark_busy(self, lane: _Lane) -> None:
@@ -677,20 +657,20 @@ class _ServerConnection:
 
     # -- incoming -----------------------------------------------------------------------------
 
-    async def _on_message(self, message: str | bytes) -> None:
+    def _on_message(self, message: str | bytes) -> None:
         try:
             event = decode_client_event(message)
         except RemoteProtocolError as exc:
-            await self._on_bad_message(message, exc)
+            self._on_bad_message(message, exc)
             return
         if self.server.config.record_messages and len(self.server.received) < _RECORD_LIMIT:
             self.server.received.append((self.index, event))
         if isinstance(event, ResponseCreate):
-            await self._on_create(event, _tools_of(event, message))
+            self._on_create(event, _tools_of(event, message))
         elif isinstance(event, ResponseSteer):
-            await self._on_steer(event)
+            self._on_steer(event)
         elif isinstance(event, UnknownEvent):
-            await self.send_error(
+            self.send_error(
                 400,
                 "unknown_event_type",
                 f"Unknown client event type {event.type!r}; expected 'response.create' or "
@@ -698,20 +678,20 @@ class _ServerConnection:
                 param="type",
             )
 
-    async def _on_bad_message(self, message: str | bytes, exc: RemoteProtocolError) -> None:
+    def _on_bad_message(self, message: str | bytes, exc: RemoteProtocolError) -> None:
         text = str(exc)
         try:
             obj = _any_json.decode(message)
         except DECODE_ERRORS:
-            await self.send_error(400, "invalid_json", f"Invalid JSON message: {text}")
+            self.send_error(400, "invalid_json", f"Invalid JSON message: {text}")
             return
         if not isinstance(obj, dict):
-            await self.send_error(
+            self.send_error(
                 400, "invalid_value", f"A client event is a JSON object, not {type(obj).__name__}."
             )
             return
         if "type" not in obj:
-            await self.send_error(
+            self.send_error(
                 400,
                 "missing_required_parameter",
                 "Missing required parameter: 'type'.",
@@ -719,13 +699,13 @@ class _ServerConnection:
             )
             return
         param, code = _param_from(text)
-        await self.send_error(400, code, f"Invalid client event: {text}", param=param)
+        self.send_error(400, code, f"Invalid client event: {text}", param=param)
 
-    async def _on_create(self, create: ResponseCreate, tools_raw: msgspec.Raw) -> None:
+    def _on_create(self, create: ResponseCreate, tools_raw: msgspec.Raw) -> None:
         config = self.server.config
         stream_id = create.stream_id
         if isinstance(stream_id, str) and not _valid_lane_id(stream_id):
-            await self.send_error(
+            self.send_error(
                 400,
                 "invalid_stream_id",
                 "stream_id must be 1 to 256 characters of [A-Za-z0-9_.-].",
@@ -734,7 +714,7 @@ class _ServerConnection:
             return
         lane_key = stream_id if isinstance(stream_id, str) else None
         if create.background is True:
-            await self.send_error(
+            self.send_error(
                 400,
                 "invalid_value",
                 "background responses are not supported over WebSocket.",
@@ -743,7 +723,7 @@ class _ServerConnection:
             )
             return
         if not isinstance(create.model, str) or not create.model:
-            await self.send_error(
+            self.send_error(
                 400,
                 "missing_required_parameter",
                 "Missing required parameter: 'model'.",
@@ -754,7 +734,7 @@ class _ServerConnection:
         if isinstance(create.conversation, str | dict) and isinstance(
             create.previous_response_id, str
         ):
-            await self.send_error(
+            self.send_error(
                 400,
                 "invalid_value",
                 "previous_response_id cannot be combined with conversation.",
@@ -765,7 +745,7 @@ class _ServerConnection:
         lane = self._lanes.get(lane_key)
         if lane is None:
             if lane_key is not None and self._named_lanes >= config.max_named_lanes:
-                await self.send_error(
+                self.send_error(
                     400,
                     "websocket_stream_limit_reached",
                     f"This connection already uses {config.max_named_lanes} stream ids.",
@@ -775,7 +755,7 @@ class _ServerConnection:
                 return
             lane = self._open_lane(lane_key)
         if config.strict_single_flight and lane.busy:
-            await self.send_error(
+            self.send_error(
                 409,
                 "response_already_in_flight",
                 "A response is already in flight on this lane; wait for its terminal event.",
@@ -787,7 +767,7 @@ class _ServerConnection:
             lane.send.send_nowait(_Request(create, lane_key, tools_raw))
         except trio.WouldBlock:
             self._mark_done(lane)
-            await self.send_error(
+            self.send_error(
                 429,
                 "too_many_queued_requests",
                 "Too many queued responses on this lane.",
@@ -804,7 +784,7 @@ class _ServerConnection:
         self._nursery.start_soon(self._lane_worker, lane)
         return lane
 
-    async def _on_steer(self, steer: ResponseSteer) -> None:
+    def _on_steer(self, steer: ResponseSteer) -> None:
         stream = self._active_responses.get(steer.previous_response_id)
         code = "steering_not_supported" if stream is not None else "response_not_found"
         message = (
@@ -813,7 +793,7 @@ class _ServerConnection:
             else "The target response is not active on this connection."
         )
         sequence = stream.next_sequence() if stream is not None else 0
-        await self.send(
+        self.send(
             SteerFailed(
                 sequence_number=sequence,
                 error=ErrorDetail(type="invalid_request_error", code=code, message=message),
@@ -828,10 +808,18 @@ class _ServerConnection:
     # -- responses ----------------------------------------------------------------------------
 
     async def _lane_worker(self, lane: _Lane) -> None:
+        active = self._active
         async for request in lane.receive:
             try:
-                async with self._active:
+                # Receiving was a checkpoint already: take a free slot without another one.
+                try:
+                    active.acquire_nowait()
+                except trio.WouldBlock:
+                    await active.acquire()
+                try:
                     await self._process(request.create, lane, request.tools_raw)
+                finally:
+                    active.release()
             finally:
                 self._mark_done(lane)
 
@@ -849,7 +837,7 @@ class _ServerConnection:
     async def _process(self, create: ResponseCreate, lane: _Lane, tools_raw: msgspec.Raw) -> None:
         stream_id = create.stream_id
         if self._expired:
-            await self.send_error(400, "websocket_connection_limit_reached", LIMIT_MESSAGE)
+            self.send_error(400, "websocket_connection_limit_reached", LIMIT_MESSAGE)
             return
         parent: CachedResponse | None = None
         parent_lane: _Lane | None = None
@@ -858,7 +846,7 @@ class _ServerConnection:
             parent, parent_lane = self._lookup(previous)
             if parent is None or parent.status == "failed":
                 self._evict(previous, lane)
-                await self.send_error(
+                self.send_error(
                     400,
                     "previous_response_not_found",
                     f"Previous response with id '{previous}' not found.",
@@ -871,12 +859,11 @@ class _ServerConnection:
             else:
                 self.counters.store_hydrations += 1
         new_input = _input_items(create.input)
-        parent_context = parent.context() if parent is not None else []
-        problem = self._check_tool_outputs(parent, parent_context, new_input)
+        problem = self._check_tool_outputs(parent, new_input)
         if problem is not None:
             if parent is not None and parent_lane is lane:
                 self._evict(parent.id, lane)
-            await self.send_error(400, "invalid_value", problem, param="input", stream_id=stream_id)
+            self.send_error(400, "invalid_value", problem, param="input", stream_id=stream_id)
             return
         self._responses += 1
         stream = _ResponseStream(self, self._responses, stream_id)
@@ -894,7 +881,6 @@ class _ServerConnection:
                 response_id,
                 parent,
                 parent_lane,
-                parent_context,
                 new_input,
                 tools_raw,
             )
@@ -904,37 +890,34 @@ class _ServerConnection:
             if end.failed is not None:
                 # Reached only from a "fail" fault before the terminal event was sent. A
                 # response must exist before it can fail: announce it first if needed.
-                if stream.sequence == 0:
-                    created_at = stream.created_at = int(time.time())
-                    base = self._response_object(
+                base = stream.base
+                if base is None:
+                    base = stream.base = self._response_object(
                         create,
                         response_id,
                         status="in_progress",
-                        created_at=created_at,
+                        created_at=int(time.time()),
                         tools_raw=tools_raw,
                     )
-                    await self.send(
+                if stream.sequence == 0:
+                    self.send(
                         ResponseCreated(
                             sequence_number=stream.next_sequence(),
                             response=base,
                             stream_id=stream.stream_id,
                         )
                     )
-                await self._send_failed(
-                    create, stream, response_id, end.failed, end.message, tools_raw=tools_raw
-                )
+                self._send_failed(base, stream, end.failed, end.message)
         finally:
             self._active_responses.pop(response_id, None)
 
     def _check_tool_outputs(
-        self, parent: CachedResponse | None, parent_context: list[Item], new_input: list[Item]
+        self, parent: CachedResponse | None, new_input: list[Item]
     ) -> str | None:
         calls, outputs = call_ids_in(new_input)
-        parent_calls, _ = call_ids_in(parent_context)
-        context_calls = calls | parent_calls
-        dangling = sorted(outputs - context_calls)
-        if dangling:
-            return f"No tool call found for function call output with call_id '{dangling[0]}'."
+        for call_id in sorted(outputs - calls):
+            if parent is None or not parent.has_call(call_id):
+                return f"No tool call found for function call output with call_id '{call_id}'."
         if self.server.config.require_tool_outputs and parent is not None:
             missing = sorted(parent.pending_call_ids() - outputs)
             if missing:
@@ -994,17 +977,21 @@ class _ServerConnection:
         response_id: str,
         parent: CachedResponse | None,
         parent_lane: _Lane | None,
-        parent_context: list[Item],
         new_input: list[Item],
         tools_raw: msgspec.Raw,
     ) -> None:
         config = self.server.config
         latency = config.latency
-        created_at = stream.created_at = int(time.time())
         tools = tuple(create.tools) if isinstance(create.tools, list) else ()
         store = create.store is not False
-        base = self._response_object(
-            create, response_id, status="in_progress", created_at=created_at, tools_raw=tools_raw
+        # Built once: created, in_progress and the terminal event share it (the terminal one
+        # with its status, output and usage replaced), created_at included.
+        base = stream.base = self._response_object(
+            create,
+            response_id,
+            status="in_progress",
+            created_at=int(time.time()),
+            tools_raw=tools_raw,
         )
         self.counters.responses_started += 1
         await stream.emit(ResponseCreated, response=base)
@@ -1026,7 +1013,9 @@ class _ServerConnection:
         output: list[Item] = []
         output_tokens = 0
         reply = ModelReply()
+        context: tuple[Item, ...] | None = None
         if generate:
+            parent_context = parent.context() if parent is not None else ()
             context = (*parent_context, *new_input)
             request = ModelRequest(
                 model=base.model,
@@ -1061,77 +1050,68 @@ class _ServerConnection:
             total_tokens=total_input + output_tokens,
         )
         if reply.failed is not None:
-            await self._send_failed(
-                create,
-                stream,
-                response_id,
-                reply.failed,
-                reply.message,
-                output,
-                usage,
-                tools_raw=tools_raw,
-            )
+            self._send_failed(base, stream, reply.failed, reply.message, output=output, usage=usage)
             raise _EndResponse(evict=True)
         if reply.incomplete is not None:
-            final = self._response_object(
-                create,
-                response_id,
+            final = msgspec.structs.replace(
+                base,
                 status="incomplete",
-                created_at=created_at,
-                output=output,
+                output=raw(output),
                 usage=usage,
-                incomplete=IncompleteDetails(reason=reply.incomplete),
-                tools_raw=tools_raw,
+                incomplete_details=IncompleteDetails(reason=reply.incomplete),
             )
             await stream.emit(ResponseIncomplete, response=final)
             self.counters.responses_incomplete += 1
             status = "incomplete"
         else:
-            final = self._response_object(
-                create,
-                response_id,
+            final = msgspec.structs.replace(
+                base,
                 status="completed",
-                created_at=created_at,
-                output=output,
+                completed_at=int(time.time()),
+                output=raw(output),
                 usage=usage,
-                tools_raw=tools_raw,
             )
             await stream.emit(ResponseCompleted, response=final)
             self.counters.responses_completed += 1
             status = "completed"
+        output_items = tuple(output)
         cached_response = CachedResponse.create(
-            response_id, parent, tuple(new_input), tuple(output), status, store=store
+            response_id,
+            parent,
+            tuple(new_input),
+            output_items,
+            status,
+            store=store,
+            tokens=input_tokens + sum(count_tokens(item_text(item)) for item in output_items),
+            context=(*context, *output_items) if context is not None else None,
         )
         lane.latest = cached_response
         if store:
             self.server._store.put(cached_response)
         # A fault may be due right after the terminal event ("completed, then the socket died").
-        await self.before_event(stream, ended=True)
+        if self.server._faults:
+            await self.before_event(stream, ended=True)
 
-    async def _send_failed(
+    def _send_failed(
         self,
-        create: ResponseCreate,
+        base: ResponseObject,
         stream: _ResponseStream,
-        response_id: str,
         code: str,
         message: str | None,
+        *,
         output: list[Item] | None = None,
         usage: Usage | None = None,
-        *,
-        tools_raw: msgspec.Raw,
     ) -> None:
-        final = self._response_object(
-            create,
-            response_id,
+        """End ``stream`` with ``response.failed`` (``base``: its response.created object)."""
+        final = msgspec.structs.replace(
+            base,
             status="failed",
-            created_at=stream.created_at if stream.created_at is not None else int(time.time()),
-            output=output,
+            output=raw(output or []),
             usage=usage,
             error=ResponseError(code=code, message=message or "The model failed to respond."),
-            tools_raw=tools_raw,
         )
         self.counters.responses_failed += 1
-        await stream.connection.send(
+        stream.connection.send(
             ResponseFailed(
                 sequence_number=stream.next_sequence(), response=final, stream_id=stream.stream_id
             )

@@ -560,6 +560,8 @@ class ScriptedPolicy(Policy):
 
     script: Script
     name: str = "scripted"
+    # Replies built once per script turn (the script never changes while it is served).
+    _replies: dict[int, ModelReply] = attrs.field(factory=dict, init=False, repr=False)
 
     def respond(self, request: ModelRequest) -> ModelReply:
         turns = self.script.models.get(request.model) or self.script.models.get("default")
@@ -579,7 +581,11 @@ class ScriptedPolicy(Policy):
                     failed="server_error",
                     message=f"the script has {len(turns)} turns; turn {index + 1} was asked",
                 )
-        return _reply_from_turn(turns[index])
+        turn = turns[index]
+        reply = self._replies.get(id(turn))
+        if reply is None:
+            reply = self._replies[id(turn)] = _reply_from_turn(turn)
+        return reply
 
 
 def _reply_from_turn(turn: ScriptTurn) -> ModelReply:

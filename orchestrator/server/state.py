@@ -35,6 +35,11 @@ class CachedResponse:
     status: str
     store: bool
     context_tokens: int = 0
+    #: ``call_id`` of every function call in this response's own input and output.
+    call_ids: frozenset[str] = frozenset()
+    # The whole context, kept by the newest response of a chain only (a continuation takes
+    # it over), so a turn never walks the chain and a chain costs O(n) memory, not O(n^2).
+    _context: tuple[Item, ...] | None = None
 
     @classmethod
     def create(
@@ -46,14 +51,32 @@ class CachedResponse:
         status: str,
         *,
         store: bool,
+        tokens: int | None = None,
+        context: tuple[Item, ...] | None = None,
     ) -> CachedResponse:
-        tokens = (parent.context_tokens if parent else 0) + sum(
-            count_tokens(item_text(item)) for item in (*input, *output)
-        )
-        return cls(id, parent, input, output, status, store, tokens)
+        """A response to remember.
 
-    def context(self) -> list[Item]:
+        Args:
+            tokens: the tokens of ``input`` and ``output`` if the caller counted them.
+            context: the full context (parent's, then ``input`` and ``output``) if the
+                caller built it; the parent then gives up its copy.
+        """
+        if tokens is None:
+            tokens = sum(count_tokens(item_text(item)) for item in (*input, *output))
+        call_ids = frozenset(
+            item.call_id for item in (*input, *output) if isinstance(item, FunctionCallItem)
+        )
+        if context is not None and parent is not None:
+            parent._context = None
+        parent_tokens = parent.context_tokens if parent else 0
+        return cls(
+            id, parent, input, output, status, store, parent_tokens + tokens, call_ids, context
+        )
+
+    def context(self) -> tuple[Item, ...]:
         """Every item of the chain up to and including this response's output."""
+        if self._context is not None:
+            return self._context
         chain: list[CachedResponse] = []
         node: CachedResponse | None = self
         while node is not None:
@@ -63,7 +86,20 @@ class CachedResponse:
         for node in reversed(chain):
             items.extend(node.input)
             items.extend(node.output)
-        return items
+        return tuple(items)
+
+    def has_call(self, call_id: str) -> bool:
+        """Whether a function call with ``call_id`` is anywhere in this chain.
+
+        The newest responses are looked at first: a tool output almost always answers a
+        call of the response it continues.
+        """
+        node: CachedResponse | None = self
+        while node is not None:
+            if call_id in node.call_ids:
+                return True
+            node = node.parent
+        return False
 
     def pending_call_ids(self) -> set[str]:
         """The ``call_id`` of every function call in this response's own output."""
