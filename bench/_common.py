@@ -10,9 +10,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,12 +44,19 @@ def pin(cpu: int | None) -> None:
 
 
 @contextlib.contextmanager
-def server_process(*args: str, cpu: int | None = None) -> Iterator[dict[str, str]]:
-    """Run ``orchestrator serve --port 0 ...`` in its own process; yield its url/token."""
+def server_process(
+    *args: str, cpu: int | None = None, root: Path = ROOT
+) -> Iterator[dict[str, str]]:
+    """Run ``orchestrator serve --port 0 ...`` in its own process; yield its url/token.
+
+    ``root`` is the source tree the server is imported from (``python -m`` puts the working
+    directory first on the path): another checkout, e.g. ``git archive`` of an older commit,
+    runs that version of the server for before/after comparisons.
+    """
     command = [sys.executable, "-m", "orchestrator.cli", "serve", "--port", "0", *args]
     preexec = (lambda: pin(cpu)) if cpu is not None else None
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, text=True, preexec_fn=preexec, cwd=ROOT
+        command, stdout=subprocess.PIPE, text=True, preexec_fn=preexec, cwd=root
     )
     info: dict[str, str] = {}
     try:
@@ -68,9 +77,8 @@ def server_process(*args: str, cpu: int | None = None) -> Iterator[dict[str, str
 
 
 def script_file(data: dict[str, Any]) -> str:
-    handle = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
-    json.dump(data, handle)
-    handle.close()
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(data, handle)
     return handle.name
 
 
