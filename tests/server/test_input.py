@@ -110,6 +110,16 @@ async def test_wrong_type_inside_an_input_item_names_input(client):
         assert_error(await client.receive(), 400, "invalid_value", "input")
 
 
+async def test_create_without_input_is_accepted(client):
+    """Spec 4.1: every field but ``type`` is optional at the schema level; a create with only
+    instructions and tools (a warm-up) needs no ``input``. (RELIABILITY 3.4's "missing
+    input" defers to the contract: only a missing ``model`` is refused.)"""
+    with trio.fail_after(10):
+        events = await client.turn(instructions="Prepare.", tools=[LOOKUP_TOOL], generate=False)
+    assert "response.completed" == events[-1]["type"]
+    assert [] == events[-1]["response"]["output"]
+
+
 async def test_background_true_is_rejected(client):
     """Spec 4.1: ``background: true`` is not supported over WebSocket: param background."""
     with trio.fail_after(10):

@@ -1,0 +1,190 @@
+"""The server's own WebSocket transport (orchestrator/server/transport.py): a turn's events
+leave in one write, backpressure bounds the buffer, protocol violations close the socket."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+import trio
+import trio.testing
+import wsproto
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
+from orchestrator.server import LatencyModel, LocalServer, ServerConfig
+from orchestrator.server.transport import WRITE_HIGH_WATER
+
+from .wire import LOOKUP_TOOL, memory_client
+
+SCRIPT: dict[str, Any] = {
+    "on_exhausted": "cycle",
+    "turns": [
+        {"function_calls": [{"name": "lookup", "arguments": {"city": "Lisbon"}, "deltas": 6}]}
+    ],
+}
+
+
+@attrs.define(eq=False)
+class CountingStream(trio.abc.Stream):
+    """A stream that counts the server's writes."""
+
+    inner: trio.abc.Stream
+    writes: list[int] = attrs.field(factory=list)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(len(data))
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_turn_leaves_in_one_write():
+    """The 12 events of a function-call turn are produced without a checkpoint and are
+    written with one ``send_all``."""
+    server = LocalServer.from_config(ServerConfig(script=SCRIPT, seed=1))
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    counting = CountingStream(server_stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle_stream, counting)
+        ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        with trio.fail_after(10):
+            await _handshake(client_stream, ws, server.token)
+            before = len(counting.writes)
+            await client_stream.send_all(
+                ws.send(
+                    TextMessage(
+                        '{"type":"response.create","model":"local-scripted","input":"go",'
+                        f'"tools":[{_json(LOOKUP_TOOL)}]}}'
+                    )
+                )
+            )
+            messages = await _messages(client_stream, ws, until="response.completed")
+            turn_writes = len(counting.writes) - before
+            await client_stream.aclose()
+    assert 12 == len(messages)
+    assert 1 == turn_writes
+
+
+async def test_paced_events_are_written_as_they_come(autojump_clock):
+    """With pacing, each delta goes out at its time (the pace is a checkpoint)."""
+    server = LocalServer.from_config(
+        ServerConfig(model="echo", latency=LatencyModel(tokens_per_second=1))
+    )
+    async with memory_client(server) as client:
+        with trio.fail_after(60):
+            await client.create(input="a b c")
+            times = []
+            while True:
+                event = await client.receive()
+                times.append(trio.current_time())
+                if event["type"] == "response.completed":
+                    break
+    assert [0, 0, 0, 0, 1, 2, 3, 3, 3, 3, 3] == times
+
+
+async def test_backpressure_bounds_what_a_slow_reader_costs():
+    """A client that stops reading makes the producer wait: the server buffers at most about
+    twice the high-water mark, and everything arrives once the client reads again."""
+    words = 20_000  # about 2.6 MB of delta events, ten times the high-water mark
+    server = LocalServer.from_config(ServerConfig(model="echo"))
+    client_stream, server_stream = trio.testing.lockstep_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle_stream, server_stream)
+        ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        with trio.fail_after(30):
+            await _handshake(client_stream, ws, server.token)
+            text = " ".join(["w"] * words)
+            await client_stream.send_all(
+                ws.send(
+                    TextMessage(f'{{"type":"response.create","model":"echo","input":"{text}"}}')
+                )
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            buffered = server.statistics().bytes_sent
+            assert buffered <= 2 * WRITE_HIGH_WATER + 1000
+            messages = await _messages(client_stream, ws, until="response.completed")
+            await client_stream.aclose()
+    assert words + 8 == len(messages)
+
+
+async def test_invalid_utf8_text_frame_closes_with_1007():
+    """A text frame that is not UTF-8 is a protocol violation: close 1007 (RFC 6455)."""
+    server = LocalServer.from_config(ServerConfig(model="echo"))
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle_stream, server_stream)
+        ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        with trio.fail_after(10):
+            await _handshake(client_stream, ws, server.token)
+            # FIN + text, masked, 2 bytes, mask key 0 (the payload goes as is).
+            await client_stream.send_all(b"\x81\x82\x00\x00\x00\x00\xff\xfe")
+            codes: list[int] = []
+            while not codes:
+                data = await client_stream.receive_some()
+                assert data
+                ws.receive_data(bytes(data))
+                codes = [e.code for e in ws.events() if isinstance(e, CloseConnection)]
+    assert [1007] == codes
+    assert 0 == server.statistics().connection_errors
+
+
+async def test_client_leaving_mid_response_is_not_an_error(autojump_clock):
+    """A client that closes while a response streams ends the connection quietly."""
+    server = LocalServer.from_config(
+        ServerConfig(model="echo", latency=LatencyModel(tokens_per_second=1))
+    )
+    async with memory_client(server) as client:
+        with trio.fail_after(60):
+            await client.create(input="a b c d e f")
+            await client.receive()
+    await trio.testing.wait_all_tasks_blocked()
+    statistics = server.statistics()
+    assert 0 == statistics.connection_errors
+    assert 0 == statistics.connections_active
+    assert 0 == statistics.responses_completed
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value)
+
+
+async def _handshake(stream: trio.abc.Stream, ws: wsproto.WSConnection, token: str) -> None:
+    await stream.send_all(
+        ws.send(
+            Request(
+                host="x",
+                target="/v1/responses",
+                extra_headers=[(b"authorization", f"Bearer {token}".encode())],
+            )
+        )
+    )
+    while True:
+        ws.receive_data(bytes(await stream.receive_some()))
+        if any(isinstance(event, AcceptConnection) for event in ws.events()):
+            return
+
+
+async def _messages(stream: trio.abc.Stream, ws: wsproto.WSConnection, *, until: str) -> list[str]:
+    """Text messages until one starting with ``{"type":"<until>"``."""
+    messages: list[str] = []
+    parts: list[str] = []
+    while True:
+        data = await stream.receive_some()
+        assert data, "the server closed the connection"
+        ws.receive_data(bytes(data))
+        for event in ws.events():
+            assert isinstance(event, TextMessage)
+            parts.append(event.data)
+            if event.message_finished:
+                messages.append("".join(parts))
+                parts.clear()
+                if messages[-1].startswith(f'{{"type":"{until}"'):
+                    return messages
