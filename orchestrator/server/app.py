@@ -2,8 +2,12 @@
 
 One :class:`LocalServer` serves any number of connections. Each connection runs in its own
 nursery and is isolated: an unexpected error in one closes that one with 1011 and nothing
-else (an uncaught error in a trio-websocket handler would otherwise cancel every
-connection).
+else (an uncaught error in a connection handler would otherwise cancel every connection).
+
+The WebSocket itself is :class:`~orchestrator.server.transport.ServerWebSocket` (wsproto,
+one read loop and one buffered writer per connection): the events a response produces
+between two checkpoints leave in one write. Sending an event is therefore synchronous
+(:meth:`_ServerConnection.send`); producers await only for pacing, faults and backpressure.
 
 The server accepts any trio stream (:meth:`LocalServer.handle_stream`), so the same code
 serves real TCP (:func:`open_local_server`, ``orchestrator serve``) and in-memory stream pairs
