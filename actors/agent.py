@@ -25,6 +25,7 @@ from actors.tools import ToolExecutor, ToolRepairBudgetExceeded
 from orchestrator.budget import BudgetTracker
 from orchestrator.connection import Connection
 from orchestrator.errors import (
+    ActorDead,
     AuthenticationError,
     BudgetExceeded,
     ConfigurationError,
@@ -100,6 +101,7 @@ class AgentActor(Actor):
     tasks_done: int = attrs.field(default=0, init=False)
     _connection: Connection | None = attrs.field(default=None, init=False, repr=False)
     _last_connection: Connection | None = attrs.field(default=None, init=False, repr=False)
+    _task_scope: trio.CancelScope | None = attrs.field(default=None, init=False, repr=False)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -113,6 +115,23 @@ class AgentActor(Actor):
             finally:
                 self._connection = None
 
+    def stop(self) -> None:
+        """Stop this incarnation: close the mailbox and cancel the task in hand, if any.
+
+        Unlike the base actor, an agent does not finish its current task first. A run stops
+        its agents once it has its answer (they are idle then), or on a budget, a failure or
+        a stop request, and then in-flight turns and tools must end at once (RELIABILITY P5)
+        rather than go on for a shutdown grace period. The asker of the cancelled task gets
+        ``ActorDead``.
+        """
+        super().stop()
+        scope = self._task_scope
+        if scope is not None:
+            envelope = self.current_envelope
+            if envelope is not None and envelope.reply is not None and not envelope.reply.done:
+                envelope.reply.fail(ActorDead(self.name, "stopped"))
+            scope.cancel()
+
     @property
     def connection(self) -> Connection | None:
         """The current (or, between incarnations, the last) connection, for statistics."""
@@ -123,22 +142,30 @@ class AgentActor(Actor):
     async def handle(self, message: Any) -> Any:
         if not isinstance(message, Task):
             raise TypeError(f"agent {self.name!r} expects a Task, got {type(message).__name__}")
-        try:
-            return await self.perform(message)
-        except (
-            BudgetExceeded,
-            ToolRepairBudgetExceeded,
-            AuthenticationError,
-            ConfigurationError,
-        ) as exc:
-            # These end the whole run, not just this incarnation: record the reason and
-            # unwind with the run's cancellation instead of crashing into a restart.
-            if self.budget is not None:
-                self.budget.fail(exc)
-                await trio.lowlevel.checkpoint()
-            raise
-        finally:
-            self._state("idle")
+        with trio.CancelScope() as self._task_scope:
+            try:
+                return await self.perform(message)
+            except (
+                BudgetExceeded,
+                ToolRepairBudgetExceeded,
+                AuthenticationError,
+                ConfigurationError,
+            ) as exc:
+                # These end the whole run, not just this incarnation: record the reason and
+                # unwind with the run's cancellation instead of crashing into a restart.
+                if self.budget is not None:
+                    self.budget.fail(exc)
+                    if self.budget.scope is not None:
+                        # The run's scope is cancelled now, and the run stops its agents:
+                        # stop() cancels this wait. Raising instead would be a crash (logged
+                        # with a traceback) racing the shutdown.
+                        await trio.sleep_forever()
+                    await trio.lowlevel.checkpoint()
+                raise
+            finally:
+                self._task_scope = None
+                self._state("idle")
+        return None  # stop() cancelled the task and has answered its asker
 
     async def perform(self, task: Task) -> TaskResult:
         """Run the tool loop for ``task`` until the model answers without calling a tool."""
@@ -169,7 +196,14 @@ class AgentActor(Actor):
             deadline = budget.agent_deadline(self.name)
         self._state("thinking")
         with trio.move_on_at(deadline) as scope:
-            response = await connection.run_turn(self.session, items)
+            try:
+                response = await connection.run_turn(self.session, items)
+            except BaseException:
+                # A turn that never completed (refused handshake, lost connection, the run
+                # being cancelled) produced nothing: the usage counts finished turns only.
+                if budget is not None:
+                    budget.cancel_turn(self.name)
+                raise
         if scope.cancelled_caught:
             assert budget is not None
             limits = budget.agents[self.name]
