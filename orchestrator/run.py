@@ -356,7 +356,13 @@ async def run(
         PlanError: the plan is invalid (nothing was started).
         ConfigurationError: a bad endpoint or a malformed key (nothing was started).
     """
-    plan = check_plan(plan).raise_for_errors() if isinstance(plan, Plan) else load_plan(Path(plan))
+    if isinstance(plan, Plan):
+        # Checked again (a Plan can be built by hand), but its warnings were already reported
+        # by whoever built or loaded it: only errors stop the run here.
+        report = check_plan(plan)
+        plan = report.raise_for_errors() if report.errors else plan
+    else:
+        plan = load_plan(Path(plan))
     goal = goal if goal is not None else plan.goal
     if goal is None and not plan.steps:
         raise PlanError(
