@@ -132,9 +132,19 @@ def _serve_command(args: argparse.Namespace) -> int:
         _fail(exc.code, str(exc))
     try:
         trio.run(_serve_until_signal, config, args.token is None)
-    except ConfigurationError as exc:
-        _fail(exc.code, str(exc))
+    except* ConfigurationError as group:
+        # A port in use comes out of the server's nursery, in a group.
+        for error in _leaves(group):
+            print(f"error[{error.code}]: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
     return EXIT_OK
+
+
+def _leaves(group: BaseExceptionGroup[ConfigurationError]) -> list[ConfigurationError]:
+    leaves: list[ConfigurationError] = []
+    for error in group.exceptions:
+        leaves.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
+    return leaves
 
 
 async def _serve_until_signal(config: Any, print_token: bool) -> None:
@@ -270,6 +280,10 @@ def _exit_code(result: Any) -> int:
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    # Import the packages first: each one's __init__ disables its logs, which would undo
+    # configure() for a package imported later (a tool refused to an agent, a plan warning).
+    import actors  # noqa: F401
+    import plans  # noqa: F401
     from orchestrator.logging import configure
 
     configure("DEBUG" if args.verbose > 1 else "INFO" if args.verbose else "WARNING")
@@ -298,12 +312,55 @@ def _run_command(args: argparse.Namespace) -> int:
             _fail(exc.code, str(exc), EXIT_AUTH if exc.code.startswith("auth.") else EXIT_USAGE)
         if not key.startswith("sk-"):
             print("warning[auth.format]: key does not start with 'sk-'", file=sys.stderr)
+    server_options = _server_options(args) if offline else None
     if offline:
         print("offline: no OPENAI_API_KEY, running on the embedded server", file=sys.stderr)
-    return trio.run(_run_async, args, plan, key, offline)
+    return trio.run(_run_async, args, plan, key, offline, server_options)
 
 
-async def _run_async(args: argparse.Namespace, plan: Any, key: str | None, offline: bool) -> int:
+def _server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The embedded server's settings from the --local-* options, checked (script loaded)
+    before the run starts: a bad value is a usage error, not a traceback from inside it."""
+    from orchestrator.server import LatencyModel, LocalServer, ServerConfig
+
+    try:
+        options: dict[str, Any] = {
+            "model": args.local_model,
+            "script": args.local_script,
+            "seed": args.local_seed,
+            "latency": LatencyModel(
+                time_to_first_token=args.local_ttft,
+                tokens_per_second=args.local_tokens_per_second,
+            ),
+        }
+        LocalServer.from_config(ServerConfig(**options))
+    except ConfigurationError as exc:
+        _fail(exc.code, str(exc))
+    return options
+
+
+def _open_trace(path: Path) -> Any:
+    """The trace file, created (or truncated) private to the user, unbuffered: each event is
+    one whole line on disk as soon as it happens (follow it live; nothing lost to a kill)."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        _fail("config.value", f"cannot write --trace {path}: {exc.strerror}")
+    try:
+        os.fchmod(descriptor, 0o600)  # an existing file keeps its mode through O_CREAT
+    except OSError:
+        os.close(descriptor)
+        _fail("config.value", f"cannot make --trace {path} private (chmod 600)")
+    return os.fdopen(descriptor, "wb", buffering=0)
+
+
+async def _run_async(
+    args: argparse.Namespace,
+    plan: Any,
+    key: str | None,
+    offline: bool,
+    server_options: dict[str, Any] | None,
+) -> int:
     from rich.console import Console
 
     from orchestrator.connection import ConnectionSettings
@@ -317,8 +374,7 @@ async def _run_async(args: argparse.Namespace, plan: Any, key: str | None, offli
     stop = trio.Event()
     trace = None
     if args.trace is not None:
-        descriptor = os.open(args.trace, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        trace = os.fdopen(descriptor, "wb")
+        trace = _open_trace(args.trace)
 
         def write(event: Any) -> None:
             # Events carry error texts (a crash's repr, a dead letter's reason): redact them.
@@ -326,16 +382,6 @@ async def _run_async(args: argparse.Namespace, plan: Any, key: str | None, offli
             trace.write(redact(event_encoder.encode(event).decode()).encode() + b"\n")
 
         bus.add_listener(write)
-    from orchestrator.server import LatencyModel
-
-    server_options: dict[str, Any] = {
-        "model": args.local_model,
-        "script": args.local_script,
-        "seed": args.local_seed,
-        "latency": LatencyModel(
-            time_to_first_token=args.local_ttft, tokens_per_second=args.local_tokens_per_second
-        ),
-    }
     view = LiveView(f"{plan.name}: {'embedded server' if offline else 'live'}")
     bus.add_listener(view)
     results: list[Any] = []
@@ -354,8 +400,14 @@ async def _run_async(args: argparse.Namespace, plan: Any, key: str | None, offli
                             )
                             stop.set()
                         else:
-                            print("forced stop", file=sys.stderr)
-                            nursery.cancel_scope.cancel()
+                            # Exit now (RELIABILITY P5). Cancelling cannot cut the shutdown
+                            # short: it is shielded, and may be waiting on a tool that
+                            # ignores cancellation or on close handshakes.
+                            print("forced stop", file=sys.stderr, flush=True)
+                            if trace is not None:
+                                trace.close()
+                            console.show_cursor(True)
+                            os._exit(EXIT_INTERRUPTED)
 
                 nursery.start_soon(interrupt)
                 live_scope = trio.CancelScope()
@@ -383,8 +435,6 @@ async def _run_async(args: argparse.Namespace, plan: Any, key: str | None, offli
     finally:
         if trace is not None:
             trace.close()
-    if not results:
-        return EXIT_INTERRUPTED  # forced: no report
     result = results[0]
     if args.json:
         sys.stdout.buffer.write(result.to_json() + b"\n")
