@@ -1,0 +1,903 @@
+"""``orchestrator run|validate|serve`` in subprocesses: output, exit codes and every bad input of
+RELIABILITY 3.1 (plan files), 3.2 (tool calls), 3.3 (keys and endpoints), and Ctrl-C (P5).
+
+Every command runs as ``python -m orchestrator.cli`` without ``OPENAI_API_KEY`` (unless a test
+sets one), so runs are offline on the embedded server. Waiting for a running command means
+reading its trace or its stderr until a line appears, bounded by a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = (sys.executable, "-m", "orchestrator.cli")
+EXAMPLES = ROOT / "plans" / "examples"
+TRIP = EXAMPLES / "trip" / "plan.toml"
+BUGFIX = EXAMPLES / "bugfix" / "plan.yaml"
+OFFLINE_NOTICE = "offline: no OPENAI_API_KEY, running on the embedded server"
+HAS_PROC = Path("/proc/self/stat").exists()
+
+
+def environment(**overrides: str) -> dict[str, str]:
+    """The test's environment without any key or endpoint, our packages importable."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["COLUMNS"] = "200"  # the report's lines are not wrapped
+    env.update(overrides)
+    return env
+
+
+def orchestrator(
+    *args: object, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *map(str, args)],
+        cwd=cwd,
+        env=env if env is not None else environment(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def lines(text: str) -> list[str]:
+    return text.splitlines()
+
+
+# -- orchestrator run and validate -------------------------------------------------------------
+
+
+def test_run_prints_the_offline_notice_and_the_report():
+    """Without a key the run is offline: one notice line on stderr, the report on stdout."""
+    done = orchestrator("run", TRIP)
+
+    assert 0 == done.returncode
+    assert [OFFLINE_NOTICE] == lines(done.stderr)
+    report = lines(done.stdout)
+    assert re.fullmatch(
+        r"completed  plan 'trip', delegate mode, embedded, [\d.]+ s, 8 turns, [\d,]+ tokens",
+        report[0],
+    )
+    assert any("answer" in line for line in report)
+    assert any("TO7602" in line for line in report)
+    table = [line.split() for line in report if line.split()[:1] in (["planner"], ["flights"])]
+    assert [["planner", "planner", "2", "4"], ["flights", "worker", "2", "1"]] == [
+        row[:4] for row in table
+    ]
+
+
+def test_run_json_and_trace(tmp_path):
+    """``--json`` prints exactly one JSON document; ``--trace`` writes one decodable event per
+    line, routed messages and turns included, to a file only the user can read."""
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text("old content\n")
+    trace.chmod(0o644)  # an existing file must not keep a mode others can read
+    done = orchestrator("run", TRIP, "--json", "--trace", trace)
+
+    assert 0 == done.returncode
+    assert [OFFLINE_NOTICE] == lines(done.stderr)
+    assert done.stdout.endswith("}\n")
+    assert 1 == done.stdout.count("\n")
+    result = json.loads(done.stdout)
+    assert ("completed", "trip", "delegate") == (result["status"], result["plan"], result["mode"])
+    assert 8 == result["usage"]["turns"]
+    assert 0o600 == trace.stat().st_mode & 0o777
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    kinds = [event["type"] for event in events]
+    assert "old content" not in trace.read_text()
+    assert 8 == kinds.count("turn.finished")
+    routed = [(e["sender"], e["recipient"]) for e in events if e["type"] == "message.routed"]
+    assert ("run", "planner") == routed[0]
+    assert {("planner", "flights"), ("planner", "hotels"), ("planner", "activities")} == set(
+        routed[1:]
+    )
+    assert {"actor.started", "agent.state", "tool.started", "tool.finished"} <= set(kinds)
+
+
+def test_validate_accepts_the_examples():
+    """``validate`` checks a plan without running it and summarises it."""
+    trip = orchestrator("validate", TRIP)
+    longrun = orchestrator("validate", EXAMPLES / "longrun" / "plan.json")
+
+    assert (0, "", "ok: plan 'trip': 4 agents, 0 steps, 4 tools\n") == (
+        trip.returncode,
+        trip.stderr,
+        trip.stdout,
+    )
+    assert (0, "ok: plan 'longrun': 5 agents, 125 steps, 7 tools\n") == (
+        longrun.returncode,
+        longrun.stdout,
+    )
+
+
+# -- RELIABILITY 3.1: plan files ---------------------------------------------------------------
+
+STEPS: dict[str, Any] = {
+    "name": "demo",
+    "settings": {"model": "gpt-5-mini"},
+    "agents": [{"name": "planner", "role": "planner"}, {"name": "writer"}],
+    "steps": [
+        {"id": "fetch", "agent": "writer", "task": "Fetch the data."},
+        {"id": "write", "agent": "writer", "task": "Write it up.", "depends_on": ["fetch"]},
+    ],
+}
+TEAM: dict[str, Any] = {
+    "name": "demo",
+    "goal": "Look Lisbon up",
+    "settings": {"model": "gpt-5-mini"},
+    "agents": [
+        {"name": "planner", "role": "planner"},
+        {"name": "writer", "tools": ["tests.plans.fixture_tools:search"]},
+    ],
+}
+SECRET = "sk-proj-abcdef1234567890XYZ"
+
+
+def plan_json(base: dict[str, Any], edit: Callable[[dict[str, Any]], object]) -> bytes:
+    data = json.loads(json.dumps(base))
+    edit(data)
+    return json.dumps(data, indent=2).encode()
+
+
+def cycle(data: dict[str, Any]) -> None:
+    data["steps"] = [
+        {"id": "a", "agent": "writer", "task": "A", "depends_on": ["b"]},
+        {"id": "b", "agent": "writer", "task": "B", "depends_on": ["c"]},
+        {"id": "c", "agent": "writer", "task": "C", "depends_on": ["a"]},
+    ]
+
+
+DIRECTORY = b"<a directory>"
+MISSING = b"<no file>"
+
+PLAN_ROWS = [
+    pytest.param(
+        "missing.toml",
+        MISSING,
+        ["error[plan.io]: cannot read 'missing.toml': No such file or directory"],
+        id="missing",
+    ),
+    pytest.param(
+        "plan.toml",
+        DIRECTORY,
+        ["error[plan.io]: cannot read 'plan.toml': Is a directory"],
+        id="directory",
+    ),
+    pytest.param(
+        "big.toml",
+        b"# " + b"#" * (5 * 1024 * 1024 + 200 * 1024),
+        ["error[plan.too_large]: 'big.toml' is 5.2 MiB, limit 1 MiB"],
+        id="too-large",
+    ),
+    pytest.param(
+        "latin.toml",
+        b'name = "caf\xe9"\n',
+        ["error[plan.encoding]: 'latin.toml' is not valid UTF-8 (byte 11)"],
+        id="not-utf8",
+    ),
+    pytest.param(
+        "bad.json",
+        b'{\n  "name": "x",\n  "agents": [1,],\n}\n',
+        [
+            "error[plan.syntax]: 'bad.json' is malformed: trailing comma in array "
+            "(byte 32, line 3 col 16)"
+        ],
+        id="json-syntax",
+    ),
+    pytest.param(
+        "bad.toml",
+        b'name = "x"\nagents = [1,,]\n',
+        ["error[plan.syntax]: 'bad.toml' is malformed: invalid value (line 2 col 13)"],
+        id="toml-syntax",
+    ),
+    pytest.param(
+        "bad.yaml",
+        b"name: x\nagents: [a, b\n",
+        [
+            "error[plan.syntax]: 'bad.yaml' is malformed: did not find expected ',' or ']' "
+            "(line 3 col 1)"
+        ],
+        id="yaml-syntax",
+    ),
+    pytest.param(
+        "deep.json",
+        b'{"name":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        ["error[plan.syntax]: 'deep.json' is malformed: nesting too deep"],
+        id="json-deep",
+    ),
+    pytest.param(
+        "deep.yaml",
+        b"name: " + b"[" * 100_000 + b"]" * 100_000,
+        ["error[plan.syntax]: 'deep.yaml' is malformed: nesting too deep"],
+        id="yaml-deep",
+    ),
+    pytest.param(
+        "unknown.json",
+        plan_json(STEPS, lambda d: d["steps"][1].update(agnet=d["steps"][1].pop("agent"))),
+        [
+            "error[plan.schema]: unknown.json: $.steps[1]: unknown field 'agnet' "
+            "(did you mean 'agent'?)",
+            "error[plan.schema]: unknown.json: $.steps[1]: missing required field 'agent'",
+        ],
+        id="unknown-field",
+    ),
+    pytest.param(
+        "type.json",
+        plan_json(STEPS, lambda d: d["steps"][0].update(agent=7)),
+        ["error[plan.schema]: type.json: $.steps[0].agent: expected str, got int"],
+        id="wrong-type",
+    ),
+    pytest.param(
+        "required.json",
+        plan_json(STEPS, lambda d: d["steps"][0].pop("task")),
+        ["error[plan.schema]: required.json: $.steps[0]: missing required field 'task'"],
+        id="missing-field",
+    ),
+    pytest.param(
+        "empty.toml",
+        b"\n  \n",
+        ["error[plan.empty]: 'empty.toml' is empty"],
+        id="empty-file",
+    ),
+    pytest.param(
+        "nothing.json",
+        b'{"name": "demo"}',
+        [
+            "error[plan.empty]: nothing.json: $: plan defines no agents and no steps; "
+            "add an [[agents]] entry"
+        ],
+        id="empty-plan",
+    ),
+    pytest.param(
+        "steps.json",
+        plan_json(
+            STEPS, lambda d: d["steps"].append({"id": "fetch", "agent": "writer", "task": "Again."})
+        ),
+        [
+            "error[plan.duplicate]: steps.json: $.steps[2]: step id 'fetch' defined twice "
+            "($.steps[0], $.steps[2])"
+        ],
+        id="duplicate-step",
+    ),
+    pytest.param(
+        "agents.json",
+        plan_json(STEPS, lambda d: d["agents"].append({"name": "writer"})),
+        [
+            "error[plan.duplicate]: agents.json: $.agents[2]: agent name 'writer' defined twice "
+            "($.agents[1], $.agents[2])"
+        ],
+        id="duplicate-agent",
+    ),
+    pytest.param(
+        "cycle.json",
+        plan_json(STEPS, cycle),
+        [
+            "error[plan.cycle]: cycle.json: $.steps[0].depends_on[0]: dependency cycle: "
+            "a → b → c → a; remove one of these dependencies"
+        ],
+        id="cycle",
+    ),
+    pytest.param(
+        "self.json",
+        plan_json(STEPS, lambda d: d["steps"][0].update(depends_on=["fetch"])),
+        ["error[plan.cycle]: self.json: $.steps[0].depends_on[0]: step 'fetch' depends on itself"],
+        id="self-dependency",
+    ),
+    pytest.param(
+        "after.json",
+        plan_json(STEPS, lambda d: d["steps"][1].update(depends_on=["fetch", "z"])),
+        [
+            "error[plan.unknown_step]: after.json: $.steps[1].depends_on[1]: step 'write' "
+            "depends on unknown step 'z'"
+        ],
+        id="unknown-step",
+    ),
+    pytest.param(
+        "agent.json",
+        plan_json(STEPS, lambda d: d["steps"][1].update(agent="writer2")),
+        [
+            "error[plan.unknown_agent]: agent.json: $.steps[1].agent: step 'write' uses agent "
+            "'writer2'; defined agents: planner, writer (did you mean 'writer'?)"
+        ],
+        id="unknown-agent",
+    ),
+    pytest.param(
+        "shell.json",
+        plan_json(TEAM, lambda d: d["agents"][1].update(tools=["shell"])),
+        [
+            "error[plan.tool]: shell.json: $.agents[1].tools[0]: agent 'writer' lists tool "
+            "'shell' which is not registered; define it under [tools] or give its import path "
+            "'module:function'"
+        ],
+        id="tool-not-registered",
+    ),
+    pytest.param(
+        "serch.json",
+        plan_json(TEAM, lambda d: d["agents"][1].update(tools=["tests.plans.fixture_tools:serch"])),
+        [
+            "error[plan.tool]: serch.json: $.agents[1].tools[0]: "
+            "'tests.plans.fixture_tools:serch' not found "
+            "(did you mean 'tests.plans.fixture_tools:search'?)"
+        ],
+        id="tool-bad-function",
+    ),
+    pytest.param(
+        "module.json",
+        plan_json(TEAM, lambda d: d["agents"][1].update(tools=["tests.plans.fixture_tool:search"])),
+        [
+            "error[plan.tool]: module.json: $.agents[1].tools[0]: "
+            "'tests.plans.fixture_tool:search' not found: no module named "
+            "'tests.plans.fixture_tool' (did you mean 'tests.plans.fixture_tools:search'?)"
+        ],
+        id="tool-bad-module",
+    ),
+    pytest.param(
+        "range.json",
+        plan_json(TEAM, lambda d: d.update(budgets={"max_turns": 0})),
+        ["error[plan.value]: range.json: $.budgets.max_turns: must be in 1..100000, got 0"],
+        id="out-of-range",
+    ),
+    pytest.param(
+        "secret.json",
+        plan_json(
+            TEAM, lambda d: d["agents"][1].update(instructions=f"Log in with {SECRET} first.")
+        ),
+        [
+            "error[plan.secret]: secret.json: $.agents[1].instructions: plan contains what "
+            "looks like an API key or password; remove it and use OPENAI_API_KEY (or a key "
+            "file); never put secrets in plans"
+        ],
+        id="secret",
+    ),
+    pytest.param(
+        "several.json",
+        plan_json(
+            STEPS,
+            lambda d: (
+                d["steps"][1].update(agent="ghost"),
+                d.update(budgets={"max_tokens": 0}),
+                d["agents"][1].update(tools=["shell"]),
+            ),
+        ),
+        [
+            "error[plan.tool]: several.json: $.agents[1].tools[0]: agent 'writer' lists tool "
+            "'shell' which is not registered; define it under [tools] or give its import path "
+            "'module:function'",
+            "error[plan.value]: several.json: $.budgets.max_tokens: must be in "
+            "1..1000000000, got 0",
+            "error[plan.unknown_agent]: several.json: $.steps[1].agent: step 'write' uses agent "
+            "'ghost'; defined agents: planner, writer",
+        ],
+        id="all-errors-at-once-sorted",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), PLAN_ROWS)
+def test_bad_plan_files_are_refused_before_anything_runs(tmp_path, name, content, expected):
+    """Each bad plan of RELIABILITY 3.1 gets its ``error[plan.*]`` lines and exit code 2, and
+    nothing starts: not even the offline notice is printed."""
+    path = tmp_path / name
+    if content is DIRECTORY:
+        path.mkdir()
+    elif content is not MISSING:
+        path.write_bytes(content)
+    done = orchestrator("run", name, cwd=tmp_path)
+
+    assert 2 == done.returncode
+    assert expected == lines(done.stderr)
+    assert "" == done.stdout
+    assert SECRET not in done.stderr
+
+
+def test_validate_reports_the_same_errors_as_run(tmp_path):
+    """``validate`` prints the same ``error[...]`` lines as ``run`` and exits 2."""
+    (tmp_path / "cycle.json").write_bytes(plan_json(STEPS, cycle))
+    done = orchestrator("validate", "cycle.json", cwd=tmp_path)
+
+    assert 2 == done.returncode
+    assert [
+        "error[plan.cycle]: cycle.json: $.steps[0].depends_on[0]: dependency cycle: "
+        "a → b → c → a; remove one of these dependencies"
+    ] == lines(done.stderr)
+
+
+def test_unreachable_steps_are_a_warning_and_are_not_run(tmp_path):
+    """Steps ``final_step`` does not need are a warning (exit 0); the run skips them."""
+    (tmp_path / "final.json").write_bytes(plan_json(STEPS, lambda d: d.update(final_step="fetch")))
+    done = orchestrator("run", "final.json", "--json", cwd=tmp_path)
+
+    assert 0 == done.returncode
+    assert [
+        "warning[plan.unreachable]: final.json: $.steps: step 'write' is never scheduled; "
+        "final_step 'fetch' does not depend on them",
+        OFFLINE_NOTICE,
+    ] == lines(done.stderr)
+    result = json.loads(done.stdout)
+    assert [("fetch", "completed")] == [(s["id"], s["status"]) for s in result["steps"]]
+
+
+# -- RELIABILITY 3.2: tool calls from the model, through the embedded server -------------------
+
+ROWS_PLAN = """\
+name: rows
+goal: Read calc/stats.py
+settings:
+  model: planner-model
+tools:
+  read_file: {path: "plans.examples.bugfix.tools:read_file"}
+  list_files: {path: "plans.examples.bugfix.tools:list_files"}
+agents:
+  - name: planner
+    role: planner
+  - name: reader
+    model: reader-model
+    tools: [read_file]
+  - name: lister
+    model: lister-model
+    tools: [list_files]
+"""
+
+
+def call(name: str, arguments: Any) -> dict[str, Any]:
+    return {"function_calls": [{"name": name, "arguments": arguments}]}
+
+
+PLANNER_TURNS = [
+    call("delegate_to_reader", {"task": "Read calc/stats.py"}),
+    call("finish", {"answer": "The reader is done."}),
+]
+# One bad call per turn; a good one between two of a kind, so the repair budget (2 invalid
+# calls of one tool in a row) is never exceeded.
+READER_TURNS = [
+    call("shell", {"cmd": "ls"}),
+    call("list_files", {}),
+    call("read_file", '{"path": "calc/st'),
+    call("read_file", {"path": 5}),
+    call("read_file", {"path": "calc/stats.py"}),
+    call("read_file", {"path": "x" * 70_000}),
+    call("read_file", {"path": "../../etc/passwd"}),
+    call("read_file", {"path": "calc/units.py"}),
+    call("read_file", {"path": "/etc/passwd"}),
+    call("read_file", {"path": "calc/stats.py", "mode": "rb"}),
+    call("read_file", {"path": "calc/stats.py"}),
+    call("read_file", {}),
+    {"text": "Done reading."},
+]
+
+
+def scripted_run(tmp_path: Path, script: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "plan.yaml").write_text(ROWS_PLAN)
+    (tmp_path / "script.json").write_text(json.dumps(script))
+    return orchestrator(
+        "run",
+        "plan.yaml",
+        "--json",
+        "--local-model",
+        "scripted",
+        "--local-script",
+        "script.json",
+        cwd=tmp_path,
+    )
+
+
+def agent(result: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(a for a in result["agents"] if a["name"] == name)
+
+
+def tool_outputs(report: dict[str, Any]) -> list[Any]:
+    decoded = []
+    for item in report["transcript"]:
+        if item["type"] == "function_call_output":
+            try:
+                decoded.append(json.loads(item["output"]))
+            except ValueError:
+                decoded.append(item["output"])
+    return decoded
+
+
+def refused(code: str, message: str, *, tool: str = "read_file", **extra: Any) -> dict[str, Any]:
+    """The output a refused call gets (RELIABILITY 3.2)."""
+    return {"error": code, "tool": tool, "message": message, **extra}
+
+
+def test_bad_tool_calls_are_answered_not_executed(tmp_path):
+    """Every bad call of RELIABILITY 3.2 is refused with an output that says why, the model
+    repairs its call, and the run completes; a refused tool is logged as a warning."""
+    done = scripted_run(
+        tmp_path, {"models": {"planner-model": PLANNER_TURNS, "reader-model": READER_TURNS}}
+    )
+
+    assert 0 == done.returncode, done.stderr
+    result = json.loads(done.stdout)
+    assert ("completed", "The reader is done.") == (result["status"], result["answer"])
+    # A successful read is shown by the path it read, a refused call by its whole output.
+    seen = [
+        output if "error" in output else output["path"]
+        for output in tool_outputs(agent(result, "reader"))
+    ]
+    assert [
+        refused("unknown_tool", "no tool named 'shell'", tool="shell", allowed=["read_file"]),
+        refused(
+            "tool_not_permitted",
+            "tool 'list_files' is not available to agent 'reader'",
+            tool="list_files",
+            allowed=["read_file"],
+        ),
+        refused("invalid_json", "Input data was truncated"),
+        refused("invalid_arguments", "Expected str, got int - at $.path"),
+        "calc/stats.py",
+        refused("arguments_too_large", "arguments are 70011 bytes, limit 65536"),
+        refused("path_outside_workspace", "path '../../etc/passwd' is outside the workspace"),
+        "calc/units.py",
+        refused("path_outside_workspace", "path '/etc/passwd' is outside the workspace"),
+        refused("invalid_arguments", "Object contains unknown field mode"),
+        "calc/stats.py",
+        refused("invalid_arguments", "Object missing required field path"),
+    ] == seen
+    # Nothing of /etc/passwd reached the model, and the lister never ran.
+    assert "root:" not in done.stdout
+    assert 0 == agent(result, "lister")["turns"]
+    assert "Done reading." == tool_outputs(agent(result, "planner"))[0]
+    warnings = [line for line in lines(done.stderr) if "WARNING" in line]
+    assert 1 == len(warnings)
+    assert warnings[0].endswith("agent reader called tool list_files outside its allow-list")
+    assert "'agent': 'reader'" in warnings[0]
+    assert "'tool': 'list_files'" in warnings[0]
+
+
+def test_a_call_repeated_past_the_repair_budget_fails_the_run(tmp_path):
+    """The same invalid call three times in a row ends the run: ``tool.repair_budget``, exit 4,
+    after the model was told twice what was wrong."""
+    done = scripted_run(
+        tmp_path,
+        {
+            "on_exhausted": "repeat_last",
+            "models": {
+                "planner-model": PLANNER_TURNS,
+                "reader-model": [call("read_file", {"path": 5})],
+            },
+        },
+    )
+
+    assert 4 == done.returncode
+    result = json.loads(done.stdout)
+    assert ("failed", "tool.repair_budget") == (result["status"], result["code"])
+    assert (
+        "error[tool.repair_budget]: tool 'read_file' was called wrongly 3 times in a row "
+        "(repair budget 2); last error: invalid_arguments"
+    ) == result["reason"]
+    reader = agent(result, "reader")
+    assert 3 == reader["turns"]
+    assert ["invalid_arguments"] * 2 == [output["error"] for output in tool_outputs(reader)]
+    assert [OFFLINE_NOTICE] == lines(done.stderr)
+
+
+# -- RELIABILITY 3.3: keys and endpoints -------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["", "   ", "sk-abc\ndef"], ids=["empty", "blank", "newline"])
+def test_a_malformed_key_is_refused_without_echoing_it(key):
+    """An empty key, or one with whitespace, exits 3 with ``auth.malformed`` before anything
+    connects, and the key is not repeated."""
+    done = orchestrator("run", TRIP, env=environment(OPENAI_API_KEY=key))
+
+    assert 3 == done.returncode
+    assert ["error[auth.malformed]: OPENAI_API_KEY is empty or contains whitespace"] == lines(
+        done.stderr
+    )
+    assert "" == done.stdout
+
+
+def test_a_key_file_others_can_read_is_refused(tmp_path, canary_key):
+    """``--api-key-file`` must be private to the user (0600): else exit 3, key not shown."""
+    key_file = tmp_path / "key"
+    key_file.write_text(canary_key + "\n")
+    key_file.chmod(0o644)
+    done = orchestrator("run", TRIP, "--api-key-file", key_file)
+
+    assert 3 == done.returncode
+    assert [
+        f"error[auth.permissions]: {key_file} is readable by others (mode 644); chmod 600 it"
+    ] == lines(done.stderr)
+    assert canary_key not in done.stdout + done.stderr
+
+
+def test_base_url_without_a_key_is_refused():
+    """An endpoint without a key to present there exits 3 with ``auth.missing``."""
+    done = orchestrator("run", TRIP, "--base-url", "wss://llm.example.com/v1")
+
+    assert 3 == done.returncode
+    assert [
+        "error[auth.missing]: --base-url wss://llm.example.com/v1 needs a key: set "
+        "OPENAI_API_KEY or pass --api-key-file"
+    ] == lines(done.stderr)
+
+
+def test_plain_ws_to_a_remote_host_is_refused(canary_key):
+    """``ws://`` to a non-loopback host exits 2 with ``config.insecure`` unless allowed."""
+    done = orchestrator(
+        "run",
+        TRIP,
+        "--base-url",
+        "ws://llm.example.com/v1/responses",
+        env=environment(OPENAI_API_KEY=canary_key),
+    )
+
+    assert 2 == done.returncode
+    assert [
+        "error[config.insecure]: refusing ws:// to remote host llm.example.com; use wss:// or "
+        "allow_insecure (--allow-insecure)"
+    ] == lines(done.stderr)
+    assert canary_key not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--local-ttft", "-1", "error[config.value]: latency model values must be >= 0"),
+        ("--local-model", "scripted", "error[config.value]: model 'scripted' needs a script"),
+    ],
+    ids=["negative-latency", "script-missing"],
+)
+def test_bad_embedded_server_options_are_usage_errors(option, value, expected):
+    """A bad ``--local-*`` option exits 2 with ``config.value``, not a traceback."""
+    done = orchestrator("run", TRIP, option, value)
+
+    assert 2 == done.returncode
+    assert [expected] == lines(done.stderr)
+
+
+@pytest.fixture
+def served() -> Iterator[str]:
+    """``orchestrator serve --port 0 --token ...`` in a subprocess; yields its URL."""
+    server = subprocess.Popen(
+        [*CLI, "serve", "--port", "0", "--token", "the-right-token"],
+        cwd=ROOT,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        first = server.stdout.readline()  # ends when the server prints it, or exits
+        assert first.startswith("serving ws://127.0.0.1:"), first
+        yield first.split()[1]
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=10)
+
+
+def test_a_rejected_key_exits_3_and_shows_only_its_fingerprint(served, tmp_path, canary_key):
+    """The server refuses the key at the handshake (HTTP 401): exit 3 with ``auth.rejected``,
+    the key shown by fingerprint only; a key file (0600) is accepted as the key's source, and
+    a key that does not look like one is only a warning."""
+    done = orchestrator(
+        "run", TRIP, "--base-url", served, "--json", env=environment(OPENAI_API_KEY=canary_key)
+    )
+
+    assert 3 == done.returncode, done.stderr
+    result = json.loads(done.stdout)
+    assert ("failed", "auth.rejected", served) == (
+        result["status"],
+        result["code"],
+        result["endpoint"],
+    )
+    assert (
+        f"server rejected the API key (HTTP 401) for {served}; key fingerprint "
+        f"sk-…{canary_key[-4:]}"
+    ) == result["reason"]
+    assert [] == lines(done.stderr)
+    assert canary_key not in done.stdout
+    assert canary_key[3:] not in done.stdout
+
+    key_file = tmp_path / "key"
+    key_file.write_text("not-a-key-0123456789\n")
+    key_file.chmod(0o600)
+    done = orchestrator("run", TRIP, "--base-url", served, "--api-key-file", key_file)
+
+    assert 3 == done.returncode
+    assert ["warning[auth.format]: key does not start with 'sk-'"] == lines(done.stderr)
+    assert "reason: server rejected the API key (HTTP 401)" in done.stdout
+    assert "not-a-key-0123456789" not in done.stdout
+
+
+def test_serve_refuses_an_open_bind_and_a_port_in_use(served):
+    """``serve`` on a non-loopback address needs a token; a port in use is ``server.port``."""
+    open_bind = orchestrator("serve", "--host", "0.0.0.0")
+    port = served.rsplit(":", 1)[1].split("/")[0]
+    in_use = orchestrator("serve", "--port", port, "--token", "t")
+
+    assert 2 == open_bind.returncode
+    assert [
+        "error[server.auth]: binding 0.0.0.0 requires a token (--token): the server would "
+        "accept anyone on the network"
+    ] == lines(open_bind.stderr)
+    assert 2 == in_use.returncode
+    assert [f"error[server.port]: 127.0.0.1:{port} already in use"] == lines(in_use.stderr)
+
+
+# -- Ctrl-C (RELIABILITY P5) -------------------------------------------------------------------
+
+SLOW_TOOLS = '''\
+"""Tools that take long: one in a helper process, one that ignores cancellation."""
+
+import sys
+
+import trio
+
+
+async def crunch(rounds: int) -> str:
+    """Crunch numbers in a helper process (it takes minutes)."""
+    await trio.run_process([sys.executable, "-c", "import time; time.sleep(300)"])
+    return f"crunched {rounds} rounds"
+
+
+async def stubborn(rounds: int) -> str:
+    """Work that ignores cancellation for minutes."""
+    with trio.CancelScope(shield=True):
+        await trio.sleep(300)
+    return f"did {rounds} rounds"
+'''
+
+SLOW_PLAN = """\
+name = "slow"
+goal = "Do 3 rounds"
+[settings]
+model = "gpt-5-mini"
+[[agents]]
+name = "planner"
+role = "planner"
+[[agents]]
+name = "cruncher"
+tools = ["slowtools:{tool}"]
+"""
+
+
+def group_members(group: int) -> list[int]:
+    """Live processes in process group ``group`` (from ``/proc``)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path("/proc", entry, "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        state, _parent, process_group = stat.rpartition(")")[2].split()[:3]
+        if int(process_group) == group and state != "Z":
+            members.append(int(entry))
+    return members
+
+
+def wait_until(condition: Callable[[], bool], what: str, process: subprocess.Popen[str]) -> None:
+    """Poll ``condition`` (reading a file the command writes) for up to 30 s."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"exited with {process.returncode} before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def trace_has(trace: Path, kind: str, text: str) -> Callable[[], bool]:
+    def check() -> bool:
+        if not trace.exists():
+            return False
+        return any(kind in line and text in line for line in trace.read_text().splitlines())
+
+    return check
+
+
+def start(tmp_path: Path, *args: object) -> subprocess.Popen[str]:
+    """A command in its own process group (like a shell job); output goes to files."""
+    with (tmp_path / "stdout").open("w") as stdout, (tmp_path / "stderr").open("w") as stderr:
+        return subprocess.Popen(
+            [*CLI, *map(str, args)],
+            cwd=tmp_path,
+            env=environment(),
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+        )
+
+
+def slow_plan(tmp_path: Path, tool: str) -> Path:
+    (tmp_path / "slowtools.py").write_text(SLOW_TOOLS)
+    plan = tmp_path / "slow.toml"
+    plan.write_text(SLOW_PLAN.replace("{tool}", tool))
+    return plan
+
+
+@pytest.fixture
+def reaped() -> Iterator[list[subprocess.Popen[str]]]:
+    """Commands a test starts; any still running at the end is killed with its group."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.mark.skipif(not HAS_PROC, reason="needs /proc to find the process group")
+def test_ctrl_c_stops_the_run_kills_tool_processes_and_prints_the_partial_result(tmp_path, reaped):
+    """SIGINT while a tool's helper process runs: the run stops at once, the helper is
+    terminated (no orphan), and the partial result says ``interrupted``; exit 130."""
+    plan = slow_plan(tmp_path, "crunch")
+    trace = tmp_path / "trace.jsonl"
+    process = start(tmp_path, "run", plan, "--json", "--trace", trace)
+    reaped.append(process)
+    wait_until(trace_has(trace, "tool.started", "crunch"), "the tool call", process)
+    wait_until(lambda: len(group_members(process.pid)) > 1, "the helper process", process)
+
+    interrupted = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    assert 130 == process.wait(timeout=20)
+    assert time.monotonic() - interrupted < 6  # within the shutdown grace and a second
+
+    assert [] == group_members(process.pid)
+    stderr = (tmp_path / "stderr").read_text()
+    assert "interrupted: stopping cleanly (Ctrl-C again to force)" in lines(stderr)
+    result = json.loads((tmp_path / "stdout").read_text())
+    assert ("interrupted", "run.interrupted") == (result["status"], result["code"])
+    cruncher = agent(result, "cruncher")
+    assert ["crunch"] == [i["name"] for i in cruncher["transcript"] if i["type"] == "function_call"]
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.skipif(not HAS_PROC, reason="needs /proc to find the process group")
+def test_ctrl_c_during_the_bugfix_tests_leaves_no_process_behind(tmp_path, reaped):
+    """Ctrl-C as the bug fixer's tester starts the sample's test suite: exit 130 with the
+    report, and no test process outlives the command."""
+    trace = tmp_path / "trace.jsonl"
+    process = start(tmp_path, "run", BUGFIX, "--local-ttft", "0.2", "--trace", trace)
+    reaped.append(process)
+    wait_until(trace_has(trace, "tool.started", "run_tests"), "run_tests", process)
+
+    process.send_signal(signal.SIGINT)
+    assert 130 == process.wait(timeout=20)
+
+    assert [] == group_members(process.pid)
+    report = (tmp_path / "stdout").read_text()
+    assert report.startswith("interrupted  plan 'bugfix', delegate mode, embedded, ")
+    assert "reason: stopped on request" in report
+
+
+def test_a_second_ctrl_c_forces_the_exit(tmp_path, reaped):
+    """When the clean stop cannot finish (a tool ignores cancellation), a second SIGINT exits
+    at once with 130 and no report."""
+    plan = slow_plan(tmp_path, "stubborn")
+    trace = tmp_path / "trace.jsonl"
+    stderr = tmp_path / "stderr"
+    process = start(tmp_path, "run", plan, "--trace", trace)
+    reaped.append(process)
+    wait_until(trace_has(trace, "tool.started", "stubborn"), "the tool call", process)
+    process.send_signal(signal.SIGINT)
+    wait_until(lambda: "stopping cleanly" in stderr.read_text(), "the first stop", process)
+
+    forced = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    assert 130 == process.wait(timeout=20)
+    assert time.monotonic() - forced < 3  # the tool would hold a clean stop for minutes
+
+    assert "forced stop" in lines(stderr.read_text())
+    assert "" == (tmp_path / "stdout").read_text()
