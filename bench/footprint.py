@@ -18,8 +18,8 @@ import sys
 import time
 from typing import Any
 
-from bench._common import ROOT
-from bench._harness import emit, median, pin
+from bench._common import ROOT, pin
+from bench._harness import emit, median
 
 # Runs in a fresh `python -c`: nothing but the standard library is imported before t0.
 PROGRAM = """

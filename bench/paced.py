@@ -74,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     raise_fd_limit()
     server_cpu, client_cpu = cores()
-    counts = sorted(set([1, *args.agents]))
+    counts = sorted({1, *args.agents})
     with paced_server(server_cpu) as server:
         ideal, runs, best = sweep(server, counts, args.seconds, client_cpu)
     print(f"ideal p50 (1 agent): {ideal * 1000:.1f} ms")

@@ -36,7 +36,6 @@ from bench._harness import (
     rollout_result,
 )
 
-
 _TOOL: Any = TOOL_WIRE  # a FunctionToolParam (a TypedDict) for the SDK
 
 
