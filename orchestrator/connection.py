@@ -27,6 +27,7 @@ committed it to the session. Whatever happens to the socket meanwhile is handled
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import random
 import ssl
@@ -101,6 +102,14 @@ _RETRYABLE_CODES: Final = frozenset(
 )
 # A socket that reports expiry this soon after opening did not expire: back off instead.
 _FRESH_SOCKET_AGE: Final = 5.0
+
+
+def _masked_close_frame(code: int) -> bytes:
+    """A client close frame (RFC 6455 5.5.1): FIN + opcode 8, masked 2-byte payload."""
+    mask = os.urandom(4)
+    payload = code.to_bytes(2, "big")
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x88, 0x80 | len(payload)]) + mask + masked
 
 
 @attrs.frozen
@@ -518,6 +527,7 @@ class Connection:
         """Owns one socket: its trio-websocket reader and its keepalive, until discarded."""
         settings = self.settings
         started = False
+        stream: trio.abc.Stream | None = None
         try:
             async with trio.open_nursery() as nursery:
                 with trio.fail_after(settings.connect_timeout):
@@ -562,6 +572,11 @@ class Connection:
                 raise ConnectionLost(
                     1006, f"cannot connect to {self.endpoint.url}: {_first(group, Exception)}"
                 ) from None
+        finally:
+            if not started and stream is not None:
+                # A refused or failed handshake: nobody else will ever close this stream.
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
 
     def _rejected(self, exc: ConnectionRejected) -> HandshakeRejected:
         status = exc.status_code
@@ -607,8 +622,16 @@ class Connection:
         age = socket.lifecycle.age(trio.current_time())
         try:
             if graceful and socket.ws.closed is None:
-                with trio.move_on_after(self.settings.close_timeout):
-                    await socket.ws.aclose(1000)
+                if trio.current_effective_deadline() == -math.inf:
+                    # We are being cancelled: trio-websocket's reader is gone with us, so a
+                    # close handshake could only time out. Say "going away" and leave.
+                    with trio.move_on_after(self.settings.close_timeout, shield=True):
+                        await socket.stream.send_all(_masked_close_frame(1001))
+                else:
+                    with trio.move_on_after(self.settings.close_timeout):
+                        await socket.ws.aclose(1000)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # already gone: closing the stream below is all that is left
         finally:
             with trio.CancelScope(shield=True):
                 await socket.stream.aclose()

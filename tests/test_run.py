@@ -557,9 +557,6 @@ async def test_a_crashed_agent_restarts_with_its_session_and_the_run_completes(
     assert [("ask", "looper", "completed")] == [(s.id, s.agent, s.status) for s in result.steps]
 
 
-# connection.py does not close the TCP stream of a refused handshake (trio-websocket leaves
-# it to the caller); collect it here so that its ResourceWarning is not blamed on a later test.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_a_rejected_key_fails_the_run_without_leaking_it(canary_key):
     """A live run whose key the server refuses (HTTP 401) fails with ``auth.rejected``; the
     result names the key by its fingerprint only (RELIABILITY 3.3)."""
@@ -579,7 +576,7 @@ async def test_a_rejected_key_fails_the_run_without_leaking_it(canary_key):
     assert canary_key not in document
     assert canary_key[3:] not in document
     assert 0 == result.usage.turns
-    gc.collect()
+    gc.collect()  # a leaked socket of the refused handshake would warn here (filterwarnings=error)
 
 
 # -- what a run reports and publishes ----------------------------------------------------------
