@@ -7,6 +7,7 @@ Exit codes (RELIABILITY section 3): 0 success, 2 usage/configuration/plan error,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -264,6 +265,30 @@ def _read_key_file(path: Path) -> str:
     return text.strip()
 
 
+def _kill_children() -> None:
+    """SIGKILL every process whose parent is this one (Linux: from /proc; else nothing).
+
+    Only used on a forced exit, when the orderly shutdown that terminates tool
+    subprocesses itself is being skipped.
+    """
+    me = os.getpid()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if len(fields) > 1 and int(fields[1]) == me:
+            with contextlib.suppress(OSError):  # it may have exited meanwhile
+                os.kill(int(entry), signal.SIGKILL)
+
+
 def _exit_code(result: Any) -> int:
     if result.status == "completed":
         return EXIT_OK
@@ -407,6 +432,7 @@ async def _run_async(
                             if trace is not None:
                                 trace.close()
                             console.show_cursor(True)
+                            _kill_children()  # a forced exit must not orphan tool processes
                             os._exit(EXIT_INTERRUPTED)
 
                 nursery.start_soon(interrupt)
