@@ -751,3 +751,19 @@ async def test_secret_is_not_picklable():
 
     with pytest.raises(TypeError):
         pickle.dumps(Secret("sk-do-not-write-me-anywhere"))
+
+
+async def test_explicit_warm_up_prepares_the_chain(autojump_clock):
+    """warm_up() sends generate:false with the transcript; the next turn continues from it."""
+    config = ServerConfig(model="echo", record_messages=True)
+    async with memory_agent(config) as (server, connection, recorder):
+        session = Session(model="echo", transcript=[MessageItem.user("earlier")])
+        warm_id = await connection.warm_up(session)
+        assert warm_id == session.last_response_id
+        response = await connection.run_turn(session, [MessageItem.user("now")])
+    creates = [e for _, e in server.received if isinstance(e, ResponseCreate)]
+    assert [False, msgspec.UNSET] == [create.generate for create in creates]
+    assert warm_id == creates[1].previous_response_id
+    assert "now" == response.text
+    assert 1 == server.statistics().warmups
+    assert 1 == len(recorder.of(WarmupFinished))
