@@ -395,6 +395,46 @@ def spread(values: list[float]) -> str:
     return f"{min(values):.3g}..{max(values):.3g}" if values else "-"
 
 
+class _WindowProfile:
+    """cProfile of the measured window only, when a path is set (``--profile``)."""
+
+    def __init__(self) -> None:
+        self.path: str | None = None
+        self._profile: Any = None
+
+    def start(self) -> None:
+        if self.path:
+            import cProfile
+
+            self._profile = cProfile.Profile()
+            self._profile.enable()
+
+    def stop(self) -> None:
+        if self._profile is not None:
+            self._profile.disable()
+            self._profile.dump_stats(self.path)
+            self._profile = None
+
+
+PROFILE = _WindowProfile()
+
+
+def summarize_pstats(path: str | Path, top: int = 25, calls_per: int = 0) -> str:
+    """The top entries of a cProfile dump by own time, with calls per turn if given."""
+    import pstats
+
+    stats: Any = pstats.Stats(str(path))
+    total = stats.total_tt
+    rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:top]
+    lines = [f"{total:.3f} s profiled", "", "own %   own us/turn  calls/turn  function"]
+    for (filename, line, name), (_cc, calls, own, _cumulative, _callers) in rows:
+        short = _frame_name(f"{name} ({filename}:{line})")
+        per_turn = 1e6 * own / calls_per if calls_per else 0.0
+        count = calls / calls_per if calls_per else calls
+        lines.append(f"{100 * own / total:5.1f}   {per_turn:9.1f}   {count:9.1f}   {short}")
+    return "\n".join(lines)
+
+
 class Clock:
     """Wall and process CPU time of the measured window."""
 
@@ -409,6 +449,7 @@ class Clock:
 __all__ = [
     "CALLS",
     "MODEL",
+    "PROFILE",
     "TOOL_DESCRIPTION",
     "TOOL_OUTPUT",
     "TOOL_WIRE",
@@ -439,6 +480,8 @@ __all__ = [
     "scripted_server",
     "server",
     "spread",
+    "summarize_folded",
+    "summarize_pstats",
     "text_script",
 ]
 
@@ -446,16 +489,26 @@ __all__ = [
 # -- profiles ------------------------------------------------------------------------------------
 
 
-def summarize_folded(path: str | Path, top: int = 15) -> str:
-    """Top self and inclusive entries of a py-spy ``--format raw`` (folded stacks) profile."""
+def summarize_folded(path: str | Path, top: int = 15, *, skip_imports: bool = False) -> str:
+    """Top self and inclusive entries of a py-spy ``--format raw`` (folded stacks) profile.
+
+    With ``skip_imports``, samples taken while importing and while waiting in epoll are
+    left out, so the percentages are of the steady state's work.
+    """
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
     total = 0
+    skipped = 0
     for line in Path(path).read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
+        if skip_imports and (
+            "_find_and_load" in stack or stack.rsplit(";", 1)[-1].startswith("get_events ")
+        ):
+            skipped += count
+            continue
         total += count
         frames = [_frame_name(frame) for frame in stack.split(";")]
         if frames:
@@ -464,10 +517,11 @@ def summarize_folded(path: str | Path, top: int = 15) -> str:
             inclusive[frame] = inclusive.get(frame, 0) + count
     if not total:
         return "(no samples)"
-    lines = [f"{total} samples", "", "self %   function (file:line)"]
+    lines = [f"{total} samples ({skipped} importing or waiting left out)", ""]
+    lines.append("self %   function (file)")
     for name, count in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"{100 * count / total:5.1f}   {name}")
-    lines += ["", "total %  function (file:line)"]
+    lines += ["", "total %  function (file)"]
     for name, count in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"{100 * count / total:5.1f}   {name}")
     return "\n".join(lines)

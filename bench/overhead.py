@@ -31,6 +31,7 @@ import trio_websocket
 from bench._harness import (
     CALLS,
     MODEL,
+    PROFILE,
     TOOL_OUTPUT,
     TOOL_WIRE,
     TURNS_PER_ROLLOUT,
@@ -215,9 +216,11 @@ async def floor(url: str, token: str, rollouts: int, warmup: int) -> dict[str, A
             await rollout(False)
         gc.collect()
         clock = Clock()
+        PROFILE.start()
         for _ in range(rollouts):
             await rollout(True)
         wall, cpu = clock.stop()
+        PROFILE.stop()
     return rollout_result("floor", rollouts, wall, cpu, fc_walls, text_walls)
 
 
@@ -259,9 +262,11 @@ async def connection(url: str, token: str, rollouts: int, warmup: int) -> dict[s
             await rollout(False)
         gc.collect()
         clock = Clock()
+        PROFILE.start()
         for _ in range(rollouts):
             await rollout(True)
         wall, cpu = clock.stop()
+        PROFILE.stop()
     return rollout_result("connection", rollouts, wall, cpu, fc_walls, text_walls)
 
 
@@ -288,9 +293,11 @@ async def runtime(url: str, token: str, rollouts: int, warmup: int) -> dict[str,
             await rollout()
         gc.collect()
         clock = Clock()
+        PROFILE.start()
         for _ in range(rollouts):
             await rollout()
         wall, cpu = clock.stop()
+        PROFILE.stop()
         team.supervisor.stop()
     return rollout_result("runtime", rollouts, wall, cpu, [], [])
 
@@ -306,7 +313,10 @@ def main() -> None:
     parser.add_argument("--base-url", default="")
     parser.add_argument("--rollouts", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--profile", help="write a cProfile of the measured window here")
     args = parser.parse_args()
+    if args.profile:
+        PROFILE.path = args.profile
     emit(trio.run(VARIANTS[args.variant], args.url, args.token, args.rollouts, args.warmup))
 
 

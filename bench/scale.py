@@ -333,6 +333,7 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
             rss_idle = rss_kib()
             fds_idle = open_fds()
             server_rss = rss_kib(args.server_pid) if args.server_pid else 0
+            server_fds = len(os.listdir(f"/proc/{args.server_pid}/fd")) if args.server_pid else 0
             team.supervisor.stop()
         gc.collect()
     await trio.sleep(0.2)
@@ -347,6 +348,7 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
         "fds_idle": fds_idle,
         "fds_after": open_fds(),
         "server_rss_kib": server_rss,
+        "server_fds": server_fds,
         "connected_in": connected_in,
     }
 
