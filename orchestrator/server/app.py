@@ -1129,6 +1129,9 @@ class _ServerConnection:
         tokens_per_second: float | None,
     ) -> int:
         pace = 1.0 / tokens_per_second if tokens_per_second else 0.0
+        # Deltas are due at fixed times from the first one: sleeping `pace` after each would
+        # add every wake-up's lateness to the turn (tens of ms per turn with many streams).
+        due = trio.current_time()
         tokens = 0
         if reply.reasoning:
             index = len(output)
@@ -1150,7 +1153,8 @@ class _ServerConnection:
             )
             for piece in split_text(summary):
                 if pace:
-                    await trio.sleep(pace)
+                    due += pace
+                    await trio.sleep_until(due)
                 await stream.emit(
                     ReasoningSummaryTextDelta,
                     item_id=item_id,
@@ -1199,7 +1203,8 @@ class _ServerConnection:
             )
             for piece in deltas:
                 if pace:
-                    await trio.sleep(pace)
+                    due += pace
+                    await trio.sleep_until(due)
                 await stream.emit(
                     OutputTextDelta,
                     item_id=item_id,
@@ -1245,7 +1250,8 @@ class _ServerConnection:
             pieces = split_arguments(arguments, call.deltas)
             for piece in pieces:
                 if pace:
-                    await trio.sleep(pace)
+                    due += pace
+                    await trio.sleep_until(due)
                 await stream.emit(
                     FunctionCallArgumentsDelta, item_id=item_id, output_index=index, delta=piece
                 )
