@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from msgspec import UnsetType
@@ -62,6 +61,9 @@ from .events import (
     UnknownItem,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 __all__ = ["RequestError", "Response", "TurnAssembler", "TurnState", "assemble"]
 
@@ -200,37 +202,6 @@ class TurnAssembler:
     _created_at: float = 0.0
     _model: str = ""
     _result: Response | RequestError | None = None
-    _handlers: dict[type, Callable[[Any], Response | RequestError | None]] = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self._handlers = {
-            ResponseCreated: self._on_created,
-            ResponseInProgress: self._on_lifecycle,
-            ResponseQueued: self._on_lifecycle,
-            ResponseCompleted: self._on_terminal,
-            ResponseFailed: self._on_terminal,
-            ResponseIncomplete: self._on_terminal,
-            OutputItemAdded: self._on_item_added,
-            OutputItemDone: self._on_item_done,
-            OutputTextDelta: self._on_text_delta,
-            OutputTextDone: self._on_content_event,
-            ContentPartAdded: self._on_content_event,
-            ContentPartDone: self._on_content_event,
-            RefusalDelta: self._on_content_event,
-            RefusalDone: self._on_content_event,
-            FunctionCallArgumentsDelta: self._on_arguments_delta,
-            FunctionCallArgumentsDone: self._on_content_event,
-            ReasoningSummaryPartAdded: self._on_content_event,
-            ReasoningSummaryPartDone: self._on_content_event,
-            ReasoningSummaryTextDelta: self._on_content_event,
-            ReasoningSummaryTextDone: self._on_content_event,
-            ReasoningTextDelta: self._on_content_event,
-            ReasoningTextDone: self._on_content_event,
-            SteerAccepted: self._on_steer,
-            SteerPending: self._on_steer,
-            SteerFailed: self._on_steer,
-            ErrorEvent: self._on_error,
-        }
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -254,7 +225,7 @@ class TurnAssembler:
             return None
         try:
             self._check_envelope(event)
-            result = self._handlers[type(event)](event)
+            result = _HANDLERS[type(event)](self, event)
         except RemoteProtocolError:
             self.state = TurnState.ERROR
             raise
@@ -442,6 +413,38 @@ class TurnAssembler:
             created_at=response.created_at or self._created_at,
             event_count=self.event_count,
         )
+
+
+# Dispatch by event type, built once: a table of bound methods per assembler cost more than
+# the checks of a whole function-call turn.
+_HANDLERS: dict[type, Callable[[TurnAssembler, Any], Response | RequestError | None]] = {
+    ResponseCreated: TurnAssembler._on_created,
+    ResponseInProgress: TurnAssembler._on_lifecycle,
+    ResponseQueued: TurnAssembler._on_lifecycle,
+    ResponseCompleted: TurnAssembler._on_terminal,
+    ResponseFailed: TurnAssembler._on_terminal,
+    ResponseIncomplete: TurnAssembler._on_terminal,
+    OutputItemAdded: TurnAssembler._on_item_added,
+    OutputItemDone: TurnAssembler._on_item_done,
+    OutputTextDelta: TurnAssembler._on_text_delta,
+    OutputTextDone: TurnAssembler._on_content_event,
+    ContentPartAdded: TurnAssembler._on_content_event,
+    ContentPartDone: TurnAssembler._on_content_event,
+    RefusalDelta: TurnAssembler._on_content_event,
+    RefusalDone: TurnAssembler._on_content_event,
+    FunctionCallArgumentsDelta: TurnAssembler._on_arguments_delta,
+    FunctionCallArgumentsDone: TurnAssembler._on_content_event,
+    ReasoningSummaryPartAdded: TurnAssembler._on_content_event,
+    ReasoningSummaryPartDone: TurnAssembler._on_content_event,
+    ReasoningSummaryTextDelta: TurnAssembler._on_content_event,
+    ReasoningSummaryTextDone: TurnAssembler._on_content_event,
+    ReasoningTextDelta: TurnAssembler._on_content_event,
+    ReasoningTextDone: TurnAssembler._on_content_event,
+    SteerAccepted: TurnAssembler._on_steer,
+    SteerPending: TurnAssembler._on_steer,
+    SteerFailed: TurnAssembler._on_steer,
+    ErrorEvent: TurnAssembler._on_error,
+}
 
 
 def _listed(state: _ItemState, output: list[Item]) -> bool:
