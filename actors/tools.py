@@ -936,6 +936,11 @@ class ToolExecutor:
         Raises:
             ToolRepairBudgetExceeded: after all calls ran, if any exhausted the budget.
         """
+        if len(calls) == 1:
+            # The common case needs no nursery (a task and a cancel scope per turn).
+            outcome = await self._run(calls[0])
+            self._account([(calls[0], outcome)])
+            return [outcome.item]
         outcomes: list[ToolOutcome | None] = [None] * len(calls)
 
         async def run_one(index: int, call: FunctionCallItem) -> None:
