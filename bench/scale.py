@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import gc
 import os
+import random
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -56,11 +57,14 @@ class _Recorder:
         self.recording = False
         self.turns = 0
         self.latencies: list[float] = []
+        self.call_latencies: list[float] = []  # function-call turns only
 
-    def record(self, seconds: float) -> None:
+    def record(self, seconds: float, *, calls: bool) -> None:
         if self.recording:
             self.turns += 1
             self.latencies.append(seconds)
+            if calls:
+                self.call_latencies.append(seconds)
 
 
 RECORDER = _Recorder()
@@ -76,7 +80,7 @@ def _timed_worker_class() -> type[Any]:
         async def turn(self, items: Sequence[Item]) -> Response:
             started = time.perf_counter()
             response = await super().turn(items)
-            RECORDER.record(time.perf_counter() - started)
+            RECORDER.record(time.perf_counter() - started, calls=bool(response.function_calls))
             return response
 
     return TimedWorker
@@ -136,6 +140,8 @@ def _summary(
         "turns_per_second": turns / window,
         "p50": percentile(latencies, 0.5),
         "p99": percentile(latencies, 0.99),
+        "call_p50": percentile(RECORDER.call_latencies, 0.5),
+        "call_p99": percentile(RECORDER.call_latencies, 0.99),
         "cpu": cpu,
         "cpu_share": cpu / window,
         "cpu_per_turn": cpu / max(1, turns),
@@ -173,12 +179,17 @@ async def load(args: argparse.Namespace) -> dict[str, Any]:
             team.fresh_conversation(worker)
             try:
                 if first:
+                    # Connect with a generate:false warm-up: the socket opens and the
+                    # server holds the chain, at the cost of one tiny exchange.
                     async with connect_limit:
-                        await team.router.ask(EXTERNAL_SENDER, worker.name, task)
+                        connection = worker.connection
+                        assert connection is not None
+                        await connection.warm_up(worker.session)
                     first_done[0] += 1
                     if first_done[0] == agents:
                         all_connected.set()
                     await all_connected.wait()
+                    await trio.sleep(random.uniform(0, args.stagger))
                     first = False
                 else:
                     await team.router.ask(EXTERNAL_SENDER, worker.name, task)
@@ -253,13 +264,14 @@ async def floor(args: argparse.Namespace) -> dict[str, Any]:
         if connected[0] == agents:
             all_connected.set()
         await all_connected.wait()
+        await trio.sleep(random.uniform(0, args.stagger))
         message = first_create()
         try:
             while not stop.is_set():
                 started = time.perf_counter()
                 response = await floor_turn(ws, message)
-                RECORDER.record(time.perf_counter() - started)
                 calls = [item for item in response.output if type(item) is FloorCall]
+                RECORDER.record(time.perf_counter() - started, calls=bool(calls))
                 message = next_create(response.id, calls[0].call_id) if calls else first_create()
         finally:
             with trio.CancelScope(shield=True):
@@ -363,6 +375,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--connect-concurrency", type=int, default=200)
+    parser.add_argument(
+        "--stagger",
+        type=float,
+        default=0.0,
+        help="start each agent's continuous turns at a random delay in [0, STAGGER] seconds",
+    )
     parser.add_argument("--gc-policy", choices=("none", "runtime"), default="runtime")
     parser.add_argument("--gc-threshold", type=int, default=0, help="young threshold")
     parser.add_argument("--no-freeze", action="store_true", help="policy without freeze()")
