@@ -451,12 +451,14 @@ class ToolSpec:
         signature = self._signature
         positional = [getattr(arguments, name) for name in signature.positional]
         keyword = {name: getattr(arguments, name) for name in signature.keyword}
-        keyword.update(dict.fromkeys(signature.context, context))
-        call = functools.partial(self.function, *positional, **keyword)
-        with trio.move_on_after(self.timeout):
+        if signature.context:
+            keyword.update(dict.fromkeys(signature.context, context))
+        # A bare cancel scope is trio.move_on_after without its context-manager wrapper.
+        with trio.CancelScope(deadline=trio.current_time() + self.timeout):
             if signature.is_async:
-                result = await call()
+                result = await self.function(*positional, **keyword)
             else:
+                call = functools.partial(self.function, *positional, **keyword)
                 result = await trio.to_thread.run_sync(
                     call, abandon_on_cancel=True, limiter=limiter
                 )
