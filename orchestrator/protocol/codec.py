@@ -131,7 +131,8 @@ def decode_server_event(data: str | bytes) -> ServerEvent | UnknownEvent:
     Raises:
         RemoteProtocolError: the frame is not a well-formed event.
     """
-    _require_utf8(data, "server event")
+    if type(data) is not str:  # str is Unicode already (the common case, inlined)
+        _require_utf8(data, "server event")
     try:
         event: ServerEvent = _server_decoder.decode(data)
     except msgspec.ValidationError as exc:
