@@ -514,6 +514,15 @@ def scale(report: Report, server_cpu: int | None, client_cpu: int | None) -> Non
             f"### scale load, N={agents}, py-spy of the whole client process (imports and "
             f"waiting in epoll left out)\n\n```\n{profile}\n```"
         )
+    if not f3e.passed and not report.quick:
+        with scripted_server(text_script(3), cpu=server_cpu) as server:
+            args = ["idle", "--agents", "1000", "--url", server.url, "--token", server.token]
+            traced = run_variant("scale", [*args, "--trace-memory"], cpu=client_cpu)
+        sites = "\n".join(traced["memory_sites"])
+        report.profiles.append(
+            "### idle agent memory, tracemalloc (1,000 idle workers; allocations charged to "
+            f"our innermost frame -> the library line)\n\n```\n{sites}\n```"
+        )
     if not f3e.passed:
         floor_rss = med("floor", counts[-1], "rss_per_agent_kib")
         report.notes.append(

@@ -314,12 +314,55 @@ async def floor(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def _memory_sites(before: Any, after: Any, agents: int, top: int = 15) -> list[str]:
+    """Bytes per agent allocated between two tracemalloc snapshots.
+
+    Listed twice: charged to the innermost frame of our code (orchestrator/, actors/) that
+    led to each allocation, and by the line that made it.
+    """
+    ours: dict[str, int] = {}
+    lines: dict[str, int] = {}
+    for stat in after.compare_to(before, "traceback"):
+        frames = list(stat.traceback)  # oldest first
+        made = f"{_short(frames[-1].filename)}:{frames[-1].lineno}"
+        owner = next(
+            (
+                f"{_short(f.filename)}:{f.lineno}"
+                for f in reversed(frames)
+                if "/orchestrator/" in f.filename or "/actors/" in f.filename
+            ),
+            "(no frame of ours)",
+        )
+        ours[owner] = ours.get(owner, 0) + stat.size_diff
+        lines[made] = lines.get(made, 0) + stat.size_diff
+    report = [f"{sum(ours.values()) / agents:.0f} bytes per agent traced", ""]
+    report.append("by our innermost frame:")
+    for where, size in sorted(ours.items(), key=lambda kv: -kv[1])[:top]:
+        report.append(f"{size / agents:7.0f} B  {where}")
+    report += ["", "by allocating line:"]
+    for where, size in sorted(lines.items(), key=lambda kv: -kv[1])[:top]:
+        report.append(f"{size / agents:7.0f} B  {where}")
+    return report
+
+
+def _short(path: str) -> str:
+    for marker in ("site-packages/", "/work/main/", "python3.11/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return path
+
+
 async def idle(args: argparse.Namespace) -> dict[str, Any]:
+    import tracemalloc
+
     from actors.agent import Task
     from orchestrator.router import EXTERNAL_SENDER
 
     agents: int = args.agents
     gc.collect()
+    if args.trace_memory:
+        tracemalloc.start(30)
+        traced_before = tracemalloc.take_snapshot()
     fds_before = open_fds()
     rss_before = rss_kib()
     with _policy(args) as policy:
@@ -344,6 +387,10 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
             gc.collect()
             rss_idle = rss_kib()
             fds_idle = open_fds()
+            memory_sites: list[str] = []
+            if args.trace_memory:
+                memory_sites = _memory_sites(traced_before, tracemalloc.take_snapshot(), agents)
+                tracemalloc.stop()
             server_rss = rss_kib(args.server_pid) if args.server_pid else 0
             server_fds = len(os.listdir(f"/proc/{args.server_pid}/fd")) if args.server_pid else 0
             team.supervisor.stop()
@@ -362,6 +409,7 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
         "server_rss_kib": server_rss,
         "server_fds": server_fds,
         "connected_in": connected_in,
+        "memory_sites": memory_sites,
     }
 
 
@@ -384,6 +432,9 @@ def main() -> None:
     parser.add_argument("--gc-policy", choices=("none", "runtime"), default="runtime")
     parser.add_argument("--gc-threshold", type=int, default=0, help="young threshold")
     parser.add_argument("--no-freeze", action="store_true", help="policy without freeze()")
+    parser.add_argument(
+        "--trace-memory", action="store_true", help="idle: allocation sites (RSS is then inflated)"
+    )
     args = parser.parse_args()
     try:
         check_fd_budget(args.agents)
