@@ -497,6 +497,8 @@ def summarize_folded(path: str | Path, top: int = 15, *, skip_imports: bool = Fa
     """
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
+    ours: dict[str, int] = {}
+    calls: dict[str, int] = {}
     total = 0
     skipped = 0
     for line in Path(path).read_text().splitlines():
@@ -510,7 +512,26 @@ def summarize_folded(path: str | Path, top: int = 15, *, skip_imports: bool = Fa
             skipped += count
             continue
         total += count
-        frames = [_frame_name(frame) for frame in stack.split(";")]
+        raw = stack.split(";")
+        frames = [_frame_name(frame) for frame in raw]
+        owner = next(
+            (
+                frames[i]
+                for i in range(len(raw) - 1, -1, -1)
+                if "(orchestrator/" in raw[i] or "(actors/" in raw[i]
+            ),
+            "(library only: "
+            + (
+                "trio-websocket's reader task)"
+                if "_reader_task" in stack
+                else "trio's scheduler and other tasks)"
+            ),
+        )
+        ours[owner] = ours.get(owner, 0) + count
+        position = frames.index(owner) if owner in frames else -1
+        if 0 <= position < len(frames) - 1:
+            pair = f"{owner.split(' (')[0]} -> {frames[position + 1]}"
+            calls[pair] = calls.get(pair, 0) + count
         if frames:
             own[frames[-1]] = own.get(frames[-1], 0) + count
         for frame in set(frames):
@@ -523,6 +544,13 @@ def summarize_folded(path: str | Path, top: int = 15, *, skip_imports: bool = Fa
         lines.append(f"{100 * count / total:5.1f}   {name}")
     lines += ["", "total %  function (file)"]
     for name, count in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"{100 * count / total:5.1f}   {name}")
+    lines += ["", "each sample charged to the innermost function of ours on its stack", ""]
+    lines.append("   %     function (file), with the library calls it made")
+    for name, count in sorted(ours.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"{100 * count / total:5.1f}   {name}")
+    lines += ["", "   %     our function -> the library call it was in"]
+    for name, count in sorted(calls.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"{100 * count / total:5.1f}   {name}")
     return "\n".join(lines)
 

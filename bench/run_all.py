@@ -741,6 +741,23 @@ def footprint(report: Report, server_cpu: int | None, client_cpu: int | None) ->
         "neither",
         clean,
     )
+    report.sections.append(
+        "\n".join(
+            [
+                "## 6. Footprint",
+                "",
+                f"A fresh `python -c` imports `orchestrator` (the public API), opens a connection "
+                f"to a running server and runs one turn; the median of {repeat} processes. "
+                f"Import alone {result['import']:.3f} s; import, connection and first turn "
+                f"{result['import_and_first_turn']:.3f} s; the whole process, interpreter "
+                f"start-up included, {result['process_wall']:.3f} s. RSS after the turn "
+                f"{result['rss_kib'] / 1024:.1f} MiB with {result['modules']} modules loaded; "
+                f"`openai` imported: {result['openai_imported']}, `pydantic` imported: "
+                f"{result['pydantic_imported']}.",
+                "",
+            ]
+        )
+    )
     if not f6a.passed:
         timing = subprocess.run(
             [sys.executable, "-X", "importtime", "-c", "import orchestrator.connection"],
