@@ -295,9 +295,10 @@ async def _endpoint(
         return
     # Only offline runs need the server.
     from orchestrator.server import LocalServer, ServerConfig, open_local_server
-    from orchestrator.testing import memory_connector
 
     if transport == "memory":
+        from orchestrator.testing import memory_connector  # trio.testing is slow to import
+
         server = LocalServer.from_config(ServerConfig(**dict(server_options or {})))
         async with trio.open_nursery() as nursery:
             yield _Endpoint(
