@@ -101,6 +101,11 @@ def _us(seconds: float) -> str:
     return f"{seconds * 1e6:.0f} us"
 
 
+def _paced_ms(seconds: float, window: float) -> str:
+    # No turn finished inside the window: every turn took longer than the window.
+    return _ms(seconds) if seconds == seconds else f"> {window:g} s (no turn ended)"
+
+
 def _pressure() -> str:
     with contextlib.suppress(OSError):
         line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
@@ -572,10 +577,12 @@ def paced(report: Report, server_cpu: int | None, client_cpu: int | None) -> Non
             if over[mode] <= TOLERANCE:
                 best[mode] = max(best[mode], agents)
         load = runs[("load", agents)]
+        floor_p50 = runs[("floor", agents)]["p50"]
         rows.append(
-            f"| {agents} | {_ms(load['p50'])} | {over['load']:+.1%} | {_ms(load['p99'])} | "
-            f"{load['cpu_share']:.0%} | {load['server_cpu_share']:.0%} | "
-            f"{_ms(runs[('floor', agents)]['p50'])} | {over['floor']:+.1%} |"
+            f"| {agents} | {_paced_ms(load['p50'], seconds)} | {over['load']:+.1%} | "
+            f"{_paced_ms(load['p99'], seconds)} | {load['cpu_share']:.0%} | "
+            f"{load['server_cpu_share']:.0%} | {_paced_ms(floor_p50, seconds)} | "
+            f"{over['floor']:+.1%} |"
         )
     f4 = report.figure(
         "4",
