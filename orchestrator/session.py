@@ -98,6 +98,7 @@ class Session:
     # How many transcript items the chain head already holds (a warm-up made on another
     # socket while turns went on may lag behind; the next continuation sends the gap).
     _chain_covers: int = 0
+    _pending: tuple[FunctionCallItem, ...] | None = attrs.field(default=None, init=False)
     turns: int = 0
     usage_input_tokens: int = 0
     usage_output_tokens: int = 0
@@ -201,6 +202,7 @@ class Session:
             raise LocalProtocolError(f"cannot commit a {response.status} response")
         self._transcript.extend(request.new_items)
         self._transcript.extend(response.output)
+        self._pending = tuple(i for i in response.output if isinstance(i, FunctionCallItem))
         self.last_response_id = response.id
         self.chain_socket = socket
         self._chain_covers = len(self._transcript)
@@ -236,15 +238,21 @@ class Session:
     # -- helpers ------------------------------------------------------------------------------
 
     def pending_calls(self) -> tuple[FunctionCallItem, ...]:
-        """Function calls of the transcript that have no output yet."""
-        answered = {
-            item.call_id for item in self._transcript if isinstance(item, FunctionCallOutputItem)
-        }
-        return tuple(
-            item
-            for item in self._transcript
-            if isinstance(item, FunctionCallItem) and item.call_id not in answered
-        )
+        """Function calls of the transcript that have no output yet.
+
+        Only the last response's calls can be unanswered (every continuation must answer
+        all of them), so after the first scan this is kept up to date by :meth:`commit`.
+        """
+        if self._pending is None:
+            answered = {
+                i.call_id for i in self._transcript if isinstance(i, FunctionCallOutputItem)
+            }
+            self._pending = tuple(
+                item
+                for item in self._transcript
+                if isinstance(item, FunctionCallItem) and item.call_id not in answered
+            )
+        return self._pending
 
     @staticmethod
     def user(text: str) -> MessageItem:
