@@ -131,8 +131,12 @@ def _serve_command(args: argparse.Namespace) -> int:
         )
     except ConfigurationError as exc:
         _fail(exc.code, str(exc))
+    from orchestrator.tuning import gc_policy, raise_fd_limit
+
+    raise_fd_limit()  # one file per connection: thousands of agents need more than 1024
     try:
-        trio.run(_serve_until_signal, config, args.token is None)
+        with gc_policy():
+            trio.run(_serve_until_signal, config, args.token is None)
     except* ConfigurationError as group:
         # A port in use comes out of the server's nursery, in a group.
         for error in _leaves(group):
@@ -340,7 +344,12 @@ def _run_command(args: argparse.Namespace) -> int:
     server_options = _server_options(args) if offline else None
     if offline:
         print("offline: no OPENAI_API_KEY, running on the embedded server", file=sys.stderr)
-    return trio.run(_run_async, args, plan, key, offline, server_options)
+    from orchestrator.tuning import gc_policy, raise_fd_limit
+
+    raise_fd_limit()
+    # The process is ours: collect rarely (agents make little cyclic garbage; see tuning).
+    with gc_policy():
+        return trio.run(_run_async, args, plan, key, offline, server_options)
 
 
 def _server_options(args: argparse.Namespace) -> dict[str, Any]:

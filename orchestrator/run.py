@@ -369,6 +369,7 @@ async def run(
         raise PlanError(
             f"plan {plan.name!r} has no goal: pass one (--goal) or set 'goal' in the plan"
         )
+    _check_fd_budget(len(plan.agents), offline, api_key, transport)
     bus = events if events is not None else EventBus()
     if observer is not None:
         bus.add_listener(observer)
@@ -451,6 +452,25 @@ async def run(
         started_wall=started_wall,
         duration=trio.current_time() - started,
     )
+
+
+def _check_fd_budget(
+    agents: int, offline: bool | None, api_key: str | Secret | None, transport: str
+) -> None:
+    """Refuse up front a team that cannot get a socket per agent under the fd limit."""
+    from orchestrator.tuning import fd_limit
+
+    local = offline if offline is not None else not (api_key or os.environ.get("OPENAI_API_KEY"))
+    per_agent = 0 if (local and transport == "memory") else 2 if local else 1
+    needed = agents * per_agent + 64
+    limit = fd_limit()
+    if per_agent and needed > limit:
+        raise ConfigurationError(
+            f"{agents} agents need about {needed} open files but the limit is {limit}: raise "
+            "it (ulimit -n; `orchestrator run` raises the soft limit to the hard one) or run "
+            "fewer agents",
+            code="config.fd_limit",
+        )
 
 
 async def _watch_stop(stop: trio.Event, scope: trio.CancelScope) -> None:

@@ -32,7 +32,7 @@ import attrs
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["DEFAULT_YOUNG_THRESHOLD", "GcPolicy", "gc_policy"]
+__all__ = ["DEFAULT_YOUNG_THRESHOLD", "GcPolicy", "fd_limit", "gc_policy", "raise_fd_limit"]
 
 # A young collection every 50,000 net container allocations instead of 700.
 DEFAULT_YOUNG_THRESHOLD: Final = 50_000
@@ -99,3 +99,38 @@ def gc_policy(
         yield policy
     finally:
         policy._end()
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit.
+
+    Each agent holds one socket (two file descriptors when it talks to the embedded server
+    over loopback in the same process), so thousands of agents outgrow the usual soft limit
+    of 1024. Like the GC policy, this is for the main program (the CLI calls it).
+
+    Returns:
+        The soft limit now in force (unchanged where ``resource`` is unavailable).
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return 1 << 30
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+        return target
+    return soft
+
+
+def fd_limit() -> int:
+    """The soft limit on open files (a large number where it cannot be read)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return 1 << 30
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 30

@@ -100,3 +100,46 @@ def test_a_threshold_below_one_is_refused(clean_gc, threshold):
     with pytest.raises(ValueError, match="young_threshold"), gc_policy(young_threshold=threshold):
         pass
     assert clean_gc == gc.get_threshold()
+
+
+def test_raise_fd_limit_reaches_the_hard_limit():
+    """The soft limit on open files is raised to the hard one (what thousands of agents need)."""
+    import resource
+
+    from orchestrator.tuning import fd_limit, raise_fd_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
+        raised = raise_fd_limit()
+        assert (hard if hard != resource.RLIM_INFINITY else raised) == raised
+        assert raised == fd_limit()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_a_team_larger_than_the_fd_limit_is_refused_before_starting():
+    """run() refuses, with config.fd_limit and nothing started, a team whose sockets cannot
+    fit under the open-files limit."""
+    import resource
+
+    import pytest
+
+    from orchestrator.errors import ConfigurationError
+    from orchestrator.run import run
+    from plans import PlanBuilder
+
+    builder = PlanBuilder("crowd", goal="hello", model="echo").planner("boss")
+    for index in range(200):
+        builder.worker(f"w{index}")
+    plan = builder.build()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        with pytest.raises(
+            ConfigurationError, match="201 agents need about 466 open files"
+        ) as caught:
+            await run(plan, offline=True)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert "config.fd_limit" == caught.value.code
