@@ -1132,6 +1132,17 @@ class _ServerConnection:
         # Deltas are due at fixed times from the first one: sleeping `pace` after each would
         # add every wake-up's lateness to the turn (tens of ms per turn with many streams).
         due = trio.current_time()
+
+        async def deltas_of(event_type: Any, pieces: list[str], **fields: Any) -> int:
+            """Emit one delta event per piece, paced; returns how many were sent."""
+            nonlocal due
+            for piece in pieces:
+                if pace:
+                    due += pace
+                    await trio.sleep_until(due)
+                await stream.emit(event_type, delta=piece, **fields)
+            return len(pieces)
+
         tokens = 0
         if reply.reasoning:
             index = len(output)
@@ -1151,18 +1162,13 @@ class _ServerConnection:
                 summary_index=0,
                 part=SummaryPart(text=""),
             )
-            for piece in split_text(summary):
-                if pace:
-                    due += pace
-                    await trio.sleep_until(due)
-                await stream.emit(
-                    ReasoningSummaryTextDelta,
-                    item_id=item_id,
-                    output_index=index,
-                    summary_index=0,
-                    delta=piece,
-                )
-                tokens += 1
+            tokens += await deltas_of(
+                ReasoningSummaryTextDelta,
+                split_text(summary),
+                item_id=item_id,
+                output_index=index,
+                summary_index=0,
+            )
             await stream.emit(
                 ReasoningSummaryTextDone,
                 item_id=item_id,
@@ -1201,18 +1207,9 @@ class _ServerConnection:
                 content_index=0,
                 part=ContentPart.output_text(""),
             )
-            for piece in deltas:
-                if pace:
-                    due += pace
-                    await trio.sleep_until(due)
-                await stream.emit(
-                    OutputTextDelta,
-                    item_id=item_id,
-                    output_index=index,
-                    content_index=0,
-                    delta=piece,
-                )
-            tokens += len(deltas)
+            tokens += await deltas_of(
+                OutputTextDelta, deltas, item_id=item_id, output_index=index, content_index=0
+            )
             await stream.emit(
                 OutputTextDone, item_id=item_id, output_index=index, content_index=0, text=text
             )
@@ -1248,14 +1245,12 @@ class _ServerConnection:
                 ),
             )
             pieces = split_arguments(arguments, call.deltas)
-            for piece in pieces:
-                if pace:
-                    due += pace
-                    await trio.sleep_until(due)
-                await stream.emit(
-                    FunctionCallArgumentsDelta, item_id=item_id, output_index=index, delta=piece
-                )
-            tokens += max(1, len(pieces))
+            tokens += max(
+                1,
+                await deltas_of(
+                    FunctionCallArgumentsDelta, pieces, item_id=item_id, output_index=index
+                ),
+            )
             await stream.emit(
                 FunctionCallArgumentsDone,
                 item_id=item_id,
