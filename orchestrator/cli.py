@@ -569,6 +569,27 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.handler(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:
+        # A bug, not a user error: one line by default (G14), the traceback with -v.
+        from orchestrator.logging import redact
+
+        leaf = exc
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        print(
+            f"error[internal]: {type(leaf).__name__}: {redact(str(leaf))} "
+            "(this is a bug in orchestrator; please report it, with -v for the traceback)",
+            file=sys.stderr,
+        )
+        if getattr(args, "verbose", 0):
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
+        return EXIT_FAILED
     return code
 
 

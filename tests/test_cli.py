@@ -901,3 +901,19 @@ def test_a_second_ctrl_c_forces_the_exit(tmp_path, reaped):
 
     assert "forced stop" in lines(stderr.read_text())
     assert "" == (tmp_path / "stdout").read_text()
+
+
+def test_an_internal_error_is_one_line_not_a_traceback(monkeypatch, capsys):
+    """A bug surfaces as one redacted error[internal] line and exit 4 (RELIABILITY G14)."""
+    from orchestrator import cli
+
+    def broken(args):
+        raise ExceptionGroup("nursery", [ValueError("sk-secretsecretsecret1234 went wrong")])
+
+    # build_parser() runs inside main(), so the patched handler is the one registered.
+    monkeypatch.setattr(cli, "_validate_command", broken)
+    assert cli.EXIT_FAILED == cli.main(["validate", "plan.toml"])
+    err = capsys.readouterr().err
+    assert err.startswith("error[internal]: ValueError: [REDACTED] went wrong")
+    assert "Traceback" not in err
+    assert "sk-secret" not in err
