@@ -820,7 +820,9 @@ class Connection:
                 covers = session.snapshot_length()
                 try:
                     response_id = await self._warm(socket, session.warmup(socket=socket.id))
-                except (ConnectionLost, ServerError, RemoteProtocolError, TurnFailed) as exc:
+                except (_Lost, ConnectionLost, ServerError, RemoteProtocolError, TurnFailed) as exc:
+                    # _Lost too: the standby broke mid-warm-up. Escaping, it would crash the
+                    # connection's nursery, and with it the agent using the current socket.
                     self._log.warning("warm-up on socket {} failed: {}", socket.id, exc)
                     await self._discard(socket, f"warm-up failed: {exc}")
                     return
