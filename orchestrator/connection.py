@@ -826,6 +826,11 @@ class Connection:
                     self._log.warning("warm-up on socket {} failed: {}", socket.id, exc)
                     await self._discard(socket, f"warm-up failed: {exc}")
                     return
+                except BaseException:
+                    # Cancelled (a reconnect rescheduled rotation, or aclose): nobody else
+                    # knows this socket yet, so it must be closed here.
+                    await self._discard(socket, "standby abandoned")
+                    raise
             standby = _Standby(socket, session, response_id, covers)
             self._log.debug(
                 "standby socket {} ready in {:.3f} s", socket.id, trio.current_time() - started

@@ -24,6 +24,8 @@ from orchestrator.errors import (
 )
 from orchestrator.logging import Secret
 from orchestrator.observe import (
+    ConnectionClosed,
+    ConnectionOpened,
     ConnectionReconnecting,
     ConnectionRotated,
     TranscriptReplayed,
@@ -46,6 +48,7 @@ from .helpers import (
     LOCAL_URL,
     PROMPTS,
     SCRIPT,
+    Recorder,
     converse,
     memory_agent,
     normalised,
@@ -187,6 +190,55 @@ async def test_long_turn_is_never_cut_by_rotation(autojump_clock):
     assert 0 == server.statistics().expiries
     assert len(recorder.of(ConnectionRotated)) >= 3
     assert [] == [e for e in recorder.events if type(e).__name__ == "TurnRetried"]
+
+
+ROTATING = ConnectionSettings(rotation_margin=300, warmup_lead=30, backoff_initial=0.1)
+
+
+async def test_standby_lost_during_its_warm_up_does_not_crash_the_connection(autojump_clock):
+    """A standby socket that breaks while warming up is dropped with a warning; the error
+    stays out of the connection's nursery and the next turn rotates to a fresh socket."""
+    fault = Fault("abort", connection=2, response=1, after_events=1)
+    config = ServerConfig(model="echo", max_connection_age=3600, faults=(fault,))
+    async with memory_agent(config, ROTATING) as (server, connection, _recorder):
+        session = Session(model="echo")
+        await connection.run_turn(session, [MessageItem.user("one")])
+        await trio.sleep(3300)  # the standby was prepared at 3270 s and lost
+        response = await connection.run_turn(session, [MessageItem.user("two")])
+    assert "two" == response.text
+    assert 4 == len(session.transcript)
+    assert 1 == server.statistics().faults_fired
+
+
+def _unclosed(recorder: Recorder) -> list[int]:
+    """The sockets reported opened but never reported closed."""
+    closed = {event.connection for event in recorder.of(ConnectionClosed)}
+    return [
+        event.connection
+        for event in recorder.of(ConnectionOpened)
+        if event.connection not in closed
+    ]
+
+
+async def test_standby_abandoned_mid_warm_up_is_closed(autojump_clock):
+    """A reconnect while a standby is still warming up cancels its preparation, and the
+    half-prepared socket is closed rather than left open until the connection ends."""
+    faults = (
+        Fault("stall", connection=2, response=1, after_events=1),  # the warm-up hangs
+        Fault("abort", connection=1, response=2, after_events=1),  # the turn loses socket 1
+    )
+    config = ServerConfig(model="echo", max_connection_age=3600, faults=faults)
+    async with memory_agent(config, ROTATING) as (server, connection, recorder):
+        session = Session(model="echo")
+        await connection.run_turn(session, [MessageItem.user("one")])
+        await trio.sleep(3280)  # the standby (socket 2) is warming up since 3270 s
+        response = await connection.run_turn(session, [MessageItem.user("two")])
+        await trio.testing.wait_all_tasks_blocked()
+        open_during = _unclosed(recorder)
+    assert "two" == response.text
+    assert 2 == server.statistics().faults_fired
+    assert [3] == open_during
+    assert [] == _unclosed(recorder)
 
 
 # -- recovery matrix -----------------------------------------------------------------------------
