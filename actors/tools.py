@@ -27,7 +27,11 @@ its call. Repeated mistakes are bounded: past the repair budget ``execute`` rais
 
 Error outputs are JSON objects ``{"error": CODE, "tool": NAME, "message": TEXT, ...}`` with
 CODE one of: unknown_tool, tool_not_permitted, invalid_json, invalid_arguments,
-arguments_too_large, path_outside_workspace, timeout, tool_failed, invalid_output.
+arguments_too_large, path_outside_workspace, approval_denied, timeout, tool_failed,
+invalid_output.
+
+A call of a ``destructive`` or ``external`` tool runs only once the executor's approver
+said yes (see ``actors.approval``); without an approver it is denied.
 
 Sync tools run in a worker thread with ``abandon_on_cancel=True``: on timeout or
 cancellation the actor moves on at once (RELIABILITY S4) while the thread runs to its end in
@@ -54,8 +58,9 @@ import msgspec
 import trio
 from loguru import logger
 
+from actors.approval import NEEDS_APPROVAL, ApprovalDecision, ApprovalRequest, Approver, decide
 from orchestrator.errors import ToolArgumentsInvalid, ToolError, ToolTimedOut
-from orchestrator.observe import EventBus, ToolFinished, ToolStarted
+from orchestrator.observe import EventBus, ToolApproval, ToolFinished, ToolStarted
 from orchestrator.protocol.events import (
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -84,7 +89,7 @@ __all__ = [
     "tool",
 ]
 
-SideEffect = Literal["read_only", "idempotent_write", "non_idempotent", "destructive"]
+SideEffect = Literal["read_only", "idempotent_write", "non_idempotent", "destructive", "external"]
 
 DEFAULT_TIMEOUT: Final = 30.0
 DEFAULT_MAX_OUTPUT: Final = 16 * 1024
@@ -103,6 +108,8 @@ MODEL_MISTAKES: Final = frozenset(
         "invalid_arguments",
         "arguments_too_large",
         "path_outside_workspace",
+        # Not a malformed call, but asking again and again is the same loop.
+        "approval_denied",
     }
 )
 
@@ -849,8 +856,13 @@ class ToolRegistry:
         workspace: pathlib.Path | None = None,
         max_arguments: int = MAX_ARGUMENTS,
         limiter: trio.CapacityLimiter | None = None,
+        approver: Approver | None = None,
     ) -> ToolExecutor:
-        """An executor for ``agent``, which may call only ``allowed`` (None: every tool)."""
+        """An executor for ``agent``, which may call only ``allowed`` (None: every tool).
+
+        ``approver`` decides on calls of ``destructive`` and ``external`` tools; without
+        one they are denied.
+        """
         return ToolExecutor(
             self,
             agent,
@@ -860,6 +872,7 @@ class ToolRegistry:
             workspace=workspace,
             max_arguments=max_arguments,
             limiter=limiter,
+            approver=approver,
         )
 
 
@@ -897,6 +910,7 @@ class ToolExecutor:
     workspace: pathlib.Path | None = None
     max_arguments: int = MAX_ARGUMENTS
     limiter: trio.CapacityLimiter | None = None
+    approver: Approver | None = None
     _repairs: dict[str, int] = attrs.field(factory=dict, init=False)
 
     @property
@@ -987,6 +1001,8 @@ class ToolExecutor:
                 ToolStarted(time=start, agent=self.agent, tool=name, call_id=call.call_id)
             )
         prepared = self._prepare(call)
+        if isinstance(prepared, _Ready) and prepared.spec.side_effect in NEEDS_APPROVAL:
+            prepared = await self._approve(prepared, call)
         if isinstance(prepared, _Ready):
             outcome = await self._invoke(prepared, call, start)
         else:
@@ -1035,6 +1051,58 @@ class ToolExecutor:
         except PathOutsideWorkspace as exc:
             return self._failure(call, "path_outside_workspace", str(exc))
         return _Ready(spec, arguments)
+
+    async def _approve(self, ready: _Ready, call: FunctionCallItem) -> _Ready | ToolOutcome:
+        spec = ready.spec
+        request = ApprovalRequest(
+            agent=self.agent,
+            tool=spec.name,
+            call_id=call.call_id,
+            side_effect=spec.side_effect,
+            arguments=call.arguments,
+        )
+        if self.approver is None:
+            decision = ApprovalDecision(
+                False,
+                "default",
+                f"{spec.side_effect} tool {spec.name!r} needs an approval and this agent "
+                "has no approver",
+            )
+        else:
+            try:
+                decision = await decide(self.approver, request)
+            except Exception as exc:  # a bug in the approver must not run the tool
+                logger.bind(agent=self.agent, tool=spec.name).warning(
+                    "approver failed on {}: {}", spec.name, type(exc).__name__
+                )
+                decision = ApprovalDecision(
+                    False, "error", f"the approver failed ({type(exc).__name__})"
+                )
+        logger.bind(agent=self.agent, tool=spec.name).info(
+            "{} call of {} {} by {}",
+            spec.side_effect,
+            spec.name,
+            "approved" if decision.approved else "denied",
+            decision.by,
+        )
+        if self.bus is not None:
+            self.bus.emit(
+                ToolApproval(
+                    time=trio.current_time(),
+                    agent=self.agent,
+                    tool=spec.name,
+                    call_id=call.call_id,
+                    side_effect=spec.side_effect,
+                    approved=decision.approved,
+                    by=decision.by,
+                    reason=_redact(decision.reason),
+                )
+            )
+        if decision.approved:
+            return ready
+        return self._failure(
+            call, "approval_denied", _redact(decision.reason) or "the call was not approved"
+        )
 
     async def _invoke(self, ready: _Ready, call: FunctionCallItem, start: float) -> ToolOutcome:
         spec = ready.spec

@@ -43,6 +43,11 @@ from .errors import (
 
 if TYPE_CHECKING:
     from actors.agent import AgentActor as AgentActor, Task as Task, TaskResult as TaskResult
+    from actors.approval import (
+        ApprovalDecision as ApprovalDecision,
+        ApprovalPolicy as ApprovalPolicy,
+        ApprovalRequest as ApprovalRequest,
+    )
     from actors.base import Actor as Actor
     from actors.planner import PlannerActor as PlannerActor
     from actors.tools import (
@@ -129,6 +134,9 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ToolRegistry": ("actors.tools", "ToolRegistry"),
     "ToolContext": ("actors.tools", "ToolContext"),
     "confine": ("actors.tools", "confine"),
+    "ApprovalPolicy": ("actors.approval", "ApprovalPolicy"),
+    "ApprovalRequest": ("actors.approval", "ApprovalRequest"),
+    "ApprovalDecision": ("actors.approval", "ApprovalDecision"),
     "Plan": ("plans", "Plan"),
     "PlanBuilder": ("plans", "PlanBuilder"),
     "PlanIssue": ("plans", "PlanIssue"),

@@ -234,6 +234,15 @@ def _add_run(commands: Any) -> None:
     parser.add_argument(
         "--allow-insecure", action="store_true", help="allow ws:// to a non-loopback host"
     )
+    parser.add_argument(
+        "--approve",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="run calls of destructive/external tools matching PATTERN ('tool' or "
+        "'agent:tool', * wildcards) without asking; repeatable. Other such calls are asked "
+        "on the terminal, or denied when the run is not interactive",
+    )
     offline = parser.add_argument_group("embedded server (offline runs)")
     offline.add_argument(
         "--local-model",
@@ -317,6 +326,14 @@ def _run_command(args: argparse.Namespace) -> int:
 
     configure("DEBUG" if args.verbose > 1 else "INFO" if args.verbose else "WARNING")
     plan = _check(args.plan)
+    if args.approve:
+        from plans import check_approval_patterns
+
+        issues = check_approval_patterns(plan, args.approve, source="--approve")
+        for issue in issues:
+            print(str(issue), file=sys.stderr)
+        if issues:
+            raise SystemExit(EXIT_USAGE)
     key: str | None = None
     if args.api_key_file is not None:
         key = _read_key_file(args.api_key_file)
@@ -397,6 +414,7 @@ async def _run_async(
 ) -> int:
     from rich.console import Console
 
+    from actors.approval import ApprovalPolicy
     from orchestrator.connection import ConnectionSettings
     from orchestrator.display import LiveView, render_report
     from orchestrator.logging import redact
@@ -418,6 +436,11 @@ async def _run_async(
         bus.add_listener(write)
     view = LiveView(f"{plan.name}: {'embedded server' if offline else 'live'}")
     bus.add_listener(view)
+    interactive = sys.stdin.isatty() and console.is_terminal
+    approve = ApprovalPolicy(
+        allow=tuple(args.approve),
+        ask=_TerminalApprover(Console(stderr=True), view) if interactive else None,
+    )
     results: list[Any] = []
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -463,6 +486,7 @@ async def _run_async(
                     stop=stop,
                     connection_settings=ConnectionSettings(allow_insecure=args.allow_insecure),
                     server_options=server_options,
+                    approve=approve,
                 )
                 results.append(result)
                 live_scope.cancel()
@@ -477,6 +501,63 @@ async def _run_async(
     else:
         console.print(render_report(result))
     return _exit_code(result)
+
+
+class _TerminalApprover:
+    """Asks the person at the terminal about each call that needs an approval, one question
+    at a time (the live table steps aside meanwhile). ``a`` approves the tool for the rest
+    of the run."""
+
+    def __init__(self, console: Any, view: Any) -> None:
+        self.console = console
+        self.view = view
+        self.lock = trio.Lock()
+        self.always: set[tuple[str, str]] = set()
+
+    async def __call__(self, request: Any) -> Any:
+        from actors.approval import ApprovalDecision
+        from orchestrator.display import clean
+
+        key = (request.agent, request.tool)
+        async with self.lock:
+            if key in self.always:
+                return ApprovalDecision(True, "interactive", "approved for the whole run")
+            arguments = clean(request.arguments)
+            if len(arguments) > 2000:
+                arguments = arguments[:2000] + f" ... ({len(request.arguments):,} characters)"
+            with self.view.paused():
+                self.console.print(
+                    f"\n[bold]approval[/bold]: agent [cyan]{request.agent}[/cyan] wants to "
+                    f"call [bold]{request.tool}[/bold] ({request.side_effect}) with",
+                    highlight=False,
+                )
+                self.console.print(arguments, markup=False, highlight=False)
+                answer = await trio.to_thread.run_sync(
+                    _read_answer,
+                    "allow? [y]es, [a]lways for this tool, [N]o: ",
+                    abandon_on_cancel=True,
+                )
+        if answer in ("a", "always"):
+            self.always.add(key)
+            return ApprovalDecision(True, "interactive", "approved for the whole run")
+        if answer in ("y", "yes"):
+            return ApprovalDecision(True, "interactive", "approved at the terminal")
+        return ApprovalDecision(False, "interactive", "denied by the operator at the terminal")
+
+
+def _read_answer(prompt: str) -> str:
+    """One line from the terminal (runs in a thread); end of input counts as no.
+
+    ``os.read`` rather than ``sys.stdin``: a thread abandoned by Ctrl-C must not hold the
+    stdin buffer's lock while the interpreter shuts down.
+    """
+    try:
+        sys.stderr.write(prompt)
+        sys.stderr.flush()
+        line = os.read(sys.stdin.fileno(), 4096)
+    except (OSError, ValueError):
+        return ""
+    return line.decode("utf-8", "replace").strip().lower()
 
 
 # -- demo ----------------------------------------------------------------------------------------

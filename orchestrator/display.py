@@ -7,6 +7,7 @@ characters before it reaches the terminal (a model must not be able to move the 
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import TYPE_CHECKING, Final
 
@@ -29,6 +30,8 @@ from orchestrator.observe import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from orchestrator.run import RunResult
 
 __all__ = ["LiveView", "clean", "render_report"]
@@ -69,6 +72,21 @@ class LiveView:
 
     title: str
     rows: dict[str, _Row] = attrs.field(factory=dict)
+    _live: Live | None = attrs.field(default=None, init=False, repr=False)
+    _pauses: int = attrs.field(default=0, init=False, repr=False)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Take the table off the terminal while the block asks the user something."""
+        self._pauses += 1
+        if self._pauses == 1 and self._live is not None:
+            self._live.stop()
+        try:
+            yield
+        finally:
+            self._pauses -= 1
+            if self._pauses == 0 and self._live is not None:
+                self._live.start(refresh=True)
 
     def _row(self, name: str) -> _Row:
         row = self.rows.get(name)
@@ -132,12 +150,16 @@ class LiveView:
     async def refresh(self, console: Console, *, interval: float = 0.25) -> None:
         """Redraw until cancelled; the last frame stays on screen."""
         with Live(self.render(trio.current_time()), console=console, auto_refresh=False) as live:
+            self._live = live
             try:
                 while True:
                     await trio.sleep(interval)
-                    live.update(self.render(trio.current_time()), refresh=True)
+                    if not self._pauses:
+                        live.update(self.render(trio.current_time()), refresh=True)
             finally:
-                live.update(self.render(trio.current_time()), refresh=True)
+                self._live = None
+                if not self._pauses:
+                    live.update(self.render(trio.current_time()), refresh=True)
 
 
 def render_report(result: RunResult) -> Group:

@@ -35,6 +35,7 @@ __all__ = [
     "EventBus",
     "MessageRouted",
     "RuntimeEvent",
+    "ToolApproval",
     "ToolFinished",
     "ToolStarted",
     "TranscriptReplayed",
@@ -216,6 +217,18 @@ class ToolFinished(RuntimeEvent, tag="tool.finished", frozen=True, kw_only=True)
     ok: bool
     duration: float
     error: str | None = None
+
+
+class ToolApproval(RuntimeEvent, tag="tool.approval", frozen=True, kw_only=True):
+    """The decision on a call of a ``destructive`` or ``external`` tool, before it runs."""
+
+    agent: str
+    tool: str
+    call_id: str
+    side_effect: str
+    approved: bool
+    by: str
+    reason: str = ""
 
 
 # -- the bus -----------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import trio
 from loguru import logger
 
 from actors.agent import AgentActor, Task, TaskResult
+from actors.approval import ApprovalPolicy, Approver
 from actors.planner import PlannerActor, WorkerInfo, delegation_tools
 from actors.tools import ToolRegistry, ToolRepairBudgetExceeded
 from actors.worker import WorkerActor
@@ -207,6 +208,7 @@ def _build_team(
     registry: ToolRegistry,
     intensity: int,
     period: float,
+    approver: Approver,
 ) -> _Team:
     router = Router(events=bus)
     actors: dict[str, AgentActor] = {}
@@ -224,7 +226,11 @@ def _build_team(
                     side_effect=config.side_effect,
                     description=config.description,
                 )
-        executor = registry.executor(agent.name, allowed=tuple(tools), bus=bus) if tools else None
+        executor = (
+            registry.executor(agent.name, allowed=tuple(tools), bus=bus, approver=approver)
+            if tools
+            else None
+        )
         wire_tools = tuple(executor.tools()) if executor is not None else ()
         instructions = agent.instructions or DEFAULT_INSTRUCTIONS[agent.role]
         common: dict[str, Any] = {
@@ -329,6 +335,7 @@ async def run(
     restart_intensity: int = 3,
     restart_period: float = 60.0,
     transport: Literal["tcp", "memory"] = "tcp",
+    approve: Approver | None = None,
 ) -> RunResult:
     """Run a plan to its answer, inside the caller's trio program.
 
@@ -349,6 +356,11 @@ async def run(
         transport: how an offline run reaches the embedded server: loopback ``tcp`` (real
             sockets) or ``memory`` (in-memory streams: no file descriptors, and trio's
             ``MockClock`` drives both sides, for tests and simulations).
+        approve: asked about each call of a ``destructive`` or ``external`` tool that the
+            plan's ``[approvals]`` neither allow nor deny (and ``otherwise = "ask"``): a
+            callable taking an ``ApprovalRequest`` and returning ``bool`` or an
+            ``ApprovalDecision`` (sync or async), e.g. ``ApprovalPolicy(allow=("fixer:*",))``.
+            Without it such calls are denied and the model is told why.
 
     Returns:
         The :class:`RunResult`, also when a budget, a stop request or a failure ended the run.
@@ -413,6 +425,12 @@ async def run(
             registry=registry,
             intensity=restart_intensity,
             period=restart_period,
+            approver=ApprovalPolicy(
+                allow=plan.approvals.allow,
+                deny=plan.approvals.deny,
+                otherwise=plan.approvals.otherwise,
+                ask=approve,
+            ),
         )
         with run_scope:
             try:

@@ -14,6 +14,7 @@ from .load import (
 from .model import (
     LIMITS as LIMITS,
     Agent as Agent,
+    Approvals as Approvals,
     Budget as Budget,
     Plan as Plan,
     Role as Role,
@@ -29,6 +30,7 @@ from .model import (
 from .validate import (
     PlanIssue as PlanIssue,
     PlanReport as PlanReport,
+    check_approval_patterns as check_approval_patterns,
     check_plan as check_plan,
     plan_from_dict as plan_from_dict,
 )
@@ -39,6 +41,7 @@ __all__ = [
     "LIMITS",
     "MAX_PLAN_BYTES",
     "Agent",
+    "Approvals",
     "Budget",
     "Plan",
     "PlanBuilder",
@@ -49,6 +52,7 @@ __all__ = [
     "SideEffect",
     "Step",
     "ToolConfig",
+    "check_approval_patterns",
     "check_plan",
     "check_plan_file",
     "import_path_of",

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Collection, Iterable
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from orchestrator.errors import PlanError
 
@@ -73,6 +73,22 @@ class PlanBuilder:
         self._data["budgets"] = _budget(
             Budget(max_turns=max_turns, max_tokens=max_tokens, wall_clock=wall_clock)
         )
+        return self
+
+    def approvals(
+        self,
+        *,
+        allow: Iterable[str] = (),
+        deny: Iterable[str] = (),
+        otherwise: Literal["ask", "deny"] = "ask",
+    ) -> Self:
+        """Who may run ``destructive`` and ``external`` tools unasked (see ``plans.Approvals``):
+        patterns ``tool`` or ``agent:tool`` with ``*`` wildcards; deny wins over allow."""
+        self._data["approvals"] = {
+            "allow": list(allow),
+            "deny": list(deny),
+            "otherwise": otherwise,
+        }
         return self
 
     def tool(

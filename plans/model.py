@@ -25,8 +25,14 @@ checks it before any socket opens. A complete TOML plan, annotated::
     timeout = 10                       # seconds (0 < x <= 3600); unset: the tool's own or 30
     max_output = 16384                 # bytes returned to the model (256..1048576)
     side_effect = "read_only"          # read_only | idempotent_write | non_idempotent |
-                                       # destructive (the runtime asks approval for those)
+                                       # destructive | external (those two need an approval)
     description = "Search flights."    # optional override of the docstring
+
+    [approvals]                        # calls of destructive and external tools
+    allow = ["flights:book_flight"]    # run without asking: "tool" or "agent:tool", * and ?
+    deny = ["*:cancel_*"]              # refused without asking; deny wins over allow
+    otherwise = "ask"                  # ask (a person, in an interactive run; else denied)
+                                       # | deny
 
     [[agents]]
     name = "planner"                   # [A-Za-z][A-Za-z0-9_-]{0,63}, unique
@@ -78,6 +84,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LIMITS",
     "Agent",
+    "Approvals",
     "Budget",
     "Plan",
     "Reference",
@@ -94,7 +101,7 @@ __all__ = [
 ]
 
 Role = Literal["planner", "worker"]
-SideEffect = Literal["read_only", "idempotent_write", "non_idempotent", "destructive"]
+SideEffect = Literal["read_only", "idempotent_write", "non_idempotent", "destructive", "external"]
 
 FORMAT_VERSION: Final = 1
 
@@ -142,6 +149,14 @@ class ToolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     description: str | None = None
 
 
+class Approvals(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Who may run ``destructive`` and ``external`` tools without a person saying yes."""
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    otherwise: Literal["ask", "deny"] = "ask"
+
+
 class Agent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One agent: one actor with one connection."""
 
@@ -175,6 +190,7 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     final_step: str | None = None
     settings: Settings = msgspec.field(default_factory=Settings)
     budgets: Budget = msgspec.field(default_factory=Budget)
+    approvals: Approvals = msgspec.field(default_factory=Approvals)
     tools: dict[str, ToolConfig] = msgspec.field(default_factory=dict)
     agents: tuple[Agent, ...] = ()
     steps: tuple[Step, ...] = ()

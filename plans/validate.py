@@ -42,6 +42,7 @@ import types
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any, Final, Literal, TypeVar, Union, get_args, get_origin
 
+import attrs
 import msgspec
 from loguru import logger
 
@@ -53,6 +54,7 @@ from .model import (
     NAME_PATTERN,
     TOOL_NAME_PATTERN,
     Agent,
+    Approvals,
     Budget,
     Plan,
     Settings,
@@ -62,7 +64,7 @@ from .model import (
     tool_name_of_path,
 )
 
-__all__ = ["PlanIssue", "PlanReport", "check_plan", "plan_from_dict"]
+__all__ = ["PlanIssue", "PlanReport", "check_approval_patterns", "check_plan", "plan_from_dict"]
 
 Severity = Literal["error", "warning"]
 _T = TypeVar("_T")
@@ -424,6 +426,7 @@ class _View:
         self.final_step: str | None = None
         self.settings: Settings | None = None
         self.budgets: Budget | None = None
+        self.approvals: Approvals | None = None
         self.tools: dict[str, ToolConfig] = {}
         self.broken_tools: set[str] = set()
         self.agents: list[tuple[int, Agent]] = []
@@ -447,6 +450,7 @@ class _View:
         view.final_step = final if isinstance(final, str) else None
         view.settings = _convert_or_none(data.get("settings", {}), Settings)
         view.budgets = _convert_or_none(data.get("budgets", {}), Budget)
+        view.approvals = _convert_or_none(data.get("approvals", {}), Approvals)
         tools = data.get("tools", {})
         if isinstance(tools, dict):
             for key, raw in tools.items():
@@ -513,6 +517,78 @@ _IMPORT_PATH: Final = re.compile(
     r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 )
 _URL_SCHEMES: Final = ("http://", "https://", "ws://", "wss://")
+_APPROVAL_PATTERN: Final = re.compile(r"(?:[A-Za-z0-9_*?\[\]-]+:)?[A-Za-z0-9_*?\[\]-]+")
+
+
+def _has_wildcard(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+@attrs.frozen
+class _Names:
+    """The agent and tool names a plan defines, to check approval patterns against."""
+
+    agents: list[str]
+    tools: list[str]
+    more_agents: frozenset[str] = frozenset()  # broken entries: defined, but not listed
+    more_tools: frozenset[str] = frozenset()
+
+    @classmethod
+    def of_view(cls, view: _View) -> _Names:
+        agents = list(dict.fromkeys(a.name for _, a in view.agents))
+        tools = list(view.tools)
+        for _, agent in view.agents:
+            tools.extend(tool_name_of_path(entry) for entry in agent.tools if ":" in entry)
+        return cls(
+            agents,
+            list(dict.fromkeys(tools)),
+            frozenset(view.broken_agent_names),
+            frozenset(view.broken_tools),
+        )
+
+    def pattern_problem(
+        self, pattern: str, *, check_tools: bool = True
+    ) -> tuple[str, str, str | None] | None:
+        """``(code, message, suggestion)`` if ``pattern`` is malformed or names nothing."""
+        agent, colon, tool = pattern.rpartition(":")
+        if not _APPROVAL_PATTERN.fullmatch(pattern):
+            return (
+                "plan.value",
+                f"{_show(pattern)} is not a tool pattern",
+                "write 'tool' or 'agent:tool' ('*' and '?' match any text)",
+            )
+        if colon and not _has_wildcard(agent) and agent not in {*self.agents, *self.more_agents}:
+            return (
+                "plan.unknown_agent",
+                f"{_show(pattern)} names unknown agent {_show(agent)}; "
+                f"defined agents: {', '.join(self.agents) or 'none'}",
+                _did_you_mean(agent, self.agents),
+            )
+        if check_tools and not _has_wildcard(tool) and tool not in {*self.tools, *self.more_tools}:
+            return (
+                "plan.tool",
+                f"{_show(pattern)} names tool {_show(tool)}, which no agent lists",
+                _did_you_mean(tool, self.tools),
+            )
+        return None
+
+
+def check_approval_patterns(plan: Plan, patterns: Iterable[str], *, source: str) -> list[PlanIssue]:
+    """Issues with approval patterns given outside the plan (``--approve``), located at
+    ``source`` (the option's name)."""
+    names = _Names(
+        [a.name for a in plan.agents],
+        list(dict.fromkeys(name for a in plan.agents for name in plan.tools_for(a))),
+    )
+    issues = []
+    for pattern in patterns:
+        problem = names.pattern_problem(pattern)
+        if problem is not None:
+            code, message, suggestion = problem
+            issues.append(
+                PlanIssue(code=code, message=f"{source} {message}", suggestion=suggestion)
+            )
+    return issues
 
 
 class _Semantics:
@@ -535,6 +611,7 @@ class _Semantics:
         self.check_agents()
         self.check_steps()
         self.check_tools()
+        self.check_approvals()
 
     # -- top level -----------------------------------------------------------------------------
 
@@ -826,6 +903,18 @@ class _Semantics:
                 )
 
     # -- tools ---------------------------------------------------------------------------------
+
+    def check_approvals(self) -> None:
+        """Each pattern is ``tool`` or ``agent:tool``; a name without wildcards must exist."""
+        view = self.view
+        if view.approvals is None:
+            return
+        names = _Names.of_view(view)
+        for field in ("allow", "deny"):
+            for position, pattern in enumerate(getattr(view.approvals, field)):
+                problem = names.pattern_problem(pattern, check_tools=view.complete)
+                if problem is not None:
+                    self.out.add(problem[0], f"$.approvals.{field}[{position}]", *problem[1:])
 
     def check_tools(self) -> None:
         view, out = self.view, self.out

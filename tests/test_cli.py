@@ -917,3 +917,166 @@ def test_an_internal_error_is_one_line_not_a_traceback(monkeypatch, capsys):
     assert err.startswith("error[internal]: ValueError: [REDACTED] went wrong")
     assert "Traceback" not in err
     assert "sk-secret" not in err
+
+
+# -- approval of destructive tools (RELIABILITY 3.2, last row) ---------------------------------
+
+SHRED_TOOLS = '''\
+from pathlib import Path
+
+from actors.tools import tool
+
+
+@tool(side_effect="destructive")
+def shred(name: str) -> str:
+    """Shred a document for good.
+
+    Args:
+        name: the document.
+    """
+    with Path("shredded.log").open("a") as log:
+        log.write(name + "\\n")
+    return f"shredded {name}"
+'''
+
+SHRED_PLAN = """\
+name = "shred"
+goal = "Shred the old contract"
+[settings]
+model = "gpt-5-mini"
+[[agents]]
+name = "boss"
+role = "planner"
+[[agents]]
+name = "clerk"
+description = "Shreds documents."
+tools = ["shredtools:shred"]
+"""
+
+
+def shred_plan(tmp_path: Path) -> Path:
+    (tmp_path / "shredtools.py").write_text(SHRED_TOOLS)
+    plan = tmp_path / "shred.toml"
+    plan.write_text(SHRED_PLAN)
+    return plan
+
+
+def shredded(tmp_path: Path) -> list[str]:
+    log = tmp_path / "shredded.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def approvals_in(trace: Path) -> list[tuple[str, bool, str]]:
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    return [(e["tool"], e["approved"], e["by"]) for e in events if e["type"] == "tool.approval"]
+
+
+def test_without_a_terminal_a_destructive_call_is_denied_and_journaled(tmp_path):
+    plan, trace = shred_plan(tmp_path), tmp_path / "trace.jsonl"
+    done = orchestrator("run", plan, "--json", "--trace", trace, cwd=tmp_path)
+
+    assert 0 == done.returncode
+    assert [] == shredded(tmp_path)
+    assert [("shred", False, "policy")] == approvals_in(trace)
+    result = json.loads(done.stdout)
+    denial = tool_outputs(agent(result, "clerk"))[0]
+    assert "approval_denied" == denial["error"]
+    assert "--approve" in denial["message"]
+
+
+def test_approve_lets_the_call_run(tmp_path):
+    plan, trace = shred_plan(tmp_path), tmp_path / "trace.jsonl"
+    done = orchestrator("run", plan, "--approve", "clerk:shred", "--trace", trace, cwd=tmp_path)
+
+    assert 0 == done.returncode
+    assert 1 == len(shredded(tmp_path))
+    assert [("shred", True, "policy")] == approvals_in(trace)
+
+
+def test_bad_approve_patterns_are_usage_errors(tmp_path):
+    plan = shred_plan(tmp_path)
+    done = orchestrator(
+        "run", plan, "--approve", "clark:shred", "--approve", "shread", "--approve", "a b",
+        cwd=tmp_path,
+    )  # fmt: skip
+
+    assert 2 == done.returncode
+    assert [
+        "error[plan.unknown_agent]: --approve 'clark:shred' names unknown agent 'clark'; "
+        "defined agents: boss, clerk (did you mean 'clerk'?)",
+        "error[plan.tool]: --approve 'shread' names tool 'shread', which no agent lists "
+        "(did you mean 'shred'?)",
+        "error[plan.value]: --approve 'a b' is not a tool pattern; write 'tool' or "
+        "'agent:tool' ('*' and '?' match any text)",
+    ] == lines(done.stderr)
+    assert [] == shredded(tmp_path)
+
+
+def on_a_terminal(tmp_path: Path, plan: Path, answer: bytes | None) -> tuple[int, str]:
+    """Run ``plan`` with a pseudo-terminal as stdin, stdout and stderr; answer the first
+    approval question with ``answer`` (None: Ctrl-C instead). Returns the exit status and
+    everything shown."""
+    import pty
+    import select
+
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [*CLI, "run", str(plan)],
+        cwd=tmp_path,
+        env=environment(),
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        start_new_session=True,
+    )
+    os.close(secondary)
+    shown, asked = b"", False
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([primary], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(primary, 65536)
+                except OSError:  # EIO: every writer has closed the terminal
+                    break
+                shown += chunk
+                if not asked and b"allow?" in shown:
+                    if answer is None:
+                        process.send_signal(signal.SIGINT)
+                    else:
+                        os.write(primary, answer)
+                    asked = True
+            elif process.poll() is not None:
+                break
+        status = process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        os.close(primary)
+    text = re.sub(r"\x1b\[[0-9;?]*[ -/]*[@-~]", "", shown.decode(errors="replace"))
+    assert asked, text[-2000:]
+    return status, text
+
+
+@pytest.mark.parametrize(
+    ("answer", "ran", "output"),
+    [(b"y\n", 1, "shredded"), (b"\n", 0, "denied by the operator"), (b"no\n", 0, "denied")],
+)
+def test_on_a_terminal_the_operator_is_asked(tmp_path, answer, ran, output):
+    status, shown = on_a_terminal(tmp_path, shred_plan(tmp_path), answer)
+
+    assert 0 == status
+    assert "agent clerk wants to call shred (destructive) with" in shown
+    assert ran == len(shredded(tmp_path))
+    assert output in shown
+
+
+def test_ctrl_c_while_the_operator_is_asked_stops_the_run(tmp_path):
+    """The question does not hold the run: Ctrl-C ends it at once, nothing is shredded."""
+    status, shown = on_a_terminal(tmp_path, shred_plan(tmp_path), None)
+
+    assert 130 == status
+    assert "interrupted  plan 'shred'" in shown
+    assert [] == shredded(tmp_path)
