@@ -98,6 +98,14 @@ def _read(path: Path, source: str, max_bytes: int) -> Any:
                 return _too_large(source, size, max_bytes)
             # A FIFO or a growing file can hold more than fstat said.
             data = file.read(max_bytes + 1)
+    except FileNotFoundError:
+        return _file_issue("plan.not_found", source, f"plan file {source!r} not found")
+    except IsADirectoryError:
+        return _file_issue(
+            "plan.not_found", source, f"plan file {source!r} is a directory", "name a file"
+        )
+    except PermissionError:
+        return _file_issue("plan.not_found", source, f"plan file {source!r}: permission denied")
     except OSError as exc:
         return _file_issue("plan.io", source, f"cannot read {source!r}: {exc.strerror or exc}")
     if len(data) > max_bytes:

@@ -8,7 +8,8 @@ paths, and secrets pasted into the plan.
 
 Issue codes (the CLI maps them to exit codes):
 
-    plan.io           the file cannot be read
+    plan.not_found    the file is missing, a directory, or not readable by us
+    plan.io           the file cannot be read for another reason
     plan.format       the file extension is not .toml/.yaml/.yml/.json
     plan.too_large    the file exceeds the size cap (checked before decoding)
     plan.encoding     the file is not UTF-8

@@ -169,13 +169,13 @@ PLAN_ROWS = [
     pytest.param(
         "missing.toml",
         MISSING,
-        ["error[plan.io]: cannot read 'missing.toml': No such file or directory"],
+        ["error[plan.not_found]: plan file 'missing.toml' not found"],
         id="missing",
     ),
     pytest.param(
         "plan.toml",
         DIRECTORY,
-        ["error[plan.io]: cannot read 'plan.toml': Is a directory"],
+        ["error[plan.not_found]: plan file 'plan.toml' is a directory; name a file"],
         id="directory",
     ),
     pytest.param(

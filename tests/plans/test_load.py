@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import msgspec
@@ -178,9 +179,8 @@ def test_empty_file_is_reported_once(tmp_path):
 def test_unknown_extension_and_missing_file(tmp_path):
     """Unsupported extensions and unreadable files are issues too, never tracebacks."""
     assert "plan.format" == only_issue(tmp_path / "plan.txt").code
-    issue = only_issue(tmp_path / "missing.toml")
-    assert "plan.io" == issue.code
-    assert "No such file or directory" in issue.message
+    missing = tmp_path / "missing.toml"
+    assert f"error[plan.not_found]: plan file '{missing}' not found" == str(only_issue(missing))
 
 
 def test_a_document_that_is_not_an_object(tmp_path):
@@ -228,3 +228,12 @@ def test_plan_round_trips_through_json():
     """A loaded plan encodes to JSON and decodes back to an equal plan."""
     plan = load_plan(FILES / "pipeline.toml")
     assert plan == msgspec.json.decode(msgspec.json.encode(plan), type=Plan)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads anything")
+def test_an_unreadable_file_is_named_with_the_reason(tmp_path):
+    """Row 'path unreadable': plan.not_found with 'permission denied', never a traceback."""
+    path = tmp_path / "plan.toml"
+    path.write_text('name = "x"\n')
+    path.chmod(0)
+    assert f"error[plan.not_found]: plan file '{path}': permission denied" == str(only_issue(path))
