@@ -498,8 +498,11 @@ class _SupervisorRun:
         for other in reversed(group):
             if other.alive:
                 await self._terminate(other, "restarting")
-                if other.spec.restart == "temporary":
-                    self.children.remove(other)
+            if other.spec.restart == "temporary" and other.done is not None:
+                # Forgotten whether it was still running or had already exited (its exit
+                # is moot, or came while we stopped a sibling): it has run, it never runs
+                # again. One that never started yet (a batch cut short) still starts.
+                self.children.remove(other)
         group = [other for other in group if other in self.children]
 
         child.restarts += 1
