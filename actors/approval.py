@@ -38,8 +38,9 @@ NEEDS_APPROVAL: Final = frozenset({"destructive", "external"})
 
 @attrs.frozen
 class ApprovalRequest:
-    """One call waiting for approval. ``arguments`` is the model's JSON, already validated
-    against the tool's schema (and confined to the workspace); it is untrusted text."""
+    """One call waiting for approval. ``arguments`` is the model's JSON as sent, already
+    validated against the tool's schema (path arguments checked against the workspace);
+    it is still untrusted text."""
 
     agent: str
     tool: str

@@ -1003,6 +1003,7 @@ class ToolExecutor:
         prepared = self._prepare(call)
         if isinstance(prepared, _Ready) and prepared.spec.side_effect in NEEDS_APPROVAL:
             prepared = await self._approve(prepared, call)
+            start = trio.current_time()  # the tool's duration leaves out the wait for a yes
         if isinstance(prepared, _Ready):
             outcome = await self._invoke(prepared, call, start)
         else:
