@@ -378,7 +378,7 @@ class ToolSpec:
             strict=qualifies if wanted_strict is None else wanted_strict,
             timeout=timeout,
             max_output=max_output,
-            side_effect=_first(side_effect, options.side_effect, "read_only"),
+            side_effect=_effect(side_effect, options.side_effect),
             signature=signature,
         )
 
@@ -776,6 +776,14 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
         elif current is not None:
             parameters[current] = f"{parameters[current]} {stripped}".strip()
     return " ".join(summary), parameters
+
+
+def _effect(given: SideEffect | None, declared: SideEffect | None) -> SideEffect:
+    """The side-effect class: ``given`` (the plan's) over ``declared`` (the code's), except
+    that nothing can talk a tool its code calls destructive or external out of approval."""
+    if declared is not None and declared in NEEDS_APPROVAL:
+        return given if given is not None and given in NEEDS_APPROVAL else declared
+    return given or declared or "read_only"
 
 
 # -- the registry and the executor -------------------------------------------------------------

@@ -19,7 +19,7 @@ from hypothesis import given, strategies as st
 import actors.tools
 import plans.model
 from actors.approval import ApprovalDecision, ApprovalPolicy, ApprovalRequest, matches
-from actors.tools import ToolRegistry, ToolRepairBudgetExceeded, tool
+from actors.tools import ToolRegistry, ToolRepairBudgetExceeded, ToolSpec, tool
 from orchestrator.observe import EventBus, RuntimeEvent, ToolApproval, ToolFinished
 from orchestrator.protocol.events import FunctionCallItem, FunctionCallOutputItem
 from orchestrator.run import run
@@ -230,6 +230,19 @@ async def test_parallel_calls_are_each_decided(registry):
     assert ["c1", "c2"] == [i.call_id for i in items]
     assert "deleted a" == items[0].output
     assert "approval_denied" == output_of(items[1])["error"]
+
+
+def test_options_cannot_lower_a_tool_out_of_approval():
+    """A plan may raise a tool's class (read_only -> destructive), never lower one its code
+    declares destructive or external."""
+    lowered = ToolSpec.from_callable(delete_report, side_effect="read_only")
+    moved = ToolSpec.from_callable(send_mail, side_effect="destructive")
+    raised = ToolSpec.from_callable(append_note, side_effect="destructive")
+    assert ("destructive", "destructive", "destructive") == (
+        lowered.side_effect,
+        moved.side_effect,
+        raised.side_effect,
+    )
 
 
 # -- the policy --------------------------------------------------------------------------------
