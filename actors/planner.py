@@ -18,6 +18,7 @@ import msgspec
 import trio
 
 from actors.agent import AgentActor, CallOutcome, Task, TaskResult
+from actors.tools import ToolRepairBudgetExceeded
 from orchestrator.errors import ActorDead, DeliveryTimeout, OrchestratorError, UnknownRecipient
 from orchestrator.protocol.events import (
     FunctionCallItem,
@@ -135,11 +136,21 @@ class PlannerActor(AgentActor):
             names = ", ".join(by_tool[call.name].name for call in delegated)
             self._state("waiting", names)
 
+        own_error: list[ToolRepairBudgetExceeded] = []
+
         async def delegate(call: FunctionCallItem) -> None:
             outputs[call.call_id] = await self._delegate(call, by_tool[call.name])
 
         async def run_own() -> None:
-            for item in await self.run_tools(own):
+            try:
+                items = await self.run_tools(own)
+            except ToolRepairBudgetExceeded as exc:
+                # Raised from the nursery it would arrive as an ExceptionGroup, which
+                # handle() takes for a crash instead of the end of the run it is.
+                own_error.append(exc)
+                nursery.cancel_scope.cancel()
+                return
+            for item in items:
                 outputs[item.call_id] = item
 
         async with trio.open_nursery() as nursery:
@@ -147,6 +158,8 @@ class PlannerActor(AgentActor):
                 nursery.start_soon(delegate, call)
             if own:
                 nursery.start_soon(run_own)
+        if own_error:
+            raise own_error[0]
         answer: str | None = None
         for call in finishing:
             try:

@@ -2,17 +2,51 @@
 
 from __future__ import annotations
 
-from typing import Any
+import random
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import trio
 
+from actors.agent import AgentActor, Task
+from actors.planner import PlannerActor, WorkerInfo, delegation_tools
+from actors.tools import ToolRegistry, ToolRepairBudgetExceeded
+from actors.worker import WorkerActor
+from orchestrator.budget import BudgetTracker
+from orchestrator.connection import Connection, ConnectionSettings, open_connection
+from orchestrator.errors import ActorDead
+from orchestrator.router import Router
+from orchestrator.server import LocalServer, ServerConfig
+from orchestrator.session import Session
 from orchestrator.supervisor import Backoff, ChildSpec, Supervisor
+from orchestrator.testing import memory_connector
+
+from .helpers import LOCAL_URL, LOOKUP
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
 
 NO_BACKOFF = Backoff(0)
 
 
 class Crash(Exception):
     pass
+
+
+def _opener(server: LocalServer, nursery: trio.Nursery) -> Callable[[str], Any]:
+    @asynccontextmanager
+    async def opener(agent: str) -> AsyncIterator[Connection]:
+        async with open_connection(
+            LOCAL_URL,
+            server.token,
+            agent=agent,
+            settings=ConnectionSettings(),
+            connector=memory_connector(server, nursery),
+            rng=random.Random(0),
+        ) as connection:
+            yield connection
+
+    return opener
 
 
 # -- supervisor -----------------------------------------------------------------------------
@@ -83,3 +117,64 @@ async def test_a_temporary_child_that_dies_during_a_group_restart_is_not_restart
         ("cancelled", "c"),
         ("stop", "a"),
     ] == history
+
+
+# -- planner --------------------------------------------------------------------------------
+
+
+async def test_a_planner_own_tool_past_its_repair_budget_stops_the_run_with_that_reason(
+    autojump_clock,
+):
+    """A planner's own tool call exceeding the repair budget, made beside a delegation,
+    ends the run with error[tool.repair_budget] (as for any agent), instead of escaping
+    the delegation nursery as an ExceptionGroup that crashes the planner into a restart."""
+    workers = [WorkerInfo("w")]
+    script = {
+        "turns": [
+            {
+                "function_calls": [
+                    {"name": "delegate_to_w", "arguments": {"task": "look"}},
+                    {"name": "lookup", "arguments": {"city": "Porto"}},
+                ]
+            },
+            {"text": "done"},
+        ]
+    }
+    server = LocalServer.from_config(ServerConfig(script=script, seed=1))
+    router = Router()
+    budget = BudgetTracker()
+    outcome: list[Any] = []
+    async with trio.open_nursery() as server_nursery:
+        opener = _opener(server, server_nursery)
+        with trio.CancelScope() as run_scope:
+            budget.scope = run_scope
+            async with trio.open_nursery() as nursery:
+                actors: list[AgentActor] = [
+                    WorkerActor(
+                        "w", router=router, session=Session(model="echo"), open_connection=opener
+                    ),
+                    PlannerActor(
+                        "boss",
+                        router=router,
+                        session=Session(
+                            model="local-scripted", tools=(LOOKUP, *delegation_tools(workers))
+                        ),
+                        open_connection=opener,
+                        # No tool is registered: "lookup" is an unknown tool, a model mistake.
+                        tools=ToolRegistry().executor("boss", repair_budget=0),
+                        budget=budget,
+                        workers=tuple(workers),
+                    ),
+                ]
+                sup = Supervisor("run", actors, backoff=NO_BACKOFF)
+                await nursery.start(sup.run)
+                try:
+                    outcome.append(await router.ask("run", "boss", Task(text="go")))
+                except ActorDead as exc:
+                    outcome.append(exc)
+                sup.stop()
+        server_nursery.cancel_scope.cancel()
+    assert [] == outcome
+    assert run_scope.cancelled_caught
+    assert isinstance(budget.failure, ToolRepairBudgetExceeded)
+    assert "lookup" == budget.failure.tool
