@@ -154,6 +154,7 @@ class Mailbox:
     _receive: trio.MemoryReceiveChannel[Envelope] = attrs.field(repr=False)
     _on_dead_letter: Callable[[Envelope, str], None] = attrs.field(repr=False)
     _closed_reason: str | None = attrs.field(default=None, init=False)
+    _closed_cause: BaseException | None = attrs.field(default=None, init=False, repr=False)
 
     @classmethod
     def open(
@@ -185,9 +186,15 @@ class Mailbox:
             trio.EndOfChannel: the mailbox was closed; the owner should stop.
         """
         try:
-            return await self._receive.receive()
+            envelope = await self._receive.receive()
         except trio.ClosedResourceError:
             raise trio.EndOfChannel from None
+        if self._closed_reason is not None:
+            # Closed while trio was handing this envelope over (receive() yields after
+            # taking it): nobody handles it yet, so it is dropped like the queued ones.
+            self._drop(envelope, self._closed_reason, self._closed_cause)
+            raise trio.EndOfChannel
+        return envelope
 
     def receive_nowait(self) -> Envelope:
         """Take the next envelope without blocking.
@@ -215,6 +222,7 @@ class Mailbox:
         if self._closed_reason is not None:
             return 0
         self._closed_reason = reason
+        self._closed_cause = cause
         dropped = 0
         while True:
             # receive_nowait also takes values from blocked senders, so this empties both
@@ -224,12 +232,15 @@ class Mailbox:
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
             dropped += 1
-            self._on_dead_letter(envelope, reason)
-            if envelope.reply is not None and not envelope.reply.done:
-                envelope.reply.fail(_actor_dead(self.name, reason, cause))
+            self._drop(envelope, reason, cause)
         self._receive.close()
         self._send.close()
         return dropped
+
+    def _drop(self, envelope: Envelope, reason: str, cause: BaseException | None) -> None:
+        self._on_dead_letter(envelope, reason)
+        if envelope.reply is not None and not envelope.reply.done:
+            envelope.reply.fail(_actor_dead(self.name, reason, cause))
 
     def statistics(self) -> MailboxStatistics:
         """A snapshot: queued messages, capacity, blocked senders, closed or not."""

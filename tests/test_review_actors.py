@@ -6,15 +6,19 @@ import random
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import attrs
+import pytest
 import trio
+import trio.testing
 
-from actors.agent import AgentActor, Task
+from actors.agent import AgentActor, Task, TaskResult
 from actors.planner import PlannerActor, WorkerInfo, delegation_tools
 from actors.tools import ToolRegistry, ToolRepairBudgetExceeded
 from actors.worker import WorkerActor
 from orchestrator.budget import BudgetTracker
 from orchestrator.connection import Connection, ConnectionSettings, open_connection
 from orchestrator.errors import ActorDead
+from orchestrator.observe import EventBus, MessageRouted
 from orchestrator.router import Router
 from orchestrator.server import LocalServer, ServerConfig
 from orchestrator.session import Session
@@ -178,3 +182,45 @@ async def test_a_planner_own_tool_past_its_repair_budget_stops_the_run_with_that
     assert run_scope.cancelled_caught
     assert isinstance(budget.failure, ToolRepairBudgetExceeded)
     assert "lookup" == budget.failure.tool
+
+
+# -- stop() racing a delivery ---------------------------------------------------------------
+
+
+@asynccontextmanager
+async def _no_connection(agent: str) -> AsyncIterator[Any]:
+    await trio.lowlevel.checkpoint()
+    yield None
+
+
+@attrs.define(eq=False)
+class _LongTasks(WorkerActor):
+    """A worker whose every task runs until it is cancelled (only stop() ends it)."""
+
+    performed: list[str] = attrs.field(factory=list)
+
+    async def perform(self, task: Task) -> TaskResult:
+        self.performed.append(task.text)
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_a_task_handed_over_as_the_agent_is_stopped_is_dropped_not_run(autojump_clock):
+    """stop() that lands after an idle agent's mailbox handed a task over but before the
+    agent's task resumed (here: an observer stopping the agent as the message is routed)
+    drops the task like any queued one: the asker gets ActorDead at once, the task never
+    runs (no model turn, no tool) and the incarnation ends."""
+    bus = EventBus()
+    router = Router(events=bus)
+    agent = _LongTasks(
+        "w", router=router, session=Session(model="echo"), open_connection=_no_connection
+    )
+    bus.add_listener(lambda event: agent.stop() if isinstance(event, MessageRouted) else None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        await trio.testing.wait_all_tasks_blocked()  # idle, waiting on its mailbox
+        with trio.fail_after(60), pytest.raises(ActorDead) as caught:
+            await agent.ask(Task(text="late"))
+    assert "stopped" == caught.value.reason
+    assert [] == agent.performed
+    assert ["stopped"] == [letter.reason for letter in router.dead_letters]
