@@ -109,6 +109,9 @@ class AgentActor(Actor):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """One incarnation: open the connection, serve the mailbox, close the connection."""
+        if self._active:
+            # Refused before opening a connection that would replace the running one's.
+            raise trio.BusyResourceError(f"actor {self.name!r} is already running")
         async with self.open_connection(self.name) as connection:
             self._connection = connection
             self._last_connection = connection

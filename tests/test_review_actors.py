@@ -224,3 +224,25 @@ async def test_a_task_handed_over_as_the_agent_is_stopped_is_dropped_not_run(aut
     assert "stopped" == caught.value.reason
     assert [] == agent.performed
     assert ["stopped"] == [letter.reason for letter in router.dead_letters]
+
+
+async def test_refusing_a_second_run_leaves_the_running_agent_its_connection(autojump_clock):
+    """run() on an agent that is already running raises BusyResourceError without opening
+    a connection of its own and without taking the running incarnation's away from it."""
+    opened: list[str] = []
+
+    @asynccontextmanager
+    async def opener(agent: str) -> AsyncIterator[Any]:
+        connection = f"connection {len(opened) + 1}"
+        opened.append(connection)
+        await trio.lowlevel.checkpoint()
+        yield connection
+
+    agent = WorkerActor("w", session=Session(model="echo"), open_connection=opener)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        with pytest.raises(trio.BusyResourceError):
+            await agent.run()
+        assert ["connection 1"] == opened
+        assert "connection 1" == agent.connection
+        agent.stop()
