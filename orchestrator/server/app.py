@@ -90,7 +90,7 @@ from .state import CachedResponse, IdFactory, ResponseStore, call_ids_in
 from .transport import ServerWebSocket, TransportClosed
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
 __all__ = [
     "LocalServer",
@@ -291,17 +291,18 @@ class LocalServer:
         index = self._connection_count
         transport = ServerWebSocket(stream, self.config.max_message_size)
         log = logger.bind(server_connection=index)
+        # The writer runs shielded, so a server shutdown does not cancel it: the 1001 close
+        # still goes out (and is answered) while the connection's own tasks are being
+        # cancelled; it is cancelled last. (Not a shielded nursery handed out by start():
+        # a handler cancelled before start() returned would wait for it for ever.)
+        writer_scope = trio.CancelScope(shield=True)
         try:
             async with trio.open_nursery() as nursery:
-                # The writer runs in a nursery that a server shutdown does not cancel, so
-                # the 1001 close still goes out (and is answered) while the connection's
-                # own tasks are being cancelled; it is cancelled last.
-                writer_nursery: trio.Nursery = await nursery.start(_open_shielded_nursery)
-                writer_nursery.start_soon(transport.serve_writes)
+                nursery.start_soon(_shielded, writer_scope, transport.serve_writes)
                 try:
                     await self._serve(transport, index, log)
                 finally:
-                    writer_nursery.cancel_scope.cancel()
+                    writer_scope.cancel()
                     nursery.cancel_scope.cancel()
         except* (_Stop, TransportClosed):
             pass  # already reported where it happened
@@ -1278,12 +1279,11 @@ class _EndResponse(Exception):
         self.message = message
 
 
-async def _open_shielded_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:
-    """Provide a nursery that outside cancellation does not reach; cancel its scope to end it."""
-    with trio.CancelScope(shield=True):
-        async with trio.open_nursery() as nursery:
-            task_status.started(nursery)
-            await trio.sleep_forever()
+async def _shielded(scope: trio.CancelScope, function: Callable[[], Awaitable[object]]) -> None:
+    """Run ``function`` inside ``scope``: out of outside cancellation's reach, ended by
+    ``scope.cancel()`` (also when that comes before this task first runs)."""
+    with scope:
+        await function()
 
 
 def error_type(status: int) -> str:

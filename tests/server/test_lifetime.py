@@ -289,3 +289,15 @@ async def test_server_shutdown_closes_with_1001_at_once():
                 server_scope.cancel()
                 assert 1001 == await client.closed()
         assert trio.current_time() - started < 5
+
+
+async def test_a_connection_cancelled_as_it_is_accepted_ends_at_once():
+    """Shutdown right after an accept: the cancelled handler returns instead of hanging in
+    its shielded writer (trio keeps a task that calls started() in a cancelled start
+    nursery there, so a shielded helper started that way would never end)."""
+    server = _server()
+    _client_stream, server_stream = trio.testing.memory_stream_pair()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.handle_stream, server_stream)
+            nursery.cancel_scope.cancel()
