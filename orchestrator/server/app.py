@@ -247,27 +247,10 @@ class LocalServer:
     # -- public API ---------------------------------------------------------------------------
 
     def statistics(self) -> ServerStatistics:
-        c = self._counters
-        return ServerStatistics(
-            connections_opened=c.connections_opened,
-            connections_active=c.connections_active,
-            handshakes_rejected=c.handshakes_rejected,
-            responses_started=c.responses_started,
-            responses_completed=c.responses_completed,
-            responses_failed=c.responses_failed,
-            responses_incomplete=c.responses_incomplete,
-            warmups=c.warmups,
-            errors_sent=dict(c.errors_sent),
-            messages_received=c.messages_received,
-            events_sent=c.events_sent,
-            bytes_received=c.bytes_received,
-            bytes_sent=c.bytes_sent,
-            expiries=c.expiries,
-            faults_fired=c.faults_fired,
-            cache_hits=c.cache_hits,
-            store_hydrations=c.store_hydrations,
-            connection_errors=c.connection_errors,
-        )
+        # Same fields as the counters (a counter missing from either fails here, loudly).
+        counters = attrs.asdict(self._counters, recurse=False)
+        counters["errors_sent"] = dict(self._counters.errors_sent)
+        return ServerStatistics(**counters)
 
     def inject(self, fault: Fault) -> None:
         """Add a fault at run time; it fires on the next response (or connection) it matches."""
