@@ -22,6 +22,7 @@ import msgspec
 import trio
 
 from actors.base import Actor
+from actors.journal import AgentMemory, CallsParked, in_doubt_action
 from actors.tools import ToolExecutor, ToolRepairBudgetExceeded
 from orchestrator.budget import BudgetTracker
 from orchestrator.connection import Connection
@@ -30,8 +31,10 @@ from orchestrator.errors import (
     AuthenticationError,
     BudgetExceeded,
     ConfigurationError,
+    JournalError,
     OrchestratorError,
 )
+from orchestrator.failpoints import crash_point
 from orchestrator.observe import AgentState, EventBus
 from orchestrator.protocol.events import (
     FunctionCallItem,
@@ -51,11 +54,18 @@ ENDED_OUTPUT: Final = '{"status":"ended","note":"the previous task ended before 
 
 
 class Task(msgspec.Struct, frozen=True, kw_only=True):
-    """Work for an agent: the text becomes the next user message."""
+    """Work for an agent: the text becomes the next user message.
+
+    ``id`` names the task the same way in every process (``goal``, ``step:fetch``,
+    ``planner/3/call_x``): a task delivered again under the same id is answered from the
+    agent's memory when it was already answered, and otherwise continues where it stopped.
+    Without an id every delivery is new work.
+    """
 
     text: str
     sender: str = "run"
     step: str | None = None
+    id: str | None = None
 
 
 class TaskResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -87,6 +97,7 @@ class AgentActor(Actor):
 
     Args:
         session: the conversation (model, instructions, tools, transcript).
+        memory: its replies and open turn (see ``actors.journal``); a fresh one by default.
         open_connection: opens this agent's connection, given the agent's name.
         tools: the executor of this agent's tools (``None``: no tools).
         budget: the run's budget tracker, consulted before and after every turn.
@@ -98,12 +109,21 @@ class AgentActor(Actor):
     tools: ToolExecutor | None = attrs.field(default=None, kw_only=True, repr=False)
     budget: BudgetTracker | None = attrs.field(default=None, kw_only=True, repr=False)
     events: EventBus | None = attrs.field(default=None, kw_only=True, repr=False)
+    memory: AgentMemory = attrs.field(
+        kw_only=True,
+        default=attrs.Factory(lambda self: AgentMemory(self.name), takes_self=True),
+        repr=False,
+    )
     model_turns: int = attrs.field(default=0, init=False)
     tool_calls: int = attrs.field(default=0, init=False)
     tasks_done: int = attrs.field(default=0, init=False)
     _connection: Connection | None = attrs.field(default=None, init=False, repr=False)
     _last_connection: Connection | None = attrs.field(default=None, init=False, repr=False)
     _task_scope: trio.CancelScope | None = attrs.field(default=None, init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.tools is not None:
+            self.tools.memory = self.memory
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -155,6 +175,8 @@ class AgentActor(Actor):
                 ToolRepairBudgetExceeded,
                 AuthenticationError,
                 ConfigurationError,
+                JournalError,
+                CallsParked,
             ) as exc:
                 # These end the whole run, not just this incarnation: record the reason and
                 # unwind with the run's cancellation instead of crashing into a restart.
@@ -173,11 +195,32 @@ class AgentActor(Actor):
         return None  # stop() cancelled the task and has answered its asker
 
     async def perform(self, task: Task) -> TaskResult:
-        """Run the tool loop for ``task`` until the model answers without calling a tool."""
-        items: list[Item] = [*self._close_pending_calls(), MessageItem.user(task.text)]
+        """Run the tool loop for ``task`` until the model answers without calling a tool.
+
+        A task delivered again (same ``id``) is answered from memory when it was answered,
+        and otherwise continues from its latest turn: the outputs of calls that completed
+        are reused, never recomputed.
+        """
+        memory = self.memory
         turns = 0
+        if task.id is not None and task.id in memory.replies:
+            return TaskResult(
+                agent=self.name, text=memory.replies[task.id], turns=0, step=task.step
+            )
+        if task.id is not None and memory.continues(task.id):
+            outcome = await self.handle_calls(
+                [
+                    FunctionCallItem(call_id=c.call_id, name=c.name, arguments=c.arguments)
+                    for c in memory.open_calls
+                ]
+            )
+            if outcome.answer is not None:
+                return self._answered(task, outcome.answer, turns)
+            items: list[Item] = list(outcome.outputs)
+        else:
+            items = [*self._close_pending_calls(), MessageItem.user(task.text)]
         while True:
-            response = await self.turn(items)
+            response = await self.turn(items, message=task.id)
             turns += 1
             calls = response.function_calls
             if not calls:
@@ -185,12 +228,21 @@ class AgentActor(Actor):
                 return TaskResult(agent=self.name, text=response.text, turns=turns, step=task.step)
             outcome = await self.handle_calls(calls)
             if outcome.answer is not None:
-                self.tasks_done += 1
-                return TaskResult(agent=self.name, text=outcome.answer, turns=turns, step=task.step)
+                return self._answered(task, outcome.answer, turns)
             items = list(outcome.outputs)
 
-    async def turn(self, items: Sequence[Item]) -> Response:
-        """One model turn on this agent's connection, within the budgets."""
+    def _answered(self, task: Task, answer: str, turns: int) -> TaskResult:
+        self.tasks_done += 1
+        if task.id is not None:
+            self.memory.replied(task.id, answer)
+        return TaskResult(agent=self.name, text=answer, turns=turns, step=task.step)
+
+    async def turn(self, items: Sequence[Item], *, message: str | None = None) -> Response:
+        """One model turn on this agent's connection, within the budgets.
+
+        The completed turn is recorded in the agent's memory (and journal) before anything
+        acts on it.
+        """
         connection = self._connection
         if connection is None:
             raise OrchestratorError(f"agent {self.name!r} is not running")
@@ -216,10 +268,29 @@ class AgentActor(Actor):
             limits = budget.agents[self.name]
             assert limits.wall_clock is not None
             raise budget.wall_clock_reached(self.name, limits.wall_clock, limits.wall_clock)
+        crash_point("response_completed")
         self.model_turns += 1
-        if budget is not None and response.usage is not None:
-            budget.after_turn(self.name, response.usage.input_tokens, response.usage.output_tokens)
+        calls = response.function_calls
+        usage = response.usage
+        self.memory.turn_completed(
+            seq=self.session.turns,
+            message=message,
+            new_items=items,
+            output=response.output,
+            response_id=response.id,
+            input_tokens=usage.input_tokens if usage is not None else 0,
+            output_tokens=usage.output_tokens if usage is not None else 0,
+            calls=calls,
+            side_effects={call.name: self.side_effect_of(call.name) for call in calls},
+            reply=None if calls else response.text,
+        )
+        if budget is not None and usage is not None:
+            budget.after_turn(self.name, usage.input_tokens, usage.output_tokens)
         return response
+
+    def side_effect_of(self, tool: str) -> str:
+        """The side-effect class of one of this agent's tools (``read_only`` if unknown)."""
+        return self.tools.side_effect_of(tool) if self.tools is not None else "read_only"
 
     async def handle_calls(self, calls: Sequence[FunctionCallItem]) -> CallOutcome:
         """Run this agent's tools for the calls of one response (concurrently)."""
@@ -228,26 +299,59 @@ class AgentActor(Actor):
         return CallOutcome(tuple(await self.run_tools(calls)))
 
     async def run_tools(self, calls: Sequence[FunctionCallItem]) -> list[FunctionCallOutputItem]:
+        """Outputs for ``calls``: recorded ones reused, the others run (concurrently).
+
+        Raises:
+            CallsParked: a call may or may not have run and its tool may not run twice.
+            ToolRepairBudgetExceeded: the model keeps calling tools wrongly.
+        """
         if not calls:
             return []
-        if self.tools is None:
-            return [
-                FunctionCallOutputItem(
-                    call_id=call.call_id,
-                    output=msgspec.json.encode(
-                        {"error": "unknown_tool", "tool": call.name[:64], "allowed": []}
-                    ).decode(),
+        memory = self.memory
+        outputs: dict[str, FunctionCallOutputItem] = {}
+        todo: list[FunctionCallItem] = []
+        parked = []
+        for call in calls:
+            entry = memory.call(call.call_id)
+            if entry is not None and entry.status == "done" and entry.output is not None:
+                outputs[call.call_id] = FunctionCallOutputItem(
+                    call_id=call.call_id, output=entry.output
                 )
-                for call in calls
-            ]
-        return await self.tools.execute_all(calls)
+            elif (
+                entry is not None
+                and entry.status == "started"
+                and in_doubt_action(entry.side_effect) == "park"
+            ):
+                parked.append(entry)
+            else:
+                todo.append(call)
+        if parked:
+            raise CallsParked(parked)
+        if self.tools is None:
+            for call in todo:
+                output = msgspec.json.encode(
+                    {"error": "unknown_tool", "tool": call.name[:64], "allowed": []}
+                ).decode()
+                memory.finish_call(call.call_id, output, error="unknown_tool")
+                outputs[call.call_id] = FunctionCallOutputItem(call_id=call.call_id, output=output)
+        elif todo:
+            for item in await self.tools.execute_all(todo):
+                outputs[item.call_id] = item
+        return [outputs[call.call_id] for call in calls]
 
     def _close_pending_calls(self) -> list[Item]:
-        """Outputs for calls a previous task left unanswered (a ``finish`` call, say)."""
-        return [
-            FunctionCallOutputItem(call_id=call.call_id, output=ENDED_OUTPUT)
-            for call in self.session.pending_calls()
-        ]
+        """Outputs for calls a previous task left unanswered (a ``finish`` call, say):
+        the recorded output when the call completed, else a note that the task ended."""
+        closing: list[Item] = []
+        for call in self.session.pending_calls():
+            entry = self.memory.call(call.call_id)
+            output = entry.output if entry is not None and entry.status == "done" else None
+            closing.append(
+                FunctionCallOutputItem(
+                    call_id=call.call_id, output=output if output is not None else ENDED_OUTPUT
+                )
+            )
+        return closing
 
     def _state(self, state: str, detail: str = "") -> None:
         if self.events is not None and self.events.active:

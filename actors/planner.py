@@ -18,6 +18,7 @@ import msgspec
 import trio
 
 from actors.agent import AgentActor, CallOutcome, Task, TaskResult
+from actors.journal import RUNTIME_CALL, MessageEntry
 from actors.tools import ToolRepairBudgetExceeded
 from orchestrator.errors import ActorDead, DeliveryTimeout, OrchestratorError, UnknownRecipient
 from orchestrator.protocol.events import (
@@ -31,9 +32,19 @@ from orchestrator.protocol.events import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["DELEGATE_PREFIX", "FINISH", "PlannerActor", "WorkerInfo", "delegation_tools"]
+__all__ = [
+    "DELEGATE_PREFIX",
+    "FINISH",
+    "DelegationFailure",
+    "PlannerActor",
+    "WorkerInfo",
+    "delegation_tools",
+]
 
 DELEGATE_PREFIX: Final = "delegate_to_"
+# A delegation is asked at most this many times (a crashed worker gets one more chance).
+DELEGATION_ATTEMPTS: Final = 2
+RESTART_WAIT: Final = 60.0
 FINISH: Final = "finish"
 MAX_TOOL_NAME: Final = 64
 
@@ -107,39 +118,80 @@ def _error(code: str, message: str, **extra: object) -> str:
     return msgspec.json.encode({"error": code, "message": message, **extra}).decode()
 
 
+@attrs.frozen
+class DelegationFailure:
+    """A delegation that failed for good: its worker never answered.
+
+    Attributes:
+        worker: the worker asked.
+        message: the delegation's message id (``planner/turn/call_id``).
+        task: the task, as the planner wrote it (cut to 200 characters).
+        error: why, in words.
+    """
+
+    worker: str
+    message: str
+    task: str
+    error: str
+
+
 @attrs.define(eq=False)
 class PlannerActor(AgentActor):
     """The planner: its delegation tools route tasks to workers, in parallel.
+
+    A delegation whose worker crashes is sent again, under the same message id, once the
+    supervisor has restarted the worker: the worker continues the task where it stopped (its
+    memory keeps the tools that ran). A delegation that fails for good becomes a
+    ``worker_failed`` output the model can read, and a :class:`DelegationFailure` in
+    :attr:`failures`, so the run can say that its answer may be incomplete.
 
     Args:
         workers: the workers it may delegate to.
         delegation_timeout: how long one delegation may take before the planner is told it
             failed (``None``: no limit beyond the run's budgets).
+        restart_wait: how long to wait for a crashed worker to be restarted.
     """
 
     workers: tuple[WorkerInfo, ...] = attrs.field(default=(), kw_only=True)
     delegation_timeout: float | None = attrs.field(default=None, kw_only=True)
+    restart_wait: float = attrs.field(default=RESTART_WAIT, kw_only=True)
     delegations: int = attrs.field(default=0, init=False)
+    failures: list[DelegationFailure] = attrs.field(factory=list, init=False)
 
     @property
     def _by_tool(self) -> dict[str, WorkerInfo]:
         return {worker.tool_name: worker for worker in self.workers}
 
+    def side_effect_of(self, tool: str) -> str:
+        if tool == FINISH or tool in self._by_tool:
+            return RUNTIME_CALL
+        return super().side_effect_of(tool)
+
     async def handle_calls(self, calls: Sequence[FunctionCallItem]) -> CallOutcome:
         by_tool = self._by_tool
         outputs: dict[str, Item] = {}
-        delegated = [call for call in calls if call.name in by_tool]
+        for call in calls:
+            entry = self.memory.call(call.call_id)
+            if call.name in by_tool and entry is not None and entry.output is not None:
+                # Answered before a crash or a restart: never delegated twice.
+                outputs[call.call_id] = FunctionCallOutputItem(
+                    call_id=call.call_id, output=entry.output
+                )
+        delegated = [c for c in calls if c.name in by_tool and c.call_id not in outputs]
         finishing = [call for call in calls if call.name == FINISH]
         own = [call for call in calls if call.name not in by_tool and call.name != FINISH]
         self.tool_calls += len(calls)
-        if delegated:
-            names = ", ".join(by_tool[call.name].name for call in delegated)
-            self._state("waiting", names)
+        pending = {call.call_id: by_tool[call.name].name for call in delegated}
+        if pending:
+            self._state("waiting", ", ".join(pending.values()))
 
         own_error: list[ToolRepairBudgetExceeded] = []
 
         async def delegate(call: FunctionCallItem) -> None:
             outputs[call.call_id] = await self._delegate(call, by_tool[call.name])
+            del pending[call.call_id]
+            if pending:
+                self._state("waiting", ", ".join(pending.values()))
 
         async def run_own() -> None:
             try:
@@ -170,6 +222,8 @@ class PlannerActor(AgentActor):
                 )
             else:
                 outputs[call.call_id] = FunctionCallOutputItem(call_id=call.call_id, output="done")
+            output = outputs[call.call_id].output
+            self.memory.finish_call(call.call_id, output if isinstance(output, str) else "")
         ordered = tuple(outputs[call.call_id] for call in calls)
         return CallOutcome(ordered, answer)
 
@@ -177,26 +231,42 @@ class PlannerActor(AgentActor):
         try:
             task = _delegate_decoder.decode(call.arguments).task
         except msgspec.MsgspecError as exc:
-            return FunctionCallOutputItem(
-                call_id=call.call_id, output=_error("invalid_arguments", str(exc))
-            )
+            return self._delegated(call, _error("invalid_arguments", str(exc)), "invalid")
         self.delegations += 1
-        try:
-            reply = await self.router.ask(
-                self.name,
-                worker.name,
-                Task(text=task, sender=self.name),
-                timeout=self.delegation_timeout,
-            )
-        except (ActorDead, DeliveryTimeout, UnknownRecipient, trio.TooSlowError) as exc:
-            return FunctionCallOutputItem(
-                call_id=call.call_id,
-                output=_error("worker_failed", str(exc), worker=worker.name),
-            )
-        except OrchestratorError as exc:
-            return FunctionCallOutputItem(
-                call_id=call.call_id,
-                output=_error("worker_failed", f"{type(exc).__name__}: {exc}", worker=worker.name),
-            )
-        text = reply.text if isinstance(reply, TaskResult) else str(reply)
-        return FunctionCallOutputItem(call_id=call.call_id, output=text)
+        message = f"{self.name}/{self.memory.open_turn}/{call.call_id}"
+        self.memory.message_sent(
+            MessageEntry(id=message, sender=self.name, recipient=worker.name, text=task)
+        )
+        error = ""
+        for attempt in range(DELEGATION_ATTEMPTS):
+            try:
+                reply = await self.router.ask(
+                    self.name,
+                    worker.name,
+                    Task(text=task, sender=self.name, id=message),
+                    timeout=self.delegation_timeout,
+                )
+            except ActorDead as exc:
+                # The worker crashed on it (or was down): once it is back, ask again under
+                # the same id, and it continues where it stopped.
+                error = str(exc)
+                if attempt + 1 < DELEGATION_ATTEMPTS:
+                    with trio.move_on_after(self.restart_wait):
+                        await self.router.wait_running(worker.name)
+                continue
+            except (DeliveryTimeout, UnknownRecipient, trio.TooSlowError) as exc:
+                error = str(exc) or f"no reply within {self.delegation_timeout:g} s"
+                break
+            except OrchestratorError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                break
+            text = reply.text if isinstance(reply, TaskResult) else str(reply)
+            return self._delegated(call, text, None)
+        self.failures.append(DelegationFailure(worker.name, message, task[:200], error))
+        self._log.warning("delegation to {} failed: {}", worker.name, error)
+        output = _error("worker_failed", error, worker=worker.name)
+        return self._delegated(call, output, "worker_failed")
+
+    def _delegated(self, call: FunctionCallItem, output: str, error: str | None) -> Item:
+        self.memory.finish_call(call.call_id, output, error=error)
+        return FunctionCallOutputItem(call_id=call.call_id, output=output)

@@ -59,7 +59,9 @@ import trio
 from loguru import logger
 
 from actors.approval import NEEDS_APPROVAL, ApprovalDecision, ApprovalRequest, Approver, decide
+from actors.journal import AgentMemory
 from orchestrator.errors import ToolArgumentsInvalid, ToolError, ToolTimedOut
+from orchestrator.failpoints import crash_point
 from orchestrator.observe import EventBus, ToolApproval, ToolFinished, ToolStarted
 from orchestrator.protocol.events import (
     FunctionCallItem,
@@ -219,13 +221,20 @@ def tool(
 class ToolContext:
     """Passed to a tool parameter annotated ``ToolContext`` (not part of the schema).
 
-    ``call_id`` is stable across retries of the same call: use it as an idempotency key.
+    Attributes:
+        idempotency_key: the same for every attempt of this call, in this process or in a
+            resumed job, and unique in the job store (job, agent, turn and call id): give
+            it to the service you act on, or record it, so that the effect happens once.
+        attempt: 1 the first time this call runs; more when a job resumed after a crash
+            re-runs a ``read_only`` or ``idempotent_write`` call that may have run already.
     """
 
     agent: str
     tool: str
     call_id: str
     workspace: pathlib.Path | None = None
+    idempotency_key: str = ""
+    attempt: int = 1
 
 
 def confine(path: str | pathlib.PurePath, workspace: str | pathlib.PurePath) -> pathlib.Path:
@@ -919,6 +928,9 @@ class ToolExecutor:
     max_arguments: int = MAX_ARGUMENTS
     limiter: trio.CapacityLimiter | None = None
     approver: Approver | None = None
+    # The agent's memory, which records each call's start (durably, for tools that are not
+    # read_only) and result; set by the agent that owns this executor.
+    memory: AgentMemory | None = None
     _repairs: dict[str, int] = attrs.field(factory=dict, init=False)
 
     @property
@@ -937,6 +949,12 @@ class ToolExecutor:
     def tools(self) -> list[Tool]:
         """Wire definitions of the tools this agent may call, for ``response.create``."""
         return self.registry.wire_tools(self.available())
+
+    def side_effect_of(self, name: str) -> SideEffect:
+        """The side-effect class of tool ``name`` (``read_only`` for an unknown name: such a
+        call never runs)."""
+        spec = self.registry.get(name)
+        return spec.side_effect if spec is not None else "read_only"
 
     async def execute(self, call: FunctionCallItem) -> FunctionCallOutputItem:
         """Run one call; the output says what happened. Model mistakes never raise.
@@ -1016,6 +1034,14 @@ class ToolExecutor:
             outcome = await self._invoke(prepared, call, start)
         else:
             outcome = prepared
+        if self.memory is not None:
+            self.memory.finish_call(
+                call.call_id,
+                _output_text(outcome.item),
+                error=outcome.error,
+                truncated=outcome.truncated,
+                timed_out=outcome.error == "timeout",
+            )
         if self.bus is not None:
             self.bus.emit(
                 ToolFinished(
@@ -1115,8 +1141,18 @@ class ToolExecutor:
 
     async def _invoke(self, ready: _Ready, call: FunctionCallItem, start: float) -> ToolOutcome:
         spec = ready.spec
+        key, attempt = f"{self.agent}/{call.call_id}", 1
+        if self.memory is not None and self.memory.call(call.call_id) is not None:
+            # Durable before the tool runs, unless it is read_only (RELIABILITY P1).
+            key, attempt = await self.memory.start_call(call.call_id, spec.side_effect)
+            crash_point("before_tool")
         context = ToolContext(
-            agent=self.agent, tool=spec.name, call_id=call.call_id, workspace=self.workspace
+            agent=self.agent,
+            tool=spec.name,
+            call_id=call.call_id,
+            workspace=self.workspace,
+            idempotency_key=key,
+            attempt=attempt,
         )
         try:
             result = await spec.invoke(ready.arguments, context, limiter=self.limiter)
@@ -1131,6 +1167,8 @@ class ToolExecutor:
             return self._failure(
                 call, "tool_failed", _redact(str(exc)), start=start, type=type(exc).__name__
             )
+        finally:
+            crash_point("tool_done")
         try:
             text, truncated = spec.render_output(result)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -1167,6 +1205,13 @@ class ToolExecutor:
             duration=0.0 if start is None else trio.current_time() - start,
             error=code,
         )
+
+
+def _output_text(item: FunctionCallOutputItem) -> str:
+    output = item.output
+    if isinstance(output, str):
+        return output
+    return _error_encoder.encode(output).decode()
 
 
 _SECRETS: Final = re.compile(

@@ -102,6 +102,17 @@ class BudgetTracker:
         if self.failure is not None:
             raise self.failure
 
+    def preload(self, agent: str, turns: int, input_tokens: int, output_tokens: int) -> None:
+        """Count what ``agent`` used in earlier runs of a resumed job (no budget check: the
+        next turn's checks see it)."""
+        usage = self.usage(agent)
+        usage.turns += turns
+        usage.input_tokens += input_tokens
+        usage.output_tokens += output_tokens
+        self.total.turns += turns
+        self.total.input_tokens += input_tokens
+        self.total.output_tokens += output_tokens
+
     def before_turn(self, agent: str) -> None:
         """Account for a turn about to start.
 

@@ -56,6 +56,7 @@ from orchestrator.errors import (
     ServerError,
     TurnFailed,
 )
+from orchestrator.failpoints import crash_point
 from orchestrator.logging import Secret
 from orchestrator.observe import (
     ConnectionClosed as ConnectionClosedEvent,
@@ -814,6 +815,7 @@ class Connection:
         session = self._session
         try:
             socket = await self._open_socket("rotation")
+            crash_point("rotation")
             response_id: str | None = None
             covers = 0
             if session is not None and self.settings.warmup and len(session) > 0:
@@ -896,6 +898,7 @@ class Connection:
                 await ws.send_message(text)
             except ConnectionClosed as exc:
                 raise _Lost(_lost_from(exc, socket), sent=False) from exc
+            crash_point("request_sent")
             self._bytes_sent += len(text)
             assembler = TurnAssembler()
             idle = self.settings.idle_timeout
@@ -918,6 +921,7 @@ class Connection:
                         if isinstance(message, bytes):
                             raise RemoteProtocolError("binary frame on a text protocol")
                         event = decode_server_event(message)
+                        crash_point("mid_stream")
                         result = assembler.receive(event)
                         if on_event is not None:
                             on_event(event)

@@ -15,6 +15,11 @@ This module imports nothing of ours, so every layer may import it. The tree:
     ├── BudgetExceeded(budget, limit, used)
     ├── ActorDead(name) / DeliveryTimeout / UnknownRecipient
     ├── RestartLimitReached(child, restarts, window)
+    ├── JobError(code)                              a durable job cannot do what was asked
+    │   ├── JobNotFound / JobNotResumable / JobRunning / PlanDiverged
+    │   └── JournalError                            its journal cannot be written: it stops
+    │       ├── StorageUnavailable                  disk full, read-only, database down
+    │       └── JobLost                             another owner took the job (fenced out)
     └── InternalError                               a bug in this project
 """
 
@@ -29,13 +34,21 @@ __all__ = [
     "DeliveryTimeout",
     "HandshakeRejected",
     "InternalError",
+    "JobError",
+    "JobLost",
+    "JobNotFound",
+    "JobNotResumable",
+    "JobRunning",
+    "JournalError",
     "LocalProtocolError",
     "OrchestratorError",
+    "PlanDiverged",
     "PlanError",
     "ProtocolError",
     "RemoteProtocolError",
     "RestartLimitReached",
     "ServerError",
+    "StorageUnavailable",
     "ToolArgumentsInvalid",
     "ToolError",
     "ToolTimedOut",
@@ -228,6 +241,64 @@ class RestartLimitReached(OrchestratorError):
             f"supervisor {supervisor!r}: child {child!r} exceeded {restarts} restarts "
             f"in {window:g} s"
         )
+
+
+class JobError(OrchestratorError):
+    """A durable job cannot do what was asked. ``code`` names the case (``job.*``)."""
+
+    code: str = "job.error"
+
+    def __init__(self, message: str, *, job: str | None = None) -> None:
+        self.job = job
+        super().__init__(message)
+
+
+class JobNotFound(JobError):
+    """No job with this id in the store."""
+
+    code = "job.not_found"
+
+
+class JobNotResumable(JobError):
+    """The job ended (completed, failed, cancelled, dead...) or needs a person first."""
+
+    code = "job.not_resumable"
+
+
+class JobRunning(JobError):
+    """Another live process owns the job: two writers must never drive one job."""
+
+    code = "job.running"
+
+
+class PlanDiverged(JobError):
+    """The plan given to resume a job differs from the journaled one in what matters."""
+
+    code = "job.plan_diverged"
+
+    def __init__(
+        self, message: str, *, job: str | None = None, changes: tuple[str, ...] = ()
+    ) -> None:
+        self.changes = changes
+        super().__init__(message, job=job)
+
+
+class JournalError(JobError):
+    """The job's journal cannot be written; the job stops where it is, nothing is lost."""
+
+    code = "job.journal"
+
+
+class StorageUnavailable(JournalError):
+    """The store refused a write (disk full, read-only file, database unreachable)."""
+
+    code = "job.storage_unavailable"
+
+
+class JobLost(JournalError):
+    """Another owner claimed the job (a newer epoch): this process must stop driving it."""
+
+    code = "job.lost"
 
 
 class InternalError(OrchestratorError):

@@ -285,6 +285,7 @@ class Router:
     _dead_letters: deque[DeadLetter] = attrs.field(init=False, repr=False)
     _dead_letter_count: int = attrs.field(default=0, init=False, repr=False)
     _routed: int = attrs.field(default=0, init=False, repr=False)
+    _opened: dict[str, trio.Event] = attrs.field(factory=dict, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.delivery_timeout < 0:
@@ -312,6 +313,9 @@ class Router:
         mailbox = Mailbox.open(name, capacity, self._record_dead_letter)
         self._mailboxes[name] = mailbox
         self._roles[name] = role
+        waiting = self._opened.pop(name, None)
+        if waiting is not None:
+            waiting.set()
         return mailbox
 
     def unregister(self, name: str) -> None:
@@ -343,6 +347,17 @@ class Router:
         """Whether ``name`` is registered and its mailbox is open."""
         mailbox = self._mailboxes.get(name)
         return mailbox is not None and not mailbox.closed
+
+    async def wait_running(self, name: str) -> None:
+        """Wait until ``name`` has an open mailbox (at once if it has one): an actor being
+        restarted is reachable again."""
+        if self.is_running(name):
+            await trio.lowlevel.checkpoint()
+            return
+        waiting = self._opened.get(name)
+        if waiting is None:
+            waiting = self._opened[name] = trio.Event()
+        await waiting.wait()
 
     def mailbox(self, name: str) -> Mailbox:
         """The mailbox currently registered under ``name`` (maybe closed).

@@ -12,11 +12,20 @@ connection, and then either
 Without an API key the run uses the embedded server in-process (the result says so). Budgets
 (turns, tokens, wall-clock; per run and per agent) and a ``stop`` event end the run cleanly
 with the reason and the partial results; nothing raises for them.
+
+Every run is a durable job unless ``store=None``: its journal (``orchestrator.jobs``) records
+each turn, tool call, routed message and step as it happens, and ``run(resume=JOB)`` continues
+a job that was interrupted, crashed or killed, from what was journaled: completed turns are not
+sent again, completed tools and steps do not run again, budgets go on from what was spent.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
+import secrets
+import sys
 import time
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -29,6 +38,7 @@ from loguru import logger
 
 from actors.agent import AgentActor, Task, TaskResult
 from actors.approval import ApprovalPolicy, Approver
+from actors.journal import AgentMemory, CallsParked, MessageEntry
 from actors.planner import PlannerActor, WorkerInfo, delegation_tools
 from actors.tools import ToolRegistry, ToolRepairBudgetExceeded
 from actors.worker import WorkerActor
@@ -46,12 +56,37 @@ from orchestrator.errors import (
     AuthenticationError,
     BudgetExceeded,
     ConfigurationError,
+    JobError,
+    JobLost,
+    JobNotResumable,
+    JournalError,
     OrchestratorError,
+    PlanDiverged,
     PlanError,
     RestartLimitReached,
 )
+from orchestrator.failpoints import crash_point
+from orchestrator.jobs.journal import Journal, clamp_wall_clock
+from orchestrator.jobs.model import (
+    AgentPrint,
+    JobJournal,
+    JobStatus,
+    NewJob,
+    Owner,
+    StepRecord,
+    owner_alive,
+)
+from orchestrator.jobs.resume import (
+    DEFAULT_MAX_RECOVERIES,
+    AgentState as JournaledAgent,
+    decide_claim,
+    parked_calls,
+    plan_changes,
+    rebuild,
+)
+from orchestrator.jobs.store import JobStore, open_store
 from orchestrator.logging import Secret, redact
-from orchestrator.observe import ActorStarted, EventBus, RuntimeEvent
+from orchestrator.observe import EventBus, RuntimeEvent
 from orchestrator.protocol.codec import encode
 from orchestrator.protocol.events import Item
 from orchestrator.router import Router
@@ -63,14 +98,36 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
 
 __all__ = [
+    "DEFAULT_STORE",
     "AgentReport",
+    "FailureReport",
+    "ParkedCall",
     "RunResult",
     "RunStatus",
     "StepReport",
     "run",
 ]
 
-RunStatus = Literal["completed", "budget_exceeded", "failed", "interrupted"]
+RunStatus = Literal[
+    "completed",
+    "partial",
+    "budget_exceeded",
+    "failed",
+    "interrupted",
+    "needs_attention",
+    "cancelled",
+]
+
+
+class _DefaultStore:
+    """The default of ``run(store=...)``: ``$ORCHESTRATOR_STORE`` or the per-user state file."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT_STORE"
+
+
+DEFAULT_STORE: Final = _DefaultStore()
+StoreSpec = JobStore | str | os.PathLike[str] | _DefaultStore | None
 
 DEFAULT_INSTRUCTIONS: Final = {
     "planner": (
@@ -139,6 +196,33 @@ class StepReport(msgspec.Struct, frozen=True, kw_only=True):
     duration: float = 0.0
 
 
+class FailureReport(msgspec.Struct, frozen=True, kw_only=True):
+    """Work that failed for good while the run still reached an answer (status ``partial``).
+
+    ``kind`` is ``delegation``: the planner asked ``agent`` (``id`` is the message id) and
+    never got its answer, only the ``error``.
+    """
+
+    kind: Literal["delegation"]
+    agent: str
+    id: str
+    task: str
+    error: str
+
+
+class ParkedCall(msgspec.Struct, frozen=True, kw_only=True):
+    """A tool call that may or may not have run and cannot safely run again: a person
+    decides (``orchestrator jobs resolve``) before the job goes on."""
+
+    agent: str
+    turn: int
+    call_id: str
+    tool: str
+    arguments: str
+    side_effect: str
+    attempt: int
+
+
 class UsageReport(msgspec.Struct, frozen=True, kw_only=True):
     turns: int
     input_tokens: int
@@ -150,8 +234,14 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     """What a run produced, whatever way it ended.
 
     Attributes:
-        status: ``completed``, ``budget_exceeded``, ``failed`` or ``interrupted``.
-        answer: the final answer (``None`` unless completed).
+        status: ``completed``; ``partial`` (an answer, but some delegated work failed for
+            good: see ``failures``; the answer may be incomplete); ``budget_exceeded``;
+            ``failed``; ``interrupted`` (stopped on request, or its journal became
+            unavailable: resume it); ``needs_attention`` (tool calls are ``parked``, a person
+            must resolve them); ``cancelled`` (``orchestrator jobs cancel``).
+        job: the job id (resume with ``run(resume=job)`` or ``orchestrator jobs resume``);
+            ``None`` for a run without a journal.
+        answer: the final answer (``None`` unless completed or partial).
         reason: why the run ended early, in words.
         code: a machine-readable reason (``budget.max_turns``, ``tool.repair_budget``,
             ``auth.rejected``...).
@@ -159,6 +249,7 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     status: RunStatus
+    job: str | None = None
     plan: str
     goal: str | None
     mode: Literal["delegate", "steps"]
@@ -169,6 +260,9 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     usage: UsageReport
     agents: list[AgentReport]
     steps: list[StepReport] = msgspec.field(default_factory=list)
+    failures: list[FailureReport] = msgspec.field(default_factory=list)
+    parked: list[ParkedCall] = msgspec.field(default_factory=list)
+    resumed: bool = False
     started_at: float
     duration: float
 
@@ -190,7 +284,6 @@ class _Team:
     planner: PlannerActor | None
     router: Router
     supervisor: Supervisor
-    starts: _Starts
 
 
 def _limits(budget: Any) -> BudgetLimits:
@@ -209,6 +302,7 @@ def _build_team(
     intensity: int,
     period: float,
     approver: Approver,
+    job: str,
 ) -> _Team:
     router = Router(events=bus)
     actors: dict[str, AgentActor] = {}
@@ -240,6 +334,7 @@ def _build_team(
             "tools": executor,
             "budget": budget,
             "events": bus,
+            "memory": AgentMemory(agent.name, job),
         }
         if agent.role == "planner" and not plan.steps:
             session = Session(
@@ -270,9 +365,59 @@ def _build_team(
         backoff=Backoff(0.5, 2.0, 10.0),
         events=bus,
     )
-    starts = _Starts(router)
-    bus.add_listener(starts)
-    return _Team(actors, planner, router, supervisor, starts)
+    return _Team(actors, planner, router, supervisor)
+
+
+def _fingerprints(team: _Team) -> dict[str, AgentPrint]:
+    """What each agent is, as far as a resume must find it unchanged."""
+    prints: dict[str, AgentPrint] = {}
+    for name, actor in team.actors.items():
+        session = actor.session
+        tools = {
+            str(tool.name): f"{actor.side_effect_of(str(tool.name))}:"
+            + hashlib.sha256(encode(tool)).hexdigest()[:16]
+            for tool in session.tools
+        }
+        prints[name] = AgentPrint(
+            role=actor.role or "worker",
+            model=session.model,
+            instructions=session.instructions or "",
+            store=session.store,
+            tools=tools,
+        )
+    return prints
+
+
+def _restore(team: _Team, states: Mapping[str, JournaledAgent], budget: BudgetTracker) -> None:
+    """Give every agent the conversation, memory and usage its journal describes."""
+    for name, state in states.items():
+        actor = team.actors.get(name)
+        if actor is None:
+            continue
+        actor.session.restore(
+            list(state.transcript), turns=state.turns, last_response_id=state.last_response_id
+        )
+        actor.memory = AgentMemory.from_journal(
+            name,
+            actor.memory.job,
+            state.turn_entries,
+            state.calls,
+            state.replies,
+            sink=actor.memory.sink,
+        )
+        if actor.tools is not None:
+            actor.tools.memory = actor.memory
+        budget.preload(name, state.turns, state.input_tokens, state.output_tokens)
+
+
+def new_job_id(plan_name: str) -> str:
+    """``<plan>-<UTC date>-<time>-<4 hex>``: readable, sortable, unique enough per store."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return f"{plan_name[:40]}-{stamp}-{secrets.token_hex(2)}"
+
+
+def _canonical(plan: Plan) -> str:
+    return msgspec.json.encode(msgspec.to_builtins(plan), order="sorted").decode()
 
 
 @attrs.frozen
@@ -321,7 +466,7 @@ async def _endpoint(
 
 
 async def run(
-    plan: Plan | str | os.PathLike[str],
+    plan: Plan | str | os.PathLike[str] | None = None,
     goal: str | None = None,
     *,
     api_key: str | Secret | None = None,
@@ -336,11 +481,18 @@ async def run(
     restart_period: float = 60.0,
     transport: Literal["tcp", "memory"] = "tcp",
     approve: Approver | None = None,
+    store: StoreSpec = DEFAULT_STORE,
+    job_id: str | None = None,
+    resume: str | None = None,
+    allow_budget_change: bool = False,
+    max_recoveries: int = DEFAULT_MAX_RECOVERIES,
+    options: Mapping[str, object] | None = None,
 ) -> RunResult:
-    """Run a plan to its answer, inside the caller's trio program.
+    """Run a plan to its answer, inside the caller's trio program, as a durable job.
 
     Args:
-        plan: a :class:`~plans.Plan`, or the path of a TOML/YAML/JSON plan file.
+        plan: a :class:`~plans.Plan`, or the path of a TOML/YAML/JSON plan file. Optional
+            with ``resume`` (the journaled plan is used).
         goal: what to achieve; defaults to the plan's ``goal``.
         api_key: the service key; default ``OPENAI_API_KEY``. Without any key the run uses
             the embedded server in-process (unless ``offline=False``).
@@ -361,6 +513,19 @@ async def run(
             callable taking an ``ApprovalRequest`` and returning ``bool`` or an
             ``ApprovalDecision`` (sync or async), e.g. ``ApprovalPolicy(allow=("fixer:*",))``.
             Without it such calls are denied and the model is told why.
+        store: where the job is journaled: a path, a ``sqlite:///`` or ``postgresql://``
+            URL, an open :class:`~orchestrator.jobs.JobStore`, the default
+            (``$ORCHESTRATOR_STORE``, else ``~/.local/state/orchestrator/jobs.db``), or
+            ``None`` for a run without a journal (it cannot be resumed).
+        job_id: the new job's id (default: generated from the plan's name and the time).
+        resume: continue this job instead of starting one (``plan`` may then be omitted;
+            a plan given must match the journaled one, see ``allow_budget_change``).
+        allow_budget_change: accept a resume with a plan whose budgets differ (the way to
+            give a job that ran out of budget more of it).
+        max_recoveries: consecutive crashes without progress after which the job is
+            ``dead`` instead of resumed.
+        options: extra JSON-able facts kept with a new job (the CLI keeps its offline
+            settings there to resume with the same ones).
 
     Returns:
         The :class:`RunResult`, also when a budget, a stop request or a failure ended the run.
@@ -368,40 +533,164 @@ async def run(
     Raises:
         PlanError: the plan is invalid (nothing was started).
         ConfigurationError: a bad endpoint or a malformed key (nothing was started).
+        JobError: ``resume`` cannot continue the job (``JobNotFound``, ``JobRunning``,
+            ``JobNotResumable``, ``PlanDiverged``), or ``job_id`` exists; nothing ran.
+        StorageUnavailable: the store cannot be opened or written when the job starts.
     """
+    async with _open_job_store(store) as job_store:
+        if resume is not None:
+            if job_store is None:
+                raise ConfigurationError("resume needs a job store", code="config.store")
+            journaled = await job_store.load(resume)
+            decide_claim(
+                journaled.job, time.time(), owner_alive=_alive(journaled.job.owner)
+            )  # an early, clear refusal; the claim decides again atomically
+            plan_obj = _journaled_plan(journaled, plan)
+            goal = journaled.job.goal
+        else:
+            journaled = None
+            plan_obj = _load(plan)
+            goal = goal if goal is not None else plan_obj.goal
+            options = {"paths": _import_paths(plan), **(options or {})}
+        if goal is None and not plan_obj.steps:
+            raise PlanError(
+                f"plan {plan_obj.name!r} has no goal: pass one (--goal) or set 'goal' in the plan"
+            )
+        if journaled is not None:
+            job_options = journaled.job.options
+            if offline is None and "offline" in job_options:
+                offline = bool(job_options["offline"])
+        _check_fd_budget(len(plan_obj.agents), offline, api_key, transport)
+        return await _run_job(
+            plan_obj,
+            goal,
+            job_store=job_store,
+            journaled=journaled,
+            job_id=resume or job_id or new_job_id(plan_obj.name),
+            api_key=api_key,
+            base_url=base_url,
+            offline=offline,
+            events=events,
+            observer=observer,
+            stop=stop,
+            settings=connection_settings or ConnectionSettings(),
+            server_options=server_options,
+            intensity=restart_intensity,
+            period=restart_period,
+            transport=transport,
+            approve=approve,
+            allow_budget_change=allow_budget_change,
+            max_recoveries=max_recoveries,
+            options=dict(options or {}),
+        )
+
+
+def _load(plan: Plan | str | os.PathLike[str] | None) -> Plan:
+    if plan is None:
+        raise PlanError("no plan given: pass a plan, or resume= a job")
     if isinstance(plan, Plan):
         # Checked again (a Plan can be built by hand), but its warnings were already reported
         # by whoever built or loaded it: only errors stop the run here.
         report = check_plan(plan)
-        plan = report.raise_for_errors() if report.errors else plan
-    else:
-        plan = load_plan(Path(plan))
-    goal = goal if goal is not None else plan.goal
-    if goal is None and not plan.steps:
-        raise PlanError(
-            f"plan {plan.name!r} has no goal: pass one (--goal) or set 'goal' in the plan"
-        )
-    _check_fd_budget(len(plan.agents), offline, api_key, transport)
+        return report.raise_for_errors() if report.errors else plan
+    return load_plan(Path(plan))
+
+
+def _import_paths(plan: Plan | str | os.PathLike[str] | None) -> list[str]:
+    """Where a plan's tools are imported from: the working directory and the plan's own."""
+    paths = [os.getcwd()]
+    if plan is not None and not isinstance(plan, Plan):
+        paths.append(str(Path(plan).resolve().parent))
+    return paths
+
+
+def _journaled_plan(journaled: JobJournal, given: Plan | str | os.PathLike[str] | None) -> Plan:
+    """The plan a resume runs: the one given (checked against the journal later) or the
+    journaled one, with the directories its tools came from importable again."""
+    paths = journaled.job.options.get("paths")
+    for entry in reversed(paths if isinstance(paths, list) else []):
+        if isinstance(entry, str) and entry not in sys.path:
+            sys.path.insert(0, entry)
+    if given is not None:
+        return _load(given)
+    try:
+        return msgspec.json.decode(journaled.job.plan, type=Plan)
+    except msgspec.MsgspecError as exc:
+        raise JobNotResumable(
+            f"the journaled plan of job {journaled.job.id} cannot be read: {exc}",
+            job=journaled.job.id,
+        ) from None
+
+
+def _alive(owner: Owner | None) -> bool | None:
+    return None if owner is None else owner_alive(owner)
+
+
+@asynccontextmanager
+async def _open_job_store(store: StoreSpec) -> AsyncIterator[JobStore | None]:
+    if store is None or isinstance(store, JobStore):
+        yield store
+        return
+    async with open_store(None if isinstance(store, _DefaultStore) else store) as opened:
+        yield opened
+
+
+@attrs.define(eq=False)
+class _JobRun:
+    """What one process does to one job: start or resume it, journal it, end it."""
+
+    journal: Journal | None = None
+    resumed: bool = False
+    failure: JournalError | None = None
+    cancelled: bool = False
+    spent_before: float = 0.0
+    started: float = 0.0
+
+    def active_seconds(self) -> float:
+        return self.spent_before + (trio.current_time() - self.started)
+
+
+async def _run_job(
+    plan: Plan,
+    goal: str | None,
+    *,
+    job_store: JobStore | None,
+    journaled: JobJournal | None,
+    job_id: str,
+    api_key: str | Secret | None,
+    base_url: str | None,
+    offline: bool | None,
+    events: EventBus | None,
+    observer: Callable[[RuntimeEvent], object] | None,
+    stop: trio.Event | None,
+    settings: ConnectionSettings,
+    server_options: Mapping[str, Any] | None,
+    intensity: int,
+    period: float,
+    transport: Literal["tcp", "memory"],
+    approve: Approver | None,
+    allow_budget_change: bool,
+    max_recoveries: int,
+    options: dict[str, object],
+) -> RunResult:
     bus = events if events is not None else EventBus()
     if observer is not None:
         bus.add_listener(observer)
     url_option = base_url or plan.settings.base_url
-    settings = connection_settings or ConnectionSettings()
     started_wall = time.time()
-    started = trio.current_time()
+    job_run = _JobRun(started=trio.current_time())
     run_scope = trio.CancelScope()
     budget = BudgetTracker(
         run=_limits(plan.budgets),
         agents={agent.name: _limits(agent.limits) for agent in plan.agents if agent.limits},
         scope=run_scope,
     )
-    if plan.budgets.wall_clock is not None:
-        run_scope.deadline = started + plan.budgets.wall_clock
     registry = ToolRegistry()
     answer: str | None = None
     steps: dict[str, StepReport] = {}
     failure: BaseException | None = None
     interrupted = False
+    parked: list[ParkedCall] = []
     async with _endpoint(api_key, url_option, offline, server_options, transport) as endpoint:
         label = endpoint.label
 
@@ -423,52 +712,304 @@ async def run(
             budget=budget,
             bus=bus,
             registry=registry,
-            intensity=restart_intensity,
-            period=restart_period,
+            intensity=intensity,
+            period=period,
             approver=ApprovalPolicy(
                 allow=plan.approvals.allow,
                 deny=plan.approvals.deny,
                 otherwise=plan.approvals.otherwise,
                 ask=approve,
             ),
+            job=job_id,
         )
+        done_steps: dict[str, str] = {}
+        if job_store is not None:
+            prints = _fingerprints(team)
+            if journaled is not None:
+                outcome = await _resume(
+                    job_store,
+                    journaled,
+                    plan,
+                    prints,
+                    allow_budget_change=allow_budget_change,
+                    max_recoveries=max_recoveries,
+                )
+                if isinstance(outcome, list):  # parked: nothing runs
+                    parked = outcome
+                    return _result(
+                        plan,
+                        goal,
+                        team,
+                        budget,
+                        label,
+                        job=job_id,
+                        answer=None,
+                        steps={},
+                        failure=CallsParked(()),
+                        interrupted=False,
+                        timed_out=False,
+                        started_wall=started_wall,
+                        duration=0.0,
+                        parked=parked,
+                        resumed=True,
+                    )
+                claim = outcome
+                states = rebuild(journaled)
+                _restore(team, states, budget)
+                done_steps = _completed_steps(journaled, plan)
+                job_run.spent_before = journaled.job.active_seconds
+                job_run.resumed = True
+            else:
+                claim = await _accept(
+                    job_store, plan, goal, job_id, prints, offline, endpoint.label, options
+                )
+            journal = Journal(job_store, claim)
+            job_run.journal = journal
+
+            def journal_failed(error: JournalError) -> None:
+                job_run.failure = error
+                run_scope.cancel()
+
+            journal.on_failure = journal_failed
+            for actor in team.actors.values():
+                actor.memory.sink = journal
+            if job_run.resumed:
+                journal.event("resumed", f"{len(done_steps)} steps done")
+        wall_clock = clamp_wall_clock(plan.budgets.wall_clock, job_run.spent_before)
+        if wall_clock != math.inf:
+            run_scope.deadline = job_run.started + wall_clock
         with run_scope:
             try:
                 async with trio.open_nursery() as nursery:
                     if stop is not None:
                         nursery.start_soon(_watch_stop, stop, run_scope)
+                    if job_run.journal is not None:
+
+                        def cancel_requested() -> None:
+                            job_run.cancelled = True
+                            run_scope.cancel()
+
+                        nursery.start_soon(
+                            job_run.journal.keep_alive, job_run.active_seconds, cancel_requested
+                        )
                     await nursery.start(team.supervisor.run)
                     try:
                         if plan.steps:
-                            answer = await _run_steps(plan, goal, team, steps, budget)
-                        else:
-                            assert team.planner is not None
-                            reply = await team.router.ask(
-                                "run", team.planner.name, Task(text=goal or "", sender="run")
+                            answer = await _run_steps(
+                                plan, goal, team, steps, budget, job_run.journal, done_steps
                             )
-                            answer = reply.text if isinstance(reply, TaskResult) else str(reply)
+                        else:
+                            answer = await _delegate_goal(team, goal or "")
                     finally:
                         team.supervisor.stop()
                         nursery.cancel_scope.cancel()
+            except* CallsParked as group:
+                failure = _first_exception(group)
+                assert isinstance(failure, CallsParked)
+                parked = [_parked(call) for call in failure.calls]
             except* (OrchestratorError, ToolRepairBudgetExceeded) as group:
                 failure = _first_exception(group)
         if stop is not None and stop.is_set() and run_scope.cancelled_caught:
             interrupted = True
         if failure is None and budget.failure is not None:
             failure = budget.failure
-    return _result(
+            if isinstance(failure, CallsParked):
+                parked = [_parked(call) for call in failure.calls]
+        if job_run.failure is not None:
+            failure = job_run.failure
+    result = _result(
         plan,
         goal,
         team,
         budget,
         label,
+        job=job_id if job_store is not None else None,
         answer=answer,
         steps=steps,
         failure=failure,
         interrupted=interrupted,
-        timed_out=run_scope.cancelled_caught and trio.current_time() >= run_scope.deadline,
+        cancelled=job_run.cancelled,
+        timed_out=run_scope.cancelled_caught
+        and trio.current_time() >= run_scope.deadline
+        and job_run.failure is None,
         started_wall=started_wall,
-        duration=trio.current_time() - started,
+        duration=trio.current_time() - job_run.started,
+        parked=parked,
+        resumed=job_run.resumed,
+    )
+    if job_run.journal is not None:
+        await _record_end(job_run, result)
+    return result
+
+
+async def _delegate_goal(team: _Team, goal: str) -> str:
+    assert team.planner is not None
+    team.planner.memory.message_sent(
+        MessageEntry(id="goal", sender="run", recipient=team.planner.name, text=goal)
+    )
+    reply = await team.router.ask(
+        "run", team.planner.name, Task(text=goal, sender="run", id="goal")
+    )
+    return reply.text if isinstance(reply, TaskResult) else str(reply)
+
+
+async def _accept(
+    store: JobStore,
+    plan: Plan,
+    goal: str | None,
+    job_id: str,
+    prints: dict[str, AgentPrint],
+    offline: bool | None,
+    endpoint: str,
+    options: dict[str, object],
+) -> Any:
+    """Journal a new job (its first transaction) and claim it."""
+    canonical = _canonical(plan)
+    job = NewJob(
+        id=job_id,
+        name=plan.name,
+        goal=goal,
+        mode="steps" if plan.steps else "delegate",
+        plan=canonical,
+        plan_hash=hashlib.sha256(canonical.encode()).hexdigest(),
+        plan_dir=None,
+        agents=prints,
+        options={"offline": endpoint == "embedded", "endpoint": endpoint, **options},
+    )
+    claim = await store.create(job, Owner.this_process())
+    crash_point("job_accepted")
+    return claim
+
+
+async def _resume(
+    store: JobStore,
+    journaled: JobJournal,
+    plan: Plan,
+    prints: dict[str, AgentPrint],
+    *,
+    allow_budget_change: bool,
+    max_recoveries: int,
+) -> Any:
+    """Check the plan against the journal and claim the job; or park it.
+
+    Returns:
+        The claim, or the list of parked calls (the job is then ``needs_attention``).
+    """
+    record = journaled.job
+    old_plan = msgspec.json.decode(record.plan, type=Plan)
+    started = {step.id for step in journaled.steps}
+    changes = plan_changes(old_plan, plan, record.agents, prints, started)
+    if changes.blocking:
+        raise PlanDiverged(
+            f"job {record.id}: the plan differs from the journaled one: "
+            + "; ".join(changes.blocking),
+            job=record.id,
+            changes=changes.blocking,
+        )
+    if changes.budgets and not allow_budget_change:
+        raise PlanDiverged(
+            f"job {record.id}: the plan's budgets differ from the journaled ones ("
+            + "; ".join(changes.budgets)
+            + "): pass allow_budget_change (--allow-budget-change) to accept them",
+            job=record.id,
+            changes=changes.budgets,
+        )
+    parked = parked_calls(journaled)
+    dead: list[str] = []
+
+    def decide(current: Any, now: float) -> tuple[int, str]:
+        decision = decide_claim(
+            current, now, owner_alive=_alive(current.owner), max_recoveries=max_recoveries
+        )
+        if decision.dead:
+            dead.append(decision.reason or "dead")
+        elif parked:
+            return decision.recoveries, "needs_attention"
+        return decision.recoveries, decision.status
+
+    record_now, claim = await store.claim(record.id, Owner.this_process(), decide)
+    if dead:
+        await store.write(
+            claim,
+            _status_write("dead", reason=dead[0], code="job.dead"),
+        )
+        raise JobNotResumable(
+            f"job {record.id} is dead: {dead[0]}; `orchestrator jobs retry {record.id}` "
+            "runs it again",
+            job=record.id,
+        )
+    if parked:
+        await store.write(
+            claim,
+            _status_write(
+                "needs_attention",
+                reason=f"{len(parked)} tool call(s) in doubt",
+                code="job.needs_attention",
+            ),
+        )
+        return [_parked(call) for call in parked]
+    del record_now
+    return claim
+
+
+def _status_write(status: JobStatus, *, reason: str, code: str) -> Any:
+    from orchestrator.jobs.model import StatusWrite
+
+    return StatusWrite(status=status, reason=reason, code=code, release=True)
+
+
+def _parked(call: Any) -> ParkedCall:
+    return ParkedCall(
+        agent=call.agent,
+        turn=call.turn,
+        call_id=call.call_id,
+        tool=call.name,
+        arguments=call.arguments,
+        side_effect=call.side_effect,
+        attempt=call.attempt,
+    )
+
+
+def _completed_steps(journaled: JobJournal, plan: Plan) -> dict[str, str]:
+    """Steps done in earlier runs of the job: from their step records, or from the reply a
+    step's agent journaled when the step record itself was not written yet."""
+    done = {step.id: step.result or "" for step in journaled.steps if step.status == "completed"}
+    replies = {turn.message: turn.reply for turn in journaled.turns if turn.reply is not None}
+    replies.update({reply.message: reply.text for reply in journaled.replies})
+    for step in plan.steps:
+        text = replies.get(_step_message(step.id))
+        if step.id not in done and text is not None:
+            done[step.id] = text
+    return done
+
+
+def _step_message(step_id: str) -> str:
+    return f"step:{step_id}"
+
+
+_JOB_STATUS: Final[dict[str, JobStatus]] = {
+    "completed": "completed",
+    "partial": "partial",
+    "failed": "failed",
+    "budget_exceeded": "budget_exceeded",
+    "interrupted": "interrupted",
+    "needs_attention": "needs_attention",
+    "cancelled": "cancelled",
+}
+
+
+async def _record_end(job_run: _JobRun, result: RunResult) -> None:
+    journal = job_run.journal
+    assert journal is not None
+    failures = [msgspec.to_builtins(failure) for failure in result.failures]
+    failures.extend(msgspec.to_builtins(call) for call in result.parked)
+    await journal.finish(
+        _JOB_STATUS[result.status],
+        answer=result.answer,
+        reason=result.reason,
+        code=result.code,
+        failures=failures,
+        active_seconds=job_run.active_seconds(),
     )
 
 
@@ -507,8 +1048,14 @@ async def _run_steps(
     team: _Team,
     reports: dict[str, StepReport],
     budget: BudgetTracker,
+    journal: Journal | None,
+    done_steps: Mapping[str, str],
 ) -> str:
-    """Run the DAG: each step once its dependencies are done, independent ones in parallel."""
+    """Run the DAG: each step once its dependencies are done, independent ones in parallel.
+
+    Steps a resumed job completed before are not run again: their journaled results feed
+    the steps that depend on them.
+    """
     order = scheduled_steps(plan)
     done = {step.id: trio.Event() for step in order}
     results: dict[str, str] = {}
@@ -516,26 +1063,45 @@ async def _run_steps(
     async def run_step(step: Any) -> None:
         for dependency in step.depends_on:
             await done[dependency].wait()
+        if step.id in done_steps:
+            results[step.id] = done_steps[step.id]
+            reports[step.id] = StepReport(
+                id=step.id, agent=step.agent, status="completed", result=done_steps[step.id]
+            )
+            done[step.id].set()
+            return
         if any(reports[d].status != "completed" for d in step.depends_on):
             reports[step.id] = StepReport(
                 id=step.id, agent=step.agent, status="skipped", error="a dependency failed"
             )
+            if journal is not None:
+                journal.step(StepRecord(id=step.id, agent=step.agent, status="skipped"))
             done[step.id].set()
             return
         task = render_task(step, results, goal=goal)
+        message = _step_message(step.id)
         began = trio.current_time()
         error: str | None = None
+        agent = team.actors[step.agent]
+        agent.memory.message_sent(
+            MessageEntry(id=message, sender="run", recipient=step.agent, text=task, step=step.id)
+        )
         for attempt in range(STEP_ATTEMPTS):
+            if journal is not None:
+                journal.step(
+                    StepRecord(id=step.id, agent=step.agent, status="started", attempts=attempt + 1)
+                )
             try:
                 reply = await team.router.ask(
-                    "run", step.agent, Task(text=task, sender="run", step=step.id)
+                    "run", step.agent, Task(text=task, sender="run", step=step.id, id=message)
                 )
             except ActorDead as exc:
-                # The agent crashed on this step; the supervisor restarts it with its session.
+                # The agent crashed on this step; the supervisor restarts it with its session
+                # and memory, and the same message makes it continue where it stopped.
                 error = str(exc)
                 if attempt + 1 < STEP_ATTEMPTS:
                     with trio.move_on_after(RESTART_WAIT):
-                        await team.starts.wait_running(step.agent)
+                        await team.router.wait_running(step.agent)
                 continue
             text = reply.text if isinstance(reply, TaskResult) else str(reply)
             results[step.id] = text
@@ -546,6 +1112,17 @@ async def _run_steps(
                 result=text,
                 duration=trio.current_time() - began,
             )
+            if journal is not None:
+                await journal.step_durably(
+                    StepRecord(
+                        id=step.id,
+                        agent=step.agent,
+                        status="completed",
+                        result=text,
+                        attempts=attempt + 1,
+                    )
+                )
+                crash_point("step_boundary")
             done[step.id].set()
             return
         reports[step.id] = StepReport(
@@ -555,6 +1132,16 @@ async def _run_steps(
             error=error,
             duration=trio.current_time() - began,
         )
+        if journal is not None:
+            journal.step(
+                StepRecord(
+                    id=step.id,
+                    agent=step.agent,
+                    status="failed",
+                    error=redact(error or ""),
+                    attempts=STEP_ATTEMPTS,
+                )
+            )
         done[step.id].set()
 
     async with trio.open_nursery() as nursery:
@@ -566,26 +1153,6 @@ async def _run_steps(
     budget.check()
     finals = result_steps(plan)
     return "\n\n".join(results[step.id] for step in finals if step.id in results)
-
-
-@attrs.define(eq=False)
-class _Starts:
-    """Lets a task wait until an actor is up again (after a restart), from ActorStarted events."""
-
-    router: Router
-    _waiting: dict[str, trio.Event] = attrs.field(factory=dict)
-
-    def __call__(self, event: RuntimeEvent) -> None:
-        if isinstance(event, ActorStarted):
-            waiter = self._waiting.pop(event.actor, None)
-            if waiter is not None:
-                waiter.set()
-
-    async def wait_running(self, name: str) -> None:
-        if self.router.is_running(name):
-            return
-        waiter = self._waiting.setdefault(name, trio.Event())
-        await waiter.wait()
 
 
 class _StepsFailed(OrchestratorError):
@@ -602,13 +1169,66 @@ def _code_of(error: BaseException) -> str:
         return "tool.repair_budget"
     if isinstance(error, AuthenticationError):
         return "auth.rejected" if error.status == 401 else "auth.forbidden"
-    if isinstance(error, ConfigurationError):
+    if isinstance(error, ConfigurationError | JobError):
         return error.code
+    if isinstance(error, CallsParked):
+        return CallsParked.code
     if isinstance(error, RestartLimitReached):
         return "run.restart_limit"
     if isinstance(error, _StepsFailed):
         return "run.step_failed"
     return "run.failed"
+
+
+def _outcome(
+    plan: Plan,
+    *,
+    answer: str | None,
+    exceeded: BudgetExceeded | None,
+    failure: BaseException | None,
+    interrupted: bool,
+    cancelled: bool,
+    failures: list[FailureReport],
+    job: str | None,
+) -> tuple[RunStatus, str | None, str | None, str | None]:
+    """Status, reason, code and answer, from how the run ended (first match wins)."""
+    if isinstance(failure, CallsParked):
+        resume = f"; then `orchestrator jobs resume {job}`" if job else ""
+        return (
+            "needs_attention",
+            f"{failure}: resolve each with `orchestrator jobs resolve`{resume}",
+            failure.code,
+            None,
+        )
+    if isinstance(failure, JournalError):
+        # The journal stopped accepting writes: the job is paused where it was, not failed.
+        hint = (
+            ""
+            if isinstance(failure, JobLost)
+            else f"; fix the store, then `orchestrator jobs resume {job}`"
+        )
+        return "interrupted", redact(str(failure)) + hint, failure.code, None
+    if exceeded is not None:
+        return "budget_exceeded", str(exceeded), f"budget.{exceeded.budget}", None
+    if cancelled:
+        return "cancelled", "cancelled on request (orchestrator jobs cancel)", "job.cancelled", None
+    if interrupted:
+        return "interrupted", "stopped on request", "run.interrupted", None
+    if failure is not None:
+        return "failed", redact(str(failure)), _code_of(failure), None
+    if answer is None:
+        return "failed", "the run ended without an answer", "run.failed", None
+    if failures:
+        listing = "; ".join(f"{f.agent}: {f.error}" for f in failures)
+        return (
+            "partial",
+            redact(
+                f"{len(failures)} delegation(s) failed, the answer may be incomplete: {listing}"
+            ),
+            "run.partial",
+            answer,
+        )
+    return "completed", None, None, answer
 
 
 def _result(
@@ -618,6 +1238,7 @@ def _result(
     budget: BudgetTracker,
     endpoint: str,
     *,
+    job: str | None,
     answer: str | None,
     steps: dict[str, StepReport],
     failure: BaseException | None,
@@ -625,24 +1246,33 @@ def _result(
     timed_out: bool,
     started_wall: float,
     duration: float,
+    cancelled: bool = False,
+    parked: list[ParkedCall] | None = None,
+    resumed: bool = False,
 ) -> RunResult:
-    status: RunStatus
-    reason: str | None = None
-    code: str | None = None
     exceeded = budget.exceeded
     if timed_out and exceeded is None and plan.budgets.wall_clock is not None:
         exceeded = BudgetExceeded("wall_clock", plan.budgets.wall_clock, duration)
-    if exceeded is not None:
-        status, reason, code = "budget_exceeded", str(exceeded), f"budget.{exceeded.budget}"
-        answer = None
-    elif interrupted:
-        status, reason, code, answer = "interrupted", "stopped on request", "run.interrupted", None
-    elif failure is not None:
-        status, reason, code, answer = "failed", redact(str(failure)), _code_of(failure), None
-    elif answer is None:
-        status, reason, code = "failed", "the run ended without an answer", "run.failed"
-    else:
-        status = "completed"
+    failures = [
+        FailureReport(
+            kind="delegation",
+            agent=failed.worker,
+            id=failed.message,
+            task=failed.task,
+            error=redact(failed.error),
+        )
+        for failed in (team.planner.failures if team.planner is not None else [])
+    ]
+    status, reason, code, answer = _outcome(
+        plan,
+        answer=answer,
+        exceeded=exceeded,
+        failure=failure,
+        interrupted=interrupted,
+        cancelled=cancelled,
+        failures=failures,
+        job=job,
+    )
     agents = []
     for name, actor in team.actors.items():
         usage = budget.usage(name)
@@ -652,7 +1282,7 @@ def _result(
                 name=name,
                 role=actor.role or "worker",
                 model=actor.session.model,
-                turns=actor.model_turns,
+                turns=usage.turns,
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
                 tool_calls=actor.tool_calls,
@@ -666,6 +1296,7 @@ def _result(
     ordered_steps = [steps[s.id] for s in plan.steps if s.id in steps]
     return RunResult(
         status=status,
+        job=job,
         plan=plan.name,
         goal=goal,
         mode="steps" if plan.steps else "delegate",
@@ -681,6 +1312,9 @@ def _result(
         ),
         agents=agents,
         steps=ordered_steps,
+        failures=failures,
+        parked=parked or [],
+        resumed=resumed,
         started_at=started_wall,
         duration=duration,
     )

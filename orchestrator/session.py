@@ -229,6 +229,16 @@ class Session:
         self.chain_socket = socket
         self._chain_covers = covers
 
+    def restore(self, transcript: list[Item], *, turns: int, last_response_id: str | None) -> None:
+        """Take the conversation a journal kept (a resumed job): no socket holds its chain,
+        so the next turn replays it, unless ``store=true`` lets it continue by id."""
+        self._transcript = list(transcript)
+        self.turns = turns
+        self.last_response_id = last_response_id
+        self.chain_socket = None
+        self._chain_covers = len(self._transcript)
+        self._pending = None
+
     def forget_chain(self) -> None:
         """The server lost the chain; the next request will be a full replay."""
         self.chain_socket = None

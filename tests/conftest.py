@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -10,6 +13,12 @@ from hypothesis import HealthCheck, settings
 # Tests never talk to the real service: a key inherited from the developer's shell would
 # switch runs from the embedded server to the network.
 os.environ.pop("OPENAI_API_KEY", None)
+
+# Runs journal by default (every run is a durable job): into a throwaway store for the
+# session, never the developer's own ~/.local/state/orchestrator/jobs.db.
+_STORE_DIR = tempfile.mkdtemp(prefix="orchestrator-test-store-")
+os.environ["ORCHESTRATOR_STORE"] = os.path.join(_STORE_DIR, "jobs.db")
+atexit.register(shutil.rmtree, _STORE_DIR, ignore_errors=True)
 
 # A canary key that tests use as the credential and then look for in every artefact (logs,
 # traces, errors): finding it anywhere proves a leak (RELIABILITY G13).

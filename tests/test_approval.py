@@ -392,7 +392,8 @@ def cleanup(**approvals: Any) -> Any:
 async def approvals_of(plan: Any, **options: Any) -> tuple[str, list[ToolApproval]]:
     seen: list[RuntimeEvent] = []
     with trio.fail_after(60):
-        result = await run(plan, transport="memory", observer=seen.append, **options)
+        # No journal: its writer thread and the autojump clock do not mix (tests/jobs).
+        result = await run(plan, transport="memory", observer=seen.append, store=None, **options)
     assert "completed" == result.status
     return result.answer or "", [e for e in seen if isinstance(e, ToolApproval)]
 
