@@ -217,13 +217,11 @@ class PlannerActor(AgentActor):
             try:
                 answer = _finish_decoder.decode(call.arguments).answer
             except msgspec.MsgspecError as exc:
-                outputs[call.call_id] = FunctionCallOutputItem(
-                    call_id=call.call_id, output=_error("invalid_arguments", str(exc))
+                outputs[call.call_id] = self._delegated(
+                    call, _error("invalid_arguments", str(exc)), "invalid_arguments"
                 )
             else:
-                outputs[call.call_id] = FunctionCallOutputItem(call_id=call.call_id, output="done")
-            output = outputs[call.call_id].output
-            self.memory.finish_call(call.call_id, output if isinstance(output, str) else "")
+                outputs[call.call_id] = self._delegated(call, "done", None)
         ordered = tuple(outputs[call.call_id] for call in calls)
         return CallOutcome(ordered, answer)
 
