@@ -1,7 +1,8 @@
 """The ``orchestrator`` command line.
 
-Exit codes (RELIABILITY section 3): 0 success, 2 usage/configuration/plan error, 3 auth,
-4 run failed, 5 budget reached, 130 interrupted.
+Exit codes: 0 success, 2 usage/configuration/plan error (and a job that cannot be
+resumed), 3 auth, 4 run failed, 5 budget reached, 6 an answer but some delegated work
+failed (partial), 7 a job needs attention (parked calls), 8 cancelled, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -20,13 +21,26 @@ import trio
 
 from orchestrator.errors import ConfigurationError
 
-__all__ = ["EXIT_AUTH", "EXIT_BUDGET", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_USAGE", "main"]
+__all__ = [
+    "EXIT_ATTENTION",
+    "EXIT_AUTH",
+    "EXIT_BUDGET",
+    "EXIT_CANCELLED",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_PARTIAL",
+    "EXIT_USAGE",
+    "main",
+]
 
 EXIT_OK: Final = 0
 EXIT_USAGE: Final = 2
 EXIT_AUTH: Final = 3
 EXIT_FAILED: Final = 4
 EXIT_BUDGET: Final = 5
+EXIT_PARTIAL: Final = 6
+EXIT_ATTENTION: Final = 7
+EXIT_CANCELLED: Final = 8
 EXIT_INTERRUPTED: Final = 130
 
 
@@ -234,6 +248,15 @@ def _add_run(commands: Any) -> None:
     parser.add_argument(
         "--allow-insecure", action="store_true", help="allow ws:// to a non-loopback host"
     )
+    add_store_option(parser)
+    parser.add_argument(
+        "--no-journal",
+        action="store_true",
+        help="run without a journal (the run cannot be resumed)",
+    )
+    parser.add_argument(
+        "--job-id", metavar="ID", help="the job's id (default: generated from the plan's name)"
+    )
     parser.add_argument(
         "--approve",
         action="append",
@@ -302,13 +325,30 @@ def _kill_children() -> None:
                 os.kill(int(entry), signal.SIGKILL)
 
 
+def add_store_option(parser: Any) -> None:
+    parser.add_argument(
+        "--store",
+        metavar="PATH|URL",
+        help="the job store: a SQLite file, sqlite:///PATH?synchronous=full or postgresql://... "
+        "(default: $ORCHESTRATOR_STORE, else ~/.local/state/orchestrator/jobs.db)",
+    )
+
+
+_EXIT_BY_STATUS: Final = {
+    "completed": EXIT_OK,
+    "partial": EXIT_PARTIAL,
+    "budget_exceeded": EXIT_BUDGET,
+    "interrupted": EXIT_INTERRUPTED,
+    "needs_attention": EXIT_ATTENTION,
+    "cancelled": EXIT_CANCELLED,
+}
+
+
 def _exit_code(result: Any) -> int:
-    if result.status == "completed":
-        return EXIT_OK
-    if result.status == "budget_exceeded":
-        return EXIT_BUDGET
-    if result.status == "interrupted":
-        return EXIT_INTERRUPTED
+    if result.status in _EXIT_BY_STATUS:
+        if result.status == "interrupted" and (result.code or "").startswith("job."):
+            return EXIT_FAILED  # the journal failed: not a person's interruption
+        return _EXIT_BY_STATUS[result.status]
     code = result.code or ""
     if code.startswith("auth."):
         return EXIT_AUTH
@@ -365,8 +405,43 @@ def _run_command(args: argparse.Namespace) -> int:
 
     raise_fd_limit()
     # The process is ours: collect rarely (agents make little cyclic garbage; see tuning).
+    local = {
+        "model": args.local_model,
+        "script": str(args.local_script) if args.local_script else None,
+        "ttft": args.local_ttft,
+        "tokens_per_second": args.local_tokens_per_second,
+        "seed": args.local_seed,
+    }
+
+    job_id = None
+    if not args.no_journal:
+        from orchestrator.run import new_job_id
+
+        job_id = args.job_id or new_job_id(plan.name)
+        print(f"job {job_id}", file=sys.stderr)
+
+    async def invoke(run: Any, common: dict[str, Any]) -> Any:
+        return await run(
+            plan,
+            args.goal,
+            api_key=key,
+            base_url=args.base_url,
+            offline=offline,
+            server_options=server_options,
+            store=None if args.no_journal else _store_spec(args),
+            job_id=job_id,
+            options={"local": local},
+            **common,
+        )
+
     with gc_policy():
-        return trio.run(_run_async, args, plan, key, offline, server_options)
+        return trio.run(_run_async, args, plan.name, offline, invoke)
+
+
+def _store_spec(args: argparse.Namespace) -> Any:
+    from orchestrator.run import DEFAULT_STORE
+
+    return args.store if args.store else DEFAULT_STORE
 
 
 def _server_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -390,11 +465,13 @@ def _server_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _open_trace(path: Path) -> Any:
-    """The trace file, created (or truncated) private to the user, unbuffered: each event is
-    one whole line on disk as soon as it happens (follow it live; nothing lost to a kill)."""
+def _open_trace(path: Path, *, append: bool = False) -> Any:
+    """The trace file, created (or truncated; appended to when resuming a job) private to the
+    user, unbuffered: each event is one whole line on disk as soon as it happens (follow it
+    live; nothing lost to a kill)."""
+    mode = os.O_APPEND if append else os.O_TRUNC
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | mode, 0o600)
     except OSError as exc:
         _fail("config.value", f"cannot write --trace {path}: {exc.strerror}")
     try:
@@ -407,11 +484,15 @@ def _open_trace(path: Path) -> Any:
 
 async def _run_async(
     args: argparse.Namespace,
-    plan: Any,
-    key: str | None,
+    title: str,
     offline: bool,
-    server_options: dict[str, Any] | None,
+    invoke: Any,
 ) -> int:
+    """Run (or resume) a job with the live view, signals, trace and report.
+
+    ``invoke(run, common)`` calls ``orchestrator.run.run`` with its own arguments plus
+    ``common`` (events, stop, connection settings, approve).
+    """
     from rich.console import Console
 
     from actors.approval import ApprovalPolicy
@@ -426,7 +507,7 @@ async def _run_async(
     stop = trio.Event()
     trace = None
     if args.trace is not None:
-        trace = _open_trace(args.trace)
+        trace = _open_trace(args.trace, append=getattr(args, "resume_job", None) is not None)
 
         def write(event: Any) -> None:
             # Events carry error texts (a crash's repr, a dead letter's reason): redact them.
@@ -434,7 +515,7 @@ async def _run_async(
             trace.write(redact(event_encoder.encode(event).decode()).encode() + b"\n")
 
         bus.add_listener(write)
-    view = LiveView(f"{plan.name}: {'embedded server' if offline else 'live'}")
+    view = LiveView(f"{title}: {'embedded server' if offline else 'live'}")
     bus.add_listener(view)
     interactive = sys.stdin.isatty() and console.is_terminal
     approve = ApprovalPolicy(
@@ -476,17 +557,16 @@ async def _run_async(
                             await view.refresh(console)
 
                     nursery.start_soon(show)
-                result = await run(
-                    plan,
-                    args.goal,
-                    api_key=key,
-                    base_url=args.base_url,
-                    offline=offline,
-                    events=bus,
-                    stop=stop,
-                    connection_settings=ConnectionSettings(allow_insecure=args.allow_insecure),
-                    server_options=server_options,
-                    approve=approve,
+                result = await invoke(
+                    run,
+                    {
+                        "events": bus,
+                        "stop": stop,
+                        "connection_settings": ConnectionSettings(
+                            allow_insecure=args.allow_insecure
+                        ),
+                        "approve": approve,
+                    },
                 )
                 results.append(result)
                 live_scope.cancel()
@@ -500,7 +580,25 @@ async def _run_async(
         sys.stdout.flush()
     else:
         console.print(render_report(result))
+    _print_job_hint(result)
     return _exit_code(result)
+
+
+def _print_job_hint(result: Any) -> None:
+    """The one command that continues the job, when there is one to continue."""
+    job = result.job
+    if job is None:
+        return
+    if result.status == "needs_attention":
+        print(
+            f"job {job} needs attention: `orchestrator jobs show {job}`, then "
+            f"`orchestrator jobs resolve {job} CALL ...` and `orchestrator jobs resume {job}`",
+            file=sys.stderr,
+        )
+    elif result.status in ("interrupted", "budget_exceeded") or result.code in (
+        "job.storage_unavailable",
+    ):
+        print(f"resume with: orchestrator jobs resume {job}", file=sys.stderr)
 
 
 class _TerminalApprover:
@@ -640,6 +738,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(commands)
     _add_serve(commands)
     _add_demo(commands)
+    from orchestrator.jobs.cli import add_jobs
+
+    add_jobs(commands)
     return parser
 
 

@@ -44,12 +44,14 @@ from actors.tools import ToolRegistry, ToolRepairBudgetExceeded
 from actors.worker import WorkerActor
 from orchestrator.budget import BudgetLimits, BudgetTracker
 from orchestrator.connection import (
+    DEFAULT_URL,
     Connection,
     ConnectionSettings,
     ConnectionStatistics,
     Connector,
     open_connection,
     resolve_api_key,
+    resolve_endpoint,
 )
 from orchestrator.errors import (
     ActorDead,
@@ -428,6 +430,13 @@ class _Endpoint:
     connector: Connector | None = None
 
 
+def _resolve_offline(api_key: str | Secret | None, offline: bool | None) -> bool:
+    """An explicit choice, else offline exactly when no key is at hand."""
+    if offline is not None:
+        return offline
+    return api_key is None and not os.environ.get("OPENAI_API_KEY")
+
+
 @asynccontextmanager
 async def _endpoint(
     api_key: str | Secret | None,
@@ -437,10 +446,7 @@ async def _endpoint(
     transport: Literal["tcp", "memory"],
 ) -> AsyncIterator[_Endpoint]:
     """The live service, or the embedded server (over loopback TCP or in memory)."""
-    key_available = api_key is not None or bool(os.environ.get("OPENAI_API_KEY"))
-    if offline is None:
-        offline = not key_available
-    if not offline:
+    if not _resolve_offline(api_key, offline):
         url = base_url or "wss://api.openai.com/v1/responses"
         yield _Endpoint(base_url, resolve_api_key(api_key), url)
         return
@@ -561,7 +567,7 @@ async def run(
             if offline is None and "offline" in job_options:
                 offline = bool(job_options["offline"])
         _check_fd_budget(len(plan_obj.agents), offline, api_key, transport)
-        return await _run_job(
+        return await _run_job_or_record(
             plan_obj,
             goal,
             job_store=job_store,
@@ -650,6 +656,25 @@ class _JobRun:
         return self.spent_before + (trio.current_time() - self.started)
 
 
+async def _run_job_or_record(plan: Plan, goal: str | None, **options: Any) -> RunResult:
+    """``_run_job``, and when something escapes it (a bug, the caller's cancellation), the
+    job's status says so instead of staying ``running`` (shielded, best effort)."""
+    holder: list[_JobRun] = []
+    try:
+        return await _run_job(plan, goal, holder=holder, **options)
+    except BaseException as exc:
+        journal = holder[0].journal if holder else None
+        if journal is not None and journal.failure is None:
+            cancelled = isinstance(exc, trio.Cancelled | KeyboardInterrupt)
+            await journal.finish(
+                "interrupted" if cancelled else "failed",
+                reason=redact(f"{type(exc).__name__}: {exc}") if not cancelled else "cancelled",
+                code="run.interrupted" if cancelled else "run.internal",
+                active_seconds=holder[0].active_seconds(),
+            )
+        raise
+
+
 async def _run_job(
     plan: Plan,
     goal: str | None,
@@ -672,6 +697,7 @@ async def _run_job(
     allow_budget_change: bool,
     max_recoveries: int,
     options: dict[str, object],
+    holder: list[_JobRun],
 ) -> RunResult:
     bus = events if events is not None else EventBus()
     if observer is not None:
@@ -679,6 +705,7 @@ async def _run_job(
     url_option = base_url or plan.settings.base_url
     started_wall = time.time()
     job_run = _JobRun(started=trio.current_time())
+    holder.append(job_run)
     run_scope = trio.CancelScope()
     budget = BudgetTracker(
         run=_limits(plan.budgets),
@@ -691,90 +718,94 @@ async def _run_job(
     failure: BaseException | None = None
     interrupted = False
     parked: list[ParkedCall] = []
-    async with _endpoint(api_key, url_option, offline, server_options, transport) as endpoint:
-        label = endpoint.label
+    offline = _resolve_offline(api_key, offline)
+    if not offline:
+        # A missing or malformed key, or a bad URL, is refused before a job is recorded.
+        resolve_api_key(api_key)
+        resolve_endpoint(url_option, allow_insecure=settings.allow_insecure)
+    label = "embedded" if offline else (url_option or DEFAULT_URL)
+    endpoints: list[_Endpoint] = []
 
-        @asynccontextmanager
-        async def opener(agent: str) -> AsyncIterator[Connection]:
-            async with open_connection(
-                endpoint.url,
-                endpoint.key,
-                settings=settings,
-                agent=agent,
-                events=bus,
-                connector=endpoint.connector,
-            ) as connection:
-                yield connection
+    @asynccontextmanager
+    async def opener(agent: str) -> AsyncIterator[Connection]:
+        endpoint = endpoints[0]
+        async with open_connection(
+            endpoint.url,
+            endpoint.key,
+            settings=settings,
+            agent=agent,
+            events=bus,
+            connector=endpoint.connector,
+        ) as connection:
+            yield connection
 
-        team = _build_team(
-            plan,
-            opener=opener,
-            budget=budget,
-            bus=bus,
-            registry=registry,
-            intensity=intensity,
-            period=period,
-            approver=ApprovalPolicy(
-                allow=plan.approvals.allow,
-                deny=plan.approvals.deny,
-                otherwise=plan.approvals.otherwise,
-                ask=approve,
-            ),
-            job=job_id,
-        )
-        done_steps: dict[str, str] = {}
-        if job_store is not None:
-            prints = _fingerprints(team)
-            if journaled is not None:
-                outcome = await _resume(
-                    job_store,
-                    journaled,
+    team = _build_team(
+        plan,
+        opener=opener,
+        budget=budget,
+        bus=bus,
+        registry=registry,
+        intensity=intensity,
+        period=period,
+        approver=ApprovalPolicy(
+            allow=plan.approvals.allow,
+            deny=plan.approvals.deny,
+            otherwise=plan.approvals.otherwise,
+            ask=approve,
+        ),
+        job=job_id,
+    )
+    done_steps: dict[str, str] = {}
+    if job_store is not None:
+        prints = _fingerprints(team)
+        if journaled is not None:
+            outcome = await _resume(
+                job_store,
+                journaled,
+                plan,
+                prints,
+                allow_budget_change=allow_budget_change,
+                max_recoveries=max_recoveries,
+            )
+            if isinstance(outcome, list):  # parked: nothing runs
+                return _result(
                     plan,
-                    prints,
-                    allow_budget_change=allow_budget_change,
-                    max_recoveries=max_recoveries,
+                    goal,
+                    team,
+                    budget,
+                    label,
+                    job=job_id,
+                    answer=None,
+                    steps={},
+                    failure=CallsParked(()),
+                    interrupted=False,
+                    timed_out=False,
+                    started_wall=started_wall,
+                    duration=0.0,
+                    parked=outcome,
+                    resumed=True,
                 )
-                if isinstance(outcome, list):  # parked: nothing runs
-                    parked = outcome
-                    return _result(
-                        plan,
-                        goal,
-                        team,
-                        budget,
-                        label,
-                        job=job_id,
-                        answer=None,
-                        steps={},
-                        failure=CallsParked(()),
-                        interrupted=False,
-                        timed_out=False,
-                        started_wall=started_wall,
-                        duration=0.0,
-                        parked=parked,
-                        resumed=True,
-                    )
-                claim = outcome
-                states = rebuild(journaled)
-                _restore(team, states, budget)
-                done_steps = _completed_steps(journaled, plan)
-                job_run.spent_before = journaled.job.active_seconds
-                job_run.resumed = True
-            else:
-                claim = await _accept(
-                    job_store, plan, goal, job_id, prints, offline, endpoint.label, options
-                )
-            journal = Journal(job_store, claim)
-            job_run.journal = journal
+            claim = outcome
+            _restore(team, rebuild(journaled), budget)
+            done_steps = _completed_steps(journaled, plan)
+            job_run.spent_before = journaled.job.active_seconds
+            job_run.resumed = True
+        else:
+            claim = await _accept(job_store, plan, goal, job_id, prints, label, options)
+        journal = Journal(job_store, claim)
+        job_run.journal = journal
 
-            def journal_failed(error: JournalError) -> None:
-                job_run.failure = error
-                run_scope.cancel()
+        def journal_failed(error: JournalError) -> None:
+            job_run.failure = error
+            run_scope.cancel()
 
-            journal.on_failure = journal_failed
-            for actor in team.actors.values():
-                actor.memory.sink = journal
-            if job_run.resumed:
-                journal.event("resumed", f"{len(done_steps)} steps done")
+        journal.on_failure = journal_failed
+        for actor in team.actors.values():
+            actor.memory.sink = journal
+        if job_run.resumed:
+            journal.event("resumed", f"{len(done_steps)} steps done")
+    async with _endpoint(api_key, url_option, offline, server_options, transport) as endpoint:
+        endpoints.append(endpoint)
         wall_clock = clamp_wall_clock(plan.budgets.wall_clock, job_run.spent_before)
         if wall_clock != math.inf:
             run_scope.deadline = job_run.started + wall_clock
@@ -859,7 +890,6 @@ async def _accept(
     goal: str | None,
     job_id: str,
     prints: dict[str, AgentPrint],
-    offline: bool | None,
     endpoint: str,
     options: dict[str, object],
 ) -> Any:

@@ -59,15 +59,26 @@ def lines(text: str) -> list[str]:
     return text.splitlines()
 
 
+JOB_LINE = re.compile(r"job [A-Za-z][A-Za-z0-9_-]*-\d{8}-\d{6}-[0-9a-f]{4}")
+
+
+def run_lines(text: str) -> list[str]:
+    """The stderr lines of ``orchestrator run``, less the one that names the job."""
+    found = [line for line in text.splitlines() if JOB_LINE.fullmatch(line)]
+    assert 1 == len(found), text
+    return [line for line in text.splitlines() if line not in found]
+
+
 # -- orchestrator run and validate -------------------------------------------------------------
 
 
 def test_run_prints_the_offline_notice_and_the_report():
-    """Without a key the run is offline: one notice line on stderr, the report on stdout."""
+    """Without a key the run is offline: one notice line and the job's id on stderr, the
+    report on stdout."""
     done = orchestrator("run", TRIP)
 
     assert 0 == done.returncode
-    assert [OFFLINE_NOTICE] == lines(done.stderr)
+    assert [OFFLINE_NOTICE] == run_lines(done.stderr)
     report = lines(done.stdout)
     assert re.fullmatch(
         r"completed  plan 'trip', delegate mode, embedded, [\d.]+ s, 8 turns, [\d,]+ tokens",
@@ -90,7 +101,7 @@ def test_run_json_and_trace(tmp_path):
     done = orchestrator("run", TRIP, "--json", "--trace", trace)
 
     assert 0 == done.returncode
-    assert [OFFLINE_NOTICE] == lines(done.stderr)
+    assert [OFFLINE_NOTICE] == run_lines(done.stderr)
     assert done.stdout.endswith("}\n")
     assert 1 == done.stdout.count("\n")
     result = json.loads(done.stdout)
@@ -427,7 +438,7 @@ def test_unreachable_steps_are_a_warning_and_are_not_run(tmp_path):
         "warning[plan.unreachable]: final.json: $.steps: step 'write' is never scheduled; "
         "final_step 'fetch' does not depend on them",
         OFFLINE_NOTICE,
-    ] == lines(done.stderr)
+    ] == run_lines(done.stderr)
     result = json.loads(done.stdout)
     assert [("fetch", "completed")] == [(s["id"], s["status"]) for s in result["steps"]]
 
@@ -585,7 +596,7 @@ def test_a_call_repeated_past_the_repair_budget_fails_the_run(tmp_path):
     reader = agent(result, "reader")
     assert 3 == reader["turns"]
     assert ["invalid_arguments"] * 2 == [output["error"] for output in tool_outputs(reader)]
-    assert [OFFLINE_NOTICE] == lines(done.stderr)
+    assert [OFFLINE_NOTICE] == run_lines(done.stderr)
 
 
 # -- RELIABILITY 3.3: keys and endpoints -------------------------------------------------------
@@ -703,7 +714,7 @@ def test_a_rejected_key_exits_3_and_shows_only_its_fingerprint(served, tmp_path,
         f"server rejected the API key (HTTP 401) for {served}; key fingerprint "
         f"sk-…{canary_key[-4:]}"
     ) == result["reason"]
-    assert [] == lines(done.stderr)
+    assert [] == run_lines(done.stderr)
     assert canary_key not in done.stdout
     assert canary_key[3:] not in done.stdout
 
@@ -713,7 +724,7 @@ def test_a_rejected_key_exits_3_and_shows_only_its_fingerprint(served, tmp_path,
     done = orchestrator("run", TRIP, "--base-url", served, "--api-key-file", key_file)
 
     assert 3 == done.returncode
-    assert ["warning[auth.format]: key does not start with 'sk-'"] == lines(done.stderr)
+    assert ["warning[auth.format]: key does not start with 'sk-'"] == run_lines(done.stderr)
     assert "reason: server rejected the API key (HTTP 401)" in done.stdout
     assert "not-a-key-0123456789" not in done.stdout
 

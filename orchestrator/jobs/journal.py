@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
@@ -48,7 +48,9 @@ if TYPE_CHECKING:
     from actors.journal import CallEntry, MessageEntry, TurnEntry
     from orchestrator.jobs.writer import Ticket
 
-__all__ = ["Journal"]
+__all__ = ["CANCEL_POLL", "Journal"]
+
+CANCEL_POLL: Final = 1.0
 
 
 @attrs.define(eq=False)
@@ -213,7 +215,8 @@ class Journal:
         lease runs out), so the journal fails with ``JobLost`` and the run stops itself.
         """
         lease = self.store.lease
-        interval = lease / 3
+        # Often enough to see a cancel request within seconds, and to renew well before expiry.
+        interval = min(lease / 3, CANCEL_POLL)
         last_renewal = trio.current_time()
         task_status.started()
         while self.failure is None:

@@ -88,13 +88,21 @@ def _process_start() -> float:
     return _start_of(os.getpid()) or _STARTED
 
 
-def _start_of(pid: int) -> float | None:
-    """When process ``pid`` started, in clock ticks since boot (Linux), or ``None``."""
+def _stat(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (Linux), or ``None``."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
-            fields = handle.read().rsplit(b")", 1)[1].split()
-        return float(fields[19])
-    except (OSError, IndexError, ValueError):
+            return handle.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _start_of(pid: int) -> float | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux), or ``None``."""
+    fields = _stat(pid)
+    try:
+        return float(fields[19]) if fields is not None else None
+    except (IndexError, ValueError):
         return None
 
 
@@ -108,6 +116,9 @@ def owner_alive(owner: Owner) -> bool | None:
         return False
     except PermissionError:
         pass  # alive, someone else's
+    fields = _stat(owner.pid)
+    if fields is not None and fields[0] in (b"Z", b"X"):
+        return False  # killed, not yet reaped by its parent
     started = _start_of(owner.pid)
     return started is None or started == owner.started
 
