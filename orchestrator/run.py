@@ -71,6 +71,7 @@ from orchestrator.failpoints import crash_point
 from orchestrator.jobs.journal import Journal, clamp_wall_clock
 from orchestrator.jobs.model import (
     AgentPrint,
+    Claim,
     JobJournal,
     JobStatus,
     NewJob,
@@ -108,6 +109,7 @@ __all__ = [
     "RunStatus",
     "StepReport",
     "run",
+    "submit",
 ]
 
 RunStatus = Literal[
@@ -493,6 +495,7 @@ async def run(
     allow_budget_change: bool = False,
     max_recoveries: int = DEFAULT_MAX_RECOVERIES,
     options: Mapping[str, object] | None = None,
+    claim: Claim | None = None,
 ) -> RunResult:
     """Run a plan to its answer, inside the caller's trio program, as a durable job.
 
@@ -532,6 +535,8 @@ async def run(
             ``dead`` instead of resumed.
         options: extra JSON-able facts kept with a new job (the CLI keeps its offline
             settings there to resume with the same ones).
+        claim: with ``resume``: the claim this process already holds on the job (a worker
+            that claimed it from the queue); the job is run under it, not claimed again.
 
     Returns:
         The :class:`RunResult`, also when a budget, a stop request or a failure ended the run.
@@ -548,9 +553,9 @@ async def run(
             if job_store is None:
                 raise ConfigurationError("resume needs a job store", code="config.store")
             journaled = await job_store.load(resume)
-            decide_claim(
-                journaled.job, time.time(), owner_alive=_alive(journaled.job.owner)
-            )  # an early, clear refusal; the claim decides again atomically
+            if claim is None:
+                # An early, clear refusal; the claim decides again, atomically.
+                decide_claim(journaled.job, time.time(), owner_alive=_alive(journaled.job.owner))
             plan_obj = _journaled_plan(journaled, plan)
             goal = journaled.job.goal
         else:
@@ -588,7 +593,77 @@ async def run(
             allow_budget_change=allow_budget_change,
             max_recoveries=max_recoveries,
             options=dict(options or {}),
+            claim=claim,
         )
+
+
+async def submit(
+    plan: Plan | str | os.PathLike[str],
+    goal: str | None = None,
+    *,
+    store: StoreSpec = DEFAULT_STORE,
+    job_id: str | None = None,
+    queue: str = "default",
+    options: Mapping[str, object] | None = None,
+) -> str:
+    """Queue a job for a worker (``orchestrator worker``) and return its id at once.
+
+    The plan is checked and its tools imported here, so a job that cannot run is refused
+    now rather than by a worker later.
+
+    Raises:
+        PlanError: the plan is invalid, or has no goal and no steps.
+        JobError: a job ``job_id`` exists.
+        ConfigurationError: ``store=None`` (a queue needs a store).
+    """
+    plan_obj = _load(plan)
+    goal = goal if goal is not None else plan_obj.goal
+    if goal is None and not plan_obj.steps:
+        raise PlanError(
+            f"plan {plan_obj.name!r} has no goal: pass one (--goal) or set 'goal' in the plan"
+        )
+    prints = _fingerprints(_team_for_fingerprints(plan_obj))
+    canonical = _canonical(plan_obj)
+    job_id = job_id or new_job_id(plan_obj.name)
+    async with _open_job_store(store) as job_store:
+        if job_store is None:
+            raise ConfigurationError("submit needs a job store", code="config.store")
+        await job_store.create(
+            NewJob(
+                id=job_id,
+                name=plan_obj.name,
+                goal=goal,
+                mode="steps" if plan_obj.steps else "delegate",
+                plan=canonical,
+                plan_hash=hashlib.sha256(canonical.encode()).hexdigest(),
+                plan_dir=None,
+                agents=prints,
+                options={"paths": _import_paths(plan), **(options or {})},
+                queue=queue,
+                status="queued",
+            ),
+            None,
+        )
+    return job_id
+
+
+def _team_for_fingerprints(plan: Plan) -> _Team:
+    """The team a plan makes, never started: what its agents are (tools imported)."""
+
+    def no_connection(agent: str) -> AbstractAsyncContextManager[Connection]:
+        raise AssertionError("a fingerprint team never connects")  # pragma: no cover
+
+    return _build_team(
+        plan,
+        opener=no_connection,
+        budget=BudgetTracker(),
+        bus=EventBus(),
+        registry=ToolRegistry(),
+        intensity=1,
+        period=1.0,
+        approver=ApprovalPolicy(),
+        job="",
+    )
 
 
 def _load(plan: Plan | str | os.PathLike[str] | None) -> Plan:
@@ -698,6 +773,7 @@ async def _run_job(
     max_recoveries: int,
     options: dict[str, object],
     holder: list[_JobRun],
+    claim: Claim | None,
 ) -> RunResult:
     bus = events if events is not None else EventBus()
     if observer is not None:
@@ -766,6 +842,7 @@ async def _run_job(
                 prints,
                 allow_budget_change=allow_budget_change,
                 max_recoveries=max_recoveries,
+                claim=claim,
             )
             if isinstance(outcome, list):  # parked: nothing runs
                 return _result(
@@ -919,8 +996,10 @@ async def _resume(
     *,
     allow_budget_change: bool,
     max_recoveries: int,
-) -> Any:
-    """Check the plan against the journal and claim the job; or park it.
+    claim: Claim | None,
+) -> Claim | list[ParkedCall]:
+    """Check the plan against the journal and claim the job (unless ``claim`` is held
+    already); or park it.
 
     Returns:
         The claim, or the list of parked calls (the job is then ``needs_attention``).
@@ -957,7 +1036,8 @@ async def _resume(
             return decision.recoveries, "needs_attention"
         return decision.recoveries, decision.status
 
-    record_now, claim = await store.claim(record.id, Owner.this_process(), decide)
+    if claim is None:
+        _, claim = await store.claim(record.id, Owner.this_process(), decide)
     if dead:
         await store.write(
             claim,
@@ -978,7 +1058,6 @@ async def _resume(
             ),
         )
         return [_parked(call) for call in parked]
-    del record_now
     return claim
 
 

@@ -106,6 +106,7 @@ class WriterThread:
         self._queue: deque[Ticket[Any]] = deque()
         self._lock = threading.Condition()
         self._closing = False
+        self._broken: JournalError | None = None
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._started = False
 
@@ -117,7 +118,7 @@ class WriterThread:
         """Queue ``ticket``; never blocks. After :meth:`close` it fails at once."""
         with self._lock:
             if self._closing:
-                ticket.error = StorageUnavailable("the job store is closed")
+                ticket.error = self._broken or StorageUnavailable("the job store is closed")
                 ticket.done.set()
                 return
             self._queue.append(ticket)
@@ -137,7 +138,8 @@ class WriterThread:
         try:
             connection = self._connect()
         except Exception as exc:
-            self._fail_all(StorageUnavailable(self._describe(exc)))
+            self._broken = StorageUnavailable(self._describe(exc))
+            self._fail_all(self._broken)
             return
         try:
             while True:
@@ -154,7 +156,7 @@ class WriterThread:
             try:
                 self._close(connection)
             finally:
-                self._fail_all(StorageUnavailable("the job store is closed"))
+                self._fail_all(self._broken or StorageUnavailable("the job store is closed"))
 
     def _run(self, connection: Any, group: list[Ticket[Any]]) -> None:
         if group[0].command is not None:
