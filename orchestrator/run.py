@@ -70,9 +70,11 @@ from orchestrator.errors import (
 from orchestrator.failpoints import crash_point
 from orchestrator.jobs.journal import Journal, clamp_wall_clock
 from orchestrator.jobs.model import (
+    DRIVEN,
     AgentPrint,
     Claim,
     JobJournal,
+    JobRecord,
     JobStatus,
     NewJob,
     Owner,
@@ -93,7 +95,7 @@ from orchestrator.observe import EventBus, RuntimeEvent
 from orchestrator.protocol.codec import encode
 from orchestrator.protocol.events import Item
 from orchestrator.router import Router
-from orchestrator.session import Session
+from orchestrator.session import ModelSettings, Session
 from orchestrator.supervisor import Backoff, Supervisor
 from plans import Plan, check_plan, load_plan, render_task, result_steps, scheduled_steps
 
@@ -307,6 +309,7 @@ def _build_team(
     period: float,
     approver: Approver,
     job: str,
+    model_settings: ModelSettings | None = None,
 ) -> _Team:
     router = Router(events=bus)
     actors: dict[str, AgentActor] = {}
@@ -346,6 +349,7 @@ def _build_team(
                 instructions=instructions,
                 tools=(*wire_tools, *delegation_tools(workers)),
                 store=plan.settings.store,
+                settings=model_settings or ModelSettings(),
             )
             planner = PlannerActor(agent.name, session=session, workers=tuple(workers), **common)
             actors[agent.name] = planner
@@ -355,6 +359,7 @@ def _build_team(
                 instructions=instructions,
                 tools=wire_tools,
                 store=plan.settings.store,
+                settings=model_settings or ModelSettings(),
             )
             actors[agent.name] = WorkerActor(agent.name, session=session, **common)
     # Workers first, the planner last: it can delegate as soon as it is up, and it is the
@@ -496,6 +501,7 @@ async def run(
     max_recoveries: int = DEFAULT_MAX_RECOVERIES,
     options: Mapping[str, object] | None = None,
     claim: Claim | None = None,
+    model_settings: ModelSettings | None = None,
 ) -> RunResult:
     """Run a plan to its answer, inside the caller's trio program, as a durable job.
 
@@ -537,6 +543,7 @@ async def run(
             settings there to resume with the same ones).
         claim: with ``resume``: the claim this process already holds on the job (a worker
             that claimed it from the queue); the job is run under it, not claimed again.
+        model_settings: per-turn settings for every agent (reasoning, temperature...).
 
     Returns:
         The :class:`RunResult`, also when a budget, a stop request or a failure ended the run.
@@ -555,7 +562,7 @@ async def run(
             journaled = await job_store.load(resume)
             if claim is None:
                 # An early, clear refusal; the claim decides again, atomically.
-                decide_claim(journaled.job, time.time(), owner_alive=_alive(journaled.job.owner))
+                decide_claim(journaled.job, time.time(), owner_alive=_alive(journaled.job))
             plan_obj = _journaled_plan(journaled, plan)
             goal = journaled.job.goal
         else:
@@ -594,6 +601,7 @@ async def run(
             max_recoveries=max_recoveries,
             options=dict(options or {}),
             claim=claim,
+            model_settings=model_settings,
         )
 
 
@@ -703,8 +711,8 @@ def _journaled_plan(journaled: JobJournal, given: Plan | str | os.PathLike[str] 
         ) from None
 
 
-def _alive(owner: Owner | None) -> bool | None:
-    return None if owner is None else owner_alive(owner)
+def _alive(job: JobRecord) -> bool | None:
+    return None if job.owner is None else owner_alive(job.owner, job.id)
 
 
 @asynccontextmanager
@@ -735,6 +743,7 @@ async def _run_job_or_record(plan: Plan, goal: str | None, **options: Any) -> Ru
     """``_run_job``, and when something escapes it (a bug, the caller's cancellation), the
     job's status says so instead of staying ``running`` (shielded, best effort)."""
     holder: list[_JobRun] = []
+    job_id = options["job_id"]
     try:
         return await _run_job(plan, goal, holder=holder, **options)
     except BaseException as exc:
@@ -748,6 +757,8 @@ async def _run_job_or_record(plan: Plan, goal: str | None, **options: Any) -> Ru
                 active_seconds=holder[0].active_seconds(),
             )
         raise
+    finally:
+        DRIVEN.discard(job_id)
 
 
 async def _run_job(
@@ -774,6 +785,7 @@ async def _run_job(
     options: dict[str, object],
     holder: list[_JobRun],
     claim: Claim | None,
+    model_settings: ModelSettings | None,
 ) -> RunResult:
     bus = events if events is not None else EventBus()
     if observer is not None:
@@ -830,6 +842,7 @@ async def _run_job(
             ask=approve,
         ),
         job=job_id,
+        model_settings=model_settings,
     )
     done_steps: dict[str, str] = {}
     if job_store is not None:
@@ -871,6 +884,7 @@ async def _run_job(
             claim = await _accept(job_store, plan, goal, job_id, prints, label, options)
         journal = Journal(job_store, claim)
         job_run.journal = journal
+        DRIVEN.add(job_id)
 
         def journal_failed(error: JournalError) -> None:
             job_run.failure = error
@@ -1028,7 +1042,7 @@ async def _resume(
 
     def decide(current: Any, now: float) -> tuple[int, str]:
         decision = decide_claim(
-            current, now, owner_alive=_alive(current.owner), max_recoveries=max_recoveries
+            current, now, owner_alive=_alive(current), max_recoveries=max_recoveries
         )
         if decision.dead:
             dead.append(decision.reason or "dead")

@@ -44,7 +44,7 @@ OPERATOR_FAILED: Final = "operator_failed"
 def effective_status(job: JobRecord, now: float | None = None) -> str:
     """The status to show: ``crashed`` for a job whose owner died without saying so."""
     if job.status in ACTIVE and job.owner is not None:
-        alive = owner_alive(job.owner)
+        alive = owner_alive(job.owner, job.id)
         now = time.time() if now is None else now
         expired = job.lease_expires is not None and job.lease_expires <= now
         if alive is False or (alive is None and expired):

@@ -106,10 +106,18 @@ def _start_of(pid: int) -> float | None:
         return None
 
 
-def owner_alive(owner: Owner) -> bool | None:
-    """Whether ``owner`` still runs: ``None`` when it is on another host (ask its lease)."""
+# The jobs this process drives right now: its own claims are alive only while listed here
+# (a run that stopped because its store failed left its claim in place, and may resume).
+DRIVEN: Final[set[str]] = set()
+
+
+def owner_alive(owner: Owner, job: str) -> bool | None:
+    """Whether ``owner`` still drives ``job``: ``None`` when it is on another host (ask its
+    lease)."""
     if owner.host != socket.gethostname():
         return None
+    if owner.pid == os.getpid() and owner.started == Owner.this_process().started:
+        return job in DRIVEN
     try:
         os.kill(owner.pid, 0)
     except ProcessLookupError:

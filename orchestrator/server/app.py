@@ -16,6 +16,8 @@ driven by trio's MockClock in tests.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import json
 import time
@@ -1027,7 +1029,12 @@ class _ServerConnection:
                 )
                 raise _EndResponse(evict=True)
             output_tokens = await self._stream_output(
-                reply, stream, output, latency.tokens_per_second
+                reply,
+                stream,
+                output,
+                latency.tokens_per_second,
+                encrypt=isinstance(create.include, list)
+                and "reasoning.encrypted_content" in create.include,
             )
         else:
             self.counters.warmups += 1
@@ -1111,7 +1118,12 @@ class _ServerConnection:
         stream: _ResponseStream,
         output: list[Item],
         tokens_per_second: float | None,
+        *,
+        encrypt: bool = False,
     ) -> int:
+        """Stream ``reply``'s items; ``encrypt``: reasoning items carry ``encrypted_content``
+        (what ``include: ["reasoning.encrypted_content"]`` asks of the service, so that a
+        ``store: false`` client can replay them)."""
         pace = 1.0 / tokens_per_second if tokens_per_second else 0.0
         # Deltas are due at fixed times from the first one: sleeping `pace` after each would
         # add every wake-up's lateness to the turn (tens of ms per turn with many streams).
@@ -1168,7 +1180,10 @@ class _ServerConnection:
                 part=SummaryPart(text=summary),
             )
             done_reasoning = ReasoningItem(
-                id=item_id, summary=[SummaryPart(text=summary)], status="completed"
+                id=item_id,
+                summary=[SummaryPart(text=summary)],
+                status="completed",
+                encrypted_content=_opaque(item_id, summary) if encrypt else msgspec.UNSET,
             )
             await stream.emit(OutputItemDone, output_index=index, item=raw(done_reasoning))
             output.append(done_reasoning)
@@ -1445,3 +1460,10 @@ async def open_local_server(
             yield running
         finally:
             nursery.cancel_scope.cancel()
+
+
+def _opaque(item_id: str, summary: str) -> str:
+    """Stand-in for the service's encrypted reasoning: opaque to clients, and the same for
+    the same item (a replay must carry it back unchanged)."""
+    digest = hashlib.sha256(f"{item_id}\0{summary}".encode()).digest()
+    return "gAAAAA" + base64.urlsafe_b64encode(digest * 4).decode()
