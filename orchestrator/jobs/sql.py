@@ -216,7 +216,7 @@ def migrate(cursor: Any, dialect: Dialect) -> int:
 
 def apply_writes(
     cursor: Any, dialect: Dialect, batch: Sequence[tuple[Claim, Write]]
-) -> list[Exception | None]:
+) -> list[JobLost | None]:
     """Apply a batch of journal writes in the caller's transaction, fenced per job.
 
     Returns:
@@ -224,9 +224,9 @@ def apply_writes(
         out (nothing of it was applied).
     """
     counts: dict[tuple[str, int], int] = {}
-    for claim, _ in batch:
+    for claim, write in batch:
         key = (claim.job, claim.epoch)
-        counts[key] = counts.get(key, 0) + 1
+        counts[key] = counts.get(key, 0) + _is_work(write)
     fenced: set[tuple[str, int]] = set()
     fence = dialect.sql(
         "UPDATE jobs SET progress = progress + ?, updated_at = {now} WHERE id = ? AND epoch = ?"
@@ -235,7 +235,7 @@ def apply_writes(
         cursor.execute(fence, (count, job, epoch))
         if cursor.rowcount != 1:
             fenced.add((job, epoch))
-    results: list[Exception | None] = []
+    results: list[JobLost | None] = []
     for claim, write in batch:
         if (claim.job, claim.epoch) in fenced:
             results.append(
@@ -249,6 +249,14 @@ def apply_writes(
         _WRITERS[type(write)](cursor, dialect, claim, write)
         results.append(None)
     return results
+
+
+def _is_work(write: Write) -> int:
+    """1 for a write that records work done (``progress`` counts them: a job that keeps
+    crashing without any is poison), 0 for bookkeeping (messages, step starts, events)."""
+    if isinstance(write, TurnWrite | CallFinishedWrite | ReplyWrite):
+        return 1
+    return int(isinstance(write, StepWrite) and write.step.status == "completed")
 
 
 def _turn(cursor: Any, dialect: Dialect, claim: Claim, write: Write) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import trio
 
-from orchestrator.errors import JournalError, StorageUnavailable
+from orchestrator.errors import JobLost, JournalError, OrchestratorError, StorageUnavailable
 from orchestrator.failpoints import crash_point
 from orchestrator.jobs.model import CallFinishedWrite, Claim, TurnWrite, Write
 
@@ -49,7 +49,7 @@ class Ticket(Generic[T]):
         self.command = command
         self.on_done = on_done
         self.result: T | None = None
-        self.error: Exception | None = None
+        self.error: OrchestratorError | None = None
         self.done = trio.Event()
         self.token = trio.lowlevel.current_trio_token()
 
@@ -94,7 +94,7 @@ class WriterThread:
         *,
         connect: Callable[[], Any],
         transaction: Transaction,
-        apply: Callable[[Any, Sequence[tuple[Claim, Write]]], list[Exception | None]],
+        apply: Callable[[Any, Sequence[tuple[Claim, Write]]], list[JobLost | None]],
         describe: Callable[[Exception], str],
         close: Callable[[Any], None],
     ) -> None:
@@ -165,7 +165,7 @@ class WriterThread:
                 with self._transaction(connection) as cursor:
                     assert ticket.command is not None
                     ticket.result = ticket.command(cursor)
-            except JournalError as exc:
+            except OrchestratorError as exc:  # the command's own refusal, as it is
                 ticket.error = exc
             except Exception as exc:
                 ticket.error = self._translate(exc)
