@@ -77,6 +77,11 @@ class Jobs:
             check=False,
         )
 
+    def killed(self, job: str, point: str) -> None:
+        """``run`` the plan as ``job``, SIGKILLed at crash point ``point``."""
+        done = self("run", self.plan, "--job-id", job, ORCHESTRATOR_CRASH_AT=point)
+        assert -9 == done.returncode, done.stderr
+
     def json(self, *args: object) -> Any:
         done = self(*args, "--json")
         assert 0 == done.returncode, done.stderr
@@ -135,8 +140,7 @@ def test_a_call_in_doubt_is_parked_then_resolved_from_the_command_line(jobs):
     """Killed inside ``post`` (after its effect), the resumed job parks the call and exits 7
     with the commands to run; ``jobs show`` lists it; ``jobs resolve --output`` gives its
     result and ``jobs resume`` completes without posting again."""
-    killed = jobs("run", jobs.plan, "--job-id", "p", ORCHESTRATOR_CRASH_AT="during_tool:1")
-    assert -9 == killed.returncode
+    jobs.killed("p", "during_tool:1")
     assert 1 == len(jobs.posts())
 
     parked = jobs("jobs", "resume", "p")
@@ -192,8 +196,8 @@ def test_a_job_that_crashes_on_every_start_goes_dead_and_others_still_run(jobs):
 
 
 def test_cancel_retry_prune_and_their_refusals(jobs):
-    """A crashed job is cancelled at once; a finished one cannot be cancelled, resumed or
-    retried; prune deletes jobs that ended; unknown jobs are named."""
+    """A crashed job is cancelled at once; a cancelled one cannot be cancelled, resumed or
+    retried; prune deletes jobs that ended (not a crashed one); unknown jobs are named."""
     assert (
         -9
         == jobs(
@@ -226,7 +230,7 @@ def test_cancel_retry_prune_and_their_refusals(jobs):
     assert [] == kept["removed"]
     pruned = jobs.json("jobs", "prune", "--older-than", "0s")
     assert ["c", "fine"] == sorted(pruned["removed"])
-    assert ["gone"] == [job["id"] for job in jobs.json("jobs", "list")]
+    assert ["crashed"] == [job["id"] for job in jobs.json("jobs", "list")]
     bad = jobs("jobs", "prune", "--older-than", "soon")
     assert 2 == bad.returncode
     assert "error[config.value]" in bad.stderr
