@@ -109,7 +109,7 @@ class Journal:
         """
         if self.failure is not None:
             raise self.failure
-        ticket = self.store.submit(self.claim, write, self._done)
+        ticket = self.store.submit(self.claim, write, self._done, urgent=True)
         await ticket.wait()
 
     # -- agents (actors.journal.JournalSink) ---------------------------------------------------

@@ -74,8 +74,13 @@ class JobStore(abc.ABC):
         claim: Claim,
         write: Write,
         on_done: Callable[[Ticket[None]], object] | None = None,
+        *,
+        urgent: bool = False,
     ) -> Ticket[None]:
-        """Queue a journal write behind the earlier ones; returns at once."""
+        """Queue a journal write behind the earlier ones; returns at once.
+
+        ``urgent``: the caller is about to wait for it (no lingering for company).
+        """
 
     async def write(self, claim: Claim, write: Write) -> None:
         """Write and wait until it is durable.
@@ -83,7 +88,7 @@ class JobStore(abc.ABC):
         Raises:
             JournalError: ``StorageUnavailable`` or ``JobLost`` (fenced out).
         """
-        await self.submit(claim, write).wait()
+        await self.submit(claim, write, urgent=True).wait()
 
     @abc.abstractmethod
     async def create(self, job: NewJob, owner: Owner | None) -> Claim | None:
@@ -111,6 +116,10 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def command(self, function: Callable[[Any], T]) -> T:
         """Run ``function(cursor)`` in a write transaction of its own, in the writer."""
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far is committed."""
+        await self.command(lambda cursor: None)
 
     @abc.abstractmethod
     async def read(self, function: Callable[[Any], T]) -> T:
@@ -194,9 +203,11 @@ class SQLStore(JobStore):
         claim: Claim,
         write: Write,
         on_done: Callable[[Ticket[None]], object] | None = None,
+        *,
+        urgent: bool = False,
     ) -> Ticket[None]:
         ticket: Ticket[None] = Ticket(claim=claim, write=write, on_done=on_done)
-        self._writer.submit(ticket)
+        self._writer.submit(ticket, urgent=urgent)
         return ticket
 
     async def command(self, function: Callable[[Any], T]) -> T:
