@@ -98,6 +98,8 @@ class AgentActor(Actor):
     Args:
         session: the conversation (model, instructions, tools, transcript).
         memory: its replies and open turn (see ``actors.journal``); a fresh one by default.
+        fresh_context: start every new task as a new conversation (a plan's
+            ``context = "step"``): the model sees the task alone, not the earlier ones.
         open_connection: opens this agent's connection, given the agent's name.
         tools: the executor of this agent's tools (``None``: no tools).
         budget: the run's budget tracker, consulted before and after every turn.
@@ -109,6 +111,7 @@ class AgentActor(Actor):
     tools: ToolExecutor | None = attrs.field(default=None, kw_only=True, repr=False)
     budget: BudgetTracker | None = attrs.field(default=None, kw_only=True, repr=False)
     events: EventBus | None = attrs.field(default=None, kw_only=True, repr=False)
+    fresh_context: bool = attrs.field(default=False, kw_only=True)
     memory: AgentMemory = attrs.field(
         kw_only=True,
         default=attrs.Factory(lambda self: AgentMemory(self.name), takes_self=True),
@@ -217,6 +220,9 @@ class AgentActor(Actor):
             if outcome.answer is not None:
                 return self._answered(task, outcome.answer, turns)
             items: list[Item] = list(outcome.outputs)
+        elif self.fresh_context:
+            self.session.reset()
+            items = [MessageItem.user(task.text)]
         else:
             items = [*self._close_pending_calls(), MessageItem.user(task.text)]
         while True:

@@ -97,7 +97,15 @@ from orchestrator.protocol.events import Item
 from orchestrator.router import Router
 from orchestrator.session import ModelSettings, Session
 from orchestrator.supervisor import Backoff, Supervisor
-from plans import Plan, check_plan, load_plan, render_task, result_steps, scheduled_steps
+from plans import (
+    Plan,
+    check_plan,
+    load_plan,
+    render_task,
+    result_steps,
+    scheduled_steps,
+    task_references,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
@@ -361,7 +369,12 @@ def _build_team(
                 store=plan.settings.store,
                 settings=model_settings or ModelSettings(),
             )
-            actors[agent.name] = WorkerActor(agent.name, session=session, **common)
+            actors[agent.name] = WorkerActor(
+                agent.name,
+                session=session,
+                fresh_context=bool(plan.steps) and plan.context_for(agent) == "step",
+                **common,
+            )
     # Workers first, the planner last: it can delegate as soon as it is up, and it is the
     # first to stop (shutdown runs in reverse start order).
     ordered = sorted(actors.values(), key=lambda actor: actor is planner)
@@ -393,6 +406,7 @@ def _fingerprints(team: _Team) -> dict[str, AgentPrint]:
             instructions=session.instructions or "",
             store=session.store,
             tools=tools,
+            context="step" if actor.fresh_context else "agent",
         )
     return prints
 
@@ -876,7 +890,8 @@ async def _run_job(
                     resumed=True,
                 )
             claim = outcome
-            _restore(team, rebuild(journaled), budget)
+            fresh = frozenset(name for name, actor in team.actors.items() if actor.fresh_context)
+            _restore(team, rebuild(journaled, fresh), budget)
             done_steps = _completed_steps(journaled, plan)
             job_run.spent_before = journaled.job.active_seconds
             job_run.resumed = True
@@ -1202,6 +1217,8 @@ async def _run_steps(
             done[step.id].set()
             return
         task = render_task(step, results, goal=goal)
+        if team.actors[step.agent].fresh_context:
+            task = _with_dependencies(task, step, results)
         message = _step_message(step.id)
         began = trio.current_time()
         error: str | None = None
@@ -1276,6 +1293,18 @@ async def _run_steps(
     budget.check()
     finals = result_steps(plan)
     return "\n\n".join(results[step.id] for step in finals if step.id in results)
+
+
+def _with_dependencies(task: str, step: Any, results: Mapping[str, str]) -> str:
+    """A fresh conversation's task, with the results of the steps it depends on that the
+    task does not quote already (``{{steps.ID.result}}``)."""
+    quoted = {reference.step for reference in task_references(step.task)}
+    missing = [d for d in step.depends_on if d not in quoted and d in results]
+    if not missing:
+        return task
+    lines = [task, "", "Results of the steps this one depends on:"]
+    lines.extend(f"- {dependency}: {results[dependency]}" for dependency in missing)
+    return "\n".join(lines)
 
 
 class _StepsFailed(OrchestratorError):

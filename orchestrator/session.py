@@ -239,6 +239,11 @@ class Session:
         self._chain_covers = len(self._transcript)
         self._pending = None
 
+    def reset(self) -> None:
+        """Start a new conversation: an empty transcript and no chain. The turn count goes on
+        (turn numbers name turns in the journal and in idempotency keys)."""
+        self.restore([], turns=self.turns, last_response_id=None)
+
     def forget_chain(self) -> None:
         """The server lost the chain; the next request will be a full replay."""
         self.chain_socket = None

@@ -14,6 +14,8 @@ checks it before any socket opens. A complete TOML plan, annotated::
     model = "gpt-5-mini"               # default model of agents that name none
     store = false                      # Responses API `store`; false replays context locally
     base_url = "https://api.openai.com/v1"   # optional endpoint, as the SDK's base_url
+    context = "step"                   # steps mode: each step a fresh conversation (default)
+                                       # | "agent": one conversation per agent, all its steps
 
     [budgets]                          # per run; leave a field out for no plan-level limit
     max_turns = 200                    # model turns, all agents together (1..100000)
@@ -86,6 +88,7 @@ __all__ = [
     "Agent",
     "Approvals",
     "Budget",
+    "Context",
     "Plan",
     "Reference",
     "Role",
@@ -131,12 +134,22 @@ class Budget(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     wall_clock: float | None = None
 
 
+Context = Literal["step", "agent"]
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Run-wide settings."""
+    """Run-wide settings.
+
+    ``context``: in steps mode, ``step`` (the default) starts each step as a fresh
+    conversation for its agent, with the step's task and the results it depends on;
+    ``agent`` keeps one conversation per agent across all its steps (each step sees the
+    earlier ones, and the input grows with every step).
+    """
 
     model: str | None = None
     store: bool = False
     base_url: str | None = None
+    context: Context = "step"
 
 
 class ToolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -167,6 +180,7 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     instructions: str = ""
     tools: tuple[str, ...] = ()
     limits: Budget | None = None
+    context: Context | None = None  # overrides settings.context for this agent
 
 
 class Step(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -237,6 +251,10 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
         if not model:
             raise PlanError(f"agent {agent.name!r} has no model and settings.model is not set")
         return model
+
+    def context_for(self, agent: Agent) -> Context:
+        """``step`` or ``agent``: the agent's own ``context``, else ``settings.context``."""
+        return agent.context or self.settings.context
 
     def tools_for(self, agent: Agent) -> dict[str, ToolConfig]:
         """The tools ``agent`` may call, as model-facing name -> options, in listed order.

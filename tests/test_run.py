@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import pytest
 import trio
 
@@ -700,3 +701,43 @@ async def test_a_plan_without_goal_or_steps_is_refused_before_anything_starts():
     with pytest.raises(PlanError, match="has no goal"):
         await run(team_plan(goal=None), transport="memory", observer=observed.append)
     assert [] == observed
+
+
+# -- context: a fresh conversation per step, or one per agent --------------------------------
+
+
+def two_steps(context: str | None) -> Plan:
+    builder = PlanBuilder("ctx", goal=GOAL, model="gpt-5-mini")
+    builder.worker("w", tools=[lookup])
+    builder.step("first", agent="w", task="Look Lisbon up.")
+    builder.step("second", agent="w", task="Now Porto.", depends_on=["first"])
+    plan = builder.build()
+    if context is not None:
+        plan = msgspec.structs.replace(
+            plan, settings=msgspec.structs.replace(plan.settings, context=context)
+        )
+    return plan
+
+
+async def test_each_step_starts_a_fresh_conversation_with_its_dependencies_results(
+    autojump_clock,
+):
+    """By default (``context = "step"``) a step's agent starts a new conversation: its
+    transcript holds that step's task alone, with the results of the steps it depends on
+    appended when the task does not quote them; the input tokens do not pile up."""
+    result = await run_memory(two_steps(None))
+    assert "completed" == result.status
+    worker = result.agent("w")
+    (task,) = user_texts(worker.transcript)
+    first = next(step for step in result.steps if step.id == "first")
+    assert task.startswith("Now Porto.\n\nResults of the steps this one depends on:\n- first: ")
+    assert first.result is not None
+    assert task.endswith(first.result)
+
+
+async def test_context_agent_keeps_one_conversation_across_steps(autojump_clock):
+    """``context = "agent"``: the second step continues the first one's conversation."""
+    fresh = await run_memory(two_steps(None))
+    kept = await run_memory(two_steps("agent"))
+    assert ["Look Lisbon up.", "Now Porto."] == user_texts(kept.agent("w").transcript)
+    assert kept.usage.input_tokens > fresh.usage.input_tokens

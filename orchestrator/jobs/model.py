@@ -147,6 +147,7 @@ class AgentPrint(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     instructions: str
     store: bool
     tools: dict[str, str] = msgspec.field(default_factory=dict)  # name -> side effect:hash
+    context: str = "agent"
 
 
 class NewJob(msgspec.Struct, frozen=True, kw_only=True):

@@ -149,7 +149,7 @@ def plan_changes(
         blocking.append(f"agent {name!r} was added")
     for name in sorted(old_agents.keys() & new_agents.keys()):
         before, after = old_agents[name], new_agents[name]
-        for field in ("role", "model", "instructions", "store"):
+        for field in ("role", "model", "instructions", "store", "context"):
             if getattr(before, field) != getattr(after, field):
                 blocking.append(f"agent {name!r}: {field} changed")
         for tool in sorted(before.tools.keys() - after.tools.keys()):
@@ -205,9 +205,14 @@ class AgentState:
     replies: dict[str, str]
 
 
-def rebuild(journal: JobJournal) -> dict[str, AgentState]:
+def rebuild(journal: JobJournal, fresh: frozenset[str] = frozenset()) -> dict[str, AgentState]:
     """Every journaled agent's transcript (the items of each turn, in order), usage, the
-    calls of its latest turn and the answers it gave."""
+    calls of its latest turn and the answers it gave.
+
+    Args:
+        fresh: agents that start a new conversation with every task (``context = "step"``):
+            their transcript is that of their latest task only.
+    """
     by_agent: dict[str, list[TurnEntry]] = {}
     for record in journal.turns:
         new_items = decode_items(record.new_items)
@@ -240,8 +245,14 @@ def rebuild(journal: JobJournal) -> dict[str, AgentState]:
         if last is not None:
             own = tuple(call for call in agent_calls if call.turn == last.seq)
             turns[-1] = attrs.evolve(last, calls=tuple(_pending(call) for call in own))
+        conversation = turns
+        if agent in fresh and last is not None:
+            start = len(turns)
+            while start > 0 and turns[start - 1].message == last.message:
+                start -= 1
+            conversation = turns[start:]
         transcript: list[Item] = []
-        for turn in turns:
+        for turn in conversation:
             transcript.extend(turn.new_items)
             transcript.extend(turn.output)
         states[agent] = AgentState(

@@ -425,3 +425,26 @@ async def test_encrypted_reasoning_survives_a_resume(tmp_path, world):
     assert before[0] == after[0]
     assert 2 == len(after)
     assert msgspec.json.encode(before[0]) == msgspec.json.encode(after[0])
+
+
+async def test_a_fresh_context_agent_resumes_with_its_latest_task_only(tmp_path, world):
+    """``looker`` runs steps a and d, each a fresh conversation. Stopped inside step d's
+    lookup, the resumed looker rebuilds step d's conversation only (not step a's) and
+    finishes with the usual answer."""
+    store = tmp_path / "jobs.db"
+    reference = await golden(store)
+    world.stop = trio.Event()
+
+    def arm(event: Any) -> None:
+        if isinstance(event, ToolStarted) and event.tool == "send":
+            world.stop_in = "lookup"  # the next lookup is step d's
+
+    first = await run_job(chain(), store, stop=world.stop, observer=arm, job_id="fresh")
+    assert "interrupted" == first.status
+    resumed = await run_job(None, store, resume="fresh")
+    assert "completed" == resumed.status
+    assert reference.answer == resumed.answer
+    looker = resumed.agent("looker")
+    tasks = [item.text for item in looker.transcript if getattr(item, "role", None) == "user"]
+    assert 1 == len(tasks)
+    assert tasks[0].startswith("Look Braga up")
