@@ -67,6 +67,7 @@ from orchestrator.protocol.events import (
     FunctionTool,
     Tool,
 )
+from orchestrator.redaction import redact
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",
@@ -1104,13 +1105,13 @@ class ToolExecutor:
                     side_effect=spec.side_effect,
                     approved=decision.approved,
                     by=decision.by,
-                    reason=_redact(decision.reason),
+                    reason=redact(decision.reason),
                 )
             )
         if decision.approved:
             return ready
         return self._failure(
-            call, "approval_denied", _redact(decision.reason) or "the call was not approved"
+            call, "approval_denied", decision.reason or "the call was not approved"
         )
 
     async def _invoke(self, ready: _Ready, call: FunctionCallItem, start: float) -> ToolOutcome:
@@ -1129,7 +1130,7 @@ class ToolExecutor:
                 "tool {} raised {}", spec.name, type(exc).__name__
             )
             return self._failure(
-                call, "tool_failed", _redact(str(exc)), start=start, type=type(exc).__name__
+                call, "tool_failed", str(exc), start=start, type=type(exc).__name__
             )
         try:
             text, truncated = spec.render_output(result)
@@ -1158,7 +1159,8 @@ class ToolExecutor:
         **extra: Any,
     ) -> ToolOutcome:
         name = call.name[:64]
-        payload = {"error": code, "tool": name, "message": message[:_MAX_MESSAGE], **extra}
+        # Messages quote exceptions and approvers: no credential goes back to the model.
+        payload = {"error": code, "tool": name, "message": redact(message)[:_MAX_MESSAGE], **extra}
         output = _error_encoder.encode(payload).decode()
         return ToolOutcome(
             item=FunctionCallOutputItem(call_id=call.call_id, output=output),
@@ -1167,14 +1169,3 @@ class ToolExecutor:
             duration=0.0 if start is None else trio.current_time() - start,
             error=code,
         )
-
-
-_SECRETS: Final = re.compile(
-    r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{10,}|Bearer\s+\S+|"
-    r"(?i:api[_-]?key|token|password|secret)\s*[=:]\s*\S+"
-)
-
-
-def _redact(text: str) -> str:
-    """``text`` with anything that looks like a credential replaced by ``[redacted]``."""
-    return _SECRETS.sub("[redacted]", text)

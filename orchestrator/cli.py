@@ -2,6 +2,9 @@
 
 Exit codes (RELIABILITY section 3): 0 success, 2 usage/configuration/plan error, 3 auth,
 4 run failed, 5 budget reached, 130 interrupted.
+
+Everything a command writes to stdout and stderr goes through the redactor
+(``orchestrator.redaction``): reports, JSON, error lines, tracebacks, log lines.
 """
 
 from __future__ import annotations
@@ -350,7 +353,7 @@ def _run_command(args: argparse.Namespace) -> int:
         from orchestrator.connection import resolve_api_key, resolve_endpoint
 
         try:
-            resolve_api_key(key)
+            resolve_api_key(key)  # from here on the redactor knows the key
             resolve_endpoint(
                 args.base_url or plan.settings.base_url, allow_insecure=args.allow_insecure
             )
@@ -496,7 +499,7 @@ async def _run_async(
             trace.close()
     result = results[0]
     if args.json:
-        sys.stdout.buffer.write(result.to_json() + b"\n")
+        sys.stdout.write(result.to_json().decode() + "\n")
         sys.stdout.flush()
     else:
         console.print(render_report(result))
@@ -644,6 +647,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; ``argv`` defaults to the program's (then main() owns the process).
+
+    Whatever the command writes to stdout and stderr is redacted on the way out.
+    """
+    from orchestrator.logging import RedactingStream
+
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(stdout), RedactingStream(stderr)
+    try:
+        return _main(argv)
+    finally:
+        with contextlib.suppress(OSError, ValueError):  # a closed or hung-up terminal
+            sys.stdout.flush()
+            sys.stderr.flush()
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -669,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "verbose", 0):
             import traceback
 
-            traceback.print_exception(exc, file=sys.stderr)
+            sys.stderr.write(redact("".join(traceback.format_exception(exc))))
         return EXIT_FAILED
     return code
 

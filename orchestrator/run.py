@@ -180,8 +180,9 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
         return next(report for report in self.agents if report.name == name)
 
     def to_json(self) -> bytes:
-        """The result as JSON (transcripts included), for ``--json`` and files."""
-        return encode(self)
+        """The result as JSON (transcripts included), for ``--json`` and files; redacted
+        (``orchestrator.redaction``) like every text the runtime writes."""
+        return redact(encode(self).decode()).encode()
 
 
 @attrs.define(eq=False)
