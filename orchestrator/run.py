@@ -40,6 +40,7 @@ from orchestrator.connection import (
     Connector,
     open_connection,
     resolve_api_key,
+    resolve_endpoint,
 )
 from orchestrator.errors import (
     ActorDead,
@@ -291,14 +292,18 @@ async def _endpoint(
     offline: bool | None,
     server_options: Mapping[str, Any] | None,
     transport: Literal["tcp", "memory"],
+    allow_insecure: bool = False,
 ) -> AsyncIterator[_Endpoint]:
     """The live service, or the embedded server (over loopback TCP or in memory)."""
     key_available = api_key is not None or bool(os.environ.get("OPENAI_API_KEY"))
     if offline is None:
         offline = not key_available
     if not offline:
-        url = base_url or "wss://api.openai.com/v1/responses"
-        yield _Endpoint(base_url, resolve_api_key(api_key), url)
+        key = resolve_api_key(api_key)  # first: the key is known to the redactor from here
+        # Refuses a URL carrying credentials before anything starts; the label is the URL
+        # the connections use (OPENAI_BASE_URL included), never the raw option.
+        url = resolve_endpoint(base_url, allow_insecure=allow_insecure).url
+        yield _Endpoint(base_url, key, url)
         return
     # Only offline runs need the server.
     from orchestrator.server import LocalServer, ServerConfig, open_local_server
@@ -403,7 +408,9 @@ async def run(
     steps: dict[str, StepReport] = {}
     failure: BaseException | None = None
     interrupted = False
-    async with _endpoint(api_key, url_option, offline, server_options, transport) as endpoint:
+    async with _endpoint(
+        api_key, url_option, offline, server_options, transport, settings.allow_insecure
+    ) as endpoint:
         label = endpoint.label
 
         @asynccontextmanager

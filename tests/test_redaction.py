@@ -1,6 +1,6 @@
 """Redaction (``orchestrator.redaction``) and where it applies: errors when they are made,
-events on the bus, log sinks (tracebacks included) and the CLI's streams (RELIABILITY G13
-and section 4, "Secrets")."""
+events on the bus, log sinks (tracebacks included), the CLI's streams, and endpoint URLs
+that would carry a key (RELIABILITY G13 and section 4, "Secrets")."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import pytest
 from hypothesis import given, strategies as st
 from loguru import logger
 
+from orchestrator.connection import resolve_endpoint
 from orchestrator.errors import (
     ActorDead,
+    ConfigurationError,
     ConnectionLost,
     OrchestratorError,
     ServerError,
@@ -29,6 +31,8 @@ from orchestrator.redaction import (
     redact,
     register_secret,
 )
+from orchestrator.run import run
+from plans import plan_from_dict
 
 
 def fragments(value: str, size: int = 8) -> set[str]:
@@ -287,3 +291,56 @@ def test_redacting_stream_redacts_text_and_bytes():
     assert f'report: {REDACTED}\n{{"reason": "{REDACTED}"}}\n{REDACTED}\n' == written
     assert not stream.isatty()
     assert "utf-8" == stream.encoding
+
+
+# -- endpoints -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "api_key=abc",
+        "api-key=abc&api-version=1",
+        "token=abc",
+        "access_token=abc",
+        "x=sk-proj-abc123DEF456ghi789",
+    ],
+)
+def test_credentials_in_a_query_string_are_refused(query):
+    """A key in the URL's query would end up in reports and logs: refused like one in the
+    user part, with ``config.url`` and without repeating the value."""
+    with pytest.raises(ConfigurationError) as caught:
+        resolve_endpoint(f"wss://gw.example/v1/responses?{query}")
+
+    assert "config.url" == caught.value.code
+    assert "credentials in the URL's query" in str(caught.value)
+    assert "abc" not in str(caught.value)
+
+
+def test_a_query_without_credentials_is_kept():
+    """Ordinary parameters (Azure's api-version) stay in the URL the socket uses."""
+    endpoint = resolve_endpoint("https://gw.example/openai/v1?api-version=2025-04-01")
+    assert "wss://gw.example/openai/v1/responses?api-version=2025-04-01" == endpoint.url
+
+
+def test_a_malformed_url_is_a_configuration_error_without_the_key():
+    """A bad port is ``config.url`` (not a ValueError), and the URL is shown redacted."""
+    with pytest.raises(ConfigurationError, match="invalid endpoint URL") as caught:
+        resolve_endpoint("wss://gw.example:99999/v1?api_key=sk-proj-abc123DEF456ghi789")
+    assert "sk-proj" not in str(caught.value)
+
+
+async def test_run_refuses_a_key_in_the_url_before_connecting():
+    """``run(base_url=...?api_key=...)`` raises ``config.url`` before any connection: the
+    result's ``endpoint`` could otherwise have carried the key."""
+    plan = plan_from_dict(
+        {
+            "name": "p",
+            "goal": "g",
+            "settings": {"model": "gpt-5-mini"},
+            "agents": [{"name": "boss", "role": "planner"}, {"name": "w"}],
+        }
+    )
+    with pytest.raises(ConfigurationError, match="credentials in the URL's query") as caught:
+        await run(plan, api_key=custom_key(), base_url="https://gw.example/v1?api_key=abc123")
+    assert "config.url" == caught.value.code
