@@ -1,7 +1,8 @@
 """The ``orchestrator`` command line.
 
 Exit codes (RELIABILITY section 3): 0 success, 2 usage/configuration/plan error, 3 auth,
-4 run failed, 5 budget reached, 130 interrupted.
+4 run failed, 5 budget reached, 130 interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM),
+129 hung up (SIGHUP).
 
 Everything a command writes to stdout and stderr goes through the redactor
 (``orchestrator.redaction``): reports, JSON, error lines, tracebacks, log lines.
@@ -23,7 +24,15 @@ import trio
 
 from orchestrator.errors import ConfigurationError
 
-__all__ = ["EXIT_AUTH", "EXIT_BUDGET", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_USAGE", "main"]
+__all__ = [
+    "EXIT_AUTH",
+    "EXIT_BUDGET",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_TERMINATED",
+    "EXIT_USAGE",
+    "main",
+]
 
 EXIT_OK: Final = 0
 EXIT_USAGE: Final = 2
@@ -31,6 +40,16 @@ EXIT_AUTH: Final = 3
 EXIT_FAILED: Final = 4
 EXIT_BUDGET: Final = 5
 EXIT_INTERRUPTED: Final = 130
+EXIT_TERMINATED: Final = 143
+# Seconds a process a tool left behind gets between SIGTERM and SIGKILL when `run` exits.
+EXIT_GRACE: Final = 2.0
+# The signals that stop a run cleanly (a second one forces), with what is said and the exit
+# status: 128 + the signal number, as a shell reports a process killed by it.
+_STOP_SIGNALS: Final[dict[int, str]] = {
+    signal.SIGINT: "interrupted: stopping cleanly (Ctrl-C again to force)",
+    signal.SIGTERM: "terminated (SIGTERM): stopping cleanly (send it again to force)",
+    signal.SIGHUP: "hung up (SIGHUP): stopping cleanly",
+}
 
 
 def _fail(code: str, message: str, exit_code: int = EXIT_USAGE) -> NoReturn:
@@ -281,30 +300,6 @@ def _read_key_file(path: Path) -> str:
     return text.strip()
 
 
-def _kill_children() -> None:
-    """SIGKILL every process whose parent is this one (Linux: from /proc; else nothing).
-
-    Only used on a forced exit, when the orderly shutdown that terminates tool
-    subprocesses itself is being skipped.
-    """
-    me = os.getpid()
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if len(fields) > 1 and int(fields[1]) == me:
-            with contextlib.suppress(OSError):  # it may have exited meanwhile
-                os.kill(int(entry), signal.SIGKILL)
-
-
 def _exit_code(result: Any) -> int:
     if result.status == "completed":
         return EXIT_OK
@@ -321,6 +316,21 @@ def _exit_code(result: Any) -> int:
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    """``orchestrator run``; whatever way it ends, no process it started outlives it."""
+    from orchestrator.processes import become_subreaper, descendants, stop_descendants
+
+    # Processes that were there before (a test calling main() in-process) are not ours.
+    spared = descendants()
+    if args.owns_process:
+        # Orphaned grandchildren of tools come back to us, so that the sweep below finds them.
+        become_subreaper()
+    try:
+        return _run(args, spared)
+    finally:
+        stop_descendants(EXIT_GRACE, spare=spared)
+
+
+def _run(args: argparse.Namespace, spared: set[int]) -> int:
     # Import the packages first: each one's __init__ disables its logs, which would undo
     # configure() for a package imported later (a tool refused to an agent, a plan warning).
     import actors  # noqa: F401
@@ -369,7 +379,7 @@ def _run_command(args: argparse.Namespace) -> int:
     raise_fd_limit()
     # The process is ours: collect rarely (agents make little cyclic garbage; see tuning).
     with gc_policy():
-        return trio.run(_run_async, args, plan, key, offline, server_options)
+        return trio.run(_run_async, args, plan, key, offline, server_options, spared)
 
 
 def _server_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -414,6 +424,7 @@ async def _run_async(
     key: str | None,
     offline: bool,
     server_options: dict[str, Any] | None,
+    spared: set[int],
 ) -> int:
     from rich.console import Console
 
@@ -422,6 +433,7 @@ async def _run_async(
     from orchestrator.display import LiveView, render_report
     from orchestrator.logging import redact
     from orchestrator.observe import EventBus, event_encoder
+    from orchestrator.processes import stop_descendants
     from orchestrator.run import run
 
     console = Console(stderr=args.json)
@@ -445,30 +457,31 @@ async def _run_async(
         ask=_TerminalApprover(Console(stderr=True), view) if interactive else None,
     )
     results: list[Any] = []
+    stopped_by: list[int] = []
     try:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
             async with trio.open_nursery() as nursery:
 
                 async def interrupt() -> None:
-                    count = 0
-                    async for _ in signals:
-                        count += 1
-                        if count == 1:
-                            print(
-                                "\ninterrupted: stopping cleanly (Ctrl-C again to force)",
-                                file=sys.stderr,
-                            )
+                    async for signum in signals:
+                        if not stopped_by:
+                            stopped_by.append(signum)
                             stop.set()
+                            with contextlib.suppress(OSError):  # a terminal that hung up
+                                print(f"\n{_STOP_SIGNALS[signum]}", file=sys.stderr)
                         else:
                             # Exit now (RELIABILITY P5). Cancelling cannot cut the shutdown
                             # short: it is shielded, and may be waiting on a tool that
                             # ignores cancellation or on close handshakes.
-                            print("forced stop", file=sys.stderr, flush=True)
+                            with contextlib.suppress(OSError):
+                                print("forced stop", file=sys.stderr, flush=True)
+                                console.show_cursor(True)
                             if trace is not None:
                                 trace.close()
-                            console.show_cursor(True)
-                            _kill_children()  # a forced exit must not orphan tool processes
-                            os._exit(EXIT_INTERRUPTED)
+                            # A forced exit must not orphan tool processes, grandchildren
+                            # included: SIGKILL every descendant, then go.
+                            stop_descendants(0.0, spare=spared)
+                            os._exit(128 + signum)
 
                 nursery.start_soon(interrupt)
                 live_scope = trio.CancelScope()
@@ -503,6 +516,8 @@ async def _run_async(
         sys.stdout.flush()
     else:
         console.print(render_report(result))
+    if result.status == "interrupted" and stopped_by:
+        return 128 + stopped_by[0]  # 130 for Ctrl-C, 143 for SIGTERM
     return _exit_code(result)
 
 
@@ -667,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.owns_process = argv is None
     try:
         code: int = args.handler(args)
     except KeyboardInterrupt:
