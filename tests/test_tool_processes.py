@@ -315,14 +315,15 @@ def in_directory(directory: Path) -> list[int]:
     [
         (signal.SIGINT, 130, "interrupted: stopping cleanly (Ctrl-C again to force)"),
         (signal.SIGTERM, 143, "terminated (SIGTERM): stopping cleanly (send it again to force)"),
+        (signal.SIGHUP, 129, "hung up (SIGHUP): stopping cleanly"),
     ],
-    ids=["ctrl-c", "sigterm"],
+    ids=["ctrl-c", "sigterm", "sighup"],
 )
 def test_a_stopped_run_leaves_no_process_behind(tmp_path, started, signum, status, said):
-    """SIGINT or SIGTERM while a sync tool waits on a plain ``subprocess`` child, after an
-    orphaned grandchild was started: the run stops cleanly with the partial result, exits
-    130 or 143 (SIGTERM's message does not mention Ctrl-C), and no process it started is
-    alive once it has exited."""
+    """SIGINT, SIGTERM or SIGHUP while a sync tool waits on a plain ``subprocess`` child,
+    after an orphaned grandchild was started: the run stops cleanly with the partial result,
+    exits 128 + the signal (130, 143, 129; only Ctrl-C's message mentions Ctrl-C), and no
+    process it started is alive once it has exited."""
     pids_file = start_run(tmp_path, "crunch", started)
     process = started[0]
     pids = json.loads(pids_file.read_text())
@@ -335,7 +336,7 @@ def test_a_stopped_run_leaves_no_process_behind(tmp_path, started, signum, statu
     assert [] == in_directory(tmp_path.resolve())
     stderr = (tmp_path / "stderr").read_text()
     assert said in lines(stderr)
-    if signum == signal.SIGTERM:
+    if signum != signal.SIGINT:
         assert "Ctrl-C" not in stderr
     result = msgspec.json.decode((tmp_path / "stdout").read_text())
     assert ("interrupted", "run.interrupted") == (result["status"], result["code"])
