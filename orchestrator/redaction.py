@@ -23,6 +23,8 @@ import re
 import threading
 from typing import Final
 
+import attrs
+
 __all__ = [
     "MIN_SECRET_LENGTH",
     "REDACTED",
@@ -98,13 +100,46 @@ _ASSIGNMENT: Final = re.compile(
     r"(?!\[REDACTED\])[^\s'\",;&}\]]+"
 )
 
+# Cheap tests that rule a text out before a pattern runs over it (most texts hold none).
+_SHAPE_MARKERS: Final = (
+    "sk-",
+    "bearer",
+    "akia",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "xox",
+    "private key",
+)
+_ASSIGNMENT_MARKERS: Final = ("key", "authorization", "passw", "secret", "token")
+
+
+@attrs.frozen
+class _Known:
+    """The registered values (most recent last) and how to find their fragments: every
+    8-character fragment of a value contains one of its aligned 4-character blocks, at a
+    known offset, so only the blocks' occurrences need a closer look."""
+
+    values: tuple[str, ...] = ()
+    scanner: re.Pattern[str] | None = None
+    blocks: dict[str, tuple[tuple[str, int], ...]] = attrs.field(factory=dict)
+
+    @classmethod
+    def of(cls, values: tuple[str, ...]) -> _Known:
+        blocks: dict[str, list[tuple[str, int]]] = {}
+        for value in values:
+            for offset in range(0, len(value) - _BLOCK + 1, _BLOCK):
+                blocks.setdefault(value[offset : offset + _BLOCK], []).append((value, offset))
+        scanner = re.compile("|".join(map(re.escape, blocks)))
+        return cls(values, scanner, {block: tuple(at) for block, at in blocks.items()})
+
+
 _lock = threading.Lock()
-# Registered values, most recent last; replaced as a whole (never mutated) so that readers
-# in other threads (log sinks, tool threads) need no lock.
-_known: tuple[str, ...] = ()
-# Each value's aligned 4-character blocks with their offsets. Any 8-character fragment of a
-# value contains one of them at a known offset, so only their occurrences need checking.
-_blocks: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
+# Replaced as a whole, never mutated: readers in other threads (log sinks, tool threads)
+# need no lock.
+_known = _Known()
 
 
 def register_secret(value: str) -> None:
@@ -113,18 +148,14 @@ def register_secret(value: str) -> None:
     Values shorter than :data:`MIN_SECRET_LENGTH` are ignored. The most recent 16 values are
     kept; registering a value again makes it the most recent.
     """
-    global _known, _blocks
+    global _known
     if len(value) < MIN_SECRET_LENGTH:
         return
     with _lock:
-        if _known and _known[-1] == value:
+        values = _known.values
+        if values and values[-1] == value:
             return
-        known = (*(v for v in _known if v != value), value)[-_MAX_KNOWN:]
-        _blocks = tuple(
-            (v, tuple((v[i : i + _BLOCK], i) for i in range(0, len(v) - _BLOCK + 1, _BLOCK)))
-            for v in known
-        )
-        _known = known
+        _known = _Known.of((*(v for v in values if v != value), value)[-_MAX_KNOWN:])
 
 
 def is_secret_name(name: str) -> bool:
@@ -137,7 +168,10 @@ def looks_secret(text: str) -> bool:
 
     Assignments (``password: x``) do not count here: in a plan they are ordinary prose.
     """
-    return bool(_SHAPES.search(text)) or _known_spans(text) != []
+    lowered = text.lower()
+    if any(marker in lowered for marker in _SHAPE_MARKERS) and _SHAPES.search(text):
+        return True
+    return _known_spans(text) != []
 
 
 def redact(text: str) -> str:
@@ -155,8 +189,12 @@ def redact(text: str) -> str:
             position = end
         pieces.append(text[position:])
         text = "".join(pieces)
-    text = _SHAPES.sub(_replace_shape, text)
-    return _ASSIGNMENT.sub(r"\1\2\3" + REDACTED, text)
+    lowered = text.lower()
+    if any(marker in lowered for marker in _SHAPE_MARKERS):
+        text = _SHAPES.sub(_replace_shape, text)
+    if any(marker in lowered for marker in _ASSIGNMENT_MARKERS):
+        text = _ASSIGNMENT.sub(r"\1\2\3" + REDACTED, text)
+    return text
 
 
 def _replace_shape(match: re.Match[str]) -> str:
@@ -166,24 +204,27 @@ def _replace_shape(match: re.Match[str]) -> str:
 
 def _known_spans(text: str) -> list[tuple[int, int]]:
     """Sorted, merged ``(start, end)`` spans of ``text`` that match a registered value over
-    at least 8 characters (or all of it)."""
+    at least 8 characters."""
+    known = _known
+    if known.scanner is None:
+        return []
     spans: list[tuple[int, int]] = []
-    for value, blocks in _blocks:
-        size = len(value)
-        for block, offset in blocks:
-            found = text.find(block)
-            while found != -1:
-                origin = found - offset  # where the value would start in text
-                low = found
-                while low > max(origin, 0) and text[low - 1] == value[low - 1 - origin]:
-                    low -= 1
-                high = found + _BLOCK
-                limit = min(origin + size, len(text))
-                while high < limit and text[high] == value[high - origin]:
-                    high += 1
-                if high - low >= MIN_SECRET_LENGTH:
-                    spans.append((low, high))
-                found = text.find(block, found + 1)
+    match = known.scanner.search(text)
+    while match is not None:
+        found = match.start()
+        for value, offset in known.blocks[match.group()]:
+            origin = found - offset  # where the value would start in text
+            low = found
+            while low > max(origin, 0) and text[low - 1] == value[low - 1 - origin]:
+                low -= 1
+            high = found + _BLOCK
+            limit = min(origin + len(value), len(text))
+            while high < limit and text[high] == value[high - origin]:
+                high += 1
+            if high - low >= MIN_SECRET_LENGTH:
+                spans.append((low, high))
+        # From the next character, not the match's end: occurrences may overlap.
+        match = known.scanner.search(text, found + 1)
     if len(spans) < 2:
         return spans
     spans.sort()
