@@ -25,6 +25,7 @@ import trio
 import orchestrator
 from orchestrator.errors import ConfigurationError
 from orchestrator.logging import PACKAGES
+from orchestrator.run import run
 from tests.conftest import CANARY_KEY
 from tests.test_cli import CLI, environment, wait_until
 
@@ -277,7 +278,7 @@ def log_lines() -> Iterator[list[str]]:
 
 
 async def test_the_python_api_never_shows_the_key(workdir, log_lines, monkeypatch):
-    """``orchestrator.run`` in-process, live with the canary against the embedded server:
+    """``run()`` in-process, live with the canary against the embedded server:
     log lines (tracebacks included), events, the result and its JSON, and the errors it
     raises hold no byte of the key."""
     monkeypatch.syspath_prepend(str(workdir))
@@ -286,14 +287,14 @@ async def test_the_python_api_never_shows_the_key(workdir, log_lines, monkeypatc
         async with orchestrator.open_local_server(
             token=CANARY_KEY, model="scripted", script=workdir / "script.json"
         ) as server:
-            result = await orchestrator.run(
+            result = await run(
                 workdir / "leaky.toml",
                 api_key=CANARY_KEY,
                 base_url=server.url,
                 observer=events.append,
             )
             with pytest.raises(ConfigurationError) as refused:
-                await orchestrator.run(
+                await run(
                     workdir / "leaky.toml",
                     api_key=CANARY_KEY,
                     base_url=f"{server.url}?api_key={CANARY_KEY}",
