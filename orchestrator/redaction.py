@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = [
     "MIN_SECRET_LENGTH",
@@ -45,22 +48,19 @@ MIN_SECRET_LENGTH: Final = 8
 _MAX_KNOWN: Final = 16
 _BLOCK: Final = MIN_SECRET_LENGTH // 2
 
-# Values that are credentials by themselves, wherever they appear.
-_SHAPES: Final = re.compile(
-    "|".join(
-        (
-            # OpenAI-style keys (sk-..., sk-proj-...); a digit sets them apart from words.
-            r"(?<![A-Za-z0-9])sk-(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9_-]{10,}",
-            # A bearer credential (RFC 6750 b64token characters).
-            r"(?i:\bbearer\s+)[A-Za-z0-9._~+/=-]{8,}",
-            r"\bAKIA[0-9A-Z]{16}\b",  # AWS access key id
-            r"\bgh[pousr]_[A-Za-z0-9]{30,}",  # GitHub tokens
-            r"\bxox[abprs]-[A-Za-z0-9-]{10,}",  # Slack tokens
-            r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
-        )
-    )
+# Values that are credentials by themselves, wherever they appear. Each pattern starts with
+# a literal, which the regex engine finds fast; the word boundary before it is checked on
+# the few matches (a lookbehind would make the engine try every position).
+_SHAPES: Final = (
+    # OpenAI-style keys (sk-..., sk-proj-...); a digit sets them apart from words.
+    re.compile(r"sk-(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9_-]{10,}"),
+    re.compile(r"AKIA[0-9A-Z]{16}\b"),  # AWS access key id
+    re.compile(r"gh[pousr]_[A-Za-z0-9]{30,}"),  # GitHub tokens
+    re.compile(r"xox[abprs]-[A-Za-z0-9-]{10,}"),  # Slack tokens
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
 )
-_BEARER: Final = re.compile(r"(?i)^(bearer\s+)")
+# A bearer credential (RFC 6750 b64token characters), any case; the scheme stays.
+_BEARER: Final = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
 
 # Names of fields, headers and parameters that hold credentials.
 _SECRET_NAMES: Final = frozenset(
@@ -100,20 +100,11 @@ _ASSIGNMENT: Final = re.compile(
     r"(?!\[REDACTED\])[^\s'\",;&}\]]+"
 )
 
-# Cheap tests that rule a text out before a pattern runs over it (most texts hold none).
-_SHAPE_MARKERS: Final = (
-    "sk-",
-    "bearer",
-    "akia",
-    "ghp_",
-    "gho_",
-    "ghu_",
-    "ghs_",
-    "ghr_",
-    "xox",
-    "private key",
+# A quick, case-sensitive test on the lowered text: only a text it finds something in is
+# searched with _ASSIGNMENT (a case-insensitive pattern with a lookbehind, slow on big texts).
+_ASSIGNMENT_HINT: Final = re.compile(
+    r"(?:key|authorization|passw(?:or)?d|secret|token)[\"']?\s*[:=]"
 )
-_ASSIGNMENT_MARKERS: Final = ("key", "authorization", "passw", "secret", "token")
 
 
 @attrs.frozen
@@ -168,8 +159,7 @@ def looks_secret(text: str) -> bool:
 
     Assignments (``password: x``) do not count here: in a plan they are ordinary prose.
     """
-    lowered = text.lower()
-    if any(marker in lowered for marker in _SHAPE_MARKERS) and _SHAPES.search(text):
+    if any(_shapes(text)) or _BEARER.search(text):
         return True
     return _known_spans(text) != []
 
@@ -189,17 +179,32 @@ def redact(text: str) -> str:
             position = end
         pieces.append(text[position:])
         text = "".join(pieces)
+    for pattern in _SHAPES:
+        if pattern.search(text):
+            text = pattern.sub(_replace_shape, text)
     lowered = text.lower()
-    if any(marker in lowered for marker in _SHAPE_MARKERS):
-        text = _SHAPES.sub(_replace_shape, text)
-    if any(marker in lowered for marker in _ASSIGNMENT_MARKERS):
+    if "bearer" in lowered:
+        text = _BEARER.sub(r"\1" + REDACTED, text)
+    if _ASSIGNMENT_HINT.search(lowered):
         text = _ASSIGNMENT.sub(r"\1\2\3" + REDACTED, text)
     return text
 
 
+def _at_word_start(match: re.Match[str]) -> bool:
+    start = match.start()
+    return start == 0 or not match.string[start - 1].isalnum()
+
+
 def _replace_shape(match: re.Match[str]) -> str:
-    prefix = _BEARER.match(match.group())
-    return prefix.group(1) + REDACTED if prefix else REDACTED
+    return REDACTED if _at_word_start(match) else match.group()
+
+
+def _shapes(text: str) -> Iterator[re.Match[str]]:
+    """Matches of the credential shapes that start a word."""
+    for pattern in _SHAPES:
+        for match in pattern.finditer(text):
+            if _at_word_start(match):
+                yield match
 
 
 def _known_spans(text: str) -> list[tuple[int, int]]:
