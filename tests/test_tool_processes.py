@@ -359,3 +359,27 @@ def test_a_forced_stop_kills_every_descendant(tmp_path, started):
     assert "forced stop" in lines(stderr.read_text())
     assert [True, True] == [gone(pid) for pid in pids]
     assert [] == in_directory(tmp_path.resolve())
+
+
+def test_serve_still_exits_0_on_sigterm(tmp_path):
+    """``orchestrator serve`` is a service: SIGTERM (a service manager's stop) closes its
+    connections and exits 0, unlike ``run``'s 143."""
+    with (tmp_path / "stdout").open("w") as stdout:
+        server = subprocess.Popen(
+            [*CLI, "serve", "--port", "0"],
+            env=environment(),
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    try:
+        wait_until(lambda: "serving" in (tmp_path / "stdout").read_text(), "the server", server)
+        server.send_signal(signal.SIGTERM)
+        assert 0 == server.wait(timeout=20)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert server.stderr is not None
+    assert ["stopping"] == lines(server.stderr.read())
+    server.stderr.close()
