@@ -2,7 +2,7 @@
 
 Exit codes (RELIABILITY section 3): 0 success, 2 usage/configuration/plan error, 3 auth,
 4 run failed, 5 budget reached, 130 interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM),
-129 hung up (SIGHUP).
+129 hung up (SIGHUP); ``serve`` exits 0 on SIGINT and SIGTERM.
 
 Everything a command writes to stdout and stderr goes through the redactor
 (``orchestrator.redaction``): reports, JSON, error lines, tracebacks, log lines.
@@ -28,6 +28,7 @@ __all__ = [
     "EXIT_AUTH",
     "EXIT_BUDGET",
     "EXIT_FAILED",
+    "EXIT_HUNG_UP",
     "EXIT_INTERRUPTED",
     "EXIT_TERMINATED",
     "EXIT_USAGE",
@@ -41,14 +42,18 @@ EXIT_FAILED: Final = 4
 EXIT_BUDGET: Final = 5
 EXIT_INTERRUPTED: Final = 130
 EXIT_TERMINATED: Final = 143
+EXIT_HUNG_UP: Final = 129
 # Seconds a process a tool left behind gets between SIGTERM and SIGKILL when `run` exits.
 EXIT_GRACE: Final = 2.0
-# The signals that stop a run cleanly (a second one forces), with what is said and the exit
-# status: 128 + the signal number, as a shell reports a process killed by it.
-_STOP_SIGNALS: Final[dict[int, str]] = {
-    signal.SIGINT: "interrupted: stopping cleanly (Ctrl-C again to force)",
-    signal.SIGTERM: "terminated (SIGTERM): stopping cleanly (send it again to force)",
-    signal.SIGHUP: "hung up (SIGHUP): stopping cleanly",
+# The signals that stop a run cleanly (a second one forces): what is said, and the exit
+# status, 128 + the signal number as a shell reports a process killed by it.
+_STOP_SIGNALS: Final[dict[int, tuple[str, int]]] = {
+    signal.SIGINT: ("interrupted: stopping cleanly (Ctrl-C again to force)", EXIT_INTERRUPTED),
+    signal.SIGTERM: (
+        "terminated (SIGTERM): stopping cleanly (send it again to force)",
+        EXIT_TERMINATED,
+    ),
+    signal.SIGHUP: ("hung up (SIGHUP): stopping cleanly", EXIT_HUNG_UP),
 }
 
 
@@ -468,7 +473,7 @@ async def _run_async(
                             stopped_by.append(signum)
                             stop.set()
                             with contextlib.suppress(OSError):  # a terminal that hung up
-                                print(f"\n{_STOP_SIGNALS[signum]}", file=sys.stderr)
+                                print(f"\n{_STOP_SIGNALS[signum][0]}", file=sys.stderr)
                         else:
                             # Exit now (RELIABILITY P5). Cancelling cannot cut the shutdown
                             # short: it is shielded, and may be waiting on a tool that
@@ -481,7 +486,7 @@ async def _run_async(
                             # A forced exit must not orphan tool processes, grandchildren
                             # included: SIGKILL every descendant, then go.
                             stop_descendants(0.0, spare=spared)
-                            os._exit(128 + signum)
+                            os._exit(_STOP_SIGNALS[signum][1])
 
                 nursery.start_soon(interrupt)
                 live_scope = trio.CancelScope()
@@ -517,7 +522,7 @@ async def _run_async(
     else:
         console.print(render_report(result))
     if result.status == "interrupted" and stopped_by:
-        return 128 + stopped_by[0]  # 130 for Ctrl-C, 143 for SIGTERM
+        return _STOP_SIGNALS[stopped_by[0]][1]  # 130 for Ctrl-C, 143 for SIGTERM
     return _exit_code(result)
 
 
