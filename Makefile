@@ -12,8 +12,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+# The editable install finds our packages through a finder that setuptools appends to
+# sys.meta_path, after the path-based one (pypa/setuptools#3557): a program run from a
+# directory that holds a plans/ folder of its own would import that folder as a namespace
+# package ("ImportError: cannot import name 'Plan' from 'plans'"). This .pth, processed after
+# setuptools' own (.pth files are read in name order), moves the finder first.
+EDITABLE_FIRST := import sys; sys.meta_path.sort(key=lambda finder: not str(getattr(finder, "__module__", "")).startswith("__editable___orchestrator_"))
+
+$(STAMP): pyproject.toml constraints.txt Makefile | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	printf '%s\n' '$(EDITABLE_FIRST)' > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/orchestrator-editable-first.pth"
 	@touch $@
 
 demo: $(STAMP)

@@ -38,16 +38,30 @@ cancellation the actor moves on at once (RELIABILITY S4) while the thread runs t
 the background, holding its limiter slot; Python cannot kill a thread. Its side effects may
 still happen after the timeout output was sent, so treat a timed-out non-idempotent call as
 in doubt, and run tools that may hang for good out of process (S2).
+
+Child processes: a call owns the processes it starts with :func:`run_process` (async),
+:func:`run_subprocess` or :func:`start_subprocess` (sync, from the tool's thread). Each child
+leads a process group of its own, and when the call ends (it returns, raises, times out or
+is cancelled) every such group still alive gets SIGTERM, then SIGKILL after
+``PROCESS_GRACE`` seconds: grandchildren included, and the thread of a timed-out sync tool
+is released from its wait. A call that has ended cannot start another child
+(``ToolCallEnded``). Children started otherwise (plain ``subprocess``) are the tool's own
+business; ``orchestrator run`` still stops them when it exits.
 """
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import functools
 import importlib
 import inspect
+import os
 import pathlib
 import re
+import signal
+import subprocess
+import threading
 import types
 import typing
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -63,12 +77,14 @@ from actors.journal import AgentMemory
 from orchestrator.errors import ToolArgumentsInvalid, ToolError, ToolTimedOut
 from orchestrator.failpoints import crash_point
 from orchestrator.observe import EventBus, ToolApproval, ToolFinished, ToolStarted
+from orchestrator.processes import signal_groups, stop_process_groups
 from orchestrator.protocol.events import (
     FunctionCallItem,
     FunctionCallOutputItem,
     FunctionTool,
     Tool,
 )
+from orchestrator.redaction import redact
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",
@@ -76,9 +92,11 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "MAX_ARGUMENTS",
     "MODEL_MISTAKES",
+    "PROCESS_GRACE",
     "ArgumentsRejected",
     "PathOutsideWorkspace",
     "SideEffect",
+    "ToolCallEnded",
     "ToolContext",
     "ToolDefinitionError",
     "ToolExecutor",
@@ -88,6 +106,9 @@ __all__ = [
     "ToolSpec",
     "confine",
     "resolve_tool",
+    "run_process",
+    "run_subprocess",
+    "start_subprocess",
     "tool",
 ]
 
@@ -97,6 +118,8 @@ DEFAULT_TIMEOUT: Final = 30.0
 DEFAULT_MAX_OUTPUT: Final = 16 * 1024
 MAX_ARGUMENTS: Final = 64 * 1024
 DEFAULT_REPAIR_BUDGET: Final = 2
+# Seconds between SIGTERM and SIGKILL for a call's child processes (trio.run_process's too).
+PROCESS_GRACE: Final = 5.0
 # Error messages shown to the model are cut here: enough to repair, too short to flood.
 _MAX_MESSAGE: Final = 500
 _MIN_OUTPUT: Final = 256
@@ -182,6 +205,11 @@ class PathOutsideWorkspace(ValueError):
     """A path argument resolves outside the workspace. Raised by ``confine``."""
 
 
+class ToolCallEnded(ToolError):
+    """A tool tried to start a child process after its call ended (timed out or cancelled):
+    the child was killed at once. Raised in the tool's abandoned thread, read by no one."""
+
+
 # -- declaring tools ---------------------------------------------------------------------------
 
 
@@ -253,6 +281,186 @@ def confine(path: str | pathlib.PurePath, workspace: str | pathlib.PurePath) -> 
     if not resolved.is_relative_to(base):
         raise PathOutsideWorkspace(f"path {str(path)[:200]!r} is outside the workspace")
     return resolved
+
+
+# -- child processes ---------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _CallProcesses:
+    """The process groups one tool call started. Its thread adds to it; the call's task
+    closes it when the call ends and stops what is left."""
+
+    tool: str
+    call_id: str
+    _groups: set[int] = attrs.field(factory=set, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+
+    def adopt(self, pgid: int) -> None:
+        with self._lock:
+            if not self._closed:
+                self._groups.add(pgid)
+                return
+        signal_groups((pgid,), signal.SIGKILL)
+        raise ToolCallEnded(
+            f"tool {self.tool!r} started a process after its call ended; it was killed",
+            tool=self.tool,
+            call_id=self.call_id,
+        )
+
+    def close(self) -> set[int]:
+        with self._lock:
+            self._closed = True
+            return set(self._groups)
+
+
+# The call being run; worker threads see it too (trio.to_thread copies the context).
+_current_call: Final = contextvars.ContextVar[_CallProcesses | None]("tool_call", default=None)
+
+
+def _own_group(options: dict[str, Any]) -> dict[str, Any]:
+    """Popen options that make the child lead a new process group (POSIX)."""
+    if "process_group" in options:
+        raise TypeError("tool processes lead a process group of their own: omit process_group")
+    if os.name == "posix" and not options.get("start_new_session"):
+        options["process_group"] = 0
+    return options
+
+
+def _adopt(pid: int) -> None:
+    call = _current_call.get()
+    if call is not None and os.name == "posix":
+        call.adopt(pid)
+
+
+def start_subprocess(args: Any, **options: Any) -> subprocess.Popen[Any]:
+    """``subprocess.Popen(args, **options)`` for a sync tool: the child leads a process group
+    that the runtime stops (SIGTERM, then SIGKILL after ``PROCESS_GRACE``) when the call ends.
+
+    Raises:
+        ToolCallEnded: the call already ended (the child is killed at once).
+        TypeError: ``process_group`` was given.
+        OSError: the program cannot be started.
+    """
+    process = subprocess.Popen(args, **_own_group(options))
+    try:
+        _adopt(process.pid)
+    except ToolCallEnded:
+        process.wait()
+        raise
+    return process
+
+
+def run_subprocess(
+    args: Any,
+    *,
+    input: Any = None,
+    capture_output: bool = False,
+    timeout: float | None = None,
+    check: bool = False,
+    **options: Any,
+) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run`` for a sync tool, in a process group the runtime owns.
+
+    Same arguments and result as ``subprocess.run``; on its own ``timeout`` (or any error
+    while waiting) the whole group is killed, not only the child. When the tool call ends
+    first (its deadline, Ctrl-C), the group gets SIGTERM, then SIGKILL, and this returns
+    with the child's signal status.
+
+    Raises:
+        subprocess.TimeoutExpired, subprocess.CalledProcessError: as ``subprocess.run``.
+        ToolCallEnded: the call already ended.
+    """
+    if capture_output:
+        if "stdout" in options or "stderr" in options:
+            raise ValueError("stdout and stderr arguments may not be used with capture_output")
+        options["stdout"] = options["stderr"] = subprocess.PIPE
+    if input is not None:
+        if "stdin" in options:
+            raise ValueError("stdin and input arguments may not both be used")
+        options["stdin"] = subprocess.PIPE
+    with start_subprocess(args, **options) as process:
+        try:
+            stdout, stderr = process.communicate(input, timeout=timeout)
+        except BaseException:
+            signal_groups((process.pid,), signal.SIGKILL)
+            process.wait()
+            raise
+        code = process.poll()
+    assert code is not None  # communicate() waited for it
+    if check and code:
+        raise subprocess.CalledProcessError(code, process.args, output=stdout, stderr=stderr)
+    return subprocess.CompletedProcess(process.args, code, stdout, stderr)
+
+
+async def run_process(command: Any, **options: Any) -> subprocess.CompletedProcess[bytes]:
+    """``trio.run_process`` for an async tool, in a process group the runtime owns.
+
+    Same arguments and result as ``trio.run_process`` (``check``, ``capture_stdout``...).
+    When cancelled (the call's deadline, Ctrl-C, a ``move_on_after`` of the tool's own)
+    the whole group gets SIGTERM, then SIGKILL after ``PROCESS_GRACE`` seconds.
+
+    Raises:
+        subprocess.CalledProcessError: with ``check=True`` (the default), as trio's.
+        ToolCallEnded: the call already ended.
+    """
+    check = options.pop("check", True)
+    options.pop("deliver_cancel", None)
+
+    async def deliver_cancel(process: trio.Process) -> None:
+        await stop_process_groups((process.pid,), PROCESS_GRACE)
+
+    completed: list[subprocess.CompletedProcess[bytes]] = []
+    failed: list[BaseException] = []
+
+    async def run(task_status: trio.TaskStatus[trio.Process | None]) -> None:
+        status = _Started(task_status)
+        try:
+            completed.append(
+                await trio.run_process(
+                    command,
+                    check=False,
+                    deliver_cancel=deliver_cancel,
+                    task_status=status,
+                    **_own_group(options),
+                )
+            )
+        except (OSError, TypeError, ValueError) as exc:
+            if status.called:
+                raise
+            failed.append(exc)  # could not start: raised below as is, not in a group
+            task_status.started(None)
+
+    # The nursery is ours, one task: its errors leave it as themselves, not as a group.
+    async with trio.open_nursery() as nursery:
+        process = await nursery.start(run)
+        if process is not None:
+            try:
+                _adopt(process.pid)
+            except ToolCallEnded as exc:
+                failed.append(exc)
+                nursery.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
+    result = completed[0]
+    if check and result.returncode:
+        raise subprocess.CalledProcessError(
+            result.returncode, result.args, output=result.stdout, stderr=result.stderr
+        )
+    return result
+
+
+class _Started:
+    """A task status that remembers whether ``started`` was called."""
+
+    def __init__(self, status: trio.TaskStatus[trio.Process | None]) -> None:
+        self.status = status
+        self.called = False
+
+    def started(self, value: trio.Process | None = None) -> None:
+        self.called = True
+        self.status.started(value)
 
 
 def resolve_tool(path: str) -> Callable[..., Any]:
@@ -469,18 +677,28 @@ class ToolSpec:
         keyword = {name: getattr(arguments, name) for name in signature.keyword}
         if signature.context:
             keyword.update(dict.fromkeys(signature.context, context))
-        # A bare cancel scope is trio.move_on_after without its context-manager wrapper.
-        with trio.CancelScope(deadline=trio.current_time() + self.timeout):
-            if signature.is_async:
-                result = await self.function(*positional, **keyword)
-            else:
-                call = functools.partial(self.function, *positional, **keyword)
-                result = await trio.to_thread.run_sync(
-                    call, abandon_on_cancel=True, limiter=limiter
-                )
-            if inspect.isawaitable(result):
-                result = await result
-            return result
+        processes = _CallProcesses(self.name, context.call_id)
+        token = _current_call.set(processes)
+        try:
+            # A bare cancel scope is trio.move_on_after without its context-manager wrapper.
+            with trio.CancelScope(deadline=trio.current_time() + self.timeout):
+                if signature.is_async:
+                    result = await self.function(*positional, **keyword)
+                else:
+                    call = functools.partial(self.function, *positional, **keyword)
+                    result = await trio.to_thread.run_sync(
+                        call, abandon_on_cancel=True, limiter=limiter
+                    )
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
+        finally:
+            _current_call.reset(token)
+            groups = processes.close()
+            if groups:
+                # The call owns its children: none outlives it, even when it is cancelled.
+                with trio.CancelScope(shield=True):
+                    await stop_process_groups(groups, PROCESS_GRACE)
         raise ToolTimedOut(
             f"tool {self.name!r} did not finish within {self.timeout:g} s",
             tool=self.name,
@@ -1130,13 +1348,13 @@ class ToolExecutor:
                     side_effect=spec.side_effect,
                     approved=decision.approved,
                     by=decision.by,
-                    reason=_redact(decision.reason),
+                    reason=redact(decision.reason),
                 )
             )
         if decision.approved:
             return ready
         return self._failure(
-            call, "approval_denied", _redact(decision.reason) or "the call was not approved"
+            call, "approval_denied", decision.reason or "the call was not approved"
         )
 
     async def _invoke(self, ready: _Ready, call: FunctionCallItem, start: float) -> ToolOutcome:
@@ -1165,7 +1383,7 @@ class ToolExecutor:
                 "tool {} raised {}", spec.name, type(exc).__name__
             )
             return self._failure(
-                call, "tool_failed", _redact(str(exc)), start=start, type=type(exc).__name__
+                call, "tool_failed", str(exc), start=start, type=type(exc).__name__
             )
         finally:
             crash_point("tool_done")
@@ -1196,7 +1414,8 @@ class ToolExecutor:
         **extra: Any,
     ) -> ToolOutcome:
         name = call.name[:64]
-        payload = {"error": code, "tool": name, "message": message[:_MAX_MESSAGE], **extra}
+        # Messages quote exceptions and approvers: no credential goes back to the model.
+        payload = {"error": code, "tool": name, "message": redact(message)[:_MAX_MESSAGE], **extra}
         output = _error_encoder.encode(payload).decode()
         return ToolOutcome(
             item=FunctionCallOutputItem(call_id=call.call_id, output=output),
@@ -1212,14 +1431,3 @@ def _output_text(item: FunctionCallOutputItem) -> str:
     if isinstance(output, str):
         return output
     return _error_encoder.encode(output).decode()
-
-
-_SECRETS: Final = re.compile(
-    r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{10,}|Bearer\s+\S+|"
-    r"(?i:api[_-]?key|token|password|secret)\s*[=:]\s*\S+"
-)
-
-
-def _redact(text: str) -> str:
-    """``text`` with anything that looks like a credential replaced by ``[redacted]``."""
-    return _SECRETS.sub("[redacted]", text)

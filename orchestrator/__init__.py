@@ -63,6 +63,9 @@ if TYPE_CHECKING:
         ToolRegistry as ToolRegistry,
         ToolSpec as ToolSpec,
         confine as confine,
+        run_process as run_process,
+        run_subprocess as run_subprocess,
+        start_subprocess as start_subprocess,
         tool as tool,
     )
     from actors.worker import WorkerActor as WorkerActor
@@ -158,6 +161,9 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ToolRegistry": ("actors.tools", "ToolRegistry"),
     "ToolContext": ("actors.tools", "ToolContext"),
     "confine": ("actors.tools", "confine"),
+    "run_process": ("actors.tools", "run_process"),
+    "run_subprocess": ("actors.tools", "run_subprocess"),
+    "start_subprocess": ("actors.tools", "start_subprocess"),
     "ApprovalPolicy": ("actors.approval", "ApprovalPolicy"),
     "ApprovalRequest": ("actors.approval", "ApprovalRequest"),
     "ApprovalDecision": ("actors.approval", "ApprovalDecision"),

@@ -1,8 +1,13 @@
 """The ``orchestrator`` command line.
 
-Exit codes: 0 success, 2 usage/configuration/plan error (and a job that cannot be
-resumed), 3 auth, 4 run failed, 5 budget reached, 6 an answer but some delegated work
-failed (partial), 7 a job needs attention (parked calls), 8 cancelled, 130 interrupted.
+Exit codes: 0 success, 2 usage/configuration/plan error (and a job that cannot be resumed),
+3 auth, 4 run failed, 5 budget reached, 6 an answer but some delegated work failed
+(partial), 7 a job needs attention (parked calls), 8 cancelled, 130 interrupted (SIGINT,
+Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP); ``serve`` exits 0 on SIGINT and
+SIGTERM.
+
+Everything a command writes to stdout and stderr goes through the redactor
+(``orchestrator.redaction``): reports, JSON, error lines, tracebacks, log lines.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ __all__ = [
     "EXIT_BUDGET",
     "EXIT_CANCELLED",
     "EXIT_FAILED",
+    "EXIT_HUNG_UP",
     "EXIT_INTERRUPTED",
     "EXIT_PARTIAL",
+    "EXIT_TERMINATED",
     "EXIT_USAGE",
     "main",
 ]
@@ -42,6 +49,20 @@ EXIT_PARTIAL: Final = 6
 EXIT_ATTENTION: Final = 7
 EXIT_CANCELLED: Final = 8
 EXIT_INTERRUPTED: Final = 130
+EXIT_TERMINATED: Final = 143
+EXIT_HUNG_UP: Final = 129
+# Seconds a process a tool left behind gets between SIGTERM and SIGKILL when `run` exits.
+EXIT_GRACE: Final = 2.0
+# The signals that stop a run cleanly (a second one forces): what is said, and the exit
+# status, 128 + the signal number as a shell reports a process killed by it.
+_STOP_SIGNALS: Final[dict[int, tuple[str, int]]] = {
+    signal.SIGINT: ("interrupted: stopping cleanly (Ctrl-C again to force)", EXIT_INTERRUPTED),
+    signal.SIGTERM: (
+        "terminated (SIGTERM): stopping cleanly (send it again to force)",
+        EXIT_TERMINATED,
+    ),
+    signal.SIGHUP: ("hung up (SIGHUP): stopping cleanly", EXIT_HUNG_UP),
+}
 
 
 def _fail(code: str, message: str, exit_code: int = EXIT_USAGE) -> NoReturn:
@@ -301,30 +322,6 @@ def _read_key_file(path: Path) -> str:
     return text.strip()
 
 
-def _kill_children() -> None:
-    """SIGKILL every process whose parent is this one (Linux: from /proc; else nothing).
-
-    Only used on a forced exit, when the orderly shutdown that terminates tool
-    subprocesses itself is being skipped.
-    """
-    me = os.getpid()
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if len(fields) > 1 and int(fields[1]) == me:
-            with contextlib.suppress(OSError):  # it may have exited meanwhile
-                os.kill(int(entry), signal.SIGKILL)
-
-
 def add_store_option(parser: Any) -> None:
     parser.add_argument(
         "--store",
@@ -358,6 +355,27 @@ def _exit_code(result: Any) -> int:
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    """``orchestrator run``; whatever way it ends, no process it started outlives it."""
+    return owning_descendants(args, _run)
+
+
+def owning_descendants(args: argparse.Namespace, body: Any) -> int:
+    """``body(args, spared)``, and whatever way it ends, no process it started outlives it."""
+    from orchestrator.processes import become_subreaper, descendants, stop_descendants
+
+    # Processes that were there before (a test calling main() in-process) are not ours.
+    spared = descendants()
+    if args.owns_process:
+        # Orphaned grandchildren of tools come back to us, so that the sweep below finds them.
+        become_subreaper()
+    try:
+        result: int = body(args, spared)
+        return result
+    finally:
+        stop_descendants(EXIT_GRACE, spare=spared)
+
+
+def _run(args: argparse.Namespace, spared: set[int]) -> int:
     # Import the packages first: each one's __init__ disables its logs, which would undo
     # configure() for a package imported later (a tool refused to an agent, a plan warning).
     import actors  # noqa: F401
@@ -390,7 +408,7 @@ def _run_command(args: argparse.Namespace) -> int:
         from orchestrator.connection import resolve_api_key, resolve_endpoint
 
         try:
-            resolve_api_key(key)
+            resolve_api_key(key)  # from here on the redactor knows the key
             resolve_endpoint(
                 args.base_url or plan.settings.base_url, allow_insecure=args.allow_insecure
             )
@@ -404,7 +422,6 @@ def _run_command(args: argparse.Namespace) -> int:
     from orchestrator.tuning import gc_policy, raise_fd_limit
 
     raise_fd_limit()
-    # The process is ours: collect rarely (agents make little cyclic garbage; see tuning).
     local = {
         "model": args.local_model,
         "script": str(args.local_script) if args.local_script else None,
@@ -412,7 +429,6 @@ def _run_command(args: argparse.Namespace) -> int:
         "tokens_per_second": args.local_tokens_per_second,
         "seed": args.local_seed,
     }
-
     job_id = None
     if not args.no_journal:
         from orchestrator.run import new_job_id
@@ -434,8 +450,9 @@ def _run_command(args: argparse.Namespace) -> int:
             **common,
         )
 
+    # The process is ours: collect rarely (agents make little cyclic garbage; see tuning).
     with gc_policy():
-        return trio.run(_run_async, args, plan.name, offline, invoke)
+        return trio.run(_run_async, args, plan.name, offline, invoke, spared)
 
 
 def _store_spec(args: argparse.Namespace) -> Any:
@@ -487,6 +504,7 @@ async def _run_async(
     title: str,
     offline: bool,
     invoke: Any,
+    spared: set[int],
 ) -> int:
     """Run (or resume) a job with the live view, signals, trace and report.
 
@@ -500,6 +518,7 @@ async def _run_async(
     from orchestrator.display import LiveView, render_report
     from orchestrator.logging import redact
     from orchestrator.observe import EventBus, event_encoder
+    from orchestrator.processes import stop_descendants
     from orchestrator.run import run
 
     console = Console(stderr=args.json)
@@ -523,30 +542,31 @@ async def _run_async(
         ask=_TerminalApprover(Console(stderr=True), view) if interactive else None,
     )
     results: list[Any] = []
+    stopped_by: list[int] = []
     try:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
             async with trio.open_nursery() as nursery:
 
                 async def interrupt() -> None:
-                    count = 0
-                    async for _ in signals:
-                        count += 1
-                        if count == 1:
-                            print(
-                                "\ninterrupted: stopping cleanly (Ctrl-C again to force)",
-                                file=sys.stderr,
-                            )
+                    async for signum in signals:
+                        if not stopped_by:
+                            stopped_by.append(signum)
                             stop.set()
+                            with contextlib.suppress(OSError):  # a terminal that hung up
+                                print(f"\n{_STOP_SIGNALS[signum][0]}", file=sys.stderr)
                         else:
                             # Exit now (RELIABILITY P5). Cancelling cannot cut the shutdown
                             # short: it is shielded, and may be waiting on a tool that
                             # ignores cancellation or on close handshakes.
-                            print("forced stop", file=sys.stderr, flush=True)
+                            with contextlib.suppress(OSError):
+                                print("forced stop", file=sys.stderr, flush=True)
+                                console.show_cursor(True)
                             if trace is not None:
                                 trace.close()
-                            console.show_cursor(True)
-                            _kill_children()  # a forced exit must not orphan tool processes
-                            os._exit(EXIT_INTERRUPTED)
+                            # A forced exit must not orphan tool processes, grandchildren
+                            # included: SIGKILL every descendant, then go.
+                            stop_descendants(0.0, spare=spared)
+                            os._exit(_STOP_SIGNALS[signum][1])
 
                 nursery.start_soon(interrupt)
                 live_scope = trio.CancelScope()
@@ -576,11 +596,13 @@ async def _run_async(
             trace.close()
     result = results[0]
     if args.json:
-        sys.stdout.buffer.write(result.to_json() + b"\n")
+        sys.stdout.write(result.to_json().decode() + "\n")
         sys.stdout.flush()
     else:
         console.print(render_report(result))
     _print_job_hint(result)
+    if result.status == "interrupted" and stopped_by:
+        return _STOP_SIGNALS[stopped_by[0]][1]  # 130 for Ctrl-C, 143 for SIGTERM
     return _exit_code(result)
 
 
@@ -745,8 +767,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; ``argv`` defaults to the program's (then main() owns the process).
+
+    Whatever the command writes to stdout and stderr is redacted on the way out.
+    """
+    from orchestrator.logging import RedactingStream
+
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(stdout), RedactingStream(stderr)
+    try:
+        return _main(argv)
+    finally:
+        with contextlib.suppress(OSError, ValueError):  # a closed or hung-up terminal
+            sys.stdout.flush()
+            sys.stderr.flush()
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.owns_process = argv is None
     try:
         code: int = args.handler(args)
     except KeyboardInterrupt:
@@ -776,7 +817,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "verbose", 0):
             import traceback
 
-            traceback.print_exception(exc, file=sys.stderr)
+            sys.stderr.write(redact("".join(traceback.format_exception(exc))))
         return EXIT_FAILED
     return code
 

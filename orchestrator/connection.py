@@ -34,7 +34,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import attrs
 import trio
@@ -75,6 +75,7 @@ from orchestrator.observe import (
 from orchestrator.protocol.codec import decode_server_event, encode_text
 from orchestrator.protocol.lifecycle import ConnectionLifecycle
 from orchestrator.protocol.turn import RequestError, Response, TurnAssembler
+from orchestrator.redaction import is_secret_name, looks_secret, redact
 from orchestrator.session import Session
 
 if TYPE_CHECKING:
@@ -201,25 +202,49 @@ def resolve_endpoint(url: str | None = None, *, allow_insecure: bool = False) ->
     a ``ws(s)://`` URL ending in ``/responses`` is used as is. ``None`` means
     ``OPENAI_BASE_URL`` if set, else the service.
 
+    Credentials in the URL are refused, in its user part (``wss://user:key@host``) as in its
+    query (``?api_key=...``, ``?token=...``, or any value shaped like a key): a URL ends up
+    in reports and logs, the key goes in the ``Authorization`` header only.
+
     Raises:
-        ConfigurationError: the URL is malformed, or ``ws://`` to a remote host without
-            ``allow_insecure``.
+        ConfigurationError: the URL is malformed (``config.url``), carries credentials
+            (``config.url``; the message never repeats them), or is ``ws://`` to a remote
+            host without ``allow_insecure`` (``config.insecure``).
     """
     if url is None:
         base = os.environ.get("OPENAI_BASE_URL")
         url = base if base else DEFAULT_URL
-    parts = urlsplit(url)
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    if scheme not in ("ws", "wss") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname, port = parts.hostname, parts.port
+    except ValueError as exc:  # a bad port, an unbalanced IPv6 bracket
         raise ConfigurationError(
-            f"invalid endpoint URL {url!r}: expected wss://host/v1/responses or https://host/v1",
+            f"invalid endpoint URL {redact(url)!r}: {exc}", code="config.url"
+        ) from None
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss") or not hostname:
+        raise ConfigurationError(
+            f"invalid endpoint URL {redact(url)!r}: expected wss://host/v1/responses or "
+            "https://host/v1",
             code="config.url",
         )
     if parts.username or parts.password:
         raise ConfigurationError(
             "credentials in the URL are refused: pass the API key instead", code="config.url"
         )
-    host = parts.hostname
+    carried = [
+        name
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        if is_secret_name(name) or looks_secret(value)
+    ]
+    if carried:
+        names = ", ".join(sorted({redact(name) for name in carried}))
+        raise ConfigurationError(
+            f"credentials in the URL's query ({names}) are refused: pass the API key in "
+            "OPENAI_API_KEY or --api-key-file, it is sent in the Authorization header",
+            code="config.url",
+        )
+    host = hostname
     secure = scheme == "wss"
     if not secure and not allow_insecure and not _is_loopback(host):
         raise ConfigurationError(
@@ -230,15 +255,14 @@ def resolve_endpoint(url: str | None = None, *, allow_insecure: bool = False) ->
     path = parts.path.rstrip("/")
     if not path.endswith("/responses"):
         path = f"{path}/responses"
-    port = parts.port or (443 if secure else 80)
     resource = path + (f"?{parts.query}" if parts.query else "")
     netloc = f"[{host}]" if ":" in host else host
-    if parts.port:
-        netloc += f":{parts.port}"
+    if port:
+        netloc += f":{port}"
     return Endpoint(
         url=urlunsplit((scheme, netloc, path, parts.query, "")),
         host=host,
-        port=port,
+        port=port or (443 if secure else 80),
         resource=resource,
         secure=secure,
     )

@@ -1,6 +1,9 @@
 """The whole exception tree of the project.
 
-This module imports nothing of ours, so every layer may import it. The tree:
+This module imports only ``orchestrator.redaction`` (which imports nothing of ours), so every
+layer may import it. Every message is redacted when the error is made: text from a server or
+a peer that quotes a key (``invalid key sk-...``) never reaches a log, a report or a repr.
+The tree:
 
     OrchestratorError
     ├── ProtocolError ── LocalProtocolError (our bug) / RemoteProtocolError (peer sent garbage)
@@ -24,6 +27,8 @@ This module imports nothing of ours, so every layer may import it. The tree:
 """
 
 from __future__ import annotations
+
+from orchestrator.redaction import redact
 
 __all__ = [
     "ActorDead",
@@ -58,7 +63,14 @@ __all__ = [
 
 
 class OrchestratorError(Exception):
-    """Base class of every error this project raises on purpose."""
+    """Base class of every error this project raises on purpose.
+
+    Text arguments are redacted on the way in, so ``str``, ``repr`` and ``args`` never hold
+    a credential.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(arg) if isinstance(arg, str) else arg for arg in args))
 
 
 class ProtocolError(OrchestratorError):
@@ -93,7 +105,7 @@ class ConnectionLost(OrchestratorError):
         self, code: int, reason: str | None = None, *, retryable: bool | None = None
     ) -> None:
         self.code = code
-        self.reason = reason
+        self.reason = reason = redact(reason) if reason else reason
         self.retryable = code in RECOVERABLE_CLOSE_CODES if retryable is None else retryable
         detail = f": {reason}" if reason else ""
         super().__init__(f"connection lost with close code {code}{detail}")
@@ -133,9 +145,9 @@ class ServerError(OrchestratorError):
         retry_after: float | None = None,
     ) -> None:
         self.code = code
-        self.message = message
+        self.message = message = redact(message)
         self.status = status
-        self.param = param
+        self.param = param = redact(param) if param else param
         self.error_type = error_type
         self.retry_after = retry_after
         where = f" (param {param!r})" if param else ""
@@ -200,7 +212,7 @@ class ActorDead(OrchestratorError):
 
     def __init__(self, name: str, reason: str | None = None) -> None:
         self.name = name
-        self.reason = reason
+        self.reason = reason = redact(reason) if reason else reason
         detail = f": {reason}" if reason else ""
         super().__init__(f"actor {name!r} is not running{detail}")
 

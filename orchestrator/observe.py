@@ -19,6 +19,8 @@ import attrs
 import msgspec
 import trio
 
+from orchestrator.redaction import redact
+
 __all__ = [
     "ActorEscalated",
     "ActorFailed",
@@ -233,6 +235,21 @@ class ToolApproval(RuntimeEvent, tag="tool.approval", frozen=True, kw_only=True)
 
 # -- the bus -----------------------------------------------------------------------------------
 
+# The fields that carry free text (error messages, reprs); the others are names and numbers.
+_TEXT_FIELDS: Final = ("reason", "error", "summary")
+
+
+def _redacted(event: RuntimeEvent) -> RuntimeEvent:
+    changes = {}
+    for name in _TEXT_FIELDS:
+        text = getattr(event, name, None)
+        if text and isinstance(text, str):
+            cleaned = redact(text)
+            if cleaned != text:
+                changes[name] = cleaned
+    return msgspec.structs.replace(event, **changes) if changes else event
+
+
 Listener = Callable[[RuntimeEvent], Any]
 
 event_encoder: Final = msgspec.json.Encoder()
@@ -253,7 +270,12 @@ class EventBus:
         return bool(self._listeners or self._channels)
 
     def emit(self, event: RuntimeEvent) -> None:
-        """Deliver ``event`` to every listener and subscriber without blocking."""
+        """Deliver ``event`` to every listener and subscriber without blocking.
+
+        Its free texts (``reason``, ``error``, ``summary``: a crash's repr, a server's
+        message) are redacted first.
+        """
+        event = _redacted(event)
         for listener in tuple(self._listeners):
             try:
                 listener(event)

@@ -44,7 +44,6 @@ from actors.tools import ToolRegistry, ToolRepairBudgetExceeded
 from actors.worker import WorkerActor
 from orchestrator.budget import BudgetLimits, BudgetTracker
 from orchestrator.connection import (
-    DEFAULT_URL,
     Connection,
     ConnectionSettings,
     ConnectionStatistics,
@@ -288,8 +287,9 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
         return next(report for report in self.agents if report.name == name)
 
     def to_json(self) -> bytes:
-        """The result as JSON (transcripts included), for ``--json`` and files."""
-        return encode(self)
+        """The result as JSON (transcripts included), for ``--json`` and files; redacted
+        (``orchestrator.redaction``) like every text the runtime writes."""
+        return redact(encode(self).decode()).encode()
 
 
 @attrs.define(eq=False)
@@ -465,11 +465,15 @@ async def _endpoint(
     offline: bool | None,
     server_options: Mapping[str, Any] | None,
     transport: Literal["tcp", "memory"],
+    allow_insecure: bool = False,
 ) -> AsyncIterator[_Endpoint]:
     """The live service, or the embedded server (over loopback TCP or in memory)."""
     if not _resolve_offline(api_key, offline):
-        url = base_url or "wss://api.openai.com/v1/responses"
-        yield _Endpoint(base_url, resolve_api_key(api_key), url)
+        key = resolve_api_key(api_key)  # first: the key is known to the redactor from here
+        # Refuses a URL carrying credentials before anything starts; the label is the URL
+        # the connections use (OPENAI_BASE_URL included), never the raw option.
+        url = resolve_endpoint(base_url, allow_insecure=allow_insecure).url
+        yield _Endpoint(base_url, key, url)
         return
     # Only offline runs need the server.
     from orchestrator.server import LocalServer, ServerConfig, open_local_server
@@ -821,11 +825,12 @@ async def _run_job(
     interrupted = False
     parked: list[ParkedCall] = []
     offline = _resolve_offline(api_key, offline)
+    label = "embedded"
     if not offline:
-        # A missing or malformed key, or a bad URL, is refused before a job is recorded.
+        # A missing or malformed key, or a URL carrying credentials, is refused before a job
+        # is recorded; the key is known to the redactor from here on.
         resolve_api_key(api_key)
-        resolve_endpoint(url_option, allow_insecure=settings.allow_insecure)
-    label = "embedded" if offline else (url_option or DEFAULT_URL)
+        label = resolve_endpoint(url_option, allow_insecure=settings.allow_insecure).url
     endpoints: list[_Endpoint] = []
 
     @asynccontextmanager
@@ -910,7 +915,9 @@ async def _run_job(
             actor.memory.sink = journal
         if job_run.resumed:
             journal.event("resumed", f"{len(done_steps)} steps done")
-    async with _endpoint(api_key, url_option, offline, server_options, transport) as endpoint:
+    async with _endpoint(
+        api_key, url_option, offline, server_options, transport, settings.allow_insecure
+    ) as endpoint:
         endpoints.append(endpoint)
         wall_clock = clamp_wall_clock(plan.budgets.wall_clock, job_run.spent_before)
         if wall_clock != math.inf:

@@ -48,6 +48,7 @@ import msgspec
 from loguru import logger
 
 from orchestrator.errors import PlanError
+from orchestrator.redaction import is_secret_name, looks_secret
 
 from .model import (
     FORMAT_VERSION,
@@ -252,39 +253,11 @@ def issues_listing(issues: Iterable[PlanIssue]) -> str:
 
 # -- shaping text ------------------------------------------------------------------------------
 
-_SECRET_PATTERNS: Final = (
-    re.compile(r"(?<![A-Za-z0-9])sk-(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9_-]{10,}"),
-    re.compile(r"\bBearer\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE),
-    re.compile(r"\bAKIA[0-9A-Z]{16}\b"),
-    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}"),
-    re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"),
-    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
-)
-_SECRET_KEYS: Final = frozenset(
-    {
-        "api_key",
-        "apikey",
-        "openai_api_key",
-        "authorization",
-        "password",
-        "passwd",
-        "secret",
-        "secret_key",
-        "access_token",
-        "token",
-        "bearer",
-    }
-)
-
-
-def _looks_secret(text: str) -> bool:
-    return any(pattern.search(text) for pattern in _SECRET_PATTERNS)
-
 
 def _show(value: object, limit: int = 60) -> str:
     """``value`` quoted for a message: shortened, and withheld if it looks like a secret."""
     text = value if isinstance(value, str) else repr(value)
-    if _looks_secret(text):
+    if looks_secret(text):
         return "<redacted>"
     if len(text) > limit:
         text = text[: limit - 1] + "…"
@@ -1122,11 +1095,11 @@ def _scan_secrets(data: Any, out: _Issues) -> None:
             seen.add(id(value))
             for key, item in value.items():
                 where = _key_location(location, key) if isinstance(key, str) else location
-                if isinstance(key, str) and _looks_secret(key):
+                if isinstance(key, str) and looks_secret(key):
                     _secret_issue(out, location)
                 elif (
                     isinstance(key, str)
-                    and key.lower() in _SECRET_KEYS
+                    and is_secret_name(key)
                     and isinstance(item, str)
                     and item.strip()
                 ):
@@ -1138,7 +1111,7 @@ def _scan_secrets(data: Any, out: _Issues) -> None:
                 continue
             seen.add(id(value))
             stack.extend((item, f"{location}[{i}]") for i, item in enumerate(value))
-        elif isinstance(value, str) and _looks_secret(value):
+        elif isinstance(value, str) and looks_secret(value):
             _secret_issue(out, location)
 
 

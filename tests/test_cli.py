@@ -817,13 +817,13 @@ def trace_has(trace: Path, kind: str, text: str) -> Callable[[], bool]:
     return check
 
 
-def start(tmp_path: Path, *args: object) -> subprocess.Popen[str]:
+def start(tmp_path: Path, *args: object, **env: str) -> subprocess.Popen[str]:
     """A command in its own process group (like a shell job); output goes to files."""
     with (tmp_path / "stdout").open("w") as stdout, (tmp_path / "stderr").open("w") as stderr:
         return subprocess.Popen(
             [*CLI, *map(str, args)],
             cwd=tmp_path,
-            env=environment(),
+            env=environment(**env),
             stdout=stdout,
             stderr=stderr,
             text=True,
@@ -875,12 +875,33 @@ def test_ctrl_c_stops_the_run_kills_tool_processes_and_prints_the_partial_result
     assert "Traceback" not in stderr
 
 
-@pytest.mark.skipif(not HAS_PROC, reason="needs /proc to find the process group")
+def working_in(directory: Path) -> list[int]:
+    """Live processes whose working directory is under ``directory``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            state = Path("/proc", entry, "stat").read_text().rpartition(")")[2].split()[0]
+            cwd = Path("/proc", entry, "cwd").resolve()
+        except OSError:
+            continue  # gone meanwhile
+        if state != "Z" and cwd.is_relative_to(directory):
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not HAS_PROC, reason="needs /proc to see the test processes")
 def test_ctrl_c_during_the_bugfix_tests_leaves_no_process_behind(tmp_path, reaped):
     """Ctrl-C as the bug fixer's tester starts the sample's test suite: exit 130 with the
-    report, and no test process outlives the command."""
+    report, and no test process (they run in scratch directories under TMPDIR, in process
+    groups of their own) outlives the command."""
     trace = tmp_path / "trace.jsonl"
-    process = start(tmp_path, "run", BUGFIX, "--local-ttft", "0.2", "--trace", trace)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    process = start(
+        tmp_path, "run", BUGFIX, "--local-ttft", "0.2", "--trace", trace, TMPDIR=str(scratch)
+    )
     reaped.append(process)
     wait_until(trace_has(trace, "tool.started", "run_tests"), "run_tests", process)
 
@@ -888,6 +909,7 @@ def test_ctrl_c_during_the_bugfix_tests_leaves_no_process_behind(tmp_path, reape
     assert 130 == process.wait(timeout=20)
 
     assert [] == group_members(process.pid)
+    assert [] == working_in(scratch.resolve())
     report = (tmp_path / "stdout").read_text()
     assert report.startswith("interrupted  plan 'bugfix', delegate mode, embedded, ")
     assert "reason: stopped on request" in report

@@ -525,7 +525,7 @@ async def test_tool_exception_becomes_a_redacted_error(registry):
     assert {
         "error": "tool_failed",
         "tool": "boom",
-        "message": "bad x=7; [redacted] [redacted]",
+        "message": "bad x=7; api_key=[REDACTED] Bearer [REDACTED]",
         "type": "ValueError",
     } == error_of(item)
 

@@ -287,6 +287,12 @@ def _retry(args: argparse.Namespace) -> int:
 
 
 def _continue(args: argparse.Namespace, *, retry: bool) -> int:
+    from orchestrator.cli import owning_descendants
+
+    return owning_descendants(args, lambda args, spared: _continue_owned(args, spared, retry))
+
+
+def _continue_owned(args: argparse.Namespace, spared: set[int], retry: bool) -> int:
     from orchestrator.cli import _read_key_file, _run_async
     from orchestrator.jobs.api import open_jobs
     from orchestrator.tuning import gc_policy, raise_fd_limit
@@ -329,7 +335,7 @@ def _continue(args: argparse.Namespace, *, retry: bool) -> int:
                     **common,
                 )
 
-            result: int = await _run_async(args, record.name, offline, invoke)
+            result: int = await _run_async(args, record.name, offline, invoke, spared)
             return result
 
     raise_fd_limit()

@@ -3,10 +3,12 @@
 Nothing here writes to the bundled package. Paths are confined to it with
 ``actors.tools.confine`` (``../`` and absolute paths outside it raise
 ``PathOutsideWorkspace``, which the tool executor reports to the model as
-``path_outside_workspace``). The tests run in a subprocess, on a scratch copy of the package,
-with a deadline and an environment that holds no credentials; ``propose_patch`` applies its
-edit to another scratch copy and runs the tests there, so the model learns whether its fix
-works while the package stays as shipped.
+``path_outside_workspace``). The tests run in a subprocess started with
+``actors.tools.run_process`` (in a process group the runtime stops when the call ends, so
+Ctrl-C or a deadline leaves no test process behind), on a scratch copy of the package, with
+a deadline and an environment that holds no credentials; ``propose_patch`` applies its edit
+to another scratch copy and runs the tests there, so the model learns whether its fix works
+while the package stays as shipped.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Final
 
 import trio
 
-from actors.tools import confine, tool
+from actors.tools import confine, run_process, tool
 
 __all__ = [
     "SAMPLE",
@@ -162,7 +164,7 @@ async def _run_suite(root: Path) -> dict[str, Any]:
     """Run the tests of the package copy at ``root``; a report, never an exception."""
     started = time.monotonic()
     with trio.move_on_after(TEST_DEADLINE) as scope:
-        completed = await trio.run_process(
+        completed = await run_process(
             TEST_COMMAND,
             cwd=root,
             env=_test_environment(),
