@@ -125,6 +125,37 @@ def test_validate_accepts_the_examples():
     )
 
 
+def test_python_dash_m_orchestrator_is_the_orchestrator_command():
+    """``python -m orchestrator`` is the same command line as ``orchestrator``: same usage,
+    same output, same exit codes."""
+    module = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "validate", TRIP],
+        cwd=ROOT,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    bare = subprocess.run(
+        [sys.executable, "-m", "orchestrator"],
+        cwd=ROOT,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert (0, "ok: plan 'trip': 4 agents, 0 steps, 4 tools\n") == (
+        module.returncode,
+        module.stdout,
+    )
+    assert 2 == bare.returncode
+    assert bare.stderr.startswith("usage: orchestrator ")
+    assert "the following arguments are required: COMMAND" in bare.stderr
+
+
 # -- RELIABILITY 3.1: plan files ---------------------------------------------------------------
 
 STEPS: dict[str, Any] = {
