@@ -20,6 +20,7 @@ import trio
 from actors.agent import AgentActor, CallOutcome, Task, TaskResult
 from actors.tools import ToolRepairBudgetExceeded
 from orchestrator.errors import ActorDead, DeliveryTimeout, OrchestratorError, UnknownRecipient
+from orchestrator.observe import DelegationFinished, DelegationStarted, capped
 from orchestrator.protocol.events import (
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -181,6 +182,8 @@ class PlannerActor(AgentActor):
                 call_id=call.call_id, output=_error("invalid_arguments", str(exc))
             )
         self.delegations += 1
+        began = trio.current_time()
+        self._emit_delegation(call, worker, began, task=task)
         try:
             reply = await self.router.ask(
                 self.name,
@@ -189,14 +192,50 @@ class PlannerActor(AgentActor):
                 timeout=self.delegation_timeout,
             )
         except (ActorDead, DeliveryTimeout, UnknownRecipient, trio.TooSlowError) as exc:
+            self._emit_delegation(call, worker, began, error=str(exc))
             return FunctionCallOutputItem(
                 call_id=call.call_id,
                 output=_error("worker_failed", str(exc), worker=worker.name),
             )
         except OrchestratorError as exc:
+            self._emit_delegation(call, worker, began, error=f"{type(exc).__name__}: {exc}")
             return FunctionCallOutputItem(
                 call_id=call.call_id,
                 output=_error("worker_failed", f"{type(exc).__name__}: {exc}", worker=worker.name),
             )
+        self._emit_delegation(call, worker, began)
         text = reply.text if isinstance(reply, TaskResult) else str(reply)
         return FunctionCallOutputItem(call_id=call.call_id, output=text)
+
+    def _emit_delegation(
+        self,
+        call: FunctionCallItem,
+        worker: WorkerInfo,
+        began: float,
+        *,
+        task: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """``delegation.started`` when ``task`` is given, else ``delegation.finished``."""
+        if self.events is None or not self.events.active:
+            return
+        now = trio.current_time()
+        self.events.emit(
+            DelegationStarted(
+                time=now,
+                agent=self.name,
+                worker=worker.name,
+                call_id=call.call_id,
+                task=capped(task),
+            )
+            if task is not None
+            else DelegationFinished(
+                time=now,
+                agent=self.name,
+                worker=worker.name,
+                call_id=call.call_id,
+                ok=error is None,
+                duration=now - began,
+                error=error,
+            )
+        )

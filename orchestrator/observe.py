@@ -110,7 +110,8 @@ class RunStarted(RuntimeEvent, tag="run.started", frozen=True, kw_only=True):
 
 
 class RunFinished(RuntimeEvent, tag="run.finished", frozen=True, kw_only=True):
-    """A run ended, whatever way: the ``status`` and ``code`` of its ``RunResult``."""
+    """A run ended, whatever way: the ``status``, ``code``, ``reason`` and ``answer``
+    (capped) of its ``RunResult``."""
 
     plan: str
     status: str
@@ -120,6 +121,7 @@ class RunFinished(RuntimeEvent, tag="run.finished", frozen=True, kw_only=True):
     output_tokens: int
     code: str | None = None
     reason: str | None = None
+    answer: str | None = None
 
 
 class StepStarted(RuntimeEvent, tag="step.started", frozen=True, kw_only=True):

@@ -30,7 +30,7 @@ from loguru import logger
 from actors.agent import AgentActor, Task, TaskResult
 from actors.approval import ApprovalPolicy, Approver
 from actors.planner import PlannerActor, WorkerInfo, delegation_tools
-from actors.tools import ToolRegistry, ToolRepairBudgetExceeded
+from actors.tools import ToolRegistry, ToolRepairBudgetExceeded, check_definition
 from actors.worker import WorkerActor
 from orchestrator.budget import BudgetLimits, BudgetTracker
 from orchestrator.connection import (
@@ -51,7 +51,17 @@ from orchestrator.errors import (
     RestartLimitReached,
 )
 from orchestrator.logging import Secret, redact
-from orchestrator.observe import ActorStarted, EventBus, RuntimeEvent
+from orchestrator.observe import (
+    ActorStarted,
+    EventBus,
+    RunAgent,
+    RunFinished,
+    RunStarted,
+    RuntimeEvent,
+    StepFinished,
+    StepStarted,
+    capped,
+)
 from orchestrator.protocol.codec import encode
 from orchestrator.protocol.events import Item
 from orchestrator.router import Router
@@ -128,12 +138,18 @@ class AgentReport(msgspec.Struct, frozen=True, kw_only=True):
     restarts: int
     connection: ConnectionReport | None
     transcript: list[Item]
+    busy: float = 0.0
+    model_time: float = 0.0
 
 
 class StepReport(msgspec.Struct, frozen=True, kw_only=True):
+    """One scheduled step. ``status``: ``completed``; ``failed``; ``skipped`` (a dependency
+    failed); ``cut`` (it was running when the run ended early); ``not_started`` (the run
+    ended before it could start)."""
+
     id: str
     agent: str
-    status: Literal["completed", "failed", "skipped"]
+    status: Literal["completed", "failed", "skipped", "cut", "not_started"]
     result: str | None = None
     error: str | None = None
     duration: float = 0.0
@@ -366,16 +382,23 @@ async def run(
         The :class:`RunResult`, also when a budget, a stop request or a failure ended the run.
 
     Raises:
-        PlanError: the plan is invalid (nothing was started).
+        PlanError: the plan is invalid, a tool of it included (a parameter without a type
+            hint, a type that has no JSON schema); nothing was started. ``issues`` lists
+            every problem, as ``orchestrator validate`` prints them.
         ConfigurationError: a bad endpoint or a malformed key (nothing was started).
+
+    Everything that goes wrong once the run started (a rejected key, an unknown model, a
+    crashed agent, a budget) is in the returned result's ``status``, ``code`` and ``reason``.
     """
+    # Every tool is built while checking: one that cannot be described to a model is a
+    # PlanError now, before any connection, rather than a crash inside the run.
     if isinstance(plan, Plan):
         # Checked again (a Plan can be built by hand), but its warnings were already reported
         # by whoever built or loaded it: only errors stop the run here.
-        report = check_plan(plan)
+        report = check_plan(plan, check_tool=check_definition)
         plan = report.raise_for_errors() if report.errors else plan
     else:
-        plan = load_plan(Path(plan))
+        plan = load_plan(Path(plan), check_tool=check_definition)
     goal = goal if goal is not None else plan.goal
     if goal is None and not plan.steps:
         raise PlanError(
@@ -432,6 +455,7 @@ async def run(
                 ask=approve,
             ),
         )
+        bus.emit(_run_started(plan, goal, label))
         with run_scope:
             try:
                 async with trio.open_nursery() as nursery:
@@ -440,7 +464,7 @@ async def run(
                     await nursery.start(team.supervisor.run)
                     try:
                         if plan.steps:
-                            answer = await _run_steps(plan, goal, team, steps, budget)
+                            answer = await _run_steps(plan, goal, team, steps, budget, bus)
                         else:
                             assert team.planner is not None
                             reply = await team.router.ask(
@@ -456,7 +480,7 @@ async def run(
             interrupted = True
         if failure is None and budget.failure is not None:
             failure = budget.failure
-    return _result(
+    result = _result(
         plan,
         goal,
         team,
@@ -469,6 +493,49 @@ async def run(
         timed_out=run_scope.cancelled_caught and trio.current_time() >= run_scope.deadline,
         started_wall=started_wall,
         duration=trio.current_time() - started,
+    )
+    bus.emit(
+        RunFinished(
+            time=trio.current_time(),
+            plan=result.plan,
+            status=result.status,
+            duration=result.duration,
+            turns=result.usage.turns,
+            input_tokens=result.usage.input_tokens,
+            output_tokens=result.usage.output_tokens,
+            code=result.code,
+            reason=result.reason,
+            answer=None if result.answer is None else capped(result.answer),
+        )
+    )
+    return result
+
+
+def _run_started(plan: Plan, goal: str | None, endpoint: str) -> RunStarted:
+    """What the run is about to do, for the live view and the trace."""
+    agents = []
+    for agent in plan.agents:
+        limits = agent.limits
+        agents.append(
+            RunAgent(
+                name=agent.name,
+                role=agent.role,
+                model=plan.model_for(agent),
+                max_turns=limits.max_turns if limits else None,
+                max_tokens=limits.max_tokens if limits else None,
+            )
+        )
+    return RunStarted(
+        time=trio.current_time(),
+        plan=plan.name,
+        mode="steps" if plan.steps else "delegate",
+        endpoint=endpoint,
+        goal=goal,
+        agents=tuple(agents),
+        steps=len(scheduled_steps(plan)) if plan.steps else 0,
+        max_turns=plan.budgets.max_turns,
+        max_tokens=plan.budgets.max_tokens,
+        wall_clock=plan.budgets.wall_clock,
     )
 
 
@@ -507,25 +574,56 @@ async def _run_steps(
     team: _Team,
     reports: dict[str, StepReport],
     budget: BudgetTracker,
+    bus: EventBus,
 ) -> str:
-    """Run the DAG: each step once its dependencies are done, independent ones in parallel."""
+    """Run the DAG: each step once its dependencies are done, independent ones in parallel.
+
+    Every step that ends gets its report in ``reports`` (a step cut by the run's end too);
+    steps that never started get none.
+    """
     order = scheduled_steps(plan)
     done = {step.id: trio.Event() for step in order}
     results: dict[str, str] = {}
+
+    def report(step: Any, status: Any, began: float, **fields: Any) -> None:
+        now = trio.current_time()
+        reports[step.id] = StepReport(
+            id=step.id, agent=step.agent, status=status, duration=now - began, **fields
+        )
+        bus.emit(
+            StepFinished(
+                time=now,
+                step=step.id,
+                agent=step.agent,
+                status=status,
+                duration=now - began,
+                error=fields.get("error"),
+            )
+        )
+        done[step.id].set()
 
     async def run_step(step: Any) -> None:
         for dependency in step.depends_on:
             await done[dependency].wait()
         if any(reports[d].status != "completed" for d in step.depends_on):
-            reports[step.id] = StepReport(
-                id=step.id, agent=step.agent, status="skipped", error="a dependency failed"
-            )
-            done[step.id].set()
+            report(step, "skipped", trio.current_time(), error="a dependency failed")
             return
-        task = render_task(step, results, goal=goal)
         began = trio.current_time()
+        try:
+            await attempts(step, began)
+        finally:
+            if step.id not in reports:  # cancelled in flight: the run is ending
+                report(step, "cut", began, error="the run ended while it ran")
+
+    async def attempts(step: Any, began: float) -> None:
+        task = render_task(step, results, goal=goal)
         error: str | None = None
         for attempt in range(STEP_ATTEMPTS):
+            bus.emit(
+                StepStarted(
+                    time=trio.current_time(), step=step.id, agent=step.agent, attempt=attempt + 1
+                )
+            )
             try:
                 reply = await team.router.ask(
                     "run", step.agent, Task(text=task, sender="run", step=step.id)
@@ -539,23 +637,9 @@ async def _run_steps(
                 continue
             text = reply.text if isinstance(reply, TaskResult) else str(reply)
             results[step.id] = text
-            reports[step.id] = StepReport(
-                id=step.id,
-                agent=step.agent,
-                status="completed",
-                result=text,
-                duration=trio.current_time() - began,
-            )
-            done[step.id].set()
+            report(step, "completed", began, result=text)
             return
-        reports[step.id] = StepReport(
-            id=step.id,
-            agent=step.agent,
-            status="failed",
-            error=error,
-            duration=trio.current_time() - began,
-        )
-        done[step.id].set()
+        report(step, "failed", began, error=error)
 
     async with trio.open_nursery() as nursery:
         for step in order:
@@ -660,10 +744,17 @@ def _result(
                 restarts=actor.statistics().restarts,
                 connection=ConnectionReport.of(connection.statistics()) if connection else None,
                 transcript=list(actor.session.transcript),
+                busy=actor.busy,
+                model_time=actor.model_time,
             )
         )
     total = budget.total
-    ordered_steps = [steps[s.id] for s in plan.steps if s.id in steps]
+    scheduled = {step.id for step in scheduled_steps(plan)} if plan.steps else set()
+    ordered_steps = [
+        steps.get(s.id) or StepReport(id=s.id, agent=s.agent, status="not_started")
+        for s in plan.steps
+        if s.id in steps or s.id in scheduled
+    ]
     return RunResult(
         status=status,
         plan=plan.name,
