@@ -13,12 +13,14 @@ import signal
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, TypeVar
 
 import msgspec
 import trio
 
-from orchestrator.errors import ConfigurationError
+from orchestrator.errors import ConfigurationError, PlanError
+
+_E = TypeVar("_E", bound=BaseException)
 
 __all__ = ["EXIT_AUTH", "EXIT_BUDGET", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_USAGE", "main"]
 
@@ -145,8 +147,8 @@ def _serve_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _leaves(group: BaseExceptionGroup[ConfigurationError]) -> list[ConfigurationError]:
-    leaves: list[ConfigurationError] = []
+def _leaves(group: BaseExceptionGroup[_E]) -> list[_E]:
+    leaves: list[_E] = []
     for error in group.exceptions:
         leaves.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
     return leaves
@@ -370,6 +372,11 @@ def _run_command(args: argparse.Namespace) -> int:
 
     configure("DEBUG" if args.verbose > 1 else "INFO" if args.verbose else "WARNING")
     plan = _check(args.plan)
+    if args.goal is None and plan.goal is None and not plan.steps:
+        _fail(
+            "plan.goal",
+            f"plan {plan.name!r} has no goal: pass one with --goal or set 'goal' in the plan",
+        )
     if args.approve:
         from plans import check_approval_patterns
 
@@ -423,8 +430,17 @@ def _run_command(args: argparse.Namespace) -> int:
 
     raise_fd_limit()
     # The process is ours: collect rarely (agents make little cyclic garbage; see tuning).
-    with gc_policy():
-        return trio.run(_run_async, args, plan, key, offline, server_options)
+    try:
+        with gc_policy():
+            return trio.run(_run_async, args, plan, key, offline, server_options)
+    except* (PlanError, ConfigurationError) as group:
+        # What run() refuses before starting (a team too big for the fd limit...) is the
+        # user's to fix: error[...] and exit 2 (3 for a key), never "a bug in orchestrator".
+        leaves = _leaves(group)
+        for error in leaves:
+            print(_error_line(error), file=sys.stderr)
+        auth = any(getattr(e, "code", "").startswith("auth.") for e in leaves)
+        raise SystemExit(EXIT_AUTH if auth else EXIT_USAGE) from None
 
 
 # --pace: (time to first token, tokens per second) of the embedded server's model.
@@ -432,6 +448,13 @@ PACES: Final[dict[str, tuple[float, float | None]]] = {
     "realistic": (0.5, 100.0),
     "instant": (0.0, None),
 }
+
+
+def _error_line(error: PlanError | ConfigurationError) -> str:
+    text = str(error)
+    if isinstance(error, ConfigurationError):
+        return f"error[{error.code}]: {text}"
+    return text if text.startswith("error[") else f"error[plan.value]: {text}"
 
 
 def _server_options(args: argparse.Namespace, pace: str) -> dict[str, Any]:

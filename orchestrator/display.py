@@ -476,7 +476,8 @@ _HANDLERS: Final[dict[type[RuntimeEvent], Callable[[LiveView, Any], None]]] = {
 
 def render_report(result: RunResult) -> Group:
     """The final report: status and figures, why it ended early, the answer, a line per
-    agent, and in steps mode how every step ended."""
+    agent (``busy``: time on its tasks; ``model``: the part of it in model turns; ``sockets``
+    opened, and how many losses were recovered), and in steps mode how every step ended."""
     status_style = {"completed": "bold green", "interrupted": "bold yellow"}.get(
         result.status, "bold red"
     )
@@ -494,22 +495,15 @@ def render_report(result: RunResult) -> Group:
     if result.answer is not None:
         parts.append(Panel(Text(clean(result.answer)), title="answer", title_align="left"))
     table = Table(show_edge=False, pad_edge=False, box=None)
-    for column in (
-        "agent",
-        "role",
-        "turns",
-        "tools",
-        "tokens",
-        "busy",
-        "in model",
-        "sockets",
-        "recovered",
-        "restarts",
-    ):
+    for column in ("agent", "role", "turns", "tools", "tokens", "busy", "model", "sockets"):
         table.add_column(column, justify="left" if column in ("agent", "role") else "right")
+    table.add_column("restarts", justify="right")
     for agent in result.agents:
         connection = agent.connection
+        sockets = str(connection.sockets_opened) if connection else "0"
         recovered = (connection.reconnects + connection.replays) if connection else 0
+        if recovered:
+            sockets += f", {recovered} recovered"
         table.add_row(
             agent.name,
             agent.role,
@@ -518,8 +512,7 @@ def render_report(result: RunResult) -> Group:
             f"{agent.input_tokens + agent.output_tokens:,}",
             format_duration(agent.busy) if agent.tasks or agent.busy else "-",
             format_duration(agent.model_time) if agent.turns else "-",
-            str(connection.sockets_opened if connection else 0),
-            str(recovered),
+            sockets,
             str(agent.restarts),
         )
     parts.append(table)

@@ -1370,3 +1370,16 @@ def test_on_a_terminal_the_live_view_runs_at_a_realistic_pace_and_one_report_rem
     assert "waiting on 1 of 1: scout" in text
     assert 1 == text.count("completed  plan 'pair', delegate mode, embedded,")
     assert 1 == len(re.findall(r"^agent +role +turns +tools", text, re.MULTILINE))
+
+
+def test_a_run_without_a_goal_is_the_users_mistake_not_a_bug(tmp_path):
+    """A plan without steps needs a goal: without one in the plan or ``--goal`` the run is
+    refused with ``error[plan.goal]`` and exit 2, before anything starts."""
+    plan = tmp_path / "pair.toml"
+    plan.write_text(TWO_AGENTS.replace('goal = "Look Lisbon up"\n', ""))
+    done = orchestrator("run", plan)
+
+    assert 2 == done.returncode
+    assert [
+        "error[plan.goal]: plan 'pair' has no goal: pass one with --goal or set 'goal' in the plan"
+    ] == lines(done.stderr)

@@ -278,10 +278,10 @@ def test_the_report_gives_real_durations_per_run_and_per_agent():
         "completed  plan 'audit', steps mode, embedded, 42 ms, 4 turns, 1,520 tokens"
     )
     header = next(line for line in text.splitlines() if line.startswith("agent"))
-    assert ["agent", "role", "turns", "tools", "tokens", "busy", "in", "model"] == (
-        header.split()[:8]
-    )
-    assert ["2.50", "s", "2.00", "s"] == row(text, "counter").split()[5:9]
+    assert [
+        "agent", "role", "turns", "tools", "tokens", "busy", "model", "sockets", "restarts",
+    ] == header.split()  # fmt: skip
+    assert ["2.50", "s", "2.00", "s", "1", "0"] == row(text, "counter").split()[5:]
 
 
 def test_an_interrupted_report_counts_completed_cut_and_never_started_steps():
