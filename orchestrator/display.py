@@ -28,6 +28,7 @@ from rich.text import Text
 from orchestrator.observe import (
     ActorFailed,
     ActorRestarted,
+    ActorStarted,
     AgentState,
     ConnectionOpened,
     ConnectionReconnecting,
@@ -297,6 +298,11 @@ class LiveView:
         if row is not None:
             row.restarts += 1
 
+    def _actor_started(self, event: ActorStarted) -> None:
+        row = self.rows.get(event.actor)
+        if row is not None and row.state == "restarting":
+            row.state, row.detail = "idle", f"restarted ({row.restarts})"
+
     # -- approvals ------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -468,6 +474,7 @@ _HANDLERS: Final[dict[type[RuntimeEvent], Callable[[LiveView, Any], None]]] = {
     ConnectionRotated: LiveView._rotated,
     ActorFailed: LiveView._actor_failed,
     ActorRestarted: LiveView._actor_restarted,
+    ActorStarted: LiveView._actor_started,
 }
 
 

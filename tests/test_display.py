@@ -13,7 +13,9 @@ from rich.console import Console
 
 from orchestrator.display import LiveView, format_duration, render_report
 from orchestrator.observe import (
+    ActorFailed,
     ActorRestarted,
+    ActorStarted,
     AgentState,
     ConnectionOpened,
     ConnectionReconnecting,
@@ -148,8 +150,11 @@ def test_the_live_view_shows_reconnects_and_restarts():
     )
     planner = row(shown(view.render(102.0)), "planner")
     assert planner.endswith("0.5 s, 1 reconnect")
+    view(ActorFailed(time=101.8, actor="hotels", error="RuntimeError('boom')"))
+    assert "restarting RuntimeError('boom')" in row(shown(view.render(102.0)), "hotels")
     view(ActorRestarted(time=101.9, actor="hotels", restarts=1, delay=0.5, reason="boom"))
-    assert 1 == view.rows["hotels"].restarts
+    view(ActorStarted(time=102.4, actor="hotels", supervisor="run"))
+    assert "idle restarted (1)" in row(shown(view.render(102.5)), "hotels")
 
 
 def test_a_steps_run_shows_steps_done_running_and_waiting():
