@@ -134,12 +134,15 @@ class StepStarted(RuntimeEvent, tag="step.started", frozen=True, kw_only=True):
 
 
 class StepFinished(RuntimeEvent, tag="step.finished", frozen=True, kw_only=True):
-    """A step ended: ``completed``, ``failed`` or ``skipped`` (a dependency failed)."""
+    """A step ended: ``completed``, ``failed``, ``skipped`` (a dependency failed), ``cut``
+    or ``not_started`` (the run ended while it ran, or before its agent took it up).
+    ``duration`` counts from when its agent took it up, ``waited`` is the time before."""
 
     step: str
     agent: str
     status: str
     duration: float
+    waited: float = 0.0
     error: str | None = None
 
 

@@ -60,6 +60,7 @@ from orchestrator.observe import (
     RuntimeEvent,
     StepFinished,
     StepStarted,
+    TaskStarted,
     capped,
 )
 from orchestrator.protocol.codec import encode
@@ -145,7 +146,8 @@ class AgentReport(msgspec.Struct, frozen=True, kw_only=True):
 class StepReport(msgspec.Struct, frozen=True, kw_only=True):
     """One scheduled step. ``status``: ``completed``; ``failed``; ``skipped`` (a dependency
     failed); ``cut`` (it was running when the run ended early); ``not_started`` (the run
-    ended before it could start)."""
+    ended before its agent took it up). ``duration``: from when its agent took it up;
+    ``waited``: before that, in the agent's mailbox behind other work."""
 
     id: str
     agent: str
@@ -153,6 +155,7 @@ class StepReport(msgspec.Struct, frozen=True, kw_only=True):
     result: str | None = None
     error: str | None = None
     duration: float = 0.0
+    waited: float = 0.0
 
 
 class UsageReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -578,17 +581,34 @@ async def _run_steps(
 ) -> str:
     """Run the DAG: each step once its dependencies are done, independent ones in parallel.
 
-    Every step that ends gets its report in ``reports`` (a step cut by the run's end too);
-    steps that never started get none.
+    Every step sent to its agent gets its report in ``reports`` when it ends, also when the
+    run's end cuts it (``cut``, or ``not_started`` if its agent had not taken it up yet);
+    steps never sent get none. A step's ``duration`` counts from when its agent took it up
+    (``task.started``), ``waited`` the time before that in the agent's mailbox.
     """
     order = scheduled_steps(plan)
     done = {step.id: trio.Event() for step in order}
     results: dict[str, str] = {}
+    taken: dict[str, float] = {}  # step -> when its agent took it up (first attempt)
 
-    def report(step: Any, status: Any, began: float, **fields: Any) -> None:
+    def on_task(event: RuntimeEvent) -> None:
+        if isinstance(event, TaskStarted) and event.step is not None:
+            taken.setdefault(event.step, event.time)
+
+    def report(step: Any, status: Any, sent: float, **fields: Any) -> None:
         now = trio.current_time()
+        start = taken.get(step.id)
+        if status == "cut" and start is None:
+            status, fields = "not_started", {}  # queued behind other steps, never begun
+        duration = 0.0 if start is None else now - start
+        waited = (now if start is None else start) - sent
         reports[step.id] = StepReport(
-            id=step.id, agent=step.agent, status=status, duration=now - began, **fields
+            id=step.id,
+            agent=step.agent,
+            status=status,
+            duration=duration,
+            waited=waited,
+            **fields,
         )
         bus.emit(
             StepFinished(
@@ -596,7 +616,8 @@ async def _run_steps(
                 step=step.id,
                 agent=step.agent,
                 status=status,
-                duration=now - began,
+                duration=duration,
+                waited=waited,
                 error=fields.get("error"),
             )
         )
@@ -641,9 +662,13 @@ async def _run_steps(
             return
         report(step, "failed", began, error=error)
 
-    async with trio.open_nursery() as nursery:
-        for step in order:
-            nursery.start_soon(run_step, step)
+    bus.add_listener(on_task)
+    try:
+        async with trio.open_nursery() as nursery:
+            for step in order:
+                nursery.start_soon(run_step, step)
+    finally:
+        bus.remove_listener(on_task)
     failed = [report for report in reports.values() if report.status == "failed"]
     if failed:
         raise _StepsFailed(failed)

@@ -279,3 +279,50 @@ async def test_a_tool_without_type_hints_is_a_plan_error_before_anything_starts(
     )
     assert "annotate it, e.g. `city: str`" in message
     assert [] == recorder.events  # nothing started
+
+
+def two_independent_steps() -> Plan:
+    """Two steps ready at once on one agent: the second waits in the agent's mailbox."""
+    return (
+        PlanBuilder("pair", goal="go", model="local-echo")
+        .worker("echo")
+        .step("first", agent="echo", task="First {{goal}}")
+        .step("second", agent="echo", task="Second {{goal}}")
+        .build()
+    )
+
+
+async def test_a_step_waiting_for_its_busy_agent_counts_its_wait_apart(autojump_clock):
+    """A step's ``duration`` is the time its agent worked on it; the time it spent queued
+    behind another step on the same agent is ``waited``."""
+    result = await run_memory(
+        two_independent_steps(), server_options={"latency": LatencyModel(time_to_first_token=3.0)}
+    )
+
+    # Both are sent at once; whichever the agent takes first, the other waits for it.
+    assert [(3.0, 0.0), (3.0, 3.0)] == sorted((step.duration, step.waited) for step in result.steps)
+
+
+async def test_a_step_still_queued_when_the_run_stops_never_started(autojump_clock):
+    """Stopped during the step its agent took up, the other one, sent but still queued
+    behind it, is ``not_started``, not ``cut``."""
+    stop = trio.Event()
+    recorder = Recorder()
+
+    def watch(event: RuntimeEvent) -> None:
+        recorder(event)
+        if isinstance(event, TurnStarted):
+            stop.set()
+
+    result = await run_memory(
+        two_independent_steps(),
+        observer=watch,
+        stop=stop,
+        server_options={"latency": LatencyModel(time_to_first_token=3.0)},
+    )
+
+    statuses = {step.id: step.status for step in result.steps}
+    assert ["cut", "not_started"] == sorted(statuses.values())
+    assert statuses == {event.step: event.status for event in recorder.of(StepFinished)}
+    taken = next(event.step for event in recorder.of(TaskStarted))
+    assert "cut" == statuses[taken]  # the one its agent took up
