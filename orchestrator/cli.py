@@ -421,7 +421,7 @@ def _run_command(args: argparse.Namespace) -> int:
         if server_options is not None and not server_options["latency"].is_zero:
             paced = f", {pace} pace" if args.local_ttft is None else ", paced"
             if pace == "realistic" and args.pace is None:
-                paced += " (--pace instant: full speed)"
+                paced += " (or --pace instant)"
         print(f"offline: no OPENAI_API_KEY, running on the embedded server{paced}", file=sys.stderr)
         if args.local_model is None and args.local_script is None:
             # (With a chosen local model, model names are only keys of its script.)

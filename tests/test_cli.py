@@ -1365,7 +1365,7 @@ def test_on_a_terminal_the_live_view_runs_at_a_realistic_pace_and_one_report_rem
         os.close(primary)
     text = re.sub(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\r", "", shown.decode(errors="replace"))
 
-    assert "running on the embedded server, realistic pace (--pace instant: full speed)" in text
+    assert "running on the embedded server, realistic pace (or --pace instant)" in text
     assert "pair · delegate mode · embedded server, realistic pace · elapsed" in text
     assert "waiting on 1 of 1: scout" in text
     assert 1 == text.count("completed  plan 'pair', delegate mode, embedded,")
