@@ -1062,7 +1062,8 @@ def on_a_terminal(tmp_path: Path, plan: Path, answer: bytes | None) -> tuple[int
 
     primary, secondary = pty.openpty()
     process = subprocess.Popen(
-        [*CLI, "run", str(plan)],
+        # On a terminal an offline run is paced like a hosted model; these tests need no pace.
+        [*CLI, "run", str(plan), "--pace", "instant"],
         cwd=tmp_path,
         env=environment(),
         stdin=secondary,
