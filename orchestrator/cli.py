@@ -208,14 +208,17 @@ def _check(path: Path) -> Any:
 
 
 def _model_warnings(plan: Any, *, offline: bool) -> None:
-    """A warning per model name the service does not offer (as far as this version knows).
+    """A warning per model name the service does not offer (as far as this version knows),
+    naming the agents that use it.
 
     Offline the embedded server answers whatever the name, so a typo would only show live.
     """
     from orchestrator.model_names import closest_model, is_known_model, is_local_model
 
+    users: dict[str, list[str]] = {}
     for agent in plan.agents:
-        model = plan.model_for(agent)
+        users.setdefault(plan.model_for(agent), []).append(agent.name)
+    for model, agents in users.items():
         if is_known_model(model) or is_local_model(model):
             continue
         close = closest_model(model)
@@ -226,9 +229,10 @@ def _model_warnings(plan: Any, *, offline: bool) -> None:
             if offline
             else "if the service has no such model the run stops with error[model.not_found]"
         )
+        who = ", ".join(repr(name) for name in agents)
         print(
-            f"warning[model.unknown]: agent {agent.name!r} uses model {model!r}, which is not "
-            f"a model orchestrator knows{hint}; {consequence}",
+            f"warning[model.unknown]: model {model!r} (agent{'s' if len(agents) > 1 else ''} "
+            f"{who}) is not a model orchestrator knows{hint}; {consequence}",
             file=sys.stderr,
         )
 
