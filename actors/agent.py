@@ -33,9 +33,11 @@ from orchestrator.errors import (
     ConfigurationError,
     JournalError,
     OrchestratorError,
+    ServerError,
 )
 from orchestrator.failpoints import crash_point
-from orchestrator.observe import AgentState, EventBus
+from orchestrator.model_names import closest_model
+from orchestrator.observe import AgentState, EventBus, TaskStarted, capped
 from orchestrator.protocol.events import (
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -91,6 +93,17 @@ class CallOutcome:
 ConnectionOpener = Callable[[str], AbstractAsyncContextManager["Connection"]]
 
 
+def _model_not_found(agent: str, model: str) -> ConfigurationError:
+    """The service's ``model_not_found`` as ``error[model.not_found]``, naming the agent."""
+    close = closest_model(model)
+    hint = f" (did you mean {close!r}?)" if close and close != model else ""
+    return ConfigurationError(
+        f"agent {agent!r} uses model {model!r}, which the service does not have or this key "
+        f"may not use{hint}; change the agent's model (or settings.model) in the plan",
+        code="model.not_found",
+    )
+
+
 @attrs.define(eq=False)
 class AgentActor(Actor):
     """An agent: one connection, one session, its tools.
@@ -120,6 +133,8 @@ class AgentActor(Actor):
     model_turns: int = attrs.field(default=0, init=False)
     tool_calls: int = attrs.field(default=0, init=False)
     tasks_done: int = attrs.field(default=0, init=False)
+    busy: float = attrs.field(default=0.0, init=False)  # seconds spent on tasks
+    model_time: float = attrs.field(default=0.0, init=False)  # seconds of it in model turns
     _connection: Connection | None = attrs.field(default=None, init=False, repr=False)
     _last_connection: Connection | None = attrs.field(default=None, init=False, repr=False)
     _task_scope: trio.CancelScope | None = attrs.field(default=None, init=False, repr=False)
@@ -170,6 +185,17 @@ class AgentActor(Actor):
     async def handle(self, message: Any) -> Any:
         if not isinstance(message, Task):
             raise TypeError(f"agent {self.name!r} expects a Task, got {type(message).__name__}")
+        began = trio.current_time()
+        if self.events is not None and self.events.active:
+            self.events.emit(
+                TaskStarted(
+                    time=began,
+                    agent=self.name,
+                    sender=message.sender,
+                    step=message.step,
+                    task=capped(message.text),
+                )
+            )
         with trio.CancelScope() as self._task_scope:
             try:
                 return await self.perform(message)
@@ -194,6 +220,7 @@ class AgentActor(Actor):
                 raise
             finally:
                 self._task_scope = None
+                self.busy += trio.current_time() - began
                 self._state("idle")
         return None  # stop() cancelled the task and has answered its asker
 
@@ -260,15 +287,21 @@ class AgentActor(Actor):
         self._state("thinking")
         # No agent wall-clock budget, no cancel scope (1-1.5% of a turn's CPU at scale).
         scope = trio.CancelScope(deadline=deadline) if deadline != math.inf else None
+        began = trio.current_time()
         with scope if scope is not None else _NO_SCOPE:
             try:
                 response = await connection.run_turn(self.session, items)
-            except BaseException:
+            except BaseException as exc:
                 # A turn that never completed (refused handshake, lost connection, the run
                 # being cancelled) produced nothing: the usage counts finished turns only.
                 if budget is not None:
                     budget.cancel_turn(self.name)
+                if isinstance(exc, ServerError) and exc.code == "model_not_found":
+                    # The plan's mistake, not a crash to restart: it ends the run (handle()).
+                    raise _model_not_found(self.name, self.session.model) from exc
                 raise
+            finally:
+                self.model_time += trio.current_time() - began
         if scope is not None and scope.cancelled_caught:
             assert budget is not None
             limits = budget.agents[self.name]

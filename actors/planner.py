@@ -21,6 +21,7 @@ from actors.agent import AgentActor, CallOutcome, Task, TaskResult
 from actors.journal import RUNTIME_CALL, MessageEntry
 from actors.tools import ToolRepairBudgetExceeded
 from orchestrator.errors import ActorDead, DeliveryTimeout, OrchestratorError, UnknownRecipient
+from orchestrator.observe import DelegationFinished, DelegationStarted, capped
 from orchestrator.protocol.events import (
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -235,6 +236,8 @@ class PlannerActor(AgentActor):
         self.memory.message_sent(
             MessageEntry(id=message, sender=self.name, recipient=worker.name, text=task)
         )
+        began = trio.current_time()
+        self._emit_delegation(call, worker, began, task=task)
         error = ""
         for attempt in range(DELEGATION_ATTEMPTS):
             try:
@@ -258,8 +261,10 @@ class PlannerActor(AgentActor):
             except OrchestratorError as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 break
+            self._emit_delegation(call, worker, began)
             text = reply.text if isinstance(reply, TaskResult) else str(reply)
             return self._delegated(call, text, None)
+        self._emit_delegation(call, worker, began, error=error)
         self.failures.append(DelegationFailure(worker.name, message, task[:200], error))
         self._log.warning("delegation to {} failed: {}", worker.name, error)
         output = _error("worker_failed", error, worker=worker.name)
@@ -268,3 +273,36 @@ class PlannerActor(AgentActor):
     def _delegated(self, call: FunctionCallItem, output: str, error: str | None) -> Item:
         self.memory.finish_call(call.call_id, output, error=error)
         return FunctionCallOutputItem(call_id=call.call_id, output=output)
+
+    def _emit_delegation(
+        self,
+        call: FunctionCallItem,
+        worker: WorkerInfo,
+        began: float,
+        *,
+        task: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """``delegation.started`` when ``task`` is given, else ``delegation.finished``."""
+        if self.events is None or not self.events.active:
+            return
+        now = trio.current_time()
+        self.events.emit(
+            DelegationStarted(
+                time=now,
+                agent=self.name,
+                worker=worker.name,
+                call_id=call.call_id,
+                task=capped(task),
+            )
+            if task is not None
+            else DelegationFinished(
+                time=now,
+                agent=self.name,
+                worker=worker.name,
+                call_id=call.call_id,
+                ok=error is None,
+                duration=now - began,
+                error=error,
+            )
+        )

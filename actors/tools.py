@@ -62,6 +62,7 @@ import re
 import signal
 import subprocess
 import threading
+import traceback
 import types
 import typing
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -76,7 +77,7 @@ from actors.approval import NEEDS_APPROVAL, ApprovalDecision, ApprovalRequest, A
 from actors.journal import AgentMemory
 from orchestrator.errors import ToolArgumentsInvalid, ToolError, ToolTimedOut
 from orchestrator.failpoints import crash_point
-from orchestrator.observe import EventBus, ToolApproval, ToolFinished, ToolStarted
+from orchestrator.observe import EventBus, ToolApproval, ToolFinished, ToolStarted, capped
 from orchestrator.processes import signal_groups, stop_process_groups
 from orchestrator.protocol.events import (
     FunctionCallItem,
@@ -104,6 +105,7 @@ __all__ = [
     "ToolRegistry",
     "ToolRepairBudgetExceeded",
     "ToolSpec",
+    "check_definition",
     "confine",
     "resolve_tool",
     "run_process",
@@ -153,8 +155,26 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 class ToolDefinitionError(ToolError):
     """A callable cannot be a tool (no type hints, unsupported type, bad name or path).
 
-    Raised while building tools, before any run: a bug in the tool or the plan.
+    Raised while building tools, before any run: a mistake in the tool or the plan, which
+    ``orchestrator validate`` reports as ``plan.tool``.
+
+    Attributes:
+        parameter: the offending parameter, when one is to blame.
+        suggestion: what to write instead, when there is a clear fix.
     """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tool: str,
+        call_id: str | None = None,
+        parameter: str | None = None,
+        suggestion: str | None = None,
+    ) -> None:
+        self.parameter = parameter
+        self.suggestion = suggestion
+        super().__init__(message, tool=tool, call_id=call_id)
 
 
 class ArgumentsRejected(ToolArgumentsInvalid):
@@ -728,6 +748,17 @@ class ToolSpec:
         return encoded[:keep].decode("utf-8", errors="ignore") + marker, True
 
 
+def check_definition(function: Callable[..., Any], name: str) -> tuple[str, str | None] | None:
+    """Why ``function`` cannot be offered to a model as the tool ``name``, as (message,
+    suggestion); ``None`` if it can. Plan validation calls it (``plans.ToolCheck``) so that
+    such a tool is a plan error before any run."""
+    try:
+        ToolSpec.from_callable(function, name=name if _TOOL_NAME.fullmatch(name) else None)
+    except ToolDefinitionError as exc:
+        return str(exc), exc.suggestion
+    return None
+
+
 def _first(*values: Any) -> Any:
     return next(v for v in values if v is not None)
 
@@ -792,12 +823,16 @@ def _build_signature(
             raise ToolDefinitionError(
                 f"tool {tool_name!r}: *args and **kwargs cannot be described to the model",
                 tool=tool_name,
+                parameter=parameter.name,
+                suggestion="name each parameter the model may pass, with its type",
             )
         annotation = hints.get(parameter.name, parameter.annotation)
         if annotation is parameter.empty:
             raise ToolDefinitionError(
                 f"tool {tool_name!r}: parameter {parameter.name!r} has no type hint",
                 tool=tool_name,
+                parameter=parameter.name,
+                suggestion=f"annotate it, e.g. `{parameter.name}: str`; {_TYPES_HINT}",
             )
         if annotation is ToolContext:
             context.append(parameter.name)
@@ -823,7 +858,17 @@ def _build_signature(
             [arguments_type], schema_hook=_schema_hook, ref_template="#/$defs/{name}"
         )
     except (TypeError, ValueError) as exc:
-        raise ToolDefinitionError(f"tool {tool_name!r}: {exc}", tool=tool_name) from exc
+        culprit = _undescribable(fields)
+        if culprit is None:
+            raise ToolDefinitionError(f"tool {tool_name!r}: {exc}", tool=tool_name) from exc
+        name, shown = culprit
+        raise ToolDefinitionError(
+            f"tool {tool_name!r}: parameter {name!r} has type {shown}, which cannot be "
+            "described to the model as JSON",
+            tool=tool_name,
+            parameter=name,
+            suggestion=_TYPES_HINT,
+        ) from exc
     return _Signature(
         arguments_type=arguments_type,
         decoder=decoder,
@@ -834,6 +879,25 @@ def _build_signature(
         schema=_finish_schema(struct_name, components),
         is_async=_is_async(function),
     )
+
+
+_TYPES_HINT: Final = (
+    "use a type msgspec describes: str, int, float, bool, list[...], dict[str, ...], "
+    "Literal[...], an Enum, a msgspec.Struct or dataclass, datetime.date or pathlib.Path"
+)
+
+
+def _undescribable(fields: Sequence[tuple[Any, ...]]) -> tuple[str, str] | None:
+    """The first parameter whose type has no JSON schema, and that type as written."""
+    for name, annotation, *_ in fields:
+        try:
+            msgspec.json.schema(annotation, schema_hook=_schema_hook)
+        except (TypeError, ValueError):
+            while typing.get_origin(annotation) is Annotated:
+                annotation = typing.get_args(annotation)[0]
+            shown = getattr(annotation, "__name__", None) or repr(annotation)
+            return name, shown
+    return None
 
 
 def _is_async(function: Callable[..., Any]) -> bool:
@@ -1242,7 +1306,13 @@ class ToolExecutor:
         start = trio.current_time()
         if self.bus is not None:
             self.bus.emit(
-                ToolStarted(time=start, agent=self.agent, tool=name, call_id=call.call_id)
+                ToolStarted(
+                    time=start,
+                    agent=self.agent,
+                    tool=name,
+                    call_id=call.call_id,
+                    arguments=capped(call.arguments),
+                )
             )
         prepared = self._prepare(call)
         if isinstance(prepared, _Ready) and prepared.spec.side_effect in NEEDS_APPROVAL:
@@ -1270,6 +1340,7 @@ class ToolExecutor:
                     ok=outcome.ok,
                     duration=outcome.duration,
                     error=outcome.error,
+                    output=capped(_output_text(outcome.item)),
                 )
             )
         return outcome
@@ -1379,8 +1450,11 @@ class ToolExecutor:
         except PathOutsideWorkspace as exc:
             return self._failure(call, "path_outside_workspace", str(exc), start=start)
         except Exception as exc:
-            logger.bind(agent=self.agent, tool=spec.name).warning(
-                "tool {} raised {}", spec.name, type(exc).__name__
+            log = logger.bind(agent=self.agent, tool=spec.name)
+            log.warning("tool {} raised {} (-v shows the traceback)", spec.name, type(exc).__name__)
+            # The traceback is the tool author's to read (-v); as a message, it is redacted.
+            log.opt(lazy=True).info(
+                "traceback of tool {}:\n{}", lambda: spec.name, functools.partial(_traceback, exc)
             )
             return self._failure(
                 call, "tool_failed", str(exc), start=start, type=type(exc).__name__
@@ -1427,7 +1501,10 @@ class ToolExecutor:
 
 
 def _output_text(item: FunctionCallOutputItem) -> str:
+    """What the model gets back, as text."""
     output = item.output
-    if isinstance(output, str):
-        return output
-    return _error_encoder.encode(output).decode()
+    return output if isinstance(output, str) else _output_encoder.encode(output).decode()
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)).rstrip()

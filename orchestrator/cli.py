@@ -1,10 +1,10 @@
-"""The ``orchestrator`` command line.
+"""The ``orchestrator`` command line (also ``python -m orchestrator``).
 
 Exit codes: 0 success, 2 usage/configuration/plan error (and a job that cannot be resumed),
-3 auth, 4 run failed, 5 budget reached, 6 an answer but some delegated work failed
-(partial), 7 a job needs attention (parked calls), 8 cancelled, 130 interrupted (SIGINT,
-Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP); ``serve`` exits 0 on SIGINT and
-SIGTERM.
+3 auth or a model the service does not have, 4 run failed, 5 budget reached, 6 an answer
+but some delegated work failed (partial), 7 a job needs attention (parked calls), 8
+cancelled, 130 interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM), 129 hung up
+(SIGHUP); ``serve`` exits 0 on SIGINT and SIGTERM.
 
 Everything a command writes to stdout and stderr goes through the redactor
 (``orchestrator.redaction``): reports, JSON, error lines, tracebacks, log lines.
@@ -19,12 +19,14 @@ import signal
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, TypeVar
 
 import msgspec
 import trio
 
-from orchestrator.errors import ConfigurationError
+from orchestrator.errors import ConfigurationError, PlanError
+
+_E = TypeVar("_E", bound=BaseException)
 
 __all__ = [
     "EXIT_ATTENTION",
@@ -180,8 +182,8 @@ def _serve_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _leaves(group: BaseExceptionGroup[ConfigurationError]) -> list[ConfigurationError]:
-    leaves: list[ConfigurationError] = []
+def _leaves(group: BaseExceptionGroup[_E]) -> list[_E]:
+    leaves: list[_E] = []
     for error in group.exceptions:
         leaves.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
     return leaves
@@ -225,10 +227,12 @@ def _plan_path_on_sys_path(path: Path) -> None:
 
 
 def _check(path: Path) -> Any:
+    """The plan at ``path``, every tool built; its warnings printed. Exits 2 on errors."""
+    from actors.tools import check_definition
     from plans import check_plan_file
 
     _plan_path_on_sys_path(path)
-    report = check_plan_file(path)
+    report = check_plan_file(path, check_tool=check_definition)
     for issue in sorted(report.warnings, key=str):
         print(str(issue), file=sys.stderr)
     if report.errors:
@@ -238,8 +242,39 @@ def _check(path: Path) -> Any:
     return report.plan
 
 
+def _model_warnings(plan: Any, *, offline: bool) -> None:
+    """A warning per model name the service does not offer (as far as this version knows),
+    naming the agents that use it.
+
+    Offline the embedded server answers whatever the name, so a typo would only show live.
+    """
+    from orchestrator.model_names import closest_model, is_known_model, is_local_model
+
+    users: dict[str, list[str]] = {}
+    for agent in plan.agents:
+        users.setdefault(plan.model_for(agent), []).append(agent.name)
+    for model, agents in users.items():
+        if is_known_model(model) or is_local_model(model):
+            continue
+        close = closest_model(model)
+        hint = f" (did you mean {close!r}?)" if close else ""
+        consequence = (
+            "offline the embedded server's generic model answers anyway; a live run would "
+            "stop with error[model.not_found] if the service has no such model"
+            if offline
+            else "if the service has no such model the run stops with error[model.not_found]"
+        )
+        who = ", ".join(repr(name) for name in agents)
+        print(
+            f"warning[model.unknown]: model {model!r} (agent{'s' if len(agents) > 1 else ''} "
+            f"{who}) is not a model orchestrator knows{hint}; {consequence}",
+            file=sys.stderr,
+        )
+
+
 def _validate_command(args: argparse.Namespace) -> int:
     plan = _check(args.plan)
+    _model_warnings(plan, offline=not os.environ.get("OPENAI_API_KEY"))
     print(
         f"ok: plan {plan.name!r}: {len(plan.agents)} agents, {len(plan.steps)} steps, "
         f"{len({t for a in plan.agents for t in a.tools})} tools"
@@ -289,16 +324,31 @@ def _add_run(commands: Any) -> None:
     )
     offline = parser.add_argument_group("embedded server (offline runs)")
     offline.add_argument(
+        "--pace",
+        choices=tuple(PACES),
+        help="how fast the local model answers: 'realistic' (about half a second to the first "
+        "token, then 100 tokens/s, like a hosted model; the default when the live view is "
+        "shown) or 'instant' (the default with --json or when the output is not a terminal)",
+    )
+    offline.add_argument(
         "--local-model",
         choices=("generic", "echo", "scripted"),
         help="local model for every agent (default: by model name, i.e. generic)",
     )
     offline.add_argument("--local-script", type=Path, metavar="FILE", help="scripted turns")
     offline.add_argument(
-        "--local-ttft", type=float, default=0.0, metavar="S", help="time to first token"
+        "--local-ttft",
+        type=float,
+        default=None,
+        metavar="S",
+        help="time to first token (overrides --pace)",
     )
     offline.add_argument(
-        "--local-tokens-per-second", type=float, default=None, metavar="N", help="output pace"
+        "--local-tokens-per-second",
+        type=float,
+        default=None,
+        metavar="N",
+        help="output pace (overrides --pace)",
     )
     offline.add_argument(
         "--local-seed", type=int, default=None, metavar="N", help="deterministic ids"
@@ -347,7 +397,7 @@ def _exit_code(result: Any) -> int:
             return EXIT_FAILED  # the journal failed: not a person's interruption
         return _EXIT_BY_STATUS[result.status]
     code = result.code or ""
-    if code.startswith("auth."):
+    if code.startswith(("auth.", "model.")):
         return EXIT_AUTH
     if code.startswith(("config.", "plan.")):
         return EXIT_USAGE
@@ -384,6 +434,11 @@ def _run(args: argparse.Namespace, spared: set[int]) -> int:
 
     configure("DEBUG" if args.verbose > 1 else "INFO" if args.verbose else "WARNING")
     plan = _check(args.plan)
+    if args.goal is None and plan.goal is None and not plan.steps:
+        _fail(
+            "plan.goal",
+            f"plan {plan.name!r} has no goal: pass one with --goal or set 'goal' in the plan",
+        )
     if args.approve:
         from plans import check_approval_patterns
 
@@ -416,17 +471,32 @@ def _run(args: argparse.Namespace, spared: set[int]) -> int:
             _fail(exc.code, str(exc), EXIT_AUTH if exc.code.startswith("auth.") else EXIT_USAGE)
         if not key.startswith("sk-"):
             print("warning[auth.format]: key does not start with 'sk-'", file=sys.stderr)
-    server_options = _server_options(args) if offline else None
+    from rich.console import Console
+
+    # The live view is shown on a terminal (not with --json): there, offline runs go at a
+    # hosted model's pace by default, so that there is something to watch.
+    watching = not args.json and Console().is_terminal
+    pace = args.pace or ("realistic" if watching else "instant")
+    server_options = _server_options(args, pace) if offline else None
     if offline:
-        print("offline: no OPENAI_API_KEY, running on the embedded server", file=sys.stderr)
+        paced = ""
+        if server_options is not None and not server_options["latency"].is_zero:
+            paced = f", {pace} pace" if args.local_ttft is None else ", paced"
+            if pace == "realistic" and args.pace is None:
+                paced += " (or --pace instant)"
+        print(f"offline: no OPENAI_API_KEY, running on the embedded server{paced}", file=sys.stderr)
+        if args.local_model is None and args.local_script is None:
+            # (With a chosen local model, model names are only keys of its script.)
+            _model_warnings(plan, offline=True)
     from orchestrator.tuning import gc_policy, raise_fd_limit
 
     raise_fd_limit()
+    latency = server_options["latency"] if server_options else None
     local = {
         "model": args.local_model,
         "script": str(args.local_script) if args.local_script else None,
-        "ttft": args.local_ttft,
-        "tokens_per_second": args.local_tokens_per_second,
+        "ttft": latency.time_to_first_token if latency else 0.0,
+        "tokens_per_second": latency.tokens_per_second if latency else None,
         "seed": args.local_seed,
     }
     job_id = None
@@ -451,8 +521,31 @@ def _run(args: argparse.Namespace, spared: set[int]) -> int:
         )
 
     # The process is ours: collect rarely (agents make little cyclic garbage; see tuning).
-    with gc_policy():
-        return trio.run(_run_async, args, plan.name, offline, invoke, spared)
+    try:
+        with gc_policy():
+            return trio.run(_run_async, args, _where(offline, server_options, args), invoke, spared)
+    except* (PlanError, ConfigurationError) as group:
+        # What run() refuses before starting (a team too big for the fd limit...) is the
+        # user's to fix: error[...] and exit 2 (3 for a key), never "a bug in orchestrator".
+        leaves = _leaves(group)
+        for error in leaves:
+            print(_error_line(error), file=sys.stderr)
+        auth = any(getattr(e, "code", "").startswith("auth.") for e in leaves)
+        raise SystemExit(EXIT_AUTH if auth else EXIT_USAGE) from None
+
+
+# --pace: (time to first token, tokens per second) of the embedded server's model.
+PACES: Final[dict[str, tuple[float, float | None]]] = {
+    "realistic": (0.5, 100.0),
+    "instant": (0.0, None),
+}
+
+
+def _error_line(error: PlanError | ConfigurationError) -> str:
+    text = str(error)
+    if isinstance(error, ConfigurationError):
+        return f"error[{error.code}]: {text}"
+    return text if text.startswith("error[") else f"error[plan.value]: {text}"
 
 
 def _store_spec(args: argparse.Namespace) -> Any:
@@ -461,20 +554,23 @@ def _store_spec(args: argparse.Namespace) -> Any:
     return args.store if args.store else DEFAULT_STORE
 
 
-def _server_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The embedded server's settings from the --local-* options, checked (script loaded)
-    before the run starts: a bad value is a usage error, not a traceback from inside it."""
+def _server_options(args: argparse.Namespace, pace: str) -> dict[str, Any]:
+    """The embedded server's settings from --pace and the --local-* options, checked (script
+    loaded) before the run starts: a bad value is a usage error, not a traceback from inside
+    it. An explicit --local-ttft or --local-tokens-per-second wins over the pace."""
     from orchestrator.server import LatencyModel, LocalServer, ServerConfig
 
+    ttft, tokens_per_second = PACES[pace]
+    if args.local_ttft is not None:
+        ttft = args.local_ttft
+    if args.local_tokens_per_second is not None:
+        tokens_per_second = args.local_tokens_per_second
     try:
         options: dict[str, Any] = {
             "model": args.local_model,
             "script": args.local_script,
             "seed": args.local_seed,
-            "latency": LatencyModel(
-                time_to_first_token=args.local_ttft,
-                tokens_per_second=args.local_tokens_per_second,
-            ),
+            "latency": LatencyModel(time_to_first_token=ttft, tokens_per_second=tokens_per_second),
         }
         LocalServer.from_config(ServerConfig(**options))
     except ConfigurationError as exc:
@@ -501,8 +597,7 @@ def _open_trace(path: Path, *, append: bool = False) -> Any:
 
 async def _run_async(
     args: argparse.Namespace,
-    title: str,
-    offline: bool,
+    where: str,
     invoke: Any,
     spared: set[int],
 ) -> int:
@@ -516,10 +611,10 @@ async def _run_async(
     from actors.approval import ApprovalPolicy
     from orchestrator.connection import ConnectionSettings
     from orchestrator.display import LiveView, render_report
-    from orchestrator.logging import redact
-    from orchestrator.observe import EventBus, event_encoder
+    from orchestrator.observe import EventBus
     from orchestrator.processes import stop_descendants
     from orchestrator.run import run
+    from orchestrator.trace import TraceWriter
 
     console = Console(stderr=args.json)
     bus = EventBus()
@@ -527,14 +622,8 @@ async def _run_async(
     trace = None
     if args.trace is not None:
         trace = _open_trace(args.trace, append=getattr(args, "resume_job", None) is not None)
-
-        def write(event: Any) -> None:
-            # Events carry error texts (a crash's repr, a dead letter's reason): redact them.
-            assert trace is not None
-            trace.write(redact(event_encoder.encode(event).decode()).encode() + b"\n")
-
-        bus.add_listener(write)
-    view = LiveView(f"{title}: {'embedded server' if offline else 'live'}")
+        bus.add_listener(TraceWriter(trace))
+    view = LiveView(where)
     bus.add_listener(view)
     interactive = sys.stdin.isatty() and console.is_terminal
     approve = ApprovalPolicy(
@@ -623,6 +712,18 @@ def _print_job_hint(result: Any) -> None:
         print(f"resume with: orchestrator jobs resume {job}", file=sys.stderr)
 
 
+def _where(offline: bool, server_options: dict[str, Any] | None, args: argparse.Namespace) -> str:
+    """How the run reaches its model, for the live view's first line."""
+    if not offline:
+        return f"live: {args.base_url}" if getattr(args, "base_url", None) else "live"
+    latency = server_options["latency"] if server_options else None
+    if latency is None or latency.is_zero:
+        return "embedded server"
+    if args.local_ttft is None and args.local_tokens_per_second is None:
+        return f"embedded server, {args.pace or 'realistic'} pace"
+    return "embedded server, paced"
+
+
 class _TerminalApprover:
     """Asks the person at the terminal about each call that needs an approval, one question
     at a time (the live table steps aside meanwhile). ``a`` approves the tool for the rest
@@ -645,7 +746,7 @@ class _TerminalApprover:
             arguments = clean(request.arguments)
             if len(arguments) > 2000:
                 arguments = arguments[:2000] + f" ... ({len(request.arguments):,} characters)"
-            with self.view.paused():
+            with self.view.asking(request.agent, request.tool), self.view.paused():
                 self.console.print(
                     f"\n[bold]approval[/bold]: agent [cyan]{request.agent}[/cyan] wants to "
                     f"call [bold]{request.tool}[/bold] ({request.side_effect}) with",

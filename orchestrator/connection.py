@@ -71,6 +71,7 @@ from orchestrator.observe import (
     TurnRetried,
     TurnStarted,
     WarmupFinished,
+    capped,
 )
 from orchestrator.protocol.codec import decode_server_event, encode_text
 from orchestrator.protocol.lifecycle import ConnectionLifecycle
@@ -1101,6 +1102,7 @@ class Connection:
                         input_tokens=usage.input_tokens if usage else 0,
                         output_tokens=usage.output_tokens if usage else 0,
                         function_calls=len(result.function_calls),
+                        text=capped(result.text),
                     )
                 )
             return result

@@ -7,6 +7,10 @@ the JSONL trace writer and user code consume the same stream.
 Emitting never blocks and never fails the emitter: listeners are called synchronously and a
 listener that raises is removed (and counted); subscribers get bounded channels and a slow
 subscriber loses events (counted in ``EventBus.dropped``) rather than stalling the runtime.
+
+Texts that come from models and tools (a turn's output, a tool's arguments and output, a
+delegated task) are carried cut to ``TEXT_LIMIT`` characters (see :func:`capped`), so one
+event stays small whatever a model writes. ``docs/trace.md`` describes every event.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import trio
 from orchestrator.redaction import redact
 
 __all__ = [
+    "TEXT_LIMIT",
     "ActorEscalated",
     "ActorFailed",
     "ActorRestarted",
@@ -34,9 +39,17 @@ __all__ = [
     "ConnectionReconnecting",
     "ConnectionRotated",
     "DeadLetter",
+    "DelegationFinished",
+    "DelegationStarted",
     "EventBus",
     "MessageRouted",
+    "RunAgent",
+    "RunFinished",
+    "RunStarted",
     "RuntimeEvent",
+    "StepFinished",
+    "StepStarted",
+    "TaskStarted",
     "ToolApproval",
     "ToolFinished",
     "ToolStarted",
@@ -45,14 +58,94 @@ __all__ = [
     "TurnRetried",
     "TurnStarted",
     "WarmupFinished",
+    "capped",
     "event_encoder",
 ]
+
+# Longer model or tool texts are cut, with a marker saying how long they were. The default
+# tool output cap (16 KiB) fits whole.
+TEXT_LIMIT: Final = 16 * 1024
+
+
+def capped(text: str, limit: int = TEXT_LIMIT) -> str:
+    """``text`` if it has at most ``limit`` characters, else its start and a marker
+    ``…[cut: N characters]`` (the result never exceeds ``limit`` by more than the marker)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…[cut: {len(text):,} characters]"
 
 
 class RuntimeEvent(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
     """Base of every observable event. ``time`` is trio's clock, in seconds."""
 
     time: float
+
+
+# -- runs and steps ----------------------------------------------------------------------------
+
+
+class RunAgent(msgspec.Struct, frozen=True, kw_only=True):
+    """An agent of a run, with its own limits (``None``: only the run's)."""
+
+    name: str
+    role: str
+    model: str
+    max_turns: int | None = None
+    max_tokens: int | None = None
+
+
+class RunStarted(RuntimeEvent, tag="run.started", frozen=True, kw_only=True):
+    """A run is about to start its agents: what it will do and within which budgets.
+
+    ``steps`` is the number of steps that will be scheduled (0 in delegate mode).
+    """
+
+    plan: str
+    mode: str
+    endpoint: str
+    goal: str | None = None
+    agents: tuple[RunAgent, ...] = ()
+    steps: int = 0
+    max_turns: int | None = None
+    max_tokens: int | None = None
+    wall_clock: float | None = None
+
+
+class RunFinished(RuntimeEvent, tag="run.finished", frozen=True, kw_only=True):
+    """A run ended, whatever way: the ``status``, ``code``, ``reason`` and ``answer``
+    (capped) of its ``RunResult``."""
+
+    plan: str
+    status: str
+    duration: float
+    turns: int
+    input_tokens: int
+    output_tokens: int
+    code: str | None = None
+    reason: str | None = None
+    answer: str | None = None
+
+
+class StepStarted(RuntimeEvent, tag="step.started", frozen=True, kw_only=True):
+    """A step's task was sent to its agent's mailbox (``attempt`` 2 after the agent crashed
+    on it); ``task.started`` says when the agent takes it up."""
+
+    step: str
+    agent: str
+    attempt: int = 1
+
+
+class StepFinished(RuntimeEvent, tag="step.finished", frozen=True, kw_only=True):
+    """A step ended: ``completed``, ``failed``, ``skipped`` (a dependency failed), ``cut``
+    or ``not_started`` (the run ended while it ran, or before its agent took it up).
+    ``duration`` counts from when its agent took it up, ``waited`` is the time before."""
+
+    step: str
+    agent: str
+    status: str
+    duration: float
+    waited: float = 0.0
+    error: str | None = None
 
 
 # -- connection layer ------------------------------------------------------------------------
@@ -133,6 +226,8 @@ class TurnRetried(RuntimeEvent, tag="turn.retried", frozen=True, kw_only=True):
 
 
 class TurnFinished(RuntimeEvent, tag="turn.finished", frozen=True, kw_only=True):
+    """A turn's response completed. ``text`` is its output text (capped)."""
+
     agent: str
     turn: int
     status: str
@@ -141,6 +236,17 @@ class TurnFinished(RuntimeEvent, tag="turn.finished", frozen=True, kw_only=True)
     input_tokens: int = 0
     output_tokens: int = 0
     function_calls: int = 0
+    text: str = ""
+
+
+class TaskStarted(RuntimeEvent, tag="task.started", frozen=True, kw_only=True):
+    """An agent took a task from its mailbox (a delegation or a step) and starts on it; the
+    ``agent.state`` ``idle`` that follows ends it. ``task`` is its text (capped)."""
+
+    agent: str
+    sender: str
+    step: str | None = None
+    task: str = ""
 
 
 class AgentState(RuntimeEvent, tag="agent.state", frozen=True, kw_only=True):
@@ -207,14 +313,41 @@ class DeadLetter(RuntimeEvent, tag="message.dead_letter", frozen=True, kw_only=T
 
 
 class ToolStarted(RuntimeEvent, tag="tool.started", frozen=True, kw_only=True):
+    """The model called a tool. ``arguments`` is the JSON it sent (capped)."""
+
     agent: str
     tool: str
     call_id: str
+    arguments: str = ""
 
 
 class ToolFinished(RuntimeEvent, tag="tool.finished", frozen=True, kw_only=True):
+    """A call ended. ``output`` is what the model gets back (capped): the tool's result,
+    or the error JSON when ``ok`` is false (``error`` is its code)."""
+
     agent: str
     tool: str
+    call_id: str
+    ok: bool
+    duration: float
+    error: str | None = None
+    output: str = ""
+
+
+class DelegationStarted(RuntimeEvent, tag="delegation.started", frozen=True, kw_only=True):
+    """A planner handed ``task`` (capped) to ``worker``, for its call ``call_id``."""
+
+    agent: str
+    worker: str
+    call_id: str
+    task: str = ""
+
+
+class DelegationFinished(RuntimeEvent, tag="delegation.finished", frozen=True, kw_only=True):
+    """A delegated task came back (``ok``) or failed (``error`` says why)."""
+
+    agent: str
+    worker: str
     call_id: str
     ok: bool
     duration: float

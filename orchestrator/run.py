@@ -40,7 +40,7 @@ from actors.agent import AgentActor, Task, TaskResult
 from actors.approval import ApprovalPolicy, Approver
 from actors.journal import AgentMemory, CallsParked, MessageEntry
 from actors.planner import PlannerActor, WorkerInfo, delegation_tools
-from actors.tools import ToolRegistry, ToolRepairBudgetExceeded
+from actors.tools import ToolRegistry, ToolRepairBudgetExceeded, check_definition
 from actors.worker import WorkerActor
 from orchestrator.budget import BudgetLimits, BudgetTracker
 from orchestrator.connection import (
@@ -90,7 +90,17 @@ from orchestrator.jobs.resume import (
 )
 from orchestrator.jobs.store import JobStore, open_store
 from orchestrator.logging import Secret, redact
-from orchestrator.observe import EventBus, RuntimeEvent
+from orchestrator.observe import (
+    EventBus,
+    RunAgent,
+    RunFinished,
+    RunStarted,
+    RuntimeEvent,
+    StepFinished,
+    StepStarted,
+    TaskStarted,
+    capped,
+)
 from orchestrator.protocol.codec import encode
 from orchestrator.protocol.events import Item
 from orchestrator.router import Router
@@ -198,15 +208,23 @@ class AgentReport(msgspec.Struct, frozen=True, kw_only=True):
     restarts: int
     connection: ConnectionReport | None
     transcript: list[Item]
+    busy: float = 0.0
+    model_time: float = 0.0
 
 
 class StepReport(msgspec.Struct, frozen=True, kw_only=True):
+    """One scheduled step. ``status``: ``completed``; ``failed``; ``skipped`` (a dependency
+    failed); ``cut`` (it was running when the run ended early); ``not_started`` (the run
+    ended before its agent took it up). ``duration``: from when its agent took it up;
+    ``waited``: before that, in the agent's mailbox behind other work."""
+
     id: str
     agent: str
-    status: Literal["completed", "failed", "skipped"]
+    status: Literal["completed", "failed", "skipped", "cut", "not_started"]
     result: str | None = None
     error: str | None = None
     duration: float = 0.0
+    waited: float = 0.0
 
 
 class FailureReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -567,11 +585,16 @@ async def run(
         The :class:`RunResult`, also when a budget, a stop request or a failure ended the run.
 
     Raises:
-        PlanError: the plan is invalid (nothing was started).
+        PlanError: the plan is invalid, a tool of it included (a parameter without a type
+            hint, a type that has no JSON schema); nothing was started. ``issues`` lists
+            every problem, as ``orchestrator validate`` prints them.
         ConfigurationError: a bad endpoint or a malformed key (nothing was started).
         JobError: ``resume`` cannot continue the job (``JobNotFound``, ``JobRunning``,
             ``JobNotResumable``, ``PlanDiverged``), or ``job_id`` exists; nothing ran.
         StorageUnavailable: the store cannot be opened or written when the job starts.
+
+    Everything that goes wrong once the run started (a rejected key, an unknown model, a
+    crashed agent, a budget) is in the returned result's ``status``, ``code`` and ``reason``.
     """
     async with _open_job_store(store) as job_store:
         if resume is not None:
@@ -693,14 +716,16 @@ def _team_for_fingerprints(plan: Plan) -> _Team:
 
 
 def _load(plan: Plan | str | os.PathLike[str] | None) -> Plan:
+    """The plan, checked with every tool built: a tool that cannot be described to a model
+    is a PlanError now, before any connection, rather than a crash inside the run."""
     if plan is None:
         raise PlanError("no plan given: pass a plan, or resume= a job")
     if isinstance(plan, Plan):
         # Checked again (a Plan can be built by hand), but its warnings were already reported
         # by whoever built or loaded it: only errors stop the run here.
-        report = check_plan(plan)
+        report = check_plan(plan, check_tool=check_definition)
         return report.raise_for_errors() if report.errors else plan
-    return load_plan(Path(plan))
+    return load_plan(Path(plan), check_tool=check_definition)
 
 
 def _import_paths(plan: Plan | str | os.PathLike[str] | None) -> list[str]:
@@ -922,6 +947,7 @@ async def _run_job(
         wall_clock = clamp_wall_clock(plan.budgets.wall_clock, job_run.spent_before)
         if wall_clock != math.inf:
             run_scope.deadline = job_run.started + wall_clock
+        bus.emit(_run_started(plan, goal, label))
         with run_scope:
             try:
                 async with trio.open_nursery() as nursery:
@@ -940,7 +966,7 @@ async def _run_job(
                     try:
                         if plan.steps:
                             answer = await _run_steps(
-                                plan, goal, team, steps, budget, job_run.journal, done_steps
+                                plan, goal, team, steps, budget, job_run.journal, done_steps, bus
                             )
                         else:
                             answer = await _delegate_goal(team, goal or "")
@@ -983,7 +1009,49 @@ async def _run_job(
     )
     if job_run.journal is not None:
         await _record_end(job_run, result)
+    bus.emit(
+        RunFinished(
+            time=trio.current_time(),
+            plan=result.plan,
+            status=result.status,
+            duration=result.duration,
+            turns=result.usage.turns,
+            input_tokens=result.usage.input_tokens,
+            output_tokens=result.usage.output_tokens,
+            code=result.code,
+            reason=result.reason,
+            answer=None if result.answer is None else capped(result.answer),
+        )
+    )
     return result
+
+
+def _run_started(plan: Plan, goal: str | None, endpoint: str) -> RunStarted:
+    """What the run is about to do, for the live view and the trace."""
+    agents = []
+    for agent in plan.agents:
+        limits = agent.limits
+        agents.append(
+            RunAgent(
+                name=agent.name,
+                role=agent.role,
+                model=plan.model_for(agent),
+                max_turns=limits.max_turns if limits else None,
+                max_tokens=limits.max_tokens if limits else None,
+            )
+        )
+    return RunStarted(
+        time=trio.current_time(),
+        plan=plan.name,
+        mode="steps" if plan.steps else "delegate",
+        endpoint=endpoint,
+        goal=goal,
+        agents=tuple(agents),
+        steps=len(scheduled_steps(plan)) if plan.steps else 0,
+        max_turns=plan.budgets.max_turns,
+        max_tokens=plan.budgets.max_tokens,
+        wall_clock=plan.budgets.wall_clock,
+    )
 
 
 async def _delegate_goal(team: _Team, goal: str) -> str:
@@ -1195,45 +1263,88 @@ async def _run_steps(
     budget: BudgetTracker,
     journal: Journal | None,
     done_steps: Mapping[str, str],
+    bus: EventBus,
 ) -> str:
     """Run the DAG: each step once its dependencies are done, independent ones in parallel.
 
     Steps a resumed job completed before are not run again: their journaled results feed
-    the steps that depend on them.
+    the steps that depend on them. Every step sent to its agent gets its report in
+    ``reports`` when it ends, also when the run's end cuts it (``cut``, or ``not_started``
+    if its agent had not taken it up yet); steps never sent get none. A step's ``duration``
+    counts from when its agent took it up (``task.started``), ``waited`` the time before
+    that in the agent's mailbox.
     """
     order = scheduled_steps(plan)
     done = {step.id: trio.Event() for step in order}
     results: dict[str, str] = {}
+    taken: dict[str, float] = {}  # step -> when its agent took it up (first attempt)
+
+    def on_task(event: RuntimeEvent) -> None:
+        if isinstance(event, TaskStarted) and event.step is not None:
+            taken.setdefault(event.step, event.time)
+
+    def report(step: Any, status: Any, sent: float, **fields: Any) -> None:
+        now = trio.current_time()
+        start = taken.get(step.id)
+        if status == "cut" and start is None:
+            status, fields = "not_started", {}  # queued behind other steps, never begun
+        duration = 0.0 if start is None else now - start
+        waited = (now if start is None else start) - sent
+        reports[step.id] = StepReport(
+            id=step.id,
+            agent=step.agent,
+            status=status,
+            duration=duration,
+            waited=waited,
+            **fields,
+        )
+        bus.emit(
+            StepFinished(
+                time=now,
+                step=step.id,
+                agent=step.agent,
+                status=status,
+                duration=duration,
+                waited=waited,
+                error=fields.get("error"),
+            )
+        )
+        done[step.id].set()
 
     async def run_step(step: Any) -> None:
         for dependency in step.depends_on:
             await done[dependency].wait()
         if step.id in done_steps:
             results[step.id] = done_steps[step.id]
-            reports[step.id] = StepReport(
-                id=step.id, agent=step.agent, status="completed", result=done_steps[step.id]
-            )
-            done[step.id].set()
+            report(step, "completed", trio.current_time(), result=done_steps[step.id])
             return
         if any(reports[d].status != "completed" for d in step.depends_on):
-            reports[step.id] = StepReport(
-                id=step.id, agent=step.agent, status="skipped", error="a dependency failed"
-            )
             if journal is not None:
                 journal.step(StepRecord(id=step.id, agent=step.agent, status="skipped"))
-            done[step.id].set()
+            report(step, "skipped", trio.current_time(), error="a dependency failed")
             return
+        began = trio.current_time()
+        try:
+            await attempts(step, began)
+        finally:
+            if step.id not in reports:  # cancelled in flight: the run is ending
+                report(step, "cut", began, error="the run ended while it ran")
+
+    async def attempts(step: Any, began: float) -> None:
         task = render_task(step, results, goal=goal)
         if team.actors[step.agent].fresh_context:
             task = _with_dependencies(task, step, results)
         message = _step_message(step.id)
-        began = trio.current_time()
         error: str | None = None
-        agent = team.actors[step.agent]
-        agent.memory.message_sent(
+        team.actors[step.agent].memory.message_sent(
             MessageEntry(id=message, sender="run", recipient=step.agent, text=task, step=step.id)
         )
         for attempt in range(STEP_ATTEMPTS):
+            bus.emit(
+                StepStarted(
+                    time=trio.current_time(), step=step.id, agent=step.agent, attempt=attempt + 1
+                )
+            )
             if journal is not None:
                 journal.step(
                     StepRecord(id=step.id, agent=step.agent, status="started", attempts=attempt + 1)
@@ -1252,13 +1363,6 @@ async def _run_steps(
                 continue
             text = reply.text if isinstance(reply, TaskResult) else str(reply)
             results[step.id] = text
-            reports[step.id] = StepReport(
-                id=step.id,
-                agent=step.agent,
-                status="completed",
-                result=text,
-                duration=trio.current_time() - began,
-            )
             if journal is not None:
                 await journal.step_durably(
                     StepRecord(
@@ -1270,15 +1374,8 @@ async def _run_steps(
                     )
                 )
                 crash_point("step_boundary")
-            done[step.id].set()
+            report(step, "completed", began, result=text)
             return
-        reports[step.id] = StepReport(
-            id=step.id,
-            agent=step.agent,
-            status="failed",
-            error=error,
-            duration=trio.current_time() - began,
-        )
         if journal is not None:
             journal.step(
                 StepRecord(
@@ -1289,11 +1386,15 @@ async def _run_steps(
                     attempts=STEP_ATTEMPTS,
                 )
             )
-        done[step.id].set()
+        report(step, "failed", began, error=error)
 
-    async with trio.open_nursery() as nursery:
-        for step in order:
-            nursery.start_soon(run_step, step)
+    bus.add_listener(on_task)
+    try:
+        async with trio.open_nursery() as nursery:
+            for step in order:
+                nursery.start_soon(run_step, step)
+    finally:
+        bus.remove_listener(on_task)
     failed = [report for report in reports.values() if report.status == "failed"]
     if failed:
         raise _StepsFailed(failed)
@@ -1449,10 +1550,17 @@ def _result(
                 restarts=actor.statistics().restarts,
                 connection=ConnectionReport.of(connection.statistics()) if connection else None,
                 transcript=list(actor.session.transcript),
+                busy=actor.busy,
+                model_time=actor.model_time,
             )
         )
     total = budget.total
-    ordered_steps = [steps[s.id] for s in plan.steps if s.id in steps]
+    scheduled = {step.id for step in scheduled_steps(plan)} if plan.steps else set()
+    ordered_steps = [
+        steps.get(s.id) or StepReport(id=s.id, agent=s.agent, status="not_started")
+        for s in plan.steps
+        if s.id in steps or s.id in scheduled
+    ]
     return RunResult(
         status=status,
         job=job,

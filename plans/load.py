@@ -1,9 +1,10 @@
 """Plan files: TOML, YAML or JSON in, a validated ``Plan`` out.
 
 Reading is defensive because a plan file is user input: the size is capped before anything
-is decoded, the bytes must be UTF-8, syntax errors carry a line and column, deep nesting is a
-syntax error rather than a crash, and YAML is read with the safe loader (no Python tags).
-Then ``plans.validate`` reports every remaining problem at once.
+is decoded, the bytes must be UTF-8, syntax errors carry a line and column and show the
+offending line, deep nesting is a syntax error rather than a crash, and YAML is read with the
+safe loader (no Python tags). Then ``plans.validate`` reports every remaining problem at
+once, each with the line of the file it is on (``plans.lines``).
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 import yaml
 
+from orchestrator.redaction import looks_secret
+
+from .lines import excerpt, line_finder
 from .validate import PlanIssue, PlanReport, check_plan
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Callable, Collection
 
     from .model import Plan
+    from .validate import ToolCheck
 
 __all__ = ["MAX_PLAN_BYTES", "PLAN_SUFFIXES", "check_plan_file", "load_plan"]
 
@@ -38,6 +43,7 @@ def load_plan(
     allowed_modules: Collection[str] | None = None,
     import_tools: bool = True,
     max_bytes: int = MAX_PLAN_BYTES,
+    check_tool: ToolCheck | None = None,
 ) -> Plan:
     """Read, decode and validate a plan file. Warnings are logged (``plans`` logger).
 
@@ -48,6 +54,7 @@ def load_plan(
         import_tools: import tool modules to check their functions exist. Importing runs
             the modules' code: pass ``allowed_modules`` for plans you do not trust.
         max_bytes: the file size cap, checked before decoding.
+        check_tool: also build every tool (see ``plans.check_plan``).
 
     Returns:
         The plan, free of errors.
@@ -57,7 +64,11 @@ def load_plan(
             problem; ``str()`` is the ``error[CODE]: ...`` listing, one per line.
     """
     return check_plan_file(
-        path, allowed_modules=allowed_modules, import_tools=import_tools, max_bytes=max_bytes
+        path,
+        allowed_modules=allowed_modules,
+        import_tools=import_tools,
+        max_bytes=max_bytes,
+        check_tool=check_tool,
     ).raise_for_errors()
 
 
@@ -67,6 +78,7 @@ def check_plan_file(
     allowed_modules: Collection[str] | None = None,
     import_tools: bool = True,
     max_bytes: int = MAX_PLAN_BYTES,
+    check_tool: ToolCheck | None = None,
 ) -> PlanReport:
     """Like ``load_plan``, but return every issue (warnings included) instead of raising.
 
@@ -76,13 +88,32 @@ def check_plan_file(
     decoded = _read(Path(source), source, max_bytes)
     if isinstance(decoded, PlanIssue):
         return PlanReport(plan=None, issues=(decoded,))
+    data, text, kind = decoded
     return check_plan(
-        decoded, source=source, allowed_modules=allowed_modules, import_tools=import_tools
+        data,
+        source=source,
+        allowed_modules=allowed_modules,
+        import_tools=import_tools,
+        check_tool=check_tool,
+        line_of=_lazy_lines(text, kind),
     )
 
 
-def _read(path: Path, source: str, max_bytes: int) -> Any:
-    """The decoded content of ``path``, or the one issue that stops reading it."""
+def _lazy_lines(text: str, kind: str) -> Callable[[str], int | None]:
+    """``plans.lines.line_finder``, built at the first issue (a clean plan never scans)."""
+    finder: list[Callable[[str], int | None]] = []
+
+    def line_of(location: str) -> int | None:
+        if not finder:
+            finder.append(line_finder(text, kind))
+        return finder[0](location)
+
+    return line_of
+
+
+def _read(path: Path, source: str, max_bytes: int) -> tuple[Any, str, str] | PlanIssue:
+    """The decoded content of ``path`` with its text and kind, or the one issue that stops
+    reading it."""
     kind = PLAN_SUFFIXES.get(path.suffix.lower())
     if kind is None:
         return _file_issue(
@@ -122,15 +153,19 @@ def _read(path: Path, source: str, max_bytes: int) -> Any:
         return _file_issue("plan.empty", source, f"{source!r} is empty")
     try:
         if kind == "json":
-            return _decode_json(data[offset:], source)
-        if kind == "toml":
-            return _decode_toml(text, source)
-        return _decode_yaml(text, source)
+            decoded = _decode_json(data[offset:], source, text)
+        elif kind == "toml":
+            decoded = _decode_toml(text, source)
+        else:
+            decoded = _decode_yaml(text, source)
     except RecursionError:
         return _file_issue("plan.syntax", source, f"{source!r} is malformed: nesting too deep")
+    if isinstance(decoded, PlanIssue):
+        return decoded
+    return decoded, text, kind
 
 
-def _decode_json(data: bytes, source: str) -> Any:
+def _decode_json(data: bytes, source: str, text: str) -> Any:
     try:
         return msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
@@ -143,10 +178,12 @@ def _decode_json(data: bytes, source: str) -> Any:
             offset = len(data)
         line, column = _line_column(data, offset)
         detail = detail[:1].lower() + detail[1:]
-        return _file_issue(
-            "plan.syntax",
+        return _syntax_issue(
             source,
             f"{source!r} is malformed: {detail} (byte {offset}, line {line} col {column})",
+            text,
+            line,
+            column,
         )
 
 
@@ -155,13 +192,15 @@ def _decode_toml(text: str, source: str) -> Any:
         return msgspec.toml.decode(text)
     except msgspec.DecodeError as exc:
         detail = str(exc)
+        line = column = None
         match = re.search(r" \(at line (\d+), column (\d+)\)$", detail)
         if match:
-            detail = f"{detail[: match.start()]} (line {match.group(1)} col {match.group(2)})"
+            line, column = int(match.group(1)), int(match.group(2))
+            detail = f"{detail[: match.start()]} (line {line} col {column})"
         elif " (at end of document)" in detail:
             detail = detail.replace(" (at end of document)", " (at the end)")
         detail = detail[:1].lower() + detail[1:]
-        return _file_issue("plan.syntax", source, f"{source!r} is malformed: {detail}")
+        return _syntax_issue(source, f"{source!r} is malformed: {detail}", text, line, column)
 
 
 def _decode_yaml(text: str, source: str) -> Any:
@@ -172,8 +211,16 @@ def _decode_yaml(text: str, source: str) -> Any:
         if "nesting depth" in problem:
             return _file_issue("plan.syntax", source, f"{source!r} is malformed: nesting too deep")
         mark = exc.problem_mark or exc.context_mark
-        where = f" (line {mark.line + 1} col {mark.column + 1})" if mark is not None else ""
-        return _file_issue("plan.syntax", source, f"{source!r} is malformed: {problem}{where}")
+        if mark is None:
+            return _file_issue("plan.syntax", source, f"{source!r} is malformed: {problem}")
+        line, column = mark.line + 1, mark.column + 1
+        return _syntax_issue(
+            source,
+            f"{source!r} is malformed: {problem} (line {line} col {column})",
+            text,
+            line,
+            column,
+        )
     except yaml.YAMLError as exc:
         return _file_issue("plan.syntax", source, f"{source!r} is malformed: {exc}")
 
@@ -199,6 +246,19 @@ def _size(n: int) -> str:
     if n >= 1024:
         return f"{n / 1024:.1f}".removesuffix(".0") + " KiB"
     return f"{n} bytes"
+
+
+def _syntax_issue(
+    source: str, message: str, text: str, line: int | None, column: int | None
+) -> PlanIssue:
+    """``plan.syntax`` with the offending line under it, unless that line looks like it holds
+    a secret (a plan must never echo one)."""
+    shown = None
+    if line is not None:
+        shown = excerpt(text, line, column)
+        if shown is not None and looks_secret(shown):
+            shown = f"{line:>5} | (not shown: the line looks like it holds a secret)"
+    return PlanIssue(code="plan.syntax", message=message, path=source, line=line, excerpt=shown)
 
 
 def _file_issue(code: str, source: str, message: str, suggestion: str | None = None) -> PlanIssue:

@@ -40,7 +40,7 @@ import math
 import pkgutil
 import re
 import types
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Final, Literal, TypeVar, Union, get_args, get_origin
 
 import attrs
@@ -66,7 +66,14 @@ from .model import (
     tool_name_of_path,
 )
 
-__all__ = ["PlanIssue", "PlanReport", "check_approval_patterns", "check_plan", "plan_from_dict"]
+__all__ = [
+    "PlanIssue",
+    "PlanReport",
+    "ToolCheck",
+    "check_approval_patterns",
+    "check_plan",
+    "plan_from_dict",
+]
 
 Severity = Literal["error", "warning"]
 _T = TypeVar("_T")
@@ -83,6 +90,9 @@ class PlanIssue(msgspec.Struct, frozen=True, kw_only=True):
             the problem concerns the whole file (size, encoding, syntax).
         suggestion: how to fix it, e.g. ``did you mean 'agent'?``.
         severity: ``error`` stops the run; ``warning`` does not.
+        line: the 1-based line of the plan file the problem is on (or, for something
+            missing, the line of what should hold it), when the plan came from a file.
+        excerpt: for a syntax error, the offending line with a caret under the column.
     """
 
     code: str
@@ -91,16 +101,23 @@ class PlanIssue(msgspec.Struct, frozen=True, kw_only=True):
     location: str | None = None
     suggestion: str | None = None
     severity: Severity = "error"
+    line: int | None = None
+    excerpt: str | None = None
 
     def __str__(self) -> str:
+        """``error[CODE]: FILE:LINE: LOCATION: MESSAGE (suggestion)``, and for a syntax error
+        the offending line below it."""
         where = ""
         if self.location is not None:
-            where = f"{self.path}: {self.location}: " if self.path else f"{self.location}: "
+            file = self.path if self.line is None or not self.path else f"{self.path}:{self.line}"
+            where = f"{file}: {self.location}: " if file else f"{self.location}: "
         text = f"{self.severity}[{self.code}]: {where}{self.message}"
         if self.suggestion:
             # "did you mean" reads as an aside; other advice as a clause.
             joiner = " ({})" if self.suggestion.startswith("did you mean") else "; {}"
             text += joiner.format(self.suggestion)
+        if self.excerpt:
+            text += "\n" + self.excerpt
         return text
 
 
@@ -161,16 +178,33 @@ def plan_from_dict(
     ).raise_for_errors()
 
 
+ToolCheck = Callable[[Callable[..., Any], str], "tuple[str, str | None] | None"]
+"""Builds a tool from a function and the name the plan gives it: ``None`` if it can be
+offered to a model, else ``(message, suggestion)``. ``actors.tools.check_definition`` is the
+runtime's; ``plans`` cannot import it (it imports only ``orchestrator.errors``)."""
+
+
 def check_plan(
     plan: Plan | Mapping[str, Any],
     *,
     source: str | None = None,
     allowed_modules: Collection[str] | None = None,
     import_tools: bool = True,
+    check_tool: ToolCheck | None = None,
+    line_of: Callable[[str], int | None] | None = None,
 ) -> PlanReport:
     """Check a plan (a ``Plan`` or its plain data) and report every issue. Never raises for
-    problems in the plan; see ``plan_from_dict`` for the arguments."""
-    out = _Issues(source)
+    problems in the plan; see ``plan_from_dict`` for the other arguments.
+
+    Args:
+        check_tool: also build every tool the plan names (with ``import_tools``), so a
+            function the runtime could not describe to a model (a parameter without a type
+            hint, a type without a JSON schema) is a ``plan.tool`` error now rather than a
+            failed run later. ``orchestrator run``, ``orchestrator validate`` and
+            ``orchestrator.run`` pass the runtime's.
+        line_of: maps a location to the line of the file it came from (``plans.lines``).
+    """
+    out = _Issues(source, line_of)
     if isinstance(plan, Plan):
         try:
             data: Any = msgspec.to_builtins(plan)
@@ -187,7 +221,9 @@ def check_plan(
     _scan_secrets(data, out)
     schema_ok = _check_struct(data, Plan, "$", out)
     view = _View.build(data, complete=schema_ok)
-    _Semantics(view, out, allowed_modules=allowed_modules, import_tools=import_tools).run()
+    _Semantics(
+        view, out, allowed_modules=allowed_modules, import_tools=import_tools, check_tool=check_tool
+    ).run()
 
     result: Plan | None = None
     if schema_ok:
@@ -203,8 +239,11 @@ def check_plan(
 
 
 class _Issues:
-    def __init__(self, source: str | None) -> None:
+    def __init__(
+        self, source: str | None, line_of: Callable[[str], int | None] | None = None
+    ) -> None:
         self.source = source
+        self.line_of = line_of
         self.items: list[PlanIssue] = []
 
     def add(
@@ -215,7 +254,13 @@ class _Issues:
         suggestion: str | None = None,
         *,
         severity: Severity = "error",
+        at: str | None = None,
     ) -> None:
+        """Record an issue; ``at`` is a more precise location to find its line by (the
+        unknown key itself, where ``location`` is the object holding it)."""
+        line = None
+        if self.line_of is not None and location is not None:
+            line = self.line_of(at or location)
         self.items.append(
             PlanIssue(
                 code=code,
@@ -224,6 +269,7 @@ class _Issues:
                 location=location,
                 suggestion=suggestion,
                 severity=severity,
+                line=line,
             )
         )
 
@@ -319,7 +365,11 @@ def _check_struct(value: Any, cls: type[msgspec.Struct], location: str, out: _Is
             ok = False
         elif key not in fields:
             out.add(
-                "plan.schema", location, f"unknown field {_show(key)}", _did_you_mean(key, fields)
+                "plan.schema",
+                location,
+                f"unknown field {_show(key)}",
+                _did_you_mean(key, fields),
+                at=_key_location(location, key),
             )
             ok = False
     for name, info in fields.items():
@@ -573,11 +623,13 @@ class _Semantics:
         *,
         allowed_modules: Collection[str] | None,
         import_tools: bool,
+        check_tool: ToolCheck | None = None,
     ) -> None:
         self.view = view
         self.out = out
         self.allowed_modules = None if allowed_modules is None else tuple(allowed_modules)
         self.import_tools = import_tools
+        self.check_tool = check_tool
         self._imports: dict[str, tuple[str, str | None] | None] = {}
 
     def run(self) -> None:
@@ -902,7 +954,9 @@ class _Semantics:
                     "name the tool by its function name and put the import path in path",
                 )
             self.check_tool_options(config, location)
-            self.check_import(config.path, f"{location}.path", f"tool {_show(name)} uses")
+            self.check_import(
+                config.path, f"{location}.path", f"tool {_show(name)} uses", tool_name=name
+            )
 
         used: set[str] = set()
         paths_by_name: dict[str, tuple[str, str]] = {}
@@ -912,7 +966,9 @@ class _Semantics:
                 location = f"$.agents[{index}].tools[{position}]"
                 if ":" in entry:
                     name, path = tool_name_of_path(entry), entry
-                    if not self.check_import(entry, location, f"agent {_show(agent.name)} lists"):
+                    if not self.check_import(
+                        entry, location, f"agent {_show(agent.name)} lists", tool_name=name
+                    ):
                         continue
                 elif entry in view.tools:
                     name, path = entry, view.tools[entry].path
@@ -974,8 +1030,11 @@ class _Semantics:
                     f"must be in {_number(low)}..{_number(high)}, got {config.max_output}",
                 )
 
-    def check_import(self, path: str, location: str, subject: str) -> bool:
-        """Check one ``module:function`` path: syntax, allow-list, then (once) the import.
+    def check_import(
+        self, path: str, location: str, subject: str, *, tool_name: str | None = None
+    ) -> bool:
+        """Check one ``module:function`` path: syntax, allow-list, then (once) the import and,
+        with ``check_tool``, that the function can be the tool ``tool_name``.
 
         Returns whether the path is well-formed (further checks make sense).
         """
@@ -1003,15 +1062,18 @@ class _Semantics:
         if not self.import_tools:
             return True
         if path not in self._imports:
-            self._imports[path] = _try_import(path)
+            self._imports[path] = _try_import(path, self.check_tool, tool_name)
         problem = self._imports[path]
         if problem is not None:
             self.out.add("plan.tool", location, problem[0], problem[1])
         return True
 
 
-def _try_import(path: str) -> tuple[str, str | None] | None:
-    """Import ``module:attribute``; None if it names a callable, else (message, suggestion)."""
+def _try_import(
+    path: str, check_tool: ToolCheck | None = None, tool_name: str | None = None
+) -> tuple[str, str | None] | None:
+    """Import ``module:attribute``; None if it names a callable that ``check_tool`` (if any)
+    accepts, else (message, suggestion)."""
     module_name, _, attribute = path.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -1036,6 +1098,10 @@ def _try_import(path: str) -> tuple[str, str | None] | None:
             return f"{path!r} not found", _did_you_mean(path, candidates)
     if not callable(target):
         return f"{path!r} is not callable (it is a {type(target).__name__})", None
+    if check_tool is not None:
+        problem = check_tool(target, tool_name or tool_name_of_path(path))
+        if problem is not None:
+            return f"{path!r}: {problem[0]}", problem[1]
     return None
 
 

@@ -81,7 +81,8 @@ def test_run_prints_the_offline_notice_and_the_report():
     assert [OFFLINE_NOTICE] == run_lines(done.stderr)
     report = lines(done.stdout)
     assert re.fullmatch(
-        r"completed  plan 'trip', delegate mode, embedded, [\d.]+ s, 8 turns, [\d,]+ tokens",
+        r"completed  plan 'trip', delegate mode, embedded, (\d+ ms|\d\.\d\d s), 8 turns, "
+        r"[\d,]+ tokens",
         report[0],
     )
     assert any("answer" in line for line in report)
@@ -134,6 +135,37 @@ def test_validate_accepts_the_examples():
         longrun.returncode,
         longrun.stdout,
     )
+
+
+def test_python_dash_m_orchestrator_is_the_orchestrator_command():
+    """``python -m orchestrator`` is the same command line as ``orchestrator``: same usage,
+    same output, same exit codes."""
+    module = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "validate", TRIP],
+        cwd=ROOT,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    bare = subprocess.run(
+        [sys.executable, "-m", "orchestrator"],
+        cwd=ROOT,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert (0, "ok: plan 'trip': 4 agents, 0 steps, 4 tools\n") == (
+        module.returncode,
+        module.stdout,
+    )
+    assert 2 == bare.returncode
+    assert bare.stderr.startswith("usage: orchestrator ")
+    assert "the following arguments are required: COMMAND" in bare.stderr
 
 
 # -- RELIABILITY 3.1: plan files ---------------------------------------------------------------
@@ -206,14 +238,20 @@ PLAN_ROWS = [
         b'{\n  "name": "x",\n  "agents": [1,],\n}\n',
         [
             "error[plan.syntax]: 'bad.json' is malformed: trailing comma in array "
-            "(byte 32, line 3 col 16)"
+            "(byte 32, line 3 col 16)",
+            '    3 |   "agents": [1,],',
+            "      |                ^",
         ],
         id="json-syntax",
     ),
     pytest.param(
         "bad.toml",
         b'name = "x"\nagents = [1,,]\n',
-        ["error[plan.syntax]: 'bad.toml' is malformed: invalid value (line 2 col 13)"],
+        [
+            "error[plan.syntax]: 'bad.toml' is malformed: invalid value (line 2 col 13)",
+            "    2 | agents = [1,,]",
+            "      |             ^",
+        ],
         id="toml-syntax",
     ),
     pytest.param(
@@ -241,22 +279,22 @@ PLAN_ROWS = [
         "unknown.json",
         plan_json(STEPS, lambda d: d["steps"][1].update(agnet=d["steps"][1].pop("agent"))),
         [
-            "error[plan.schema]: unknown.json: $.steps[1]: unknown field 'agnet' "
+            "error[plan.schema]: unknown.json:27: $.steps[1]: unknown field 'agnet' "
             "(did you mean 'agent'?)",
-            "error[plan.schema]: unknown.json: $.steps[1]: missing required field 'agent'",
+            "error[plan.schema]: unknown.json:21: $.steps[1]: missing required field 'agent'",
         ],
         id="unknown-field",
     ),
     pytest.param(
         "type.json",
         plan_json(STEPS, lambda d: d["steps"][0].update(agent=7)),
-        ["error[plan.schema]: type.json: $.steps[0].agent: expected str, got int"],
+        ["error[plan.schema]: type.json:18: $.steps[0].agent: expected str, got int"],
         id="wrong-type",
     ),
     pytest.param(
         "required.json",
         plan_json(STEPS, lambda d: d["steps"][0].pop("task")),
-        ["error[plan.schema]: required.json: $.steps[0]: missing required field 'task'"],
+        ["error[plan.schema]: required.json:16: $.steps[0]: missing required field 'task'"],
         id="missing-field",
     ),
     pytest.param(
@@ -280,7 +318,7 @@ PLAN_ROWS = [
             STEPS, lambda d: d["steps"].append({"id": "fetch", "agent": "writer", "task": "Again."})
         ),
         [
-            "error[plan.duplicate]: steps.json: $.steps[2]: step id 'fetch' defined twice "
+            "error[plan.duplicate]: steps.json:29: $.steps[2]: step id 'fetch' defined twice "
             "($.steps[0], $.steps[2])"
         ],
         id="duplicate-step",
@@ -289,7 +327,7 @@ PLAN_ROWS = [
         "agents.json",
         plan_json(STEPS, lambda d: d["agents"].append({"name": "writer"})),
         [
-            "error[plan.duplicate]: agents.json: $.agents[2]: agent name 'writer' defined twice "
+            "error[plan.duplicate]: agents.json:14: $.agents[2]: agent name 'writer' defined twice "
             "($.agents[1], $.agents[2])"
         ],
         id="duplicate-agent",
@@ -298,7 +336,7 @@ PLAN_ROWS = [
         "cycle.json",
         plan_json(STEPS, cycle),
         [
-            "error[plan.cycle]: cycle.json: $.steps[0].depends_on[0]: dependency cycle: "
+            "error[plan.cycle]: cycle.json:21: $.steps[0].depends_on[0]: dependency cycle: "
             "a → b → c → a; remove one of these dependencies"
         ],
         id="cycle",
@@ -306,14 +344,17 @@ PLAN_ROWS = [
     pytest.param(
         "self.json",
         plan_json(STEPS, lambda d: d["steps"][0].update(depends_on=["fetch"])),
-        ["error[plan.cycle]: self.json: $.steps[0].depends_on[0]: step 'fetch' depends on itself"],
+        [
+            "error[plan.cycle]: self.json:21: $.steps[0].depends_on[0]: step 'fetch' depends "
+            "on itself"
+        ],
         id="self-dependency",
     ),
     pytest.param(
         "after.json",
         plan_json(STEPS, lambda d: d["steps"][1].update(depends_on=["fetch", "z"])),
         [
-            "error[plan.unknown_step]: after.json: $.steps[1].depends_on[1]: step 'write' "
+            "error[plan.unknown_step]: after.json:27: $.steps[1].depends_on[1]: step 'write' "
             "depends on unknown step 'z'"
         ],
         id="unknown-step",
@@ -322,7 +363,7 @@ PLAN_ROWS = [
         "agent.json",
         plan_json(STEPS, lambda d: d["steps"][1].update(agent="writer2")),
         [
-            "error[plan.unknown_agent]: agent.json: $.steps[1].agent: step 'write' uses agent "
+            "error[plan.unknown_agent]: agent.json:23: $.steps[1].agent: step 'write' uses agent "
             "'writer2'; defined agents: planner, writer (did you mean 'writer'?)"
         ],
         id="unknown-agent",
@@ -331,7 +372,7 @@ PLAN_ROWS = [
         "shell.json",
         plan_json(TEAM, lambda d: d["agents"][1].update(tools=["shell"])),
         [
-            "error[plan.tool]: shell.json: $.agents[1].tools[0]: agent 'writer' lists tool "
+            "error[plan.tool]: shell.json:15: $.agents[1].tools[0]: agent 'writer' lists tool "
             "'shell' which is not registered; define it under [tools] or give its import path "
             "'module:function'"
         ],
@@ -341,7 +382,7 @@ PLAN_ROWS = [
         "serch.json",
         plan_json(TEAM, lambda d: d["agents"][1].update(tools=["tests.plans.fixture_tools:serch"])),
         [
-            "error[plan.tool]: serch.json: $.agents[1].tools[0]: "
+            "error[plan.tool]: serch.json:15: $.agents[1].tools[0]: "
             "'tests.plans.fixture_tools:serch' not found "
             "(did you mean 'tests.plans.fixture_tools:search'?)"
         ],
@@ -351,7 +392,7 @@ PLAN_ROWS = [
         "module.json",
         plan_json(TEAM, lambda d: d["agents"][1].update(tools=["tests.plans.fixture_tool:search"])),
         [
-            "error[plan.tool]: module.json: $.agents[1].tools[0]: "
+            "error[plan.tool]: module.json:15: $.agents[1].tools[0]: "
             "'tests.plans.fixture_tool:search' not found: no module named "
             "'tests.plans.fixture_tool' (did you mean 'tests.plans.fixture_tools:search'?)"
         ],
@@ -360,7 +401,7 @@ PLAN_ROWS = [
     pytest.param(
         "range.json",
         plan_json(TEAM, lambda d: d.update(budgets={"max_turns": 0})),
-        ["error[plan.value]: range.json: $.budgets.max_turns: must be in 1..100000, got 0"],
+        ["error[plan.value]: range.json:20: $.budgets.max_turns: must be in 1..100000, got 0"],
         id="out-of-range",
     ),
     pytest.param(
@@ -369,7 +410,7 @@ PLAN_ROWS = [
             TEAM, lambda d: d["agents"][1].update(instructions=f"Log in with {SECRET} first.")
         ),
         [
-            "error[plan.secret]: secret.json: $.agents[1].instructions: plan contains what "
+            "error[plan.secret]: secret.json:17: $.agents[1].instructions: plan contains what "
             "looks like an API key or password; remove it and use OPENAI_API_KEY (or a key "
             "file); never put secrets in plans"
         ],
@@ -386,12 +427,12 @@ PLAN_ROWS = [
             ),
         ),
         [
-            "error[plan.tool]: several.json: $.agents[1].tools[0]: agent 'writer' lists tool "
+            "error[plan.tool]: several.json:14: $.agents[1].tools[0]: agent 'writer' lists tool "
             "'shell' which is not registered; define it under [tools] or give its import path "
             "'module:function'",
-            "error[plan.value]: several.json: $.budgets.max_tokens: must be in "
+            "error[plan.value]: several.json:34: $.budgets.max_tokens: must be in "
             "1..1000000000, got 0",
-            "error[plan.unknown_agent]: several.json: $.steps[1].agent: step 'write' uses agent "
+            "error[plan.unknown_agent]: several.json:26: $.steps[1].agent: step 'write' uses agent "
             "'ghost'; defined agents: planner, writer",
         ],
         id="all-errors-at-once-sorted",
@@ -423,7 +464,7 @@ def test_validate_reports_the_same_errors_as_run(tmp_path):
 
     assert 2 == done.returncode
     assert [
-        "error[plan.cycle]: cycle.json: $.steps[0].depends_on[0]: dependency cycle: "
+        "error[plan.cycle]: cycle.json:21: $.steps[0].depends_on[0]: dependency cycle: "
         "a → b → c → a; remove one of these dependencies"
     ] == lines(done.stderr)
 
@@ -435,7 +476,7 @@ def test_unreachable_steps_are_a_warning_and_are_not_run(tmp_path):
 
     assert 0 == done.returncode
     assert [
-        "warning[plan.unreachable]: final.json: $.steps: step 'write' is never scheduled; "
+        "warning[plan.unreachable]: final.json:15: $.steps: step 'write' is never scheduled; "
         "final_step 'fetch' does not depend on them",
         OFFLINE_NOTICE,
     ] == run_lines(done.stderr)
@@ -725,7 +766,7 @@ def test_a_rejected_key_exits_3_and_shows_only_its_fingerprint(served, tmp_path,
 
     assert 3 == done.returncode
     assert ["warning[auth.format]: key does not start with 'sk-'"] == run_lines(done.stderr)
-    assert "reason: server rejected the API key (HTTP 401)" in done.stdout
+    assert "error[auth.rejected]: server rejected the API key (HTTP 401)" in done.stdout
     assert "not-a-key-0123456789" not in done.stdout
 
 
@@ -1054,7 +1095,8 @@ def on_a_terminal(tmp_path: Path, plan: Path, answer: bytes | None) -> tuple[int
 
     primary, secondary = pty.openpty()
     process = subprocess.Popen(
-        [*CLI, "run", str(plan)],
+        # On a terminal an offline run is paced like a hosted model; these tests need no pace.
+        [*CLI, "run", str(plan), "--pace", "instant"],
         cwd=tmp_path,
         env=environment(),
         stdin=secondary,
@@ -1113,3 +1155,263 @@ def test_ctrl_c_while_the_operator_is_asked_stops_the_run(tmp_path):
     assert 130 == status
     assert "interrupted  plan 'shred'" in shown
     assert [] == shredded(tmp_path)
+
+
+# -- the first hour: what a new user sees, reads and runs (issue 13) ---------------------------
+
+UNTYPED_TOOLS = '''\
+def lookup(city):
+    """Look a city up."""
+    return city
+
+
+def boom(city: str) -> str:
+    """Look a city up, and fail."""
+    raise ValueError(f"no data for {city}")
+'''
+
+UNTYPED_PLAN = """\
+name = "untyped"
+goal = "Look Lisbon up"
+
+[settings]
+model = "gpt-5-mini"
+
+[[agents]]
+name = "planner"
+role = "planner"
+
+[[agents]]
+name = "writer"
+tools = ["citytools:{tool}"]
+"""
+
+
+def city_plan(tmp_path: Path, tool: str, model: str = "gpt-5-mini") -> Path:
+    (tmp_path / "citytools.py").write_text(UNTYPED_TOOLS)
+    plan = tmp_path / "city.toml"
+    plan.write_text(UNTYPED_PLAN.replace("{tool}", tool).replace("gpt-5-mini", model))
+    return plan
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_tool_without_type_hints_is_a_plan_error_naming_file_line_tool_and_parameter(
+    tmp_path, command
+):
+    """``validate`` builds every tool's schema: a parameter without a type hint is
+    ``error[plan.tool]`` with the file and line, the tool, the parameter and what to write
+    instead; exit 2, and ``run`` refuses it the same way before anything starts."""
+    city_plan(tmp_path, "lookup")
+    done = orchestrator(command, "city.toml", cwd=tmp_path)
+
+    assert 2 == done.returncode
+    assert [
+        "error[plan.tool]: city.toml:13: $.agents[1].tools[0]: 'citytools:lookup': tool "
+        "'lookup': parameter 'city' has no type hint; annotate it, e.g. `city: str`; use a "
+        "type msgspec describes: str, int, float, bool, list[...], dict[str, ...], "
+        "Literal[...], an Enum, a msgspec.Struct or dataclass, datetime.date or pathlib.Path"
+    ] == lines(done.stderr)
+    assert "" == done.stdout
+
+
+def test_a_tool_that_raises_shows_its_traceback_with_v(tmp_path):
+    """A tool's exception is one warning line by default; with ``-v`` its traceback too."""
+    city_plan(tmp_path, "boom")
+    quiet = orchestrator("run", "city.toml", "--json", cwd=tmp_path)
+    verbose = orchestrator("run", "city.toml", "--json", "-v", cwd=tmp_path)
+
+    assert (0, 0) == (quiet.returncode, verbose.returncode)
+    assert "tool boom raised ValueError (-v shows the traceback)" in quiet.stderr
+    assert "Traceback" not in quiet.stderr
+    assert "traceback of tool boom:" in verbose.stderr
+    assert "Traceback (most recent call last):" in verbose.stderr
+    assert 'raise ValueError(f"no data for {city}")' in verbose.stderr
+    assert "ValueError: no data for Lisbon" in verbose.stderr
+
+
+def test_an_unknown_model_is_a_warning_offline(tmp_path):
+    """Offline the embedded server answers whatever the model is called, so a model name the
+    service does not offer is a warning (with the likely meant one), and the run goes on."""
+    city_plan(tmp_path, "boom", model="gpt-5-mimi")
+    done = orchestrator("run", "city.toml", "--json", cwd=tmp_path)
+
+    assert 0 == done.returncode
+    assert [
+        OFFLINE_NOTICE,
+        "warning[model.unknown]: model 'gpt-5-mimi' (agents 'planner', 'writer') is not a model "
+        "orchestrator knows (did you mean 'gpt-5-mini'?); offline the embedded server's "
+        "generic model answers anyway; a live run would stop with error[model.not_found] if "
+        "the service has no such model",
+    ] == lines(done.stderr)[:2]
+
+
+MODEL_NOT_FOUND_SCRIPT = """\
+on_exhausted: repeat_last
+turns:
+  - error: {code: model_not_found, status: 404, message: "The model does not exist."}
+"""
+
+
+def test_an_unknown_model_live_is_error_model_not_found_exit_3(tmp_path, canary_key):
+    """Live, the service's ``model_not_found`` (here: the embedded server serving as the live
+    endpoint, answering with that error) ends the run at its first turn: exit 3, one
+    ``error[model.not_found]`` line naming the agent and the model, no traceback, nothing
+    restarted."""
+    (tmp_path / "script.yaml").write_text(MODEL_NOT_FOUND_SCRIPT)
+    server = subprocess.Popen(
+        [*CLI, "serve", "--port", "0", "--token", canary_key, "--model", "scripted",
+         "--script", "script.yaml"],
+        cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().split()[1]
+        plan = city_plan(tmp_path, "boom", model="gpt-5-mimi")
+        env = environment(OPENAI_API_KEY=canary_key)
+        wide = {**env, "COLUMNS": "400"}  # the error line is not wrapped
+        done = orchestrator("run", plan, "--base-url", url, cwd=tmp_path, env=wide)
+        as_json = orchestrator("run", plan, "--base-url", url, "--json", cwd=tmp_path, env=env)
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=10)
+
+    assert 3 == done.returncode
+    report = lines(done.stdout)
+    assert report[0].startswith("failed  plan 'untyped', delegate mode, ws://127.0.0.1:")
+    assert (
+        "error[model.not_found]: agent 'planner' uses model 'gpt-5-mimi', which the service "
+        "does not have or this key may not use (did you mean 'gpt-5-mini'?); change the "
+        "agent's model (or settings.model) in the plan"
+    ) == report[1]
+    assert "Traceback" not in done.stderr
+    assert "crashed" not in done.stderr
+    result = json.loads(as_json.stdout)
+    assert (3, "failed", "model.not_found") == (
+        as_json.returncode,
+        result["status"],
+        result["code"],
+    )
+    assert [0, 0] == [a["restarts"] for a in result["agents"][:2]]
+    assert canary_key not in done.stdout + done.stderr + as_json.stdout
+
+
+def test_the_trace_can_rebuild_a_run(tmp_path):
+    """The trace starts with ``run.started`` and ends with ``run.finished``; every line has
+    wall-clock time in ISO 8601 beside trio's; tool calls carry their arguments and outputs,
+    turns their text, delegations their task (docs/trace.md)."""
+    trace = tmp_path / "trace.jsonl"
+    done = orchestrator("run", TRIP, "--json", "--trace", trace)
+
+    assert 0 == done.returncode
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert ("run.started", "run.finished") == (events[0]["type"], events[-1]["type"])
+    assert ("trip", "delegate", 4, 40) == (
+        events[0]["plan"],
+        events[0]["mode"],
+        len(events[0]["agents"]),
+        events[0]["max_turns"],
+    )
+    assert ("completed", 8) == (events[-1]["status"], events[-1]["turns"])
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e["at"]) for e in events)
+    assert [e["time"] for e in events] == sorted(e["time"] for e in events)
+    started = {e["call_id"]: e for e in events if e["type"] == "tool.started"}
+    finished = {e["call_id"]: e for e in events if e["type"] == "tool.finished"}
+    flights = next(e for e in started.values() if e["tool"] == "search_flights")
+    assert "Lisbon" in json.loads(flights["arguments"]).values()
+    assert "TO7602" in finished[flights["call_id"]]["output"]
+    texts = {e["agent"]: e["text"] for e in events if e["type"] == "turn.finished" and e["text"]}
+    assert {"flights", "hotels", "activities"} == set(texts)  # each worker's answer
+    delegations = [e for e in events if e["type"] == "delegation.started"]
+    assert {"flights", "hotels", "activities"} == {e["worker"] for e in delegations}
+    assert all("Lisbon" in e["task"] for e in delegations)
+    result = json.loads(done.stdout)
+    assert result["answer"] == events[-1]["answer"]  # the planner's finish(answer)
+
+
+def test_the_pace_is_realistic_when_watching_and_instant_otherwise():
+    """Offline runs shown on a terminal go at a hosted model's pace unless ``--pace instant``;
+    with ``--json`` or no terminal they are instant; ``--local-*`` values win."""
+    from orchestrator import cli
+
+    def latency(*argv: str, watching: bool) -> tuple[float, float | None]:
+        args = cli.build_parser().parse_args(["run", "plan.toml", *argv])
+        pace = args.pace or ("realistic" if watching else "instant")
+        model = cli._server_options(args, pace)["latency"]
+        return model.time_to_first_token, model.tokens_per_second
+
+    assert (0.5, 100.0) == latency(watching=True)
+    assert (0.0, None) == latency(watching=False)
+    assert (0.0, None) == latency("--pace", "instant", watching=True)
+    assert (0.5, 100.0) == latency("--pace", "realistic", watching=False)
+    assert (2.0, 100.0) == latency("--local-ttft", "2", watching=True)
+
+
+TWO_AGENTS = """\
+name = "pair"
+goal = "Look Lisbon up"
+[settings]
+model = "gpt-5-mini"
+[[agents]]
+name = "boss"
+role = "planner"
+[[agents]]
+name = "scout"
+description = "Looks cities up."
+tools = ["tests.plans.fixture_tools:search"]
+"""
+
+
+def test_on_a_terminal_the_live_view_runs_at_a_realistic_pace_and_one_report_remains(tmp_path):
+    """What a person sees: on a terminal an offline run says it goes at a realistic pace,
+    shows the live view (elapsed time, delegations, agents with what they wait for), and
+    ends with one report: the live table leaves the screen, so one agents' table remains."""
+    import pty
+    import select
+
+    plan = tmp_path / "pair.toml"
+    plan.write_text(TWO_AGENTS)
+    primary, secondary = pty.openpty()
+    os.set_blocking(primary, False)
+    process = subprocess.Popen(
+        [*CLI, "run", str(plan)], cwd=ROOT, env=environment(COLUMNS="120", LINES="40"),
+        stdin=secondary, stdout=secondary, stderr=secondary, start_new_session=True,
+    )  # fmt: skip
+    os.close(secondary)
+    shown = b""
+    try:
+        while True:
+            ready, _, _ = select.select([primary], [], [], 0.1)
+            if ready:
+                try:
+                    shown += os.read(primary, 65536)
+                except OSError:  # EIO: the command exited and closed the terminal
+                    break
+            elif process.poll() is not None:
+                break
+        assert 0 == process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        os.close(primary)
+    text = re.sub(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\r", "", shown.decode(errors="replace"))
+
+    assert "running on the embedded server, realistic pace (or --pace instant)" in text
+    assert "pair · delegate mode · embedded server, realistic pace · elapsed" in text
+    assert "waiting on 1 of 1: scout" in text
+    assert 1 == text.count("completed  plan 'pair', delegate mode, embedded,")
+    assert 1 == len(re.findall(r"^agent +role +turns +tools", text, re.MULTILINE))
+
+
+def test_a_run_without_a_goal_is_the_users_mistake_not_a_bug(tmp_path):
+    """A plan without steps needs a goal: without one in the plan or ``--goal`` the run is
+    refused with ``error[plan.goal]`` and exit 2, before anything starts."""
+    plan = tmp_path / "pair.toml"
+    plan.write_text(TWO_AGENTS.replace('goal = "Look Lisbon up"\n', ""))
+    done = orchestrator("run", plan)
+
+    assert 2 == done.returncode
+    assert [
+        "error[plan.goal]: plan 'pair' has no goal: pass one with --goal or set 'goal' in the plan"
+    ] == lines(done.stderr)

@@ -368,7 +368,10 @@ async def test_run_max_turns_allows_exactly_that_many_turns(autojump_clock):
     calls = [i for i in result.agent("looper").transcript if isinstance(i, FunctionCallItem)]
     assert 5 == len(calls)
     assert ["Lisbon: sunny, 21 C"] * 4 == outputs(result.agent("looper").transcript)
-    assert [] == result.steps  # the step was cut short: it neither completed nor failed
+    # The step was cut short: it neither completed nor failed, and the report says so.
+    assert [("ask", "cut", "the run ended while it ran")] == [
+        (step.id, step.status, step.error) for step in result.steps
+    ]
 
 
 async def test_agent_max_turns_allows_exactly_that_many_turns(autojump_clock):
@@ -638,6 +641,8 @@ async def test_result_json_has_the_documented_shape(autojump_clock):
         "restarts",
         "connection",
         "transcript",
+        "busy",
+        "model_time",
     } == set(agent)
     assert ("planner", "planner", "gpt-5-mini") == (agent["name"], agent["role"], agent["model"])
     assert {

@@ -209,6 +209,7 @@ async def test_run_process_raises_as_trio_does():
 PLAIN_TOOLS = '''\
 """Tools whose children the runtime was not told about."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -228,7 +229,9 @@ def family() -> list[int]:
     orphan = subprocess.run([sys.executable, "-c", ORPHAN], capture_output=True, text=True)
     child = subprocess.Popen(SLEEP)
     pids = [int(orphan.stdout), child.pid]
-    Path("pids.json").write_text(str(pids))
+    # Written whole, then renamed: the test reads it as soon as the name exists.
+    Path("pids.json.tmp").write_text(str(pids))
+    os.replace("pids.json.tmp", "pids.json")
     return pids
 
 

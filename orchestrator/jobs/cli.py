@@ -335,7 +335,8 @@ def _continue_owned(args: argparse.Namespace, spared: set[int], retry: bool) -> 
                     **common,
                 )
 
-            result: int = await _run_async(args, record.name, offline, invoke, spared)
+            where = "embedded server" if offline else "live"
+            result: int = await _run_async(args, where, invoke, spared)
             return result
 
     raise_fd_limit()

@@ -18,3 +18,13 @@ def fetch(url: str) -> str:
 def search_hotels(city: str) -> str:
     """Search hotels."""
     return f"hotels in {city}"
+
+
+def untyped(query):  # a mistake validation must catch: the model could not be told the type
+    """Search without saying what a query is."""
+    return query
+
+
+def opaque(query: str, options: object) -> str:
+    """Search with options no JSON schema can describe."""
+    return query

@@ -107,14 +107,18 @@ def test_not_utf8_reports_the_byte_offset(tmp_path):
 
 
 def test_json_syntax_error_maps_the_byte_offset_to_line_and_column(tmp_path):
-    """Row 'syntax error' (JSON): msgspec's byte offset becomes line and column."""
+    """Row 'syntax error' (JSON): msgspec's byte offset becomes line and column, and the
+    offending line is shown with a caret under the column."""
     path = tmp_path / "x.json"
     path.write_text('{"name": "x",\n "agents": [1,],\n "steps": []}')
     issue = only_issue(path)
     assert (
         f"error[plan.syntax]: '{path}' is malformed: trailing comma in array "
-        "(byte 28, line 2 col 15)"
+        "(byte 28, line 2 col 15)\n"
+        '    2 |  "agents": [1,],\n'
+        "      |               ^"
     ) == str(issue)
+    assert 2 == issue.line
 
 
 def test_truncated_json_points_at_the_end(tmp_path):
@@ -133,6 +137,7 @@ def test_toml_syntax_error_has_line_and_column(tmp_path):
     issue = only_issue(path)
     assert "plan.syntax" == issue.code
     assert f"'{path}' is malformed: invalid value (line 2 col 10)" == issue.message
+    assert "    2 | agents = ]\n      |          ^" == issue.excerpt
 
 
 def test_yaml_syntax_error_has_line_and_column(tmp_path):
@@ -142,6 +147,31 @@ def test_yaml_syntax_error_has_line_and_column(tmp_path):
     issue = only_issue(path)
     assert "plan.syntax" == issue.code
     assert issue.message.endswith("(line 4 col 4)"), issue.message
+    assert "    4 |    role: b\n      |    ^" == issue.excerpt
+    assert str(issue).endswith("\n" + issue.excerpt)
+
+
+def test_a_syntax_error_on_a_line_with_a_secret_does_not_show_the_line(tmp_path):
+    """The excerpt of a syntax error never echoes what looks like a key: the line is named,
+    not shown."""
+    key = "sk-proj-abcdef1234567890XYZ"
+    path = tmp_path / "x.yaml"
+    path.write_text(f"name: x\nagents:\n  - name: a\n   api: {key}\n")
+    issue = only_issue(path)
+    assert "    4 | (not shown: the line looks like it holds a secret)" == issue.excerpt
+    assert key not in str(issue)
+
+
+def test_a_long_line_is_shown_around_the_error(tmp_path):
+    """A syntax error far into a long line shows the part around it, the caret under it."""
+    path = tmp_path / "x.toml"
+    path.write_text('goal = "' + "x" * 300 + '" oops\n')
+    issue = only_issue(path)
+    assert issue.excerpt is not None
+    shown, caret = issue.excerpt.splitlines()
+    assert len(shown) < 120
+    assert "oops" in shown
+    assert shown[caret.index("^")] in "o "
 
 
 def test_yaml_python_tags_are_refused(tmp_path):
@@ -197,9 +227,9 @@ def test_load_plan_raises_plan_error_with_every_issue(tmp_path):
     with pytest.raises(PlanError) as caught:
         load_plan(path)
     expected = [
-        f"error[plan.schema]: {path}: $.agents[0].model: expected str, got int",
-        f"error[plan.schema]: {path}: $.agents[0].role: expected one of 'planner', 'worker', "
-        "got 'boss'",
+        f"error[plan.schema]: {path}:5: $.agents[0].model: expected str, got int",
+        f"error[plan.schema]: {path}:4: $.agents[0].role: expected one of 'planner', "
+        "'worker', got 'boss'",
     ]
     assert expected == str(caught.value).splitlines()
     assert ["plan.schema", "plan.schema"] == [i.code for i in caught.value.issues]
@@ -219,7 +249,7 @@ def test_load_plan_logs_warnings(tmp_path):
         logger.disable("plans")
     assert "fetch_a" == plan.final_step
     assert [r.strip() for r in records] == [
-        f"warning[plan.unreachable]: {path}: $.steps: steps 'fetch_b','report' are never "
+        f"warning[plan.unreachable]: {path}:15: $.steps: steps 'fetch_b','report' are never "
         "scheduled; final_step 'fetch_a' does not depend on them"
     ]
 

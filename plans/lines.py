@@ -1,0 +1,322 @@
+"""Where things are in a plan file: line numbers for validation issues, excerpts for syntax
+errors.
+
+Validation works on decoded data and names places by location (``$.agents[2].tools[0]``);
+this module maps a location back to the line of the file that wrote it. YAML keeps marks on
+its nodes; JSON is scanned for the position of every key and value; TOML, which the decoder
+gives no positions for, is scanned line by line for table headers and keys (a value inside
+an inline table or a multi-line array maps to the line of its key). A location with no line
+of its own gets the line of its closest ancestor that has one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any, Final
+
+import yaml
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["excerpt", "line_finder", "location_parts"]
+
+Part = int | str
+Parts = tuple[Part, ...]
+
+_LOCATION_PART: Final = re.compile(r"\[(\d+)\]|\[\"(.*?)\"\]|\.([^.\[]+)")
+_YAML_LOADER: Final[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MAX_NODES: Final = 200_000  # YAML aliases can describe huge trees in a small file
+_EXCERPT_WIDTH: Final = 100
+
+
+def location_parts(location: str) -> Parts:
+    """``$.agents[2]["a b"]`` as ``("agents", 2, "a b")``."""
+    parts: list[Part] = []
+    for index, quoted, name in _LOCATION_PART.findall(location.removeprefix("$")):
+        parts.append(int(index) if index else quoted or name)
+    return tuple(parts)
+
+
+def line_finder(text: str, kind: str) -> Callable[[str], int | None]:
+    """A function giving the 1-based line of a location in ``text`` (a ``toml``, ``yaml`` or
+    ``json`` plan that decoded), or of its closest ancestor; ``None`` if nothing matches."""
+    try:
+        lines = {"yaml": _yaml_lines, "json": _json_lines}.get(kind, _toml_lines)(text)
+    except (yaml.YAMLError, ValueError, RecursionError, IndexError):
+        lines = {}
+
+    def find(location: str) -> int | None:
+        parts = location_parts(location)
+        while parts:
+            line = lines.get(parts)
+            if line is not None:
+                return line
+            parts = parts[:-1]
+        return None
+
+    return find
+
+
+def excerpt(text: str, line: int, column: int | None = None) -> str | None:
+    """Line ``line`` of ``text`` with a caret under ``column`` (both 1-based), indented, as a
+    compiler shows it; ``None`` if there is no such line."""
+    rows = text.splitlines()
+    if not 1 <= line <= len(rows):
+        return None
+    source = rows[line - 1].replace("\t", " ")
+    start = 0
+    if column is not None and column > _EXCERPT_WIDTH:
+        start = column - _EXCERPT_WIDTH // 2
+    shown = source[start : start + _EXCERPT_WIDTH]
+    prefix = "…" if start else ""
+    suffix = "…" if len(source) > start + _EXCERPT_WIDTH else ""
+    number = f"{line:>5} | "
+    result = f"{number}{prefix}{shown}{suffix}"
+    if column is not None:
+        caret = max(column - 1 - start, 0) + len(prefix)
+        result += "\n" + " " * (len(number) - 2) + "| " + " " * caret + "^"
+    return result
+
+
+# -- YAML ----------------------------------------------------------------------------------------
+
+
+def _yaml_lines(text: str) -> dict[Parts, int]:
+    root = yaml.compose(text, Loader=_YAML_LOADER)
+    lines: dict[Parts, int] = {}
+    stack: list[tuple[Any, Parts]] = [(root, ())] if root is not None else []
+    seen: set[int] = set()
+    while stack and len(lines) < _MAX_NODES:
+        node, parts = stack.pop()
+        lines.setdefault(parts, node.start_mark.line + 1)
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    child = (*parts, key.value)
+                    lines.setdefault(child, key.start_mark.line + 1)
+                    stack.append((value, child))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                stack.append((item, (*parts, index)))
+    return lines
+
+
+# -- JSON ----------------------------------------------------------------------------------------
+
+_JSON_STRING: Final = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_SCALAR: Final = re.compile(r"[^\s,\]}]+")
+
+
+def _json_lines(text: str) -> dict[Parts, int]:
+    """Positions of every key and array item of a valid JSON document (iterative: no
+    recursion limit)."""
+    lines: dict[Parts, int] = {}
+    position, line = 0, 1
+    # Each frame: (parts of the container, is_object, next index for arrays)
+    frames: list[list[Any]] = []
+    expect_value_at: Parts | None = ()
+    length = len(text)
+
+    def skip_space() -> None:
+        nonlocal position, line
+        while position < length and text[position] in " \t\r\n":
+            if text[position] == "\n":
+                line += 1
+            position += 1
+
+    while True:
+        skip_space()
+        if position >= length:
+            break
+        char = text[position]
+        if expect_value_at is not None:
+            parts = expect_value_at
+            lines.setdefault(parts, line)
+            expect_value_at = None
+            if char == "{":
+                frames.append([parts, True, 0])
+                position += 1
+            elif char == "[":
+                frames.append([parts, False, 0])
+                position += 1
+                skip_space()
+                if position < length and text[position] != "]":
+                    expect_value_at = (*parts, 0)
+            elif char == '"':
+                match = _JSON_STRING.match(text, position)
+                if match is None:
+                    raise ValueError("unterminated string")
+                line += match.group().count("\n")
+                position = match.end()
+            else:
+                match = _JSON_SCALAR.match(text, position)
+                if match is None:
+                    raise ValueError(f"unexpected {char!r}")
+                position = match.end()
+            continue
+        if not frames:
+            break
+        frame = frames[-1]
+        if char in "}]":
+            frames.pop()
+            position += 1
+        elif char == ",":
+            position += 1
+            if not frame[1]:
+                frame[2] += 1
+                expect_value_at = (*frame[0], frame[2])
+        elif char == '"' and frame[1]:
+            match = _JSON_STRING.match(text, position)
+            if match is None:
+                raise ValueError("unterminated key")
+            key = json.loads(match.group())
+            key_line = line
+            position = match.end()
+            skip_space()
+            if position >= length or text[position] != ":":
+                raise ValueError("expected ':'")
+            position += 1
+            child = (*frame[0], key)
+            lines.setdefault(child, key_line)
+            expect_value_at = child
+        else:
+            raise ValueError(f"unexpected {char!r}")
+    return lines
+
+
+# -- TOML ----------------------------------------------------------------------------------------
+
+_TOML_BARE_KEY: Final = r"[A-Za-z0-9_-]+"
+_TOML_KEY: Final = rf"(?:{_TOML_BARE_KEY}|\"(?:[^\"\\]|\\.)*\"|'[^']*')"
+_TOML_DOTTED: Final = rf"{_TOML_KEY}(?:\s*\.\s*{_TOML_KEY})*"
+_TOML_TABLE: Final = re.compile(rf"^\s*\[\s*({_TOML_DOTTED})\s*\]\s*(?:#.*)?$")
+_TOML_ARRAY_TABLE: Final = re.compile(rf"^\s*\[\[\s*({_TOML_DOTTED})\s*\]\]\s*(?:#.*)?$")
+_TOML_ASSIGNMENT: Final = re.compile(rf"^\s*({_TOML_DOTTED})\s*=")
+_TOML_KEY_PART: Final = re.compile(_TOML_KEY)
+
+
+def _toml_keys(dotted: str) -> list[str]:
+    keys = []
+    for match in _TOML_KEY_PART.finditer(dotted):
+        key = match.group()
+        if key.startswith('"'):
+            key = json.loads(key)
+        elif key.startswith("'"):
+            key = key[1:-1]
+        keys.append(key)
+    return keys
+
+
+def _toml_lines(text: str) -> dict[Parts, int]:
+    lines: dict[Parts, int] = {}
+    arrays: dict[Parts, int] = {}  # array-of-tables path -> its last index
+    table: Parts = ()
+    open_string: str | None = None  # the delimiter of a multi-line string being skipped
+    value: _TomlValue | None = None  # a multi-line array or inline table being read
+
+    def resolve(keys: list[str]) -> Parts:
+        """A header's keys, each array of tables on the way replaced by its last entry."""
+        parts: list[Part] = []
+        for key in keys:
+            parts.append(key)
+            index = arrays.get(tuple(parts))
+            if index is not None:
+                parts.append(index)
+        return tuple(parts)
+
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if open_string is not None:
+            if open_string in raw:
+                open_string = None
+            continue
+        if value is not None:
+            value.feed(raw, number)
+            if value.done:
+                value = None
+            continue
+        array = _TOML_ARRAY_TABLE.match(raw)
+        if array:
+            keys = _toml_keys(array.group(1))
+            parent = resolve(keys[:-1])
+            path = (*parent, keys[-1])
+            arrays[path] = arrays.get(path, -1) + 1
+            table = (*path, arrays[path])
+            lines.setdefault(path, number)
+            lines.setdefault(table, number)
+            continue
+        header = _TOML_TABLE.match(raw)
+        if header:
+            table = resolve(_toml_keys(header.group(1)))
+            lines.setdefault(table, number)
+            continue
+        assignment = _TOML_ASSIGNMENT.match(raw)
+        if not assignment:
+            continue
+        path = (*table, *_toml_keys(assignment.group(1)))
+        lines.setdefault(path, number)
+        rest = raw[assignment.end() :]
+        for delimiter in ('"""', "'''"):
+            if rest.count(delimiter) == 1:
+                open_string = delimiter
+                break
+        else:
+            value = _TomlValue(path, lines)
+            value.feed(rest, number)
+            if value.done:
+                value = None
+    return lines
+
+
+class _TomlValue:
+    """Reads one value (possibly over several lines), recording the line of each item of an
+    array: ``tools = [`` then one entry per line gives each entry its own line."""
+
+    def __init__(self, path: Parts, lines: dict[Parts, int]) -> None:
+        self.path = path
+        self.lines = lines
+        self.depth = 0
+        self.index = 0
+        self.array = False
+        self.item_started = False
+        self.started = False
+        self.done = False
+
+    def feed(self, text: str, line: int) -> None:
+        quote: str | None = None
+        position = 0
+        while position < len(text) and not self.done:
+            char = text[position]
+            position += 1
+            if quote is not None:
+                if char == "\\" and quote == '"':
+                    position += 1
+                elif char == quote:
+                    quote = None
+                continue
+            if char.isspace():
+                continue
+            if char == "#":
+                break
+            if self.depth == 1 and self.array and char not in ",]}" and not self.item_started:
+                self.lines.setdefault((*self.path, self.index), line)
+                self.item_started = True
+            if char in "[{":
+                if self.depth == 0:
+                    self.array = char == "["
+                self.depth += 1
+                self.started = True
+            elif char in "]}":
+                self.depth -= 1
+                self.done = self.depth <= 0
+            elif char == "," and self.depth == 1:
+                self.index += 1
+                self.item_started = False
+            elif char in "\"'":
+                quote = char
+            if not self.started:
+                self.done = True  # a scalar: one line
