@@ -42,6 +42,7 @@ EXIT_PARTIAL: Final = 6
 EXIT_ATTENTION: Final = 7
 EXIT_CANCELLED: Final = 8
 EXIT_INTERRUPTED: Final = 130
+CHILD_GRACE: Final = 2.0  # seconds a leftover tool process gets between SIGTERM and SIGKILL
 
 
 def _fail(code: str, message: str, exit_code: int = EXIT_USAGE) -> NoReturn:
@@ -301,17 +302,14 @@ def _read_key_file(path: Path) -> str:
     return text.strip()
 
 
-def _kill_children() -> None:
-    """SIGKILL every process whose parent is this one (Linux: from /proc; else nothing).
-
-    Only used on a forced exit, when the orderly shutdown that terminates tool
-    subprocesses itself is being skipped.
-    """
+def _children() -> list[int]:
+    """The pids of this process's running children (Linux: from /proc; else none)."""
     me = os.getpid()
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return
+        return []
+    children = []
     for entry in entries:
         if not entry.isdigit():
             continue
@@ -319,10 +317,44 @@ def _kill_children() -> None:
             with open(f"/proc/{entry}/stat", "rb") as handle:
                 fields = handle.read().rsplit(b")", 1)[1].split()
         except OSError:
-            continue
-        if len(fields) > 1 and int(fields[1]) == me:
-            with contextlib.suppress(OSError):  # it may have exited meanwhile
-                os.kill(int(entry), signal.SIGKILL)
+            continue  # gone meanwhile
+        if len(fields) > 1 and int(fields[1]) == me and fields[0] != b"Z":
+            children.append(int(entry))
+    return children
+
+
+def _signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):  # it may have exited meanwhile
+            os.kill(pid, signum)
+
+
+def _kill_children() -> None:
+    """SIGKILL every process whose parent is this one (Linux: from /proc; else nothing).
+
+    Only used on a forced exit, when the orderly shutdown that terminates tool
+    subprocesses itself is being skipped.
+    """
+    _signal_all(_children(), signal.SIGKILL)
+
+
+async def _stop_tool_processes(spared: set[int]) -> None:
+    """Terminate the child processes a finished run leaves (but ``spared``): SIGTERM, then
+    SIGKILL after ``CHILD_GRACE`` seconds.
+
+    A sync tool runs in a worker thread that a stop or a timeout abandons, and a process it
+    started runs on: it would outlive the command (RELIABILITY P5, S4). The embedded server
+    runs in this process, so a child still running once the run is over is such a process.
+    """
+    running = [pid for pid in _children() if pid not in spared]
+    if not running:
+        return
+    _signal_all(running, signal.SIGTERM)
+    with trio.move_on_after(CHILD_GRACE):
+        while running:
+            await trio.sleep(0.01)
+            running = [pid for pid in _children() if pid in running]
+    _signal_all(running, signal.SIGKILL)
 
 
 def add_store_option(parser: Any) -> None:
@@ -523,6 +555,7 @@ async def _run_async(
         ask=_TerminalApprover(Console(stderr=True), view) if interactive else None,
     )
     results: list[Any] = []
+    spared = set(_children())  # not the run's (a caller's own, when not run as a command)
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
@@ -574,6 +607,7 @@ async def _run_async(
     finally:
         if trace is not None:
             trace.close()
+        await _stop_tool_processes(spared)
     result = results[0]
     if args.json:
         sys.stdout.buffer.write(result.to_json() + b"\n")
