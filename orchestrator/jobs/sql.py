@@ -3,8 +3,9 @@
 Functions here take a DB-API cursor and run inside a transaction their caller owns (the
 store's writer thread, or a reader thread). Placeholders are written ``?`` and ``{now}``
 stands for the database clock; :class:`Dialect` rewrites both for a backend. Every journal
-write is **fenced**: the transaction first bumps the job's ``progress`` where its ``epoch``
-is the writer's, and a writer whose epoch is stale changes nothing (``JobLost``).
+write is **fenced**: the transaction first bumps the job's ``progress`` (by the writes that
+record work done) where its ``epoch`` is the writer's, and a writer whose epoch is stale
+changes nothing (``JobLost``).
 """
 
 from __future__ import annotations
@@ -224,9 +225,9 @@ def apply_writes(
         out (nothing of it was applied).
     """
     counts: dict[tuple[str, int], int] = {}
-    for claim, _ in batch:
+    for claim, write in batch:
         key = (claim.job, claim.epoch)
-        counts[key] = counts.get(key, 0) + 1
+        counts[key] = counts.get(key, 0) + _progress(write)
     fenced: set[tuple[str, int]] = set()
     fence = dialect.sql(
         "UPDATE jobs SET progress = progress + ?, updated_at = {now} WHERE id = ? AND epoch = ?"
@@ -249,6 +250,18 @@ def apply_writes(
         _WRITERS[type(write)](cursor, dialect, claim, write)
         results.append(None)
     return results
+
+
+def _progress(write: Write) -> int:
+    """1 for a write that records work done (what ``progress`` counts, to tell a job that
+    crashes on every resume from one that advances), 0 for bookkeeping: a resume's event,
+    the tasks it delivers again, a step or a tool starting (a tool that kills the process
+    starts again on every resume)."""
+    if isinstance(write, TurnWrite | CallFinishedWrite | ReplyWrite):
+        return 1
+    if isinstance(write, StepWrite):
+        return int(write.step.status != "started")
+    return 0
 
 
 def _turn(cursor: Any, dialect: Dialect, claim: Claim, write: Write) -> None:

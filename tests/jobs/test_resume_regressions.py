@@ -14,7 +14,7 @@ from orchestrator.jobs.resume import rebuild
 from orchestrator.protocol.codec import encode
 from orchestrator.protocol.events import FunctionCallItem, MessageItem
 from orchestrator.run import run
-from tests.jobs.crashplan.harness import read_journal
+from tests.jobs.crashplan.harness import command, environment, read_journal
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -119,3 +119,37 @@ async def test_a_step_answered_before_the_kill_is_recorded_completed_on_resume(t
         step: status for step, (status, _) in journal.steps.items()
     }
     assert first.answer == journal.steps["final"][1]
+
+
+async def test_a_job_that_crashes_at_the_same_place_on_every_resume_goes_dead(tmp_path: Path):
+    """A job killed before its first new turn on every resume (a poison job) is ``dead`` at
+    the third consecutive crash without progress, not resumed forever: a resume's own
+    bookkeeping (its event, the tasks it delivers again) is not progress. ``jobs retry``
+    then runs it to the end (RELIABILITY P2, G3)."""
+    plan = tmp_path / "plan.toml"
+    plan.write_text(TWO_STEPS)
+    store, ledger = tmp_path / "jobs.db", tmp_path / "ledger.db"
+    resume = ["jobs", "resume", "twosteps", "--store", store]
+    # The draft step is done when the second request (the final step's) kills the run.
+    first = await command(
+        ["run", plan, "--store", store, "--job-id", "twosteps"],
+        environment(ledger, crash="request_sent:2"),
+    )
+    assert -9 == first.code, first.describe()
+    for attempt in (1, 2):
+        again = await command(resume, environment(ledger, crash="request_sent:1"))
+        assert -9 == again.code, f"resume {attempt}: {again.describe()}"
+
+    refused = await command(resume, environment(ledger, crash="request_sent:1"))
+
+    assert 2 == refused.code, refused.describe()
+    assert (
+        "error[job.not_resumable]: job twosteps is dead: the job crashed 3 times in a row "
+        "without progress"
+    ) in refused.stderr
+    assert "dead" == read_journal(store, "twosteps").status
+    retried = await command(["jobs", "retry", "twosteps", "--store", store], environment(ledger))
+    assert 0 == retried.code, retried.describe()
+    journal = read_journal(store, "twosteps")
+    assert "completed" == journal.status
+    assert {"writer": 2} == journal.turns
