@@ -777,7 +777,7 @@ async def _run_job(
                     job=job_id,
                     answer=None,
                     steps={},
-                    failure=CallsParked(()),
+                    failure=CallsParked(parked_calls(journaled)),
                     interrupted=False,
                     timed_out=False,
                     started_wall=started_wall,

@@ -153,3 +153,44 @@ async def test_a_job_that_crashes_at_the_same_place_on_every_resume_goes_dead(tm
     journal = read_journal(store, "twosteps")
     assert "completed" == journal.status
     assert {"writer": 2} == journal.turns
+
+
+ONE_POST = """\
+name = "onepost"
+[settings]
+model = "gpt-5-mini"
+[tools.post]
+path = "tests.jobs.crashplan.tools:post"
+[[agents]]
+name = "courier"
+tools = ["post"]
+[[steps]]
+id = "tell"
+agent = "courier"
+task = "Tell Faro."
+"""
+
+
+async def test_a_resume_that_parks_calls_names_them_in_its_reason(tmp_path: Path):
+    """Killed while a non-idempotent tool ran, the resume parks the call (exit 7) and its
+    result's reason names that call, as the run that parks it itself does."""
+    plan = tmp_path / "plan.toml"
+    plan.write_text(ONE_POST)
+    store, ledger = tmp_path / "jobs.db", tmp_path / "ledger.db"
+    killed = await command(
+        ["run", plan, "--store", store, "--job-id", "onepost"],
+        environment(ledger, crash="during_tool:1"),
+    )
+    assert -9 == killed.code, killed.describe()
+
+    resumed = await command(
+        ["jobs", "resume", "onepost", "--store", store, "--json"], environment(ledger)
+    )
+
+    assert 7 == resumed.code, resumed.describe()
+    result = resumed.result()
+    [parked] = result["parked"]
+    assert result["reason"].startswith(
+        "1 tool call(s) may or may not have run and cannot safely run again: "
+        f"courier:post ({parked['call_id']}): resolve each with `orchestrator jobs resolve`"
+    )
