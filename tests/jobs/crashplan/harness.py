@@ -188,7 +188,9 @@ class Entry:
 def read_ledger(ledger: Path) -> list[Entry]:
     if not ledger.exists():
         return []
-    with closing(_read_only(ledger)) as db:
+    # Read-write: a tool killed inside a ledger transaction leaves a hot journal, which the
+    # next connection rolls back (as the next tool to write would).
+    with closing(sqlite3.connect(ledger, timeout=30)) as db:
         if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'ledger'").fetchone() is None:
             return []  # created by a tool killed before its first row
         return [
