@@ -25,7 +25,7 @@ WARMUP_LEAD: Final = 0.04
 def main() -> int:
     # Patched before the command line is imported, so that it builds its settings with these
     # defaults whether it imports the class at module level or when it runs.
-    connection.ConnectionSettings = functools.partial(  # type: ignore[misc]
+    connection.ConnectionSettings = functools.partial(  # type: ignore[misc,assignment]
         connection.ConnectionSettings,
         max_age=MAX_AGE,
         rotation_margin=MAX_AGE - ROTATION_AT,
