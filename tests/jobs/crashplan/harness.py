@@ -3,8 +3,9 @@ what a job store, a side-effect ledger and a trace say afterwards.
 
 Every command is a real process (``python -m orchestrator.cli ...``, or the ``rotating``
 wrapper) started from the worktree's root without any key, so runs are offline on the
-embedded server. The store, ledger and trace are read with ``sqlite3`` and ``json`` only
-after the process that wrote them has exited.
+embedded server. The store and ledger are read with ``sqlite3`` once the process that wrote
+them has exited; the trace is JSON lines, each written whole (the signal tests watch it
+grow).
 """
 
 from __future__ import annotations
