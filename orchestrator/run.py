@@ -911,7 +911,7 @@ async def _run_job(
                     job=job_id,
                     answer=None,
                     steps={},
-                    failure=CallsParked(()),
+                    failure=CallsParked(parked_calls(journaled)),
                     interrupted=False,
                     timed_out=False,
                     started_wall=started_wall,
@@ -940,6 +940,8 @@ async def _run_job(
             actor.memory.sink = journal
         if job_run.resumed:
             journal.event("resumed", f"{len(done_steps)} steps done")
+            assert journaled is not None
+            _record_answered_steps(journal, journaled, plan, done_steps)
     async with _endpoint(
         api_key, url_option, offline, server_options, transport, settings.allow_insecure
     ) as endpoint:
@@ -1194,6 +1196,28 @@ def _completed_steps(journaled: JobJournal, plan: Plan) -> dict[str, str]:
         if step.id not in done and text is not None:
             done[step.id] = text
     return done
+
+
+def _record_answered_steps(
+    journal: Journal, journaled: JobJournal, plan: Plan, done_steps: Mapping[str, str]
+) -> None:
+    """Record ``completed`` the steps whose answer was journaled before the process died but
+    whose step record was not: they are done (they do not run again), and say so."""
+    recorded = {step.id: step for step in journaled.steps}
+    agents = {step.id: step.agent for step in plan.steps}
+    for step_id, text in done_steps.items():
+        record = recorded.get(step_id)
+        if record is not None and record.status == "completed":
+            continue
+        journal.step(
+            StepRecord(
+                id=step_id,
+                agent=agents[step_id],
+                status="completed",
+                result=text,
+                attempts=record.attempts if record is not None else 1,
+            )
+        )
 
 
 def _step_message(step_id: str) -> str:

@@ -22,7 +22,7 @@ from actors.journal import CallEntry, TurnEntry, in_doubt_action
 from orchestrator.errors import JobNotResumable, JobRunning
 from orchestrator.jobs.model import FINAL, AgentPrint, JobJournal, JobRecord, JobStatus
 from orchestrator.protocol.codec import decode_items
-from orchestrator.protocol.events import Item
+from orchestrator.protocol.events import FunctionCallItem, Item
 
 if TYPE_CHECKING:
     from plans import Plan
@@ -243,7 +243,18 @@ def rebuild(journal: JobJournal, fresh: frozenset[str] = frozenset()) -> dict[st
         last = turns[-1] if turns else None
         agent_calls = calls.get(agent, [])
         if last is not None:
-            own = tuple(call for call in agent_calls if call.turn == last.seq)
+            # In the order the model made the calls (the store may return them by call id):
+            # a resumed task sends their outputs in that order, as an uninterrupted one does.
+            order = {
+                item.call_id: index
+                for index, item in enumerate(
+                    item for item in last.output if isinstance(item, FunctionCallItem)
+                )
+            }
+            own = sorted(
+                (call for call in agent_calls if call.turn == last.seq),
+                key=lambda call: order.get(call.call_id, len(order)),
+            )
             turns[-1] = attrs.evolve(last, calls=tuple(_pending(call) for call in own))
         conversation = turns
         if agent in fresh and last is not None:

@@ -3,8 +3,9 @@
 Functions here take a DB-API cursor and run inside a transaction their caller owns (the
 store's writer thread, or a reader thread). Placeholders are written ``?`` and ``{now}``
 stands for the database clock; :class:`Dialect` rewrites both for a backend. Every journal
-write is **fenced**: the transaction first bumps the job's ``progress`` where its ``epoch``
-is the writer's, and a writer whose epoch is stale changes nothing (``JobLost``).
+write is **fenced**: the transaction first bumps the job's ``progress`` (by the writes that
+record work done) where its ``epoch`` is the writer's, and a writer whose epoch is stale
+changes nothing (``JobLost``).
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ def apply_writes(
     counts: dict[tuple[str, int], int] = {}
     for claim, write in batch:
         key = (claim.job, claim.epoch)
-        counts[key] = counts.get(key, 0) + _is_work(write)
+        counts[key] = counts.get(key, 0) + _progress(write)
     fenced: set[tuple[str, int]] = set()
     fence = dialect.sql(
         "UPDATE jobs SET progress = progress + ?, updated_at = {now} WHERE id = ? AND epoch = ?"
@@ -251,12 +252,16 @@ def apply_writes(
     return results
 
 
-def _is_work(write: Write) -> int:
-    """1 for a write that records work done (``progress`` counts them: a job that keeps
-    crashing without any is poison), 0 for bookkeeping (messages, step starts, events)."""
+def _progress(write: Write) -> int:
+    """1 for a write that records work done (what ``progress`` counts, to tell a job that
+    crashes on every resume from one that advances), 0 for bookkeeping: a resume's event,
+    the tasks it delivers again, a step or a tool starting (a tool that kills the process
+    starts again on every resume)."""
     if isinstance(write, TurnWrite | CallFinishedWrite | ReplyWrite):
         return 1
-    return int(isinstance(write, StepWrite) and write.step.status == "completed")
+    if isinstance(write, StepWrite):
+        return int(write.step.status != "started")
+    return 0
 
 
 def _turn(cursor: Any, dialect: Dialect, claim: Claim, write: Write) -> None:
