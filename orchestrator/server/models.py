@@ -36,7 +36,7 @@ from orchestrator.protocol.events import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
 __all__ = [
     "CallSpec",
@@ -47,6 +47,7 @@ __all__ = [
     "Policy",
     "ScriptedPolicy",
     "count_tokens",
+    "iter_text",
     "split_arguments",
     "split_text",
 ]
@@ -57,15 +58,25 @@ __all__ = [
 _WORD: Final = re.compile(r"\s*\S+")
 
 
+def iter_text(text: str) -> Iterator[str]:
+    """The deltas of ``text``, one per word with its leading whitespace (a "token"), made
+    one at a time: streaming a long text never holds a list of all its words."""
+    previous: str | None = None
+    end = 0
+    for match in _WORD.finditer(text):
+        if previous is not None:
+            yield previous
+        previous, end = match.group(0), match.end()
+    if previous is None:
+        if text:
+            yield text
+        return
+    yield previous + text[end:]
+
+
 def split_text(text: str) -> list[str]:
     """Split text into deltas, one per word with its leading whitespace (a "token")."""
-    pieces = _WORD.findall(text)
-    if not pieces:
-        return [text] if text else []
-    tail = text[sum(map(len, pieces)) :]
-    if tail:
-        pieces[-1] += tail
-    return pieces
+    return list(iter_text(text))
 
 
 def split_arguments(arguments: str, deltas: int | None = None) -> list[str]:
