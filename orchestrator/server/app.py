@@ -423,13 +423,16 @@ class LocalServer:
             )
             with trio.move_on_after(config.close_timeout, shield=True):
                 await transport.aclose(close_code)
-            log.info(
-                "connection {} from {} closed: code {} by {}",
-                index,
-                peer,
-                transport.close_code if transport.close_code is not None else 1006,
-                transport.closed_by or "neither side (connection lost)",
-            )
+            if transport.closed_by is None:
+                log.info("connection {} from {} lost (no close frame: 1006)", index, peer)
+            else:
+                log.info(
+                    "connection {} from {} closed by the {} with {}",
+                    index,
+                    peer,
+                    transport.closed_by,
+                    transport.close_code,
+                )
 
     async def _handshake(
         self,
@@ -528,8 +531,9 @@ class LocalServer:
         so never the token)."""
         index, log, peer = where
         self._counters.handshakes_rejected += 1
+        # No colon after the code: "invalid_api_key: ..." would read as a secret to redact.
         log.info(
-            "connection {} from {}: handshake refused with {} {}: {}",
+            "connection {} from {}: handshake refused with {} {} ({})",
             index,
             peer,
             status,
@@ -620,7 +624,6 @@ class _ServerConnection:
     _expired: bool = False
     # Wakes the watch task early: the "expire" fault, or a client given up for not reading.
     _wake: trio.Event = attrs.field(factory=trio.Event)
-    _expire_now: bool = False
     #: Bytes of the creates this connection holds (queued or running), and the most ever.
     request_bytes: int = 0
     peak_request_bytes: int = 0
@@ -787,7 +790,6 @@ class _ServerConnection:
         elif kind == "drop_cache":
             self.drop_cache()
         elif kind == "expire":
-            self._expire_now = True
             self._wake.set()
         elif kind == "send_raw":
             transport.send_text(fault.payload.encode())
@@ -800,14 +802,10 @@ class _ServerConnection:
     async def _watch(self) -> None:
         """Expire the connection at its age limit (or an "expire" fault); end it when the
         client was given up for not reading."""
-        while True:
-            with trio.move_on_after(self.server.config.max_connection_age) as aged:
-                await self._wake.wait()
-            if self.transport.gave_up is not None:
-                raise _Stop
-            if aged.cancelled_caught or self._expire_now:
-                break
-            self._wake = trio.Event()  # pragma: no cover - nothing else sets it
+        with trio.move_on_after(self.server.config.max_connection_age):
+            await self._wake.wait()
+        if self.transport.gave_up is not None:
+            raise _Stop
         self._expired = True
         self.counters.expiries += 1
         await self._idle.wait()

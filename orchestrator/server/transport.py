@@ -472,7 +472,9 @@ class ServerWebSocket:
                 return None
             data = await self._receive()
             if not data:
+                # Gone without a close frame: there is nobody to send ours to.
                 self._readable = False
+                self._open = False
                 if self.close_code is None:
                     self.close_code = CloseReason.ABNORMAL_CLOSURE
                 return None
@@ -552,6 +554,8 @@ class ServerWebSocket:
         self._open = False
         if self._give_up_reason is not None or self.gave_up is not None:
             return
+        if self.close_code == CloseReason.ABNORMAL_CLOSURE:
+            return  # the peer left without a close frame
         if self._ws.state is _OPEN and not self._broken:
             self.close_code = code
             if code == CloseReason.NO_STATUS_RCVD:
