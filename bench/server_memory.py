@@ -2,14 +2,16 @@
 
 The server runs in its own process (``orchestrator serve``), so its RSS is its own. This
 process opens ``--clients`` bare WebSocket clients; each sends ``--requests`` creates whose
-user message is ``--size`` bytes of words (the generic model answers every one of them with
-a long text), then stops reading for good. Meanwhile one healthy client keeps running small
-turns. The server's RSS is sampled from ``/proc/PID/status`` while the load sits there for
-``--hold`` seconds; its peak is the kernel's high-water mark (``VmHWM``). At the end every
-non-reading client reads what is left to see how its connection ended (close code).
+user message is ``--size`` bytes of words to the generic model (``--model local-echo``
+repeats each one, so every answer is as long as its question), then stops reading for good.
+Meanwhile one healthy client keeps running small turns. The server's RSS is sampled from
+``/proc/PID/status`` while the load sits there for ``--hold`` seconds; its peak is the
+kernel's high-water mark (``VmHWM``). At the end every non-reading client reads what is
+left to see how its connection ended: the close code, or "open" when the server still
+serves it.
 
     python -m bench.server_memory [--clients 20] [--requests 5] [--size 2000000] [--hold 20]
-        [--server-root DIR] [-- extra serve options]
+        [--model NAME] [--server-root DIR] [-- extra serve options]
 
 ``--server-root`` serves from another source tree (``git archive`` of an older commit), for
 a before/after comparison with the same clients. Prints one JSON object.
@@ -84,11 +86,11 @@ def serve(root: Path, extra: list[str]) -> Iterator[tuple[subprocess.Popen[str],
             process.kill()
 
 
-def create(text: str) -> str:
+def create(text: str, model: str = MODEL) -> str:
     return json.dumps(
         {
             "type": "response.create",
-            "model": MODEL,
+            "model": model,
             "store": False,
             "input": [{"type": "message", "role": "user", "content": text}],
         }
@@ -155,24 +157,28 @@ class BareClient:
                 return None
             buffer += data
 
-    async def drain(self) -> int | None:
-        """Read everything left; the close code the server sent (1006: none, EOF)."""
+    async def drain(self, idle: float) -> str:
+        """Read everything left: the close code the server sent ("1006": none, EOF), or
+        "open" when nothing came for ``idle`` seconds."""
         while True:
-            try:
-                payload = await self._frame()
-            except trio.BrokenResourceError:
-                return 1006
-            if payload is None:
-                return 1006
-            if payload.startswith(b"close:"):
-                body = payload[6:]
-                return struct.unpack("!H", body[:2])[0] if len(body) >= 2 else 1005
+            with trio.move_on_after(idle):
+                try:
+                    payload = await self._frame()
+                except trio.BrokenResourceError:
+                    return "1006"
+                if payload is None:
+                    return "1006"
+                if payload.startswith(b"close:"):
+                    body = payload[6:]
+                    return str(struct.unpack("!H", body[:2])[0]) if len(body) >= 2 else "1005"
+                continue
+            return "open"
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(args.server_root) if args.server_root else ROOT
     text = (WORDS * (args.size // len(WORDS) + 1))[: args.size]
-    message = create(text)
+    message = create(text, args.model)
     with serve(root, args.serve_options) as (process, url):
         healthy = await BareClient.connect(url)
         await healthy.turn("warm up")
@@ -211,17 +217,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             after = status_kib(process.pid)
             nursery.cancel_scope.cancel()
         codes: dict[str, int] = {}
-        with trio.move_on_after(args.drain_timeout) as drain_scope:
-            results: list[int | None] = [None] * args.clients
+        results = ["?"] * args.clients
 
-            async def drain(index: int) -> None:
-                results[index] = await clients[index].drain()
+        async def drain(index: int) -> None:
+            results[index] = await clients[index].drain(args.idle)
 
+        # A server that still streams to them is still serving them: "open" after a while.
+        with trio.move_on_after(args.drain_timeout):
             async with trio.open_nursery() as nursery:
                 for index in range(args.clients):
                     nursery.start_soon(drain, index)
+        results = ["open" if code == "?" else code for code in results]
         for code in results:
-            codes[str(code)] = codes.get(str(code), 0) + 1
+            codes[code] = codes.get(code, 0) + 1
     return {
         "machine": machine(),
         "clients": args.clients,
@@ -235,8 +243,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "rss_peak_vmhwm_mib": round(after["VmHWM"] / 1024, 1),
         "healthy_turns": healthy_turns,
         "healthy_turn_max_s": round(max(healthy_latencies), 3) if healthy_latencies else None,
-        "close_codes": codes,
-        "drain_timed_out": drain_scope.cancelled_caught,
+        "model": args.model,
+        "ended_with": codes,
     }
 
 
@@ -247,7 +255,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=2_000_000, help="bytes per request")
     parser.add_argument("--hold", type=float, default=20.0, help="seconds the load stays")
     parser.add_argument(
-        "--drain-timeout", type=float, default=60.0, help="seconds to read what is left"
+        "--idle", type=float, default=5.0, help="a drained connection silent this long is open"
+    )
+    parser.add_argument(
+        "--drain-timeout", type=float, default=20.0, help="seconds to read what is left"
+    )
+    parser.add_argument(
+        "--model", default=MODEL, help="model name (default: the generic model; local-echo)"
     )
     parser.add_argument("--server-root", help="serve from this source tree")
     parser.add_argument("serve_options", nargs="*", help="extra `orchestrator serve` options")
