@@ -9,6 +9,8 @@ A client that stops reading is closed with 1008 once its socket takes nothing fo
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -217,3 +219,26 @@ def test_limits_out_of_range_are_refused(options):
     name = next(iter(options))
     with pytest.raises(ConfigurationError, match=name):
         ServerConfig(**options)
+
+
+def test_serve_refuses_a_limit_out_of_range():
+    """``orchestrator serve --max-buffered-bytes 10``: exit 2 with config.value naming the
+    option's field and its minimum, before anything listens."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "serve",
+            "--port",
+            "0",
+            "--max-buffered-bytes",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert 2 == done.returncode
+    assert "error[config.value]: max_buffered_bytes must be >= 4096, got 10" in done.stderr
+    assert "" == done.stdout
