@@ -163,7 +163,7 @@ class ServerWebSocket:
     _batch: bytearray = attrs.field(factory=bytearray, init=False)
     _batch_start: int = attrs.field(default=0, init=False)
     _batch_sent: int = attrs.field(default=0, init=False)
-    _frames_from: int = attrs.field(default=0, init=False)
+    _frames_from: int = attrs.field(default=-1, init=False)  # -1: not accepted yet
     _progress_at: float = attrs.field(default=0.0, init=False)
     _give_up_reason: str | None = attrs.field(default=None, init=False)
     _send_scope: trio.CancelScope | None = attrs.field(default=None, init=False)
@@ -310,7 +310,7 @@ class ServerWebSocket:
         try:
             while not self._broken:
                 if self._give_up_reason is not None:
-                    self._close_for_not_reading()
+                    self._close_for_not_reading(sending=False)
                     continue
                 if not self._out or self._frozen:
                     await self._wakeup.wait()
@@ -336,7 +336,9 @@ class ServerWebSocket:
         try:
             while self._batch_sent < len(self._batch):
                 if self._give_up_reason is not None:
-                    self._close_for_not_reading()
+                    self._close_for_not_reading(sending=True)
+                    if self._broken or self._batch_sent == len(self._batch):
+                        return
                 timeout = self.send_timeout
                 deadline = (
                     self._progress_at + timeout
@@ -409,28 +411,44 @@ class ServerWebSocket:
             scope.cancel()
         self._wakeup.set()
 
-    def _close_for_not_reading(self) -> None:
-        """The writer's half of :meth:`give_up` (no send is in progress)."""
+    def _close_for_not_reading(self, *, sending: bool) -> None:
+        """The writer's half of :meth:`give_up`, between two sends.
+
+        Whole messages not yet on the wire are dropped; what is on the wire (the rest of the
+        frame being sent, or an HTTP answer not yet sent) is kept, and our close frame
+        follows it. ``sending``: the writer is in :meth:`_send_batch` and the close frame
+        joins its batch; else it goes through ``_out`` like any message.
+        """
         reason = self._give_up_reason or "client not reading"
         self._give_up_reason = None
         self.gave_up = reason
         self._open = False
-        # Whole messages not yet on the wire are dropped; of the batch, the frame being
-        # sent is finished.
-        self._out = bytearray()
-        cut = self._frame_end_after(self._batch_sent)
-        del self._batch[cut:]
-        kept = self._batch_start + cut
-        if self._ws.state is _OPEN:
-            self._batch += self._ws.send(CloseConnection(code=CLOSE_NOT_READING, reason=reason))
-            self.close_code = CLOSE_NOT_READING
-            self.closed_by = "server"
-            self._close_end = self._batch_start + len(self._batch)
-        elif self._close_end is not None and self._close_end > kept:
-            # Our close frame (or answer to the client's) was among the dropped bytes.
-            self._batch += _close_frame(CLOSE_NOT_READING, reason)
-            self._close_end = self._batch_start + len(self._batch)
-        self._appended = self._batch_start + len(self._batch)
+        if self._frames_from < 0:
+            self._broken = True  # still in the handshake: no frame can be sent; just stop
+        else:
+            if sending:
+                del self._batch[self._frame_end_after(self._batch_sent) :]
+                kept_until = self._batch_start + len(self._batch)
+                self._out = bytearray()
+            else:
+                # Nothing is on the wire; only a 101 not yet sent must go before a frame.
+                del self._out[max(0, self._frames_from - self._written) :]
+                kept_until = self._written + len(self._out)
+            close = b""
+            if self._ws.state is _OPEN:
+                close = self._ws.send(CloseConnection(code=CLOSE_NOT_READING, reason=reason))
+                self.close_code = CLOSE_NOT_READING
+                self.closed_by = "server"
+            elif self._close_end is not None and self._close_end > kept_until:
+                # Our close frame (or answer to the client's) was among the dropped bytes.
+                close = _close_frame(CLOSE_NOT_READING, reason)
+            if sending:
+                self._batch += close
+            else:
+                self._out += close
+            self._appended = kept_until + len(close)
+            if close:
+                self._close_end = self._appended
         if self.on_give_up is not None:
             self.on_give_up(reason)
         self._notify()
