@@ -749,6 +749,8 @@ def render_output(text: str) -> list[str]:
             kept.append("…")
             break
         kept.append(cut(line, MAX_LINE))
+    while not kept[-1]:
+        kept.pop()
     return kept
 
 
