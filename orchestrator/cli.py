@@ -116,6 +116,45 @@ def _add_serve(commands: Any) -> None:
         action="store_true",
         help="answer a second create on a busy lane with 409 instead of queueing it",
     )
+    limits = parser.add_argument_group("limits per connection")
+    limits.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=32 * 1024 * 1024,
+        metavar="BYTES",
+        help="bytes of requests one connection holds, queued or running; more get 429 "
+        "(default 32 MiB)",
+    )
+    limits.add_argument(
+        "--max-buffered-bytes",
+        type=int,
+        default=4 * 1024 * 1024,
+        metavar="BYTES",
+        help="outgoing bytes held for one client; producers wait at a quarter of it "
+        "(default 4 MiB)",
+    )
+    limits.add_argument(
+        "--send-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="close a client with 1008 when its socket takes no output for this long "
+        "(default 30; 0: never)",
+    )
+    limits.add_argument(
+        "--max-pending-handshakes",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="connections still in their handshake at once; more get HTTP 503 (default 1024)",
+    )
+    limits.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="drop a client that has not completed its handshake by then (default 10)",
+    )
     parser.add_argument("--ttft", type=float, default=0.0, help="time to first token, seconds")
     parser.add_argument(
         "--tokens-per-second", type=float, default=None, help="pace of output deltas"
@@ -157,6 +196,11 @@ def _serve_command(args: argparse.Namespace) -> int:
             script=args.script,
             max_connection_age=args.max_connection_age,
             max_message_size=args.max_message_size,
+            max_request_bytes=args.max_request_bytes,
+            max_buffered_bytes=args.max_buffered_bytes,
+            send_timeout=args.send_timeout or None,
+            max_pending_handshakes=args.max_pending_handshakes,
+            handshake_timeout=args.handshake_timeout,
             strict_single_flight=args.strict_single_flight,
             latency=LatencyModel(
                 time_to_first_token=args.ttft,

@@ -28,6 +28,7 @@ from orchestrator.observe import (
 from orchestrator.protocol.events import MessageItem
 from orchestrator.router import Router
 from orchestrator.server import Fault, LatencyModel, LocalServer, ServerConfig
+from orchestrator.server.generic import LEAD_IN
 from orchestrator.session import Session
 from orchestrator.supervisor import Backoff, Supervisor
 from orchestrator.testing import memory_connector
@@ -225,9 +226,9 @@ async def test_planner_delegates_in_parallel(autojump_clock):
     assert max(asked) < min(finished)
     assert 3 == len(thinking)
     assert max(thinking) < min(finished)
-    assert "Here is what the tools returned" in reply.text
+    assert reply.text.startswith(LEAD_IN)
     for name in "abc":
-        assert f"delegate_to_{name}: Do the thing" in reply.text
+        assert f"\n{name}: Do the thing" in reply.text
     planner = actors[-1]
     assert isinstance(planner, PlannerActor)
     assert 3 == planner.delegations

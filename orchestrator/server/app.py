@@ -83,16 +83,16 @@ from .models import (
     Script,
     count_tokens,
     item_text,
+    iter_text,
     load_script,
     select_policy,
     split_arguments,
-    split_text,
 )
 from .state import CachedResponse, IdFactory, ResponseStore, call_ids_in
-from .transport import ServerWebSocket, TransportClosed
+from .transport import ServerWebSocket, TransportClosed, peer_name
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 __all__ = [
     "LocalServer",
@@ -118,11 +118,20 @@ _QUEUE_SIZE: Final = 256
 
 @attrs.frozen
 class ServerStatistics:
-    """A snapshot of what the server has done since it started."""
+    """A snapshot of what the server has done since it started.
+
+    ``handshakes_pending``, ``buffered_bytes``, ``request_bytes`` and ``queued_requests`` are
+    what open connections hold now (summed over them); the ``peak_*`` fields are the most
+    one connection held at any time.
+    """
 
     connections_opened: int
     connections_active: int
+    handshakes_pending: int
     handshakes_rejected: int
+    handshakes_timed_out: int
+    handshakes_over_capacity: int
+    clients_not_reading: int
     responses_started: int
     responses_completed: int
     responses_failed: int
@@ -138,13 +147,22 @@ class ServerStatistics:
     cache_hits: int
     store_hydrations: int
     connection_errors: int
+    buffered_bytes: int
+    peak_buffered_bytes: int
+    request_bytes: int
+    peak_request_bytes: int
+    queued_requests: int
 
 
 @attrs.define
 class _Counters:
     connections_opened: int = 0
     connections_active: int = 0
+    handshakes_pending: int = 0
     handshakes_rejected: int = 0
+    handshakes_timed_out: int = 0
+    handshakes_over_capacity: int = 0
+    clients_not_reading: int = 0
     responses_started: int = 0
     responses_completed: int = 0
     responses_failed: int = 0
@@ -160,6 +178,9 @@ class _Counters:
     cache_hits: int = 0
     store_hydrations: int = 0
     connection_errors: int = 0
+    # Peaks of connections already closed (open ones are read at snapshot time).
+    peak_buffered_bytes: int = 0
+    peak_request_bytes: int = 0
 
 
 @attrs.define(eq=False)
@@ -249,10 +270,23 @@ class LocalServer:
     # -- public API ---------------------------------------------------------------------------
 
     def statistics(self) -> ServerStatistics:
-        # Same fields as the counters (a counter missing from either fails here, loudly).
+        # The counters' fields plus what open connections hold now (a field missing from
+        # either side fails here, loudly).
         counters = attrs.asdict(self._counters, recurse=False)
         counters["errors_sent"] = dict(self._counters.errors_sent)
-        return ServerStatistics(**counters)
+        connections = self._connections
+        counters["peak_buffered_bytes"] = max(
+            [self._counters.peak_buffered_bytes] + [c.transport.peak_buffered for c in connections]
+        )
+        counters["peak_request_bytes"] = max(
+            [self._counters.peak_request_bytes] + [c.peak_request_bytes for c in connections]
+        )
+        return ServerStatistics(
+            **counters,
+            buffered_bytes=sum(c.transport.buffered for c in connections),
+            request_bytes=sum(c.request_bytes for c in connections),
+            queued_requests=sum(c.queued_requests for c in connections),
+        )
 
     def inject(self, fault: Fault) -> None:
         """Add a fault at run time; it fires on the next response (or connection) it matches."""
@@ -274,8 +308,17 @@ class LocalServer:
         """Serve one client connection on ``stream`` until it ends. Never raises ``Exception``."""
         self._connection_count += 1
         index = self._connection_count
-        transport = ServerWebSocket(stream, self.config.max_message_size)
+        config = self.config
         log = logger.bind(server_connection=index)
+        if self._counters.handshakes_pending >= config.max_pending_handshakes:
+            await self._refuse_busy(stream, index, log)
+            return
+        transport = ServerWebSocket(
+            stream,
+            config.max_message_size,
+            max_buffered=config.max_buffered_bytes,
+            send_timeout=config.send_timeout,
+        )
         # The writer runs shielded, so a server shutdown does not cancel it: the 1001 close
         # still goes out (and is answered) while the connection's own tasks are being
         # cancelled; it is cancelled last. (Not a shielded nursery handed out by start():
@@ -298,19 +341,130 @@ class LocalServer:
         finally:
             await transport.close_stream()
 
+    async def _refuse_busy(self, stream: trio.abc.Stream, index: int, log: Any) -> None:
+        """Answer 503 at once, without reading: too many connections are in their handshake."""
+        counters = self._counters
+        counters.handshakes_rejected += 1
+        counters.handshakes_over_capacity += 1
+        log.info(
+            "connection {} from {}: handshake refused with 503 server_busy: {} handshakes "
+            "pending (max_pending_handshakes)",
+            index,
+            peer_name(stream),
+            counters.handshakes_pending,
+        )
+        body = _error_body(
+            503,
+            "server_busy",
+            "Too many connections are opening at once; retry in a moment.",
+        )
+        answer = (
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+            b"retry-after: 1\r\nconnection: close\r\ncontent-length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        try:
+            with trio.move_on_after(self.config.handshake_timeout):
+                await stream.send_all(answer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # gone already
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
     # -- per connection -----------------------------------------------------------------------
 
     async def _serve(self, transport: ServerWebSocket, index: int, log: Any) -> None:
         config = self.config
-        request = None
-        with trio.move_on_after(config.handshake_timeout):
-            request = await transport.receive_request()
+        counters = self._counters
+        peer = transport.peer
+        accepted = False
+        counters.handshakes_pending += 1
+        try:
+            # One deadline for the whole handshake, reading the request to answering it.
+            with trio.move_on_after(config.handshake_timeout) as handshake:
+                accepted = await self._handshake(transport, index, log, peer, handshake)
+        finally:
+            counters.handshakes_pending -= 1
+        if handshake.cancelled_caught:
+            counters.handshakes_timed_out += 1
+            log.info(
+                "connection {} from {}: dropped, no handshake within {:g} s",
+                index,
+                peer,
+                config.handshake_timeout,
+            )
+            return
+        if not accepted:
+            return
+        counters.connections_opened += 1
+        counters.connections_active += 1
+        connection = _ServerConnection(self, transport, index, log)
+        transport.on_give_up = connection.on_give_up
+        self._connections.add(connection)
+        log.info("connection {} from {} opened", index, peer)
+        # 1001 "going away" when the server shuts down; 1011 when this connection broke.
+        close_code = 1001
+        try:
+            await connection.run()
+        except Exception as exc:
+            close_code = 1011
+            counters.connection_errors += 1
+            log.opt(exception=exc).warning("connection {} failed: {!r}", index, exc)
+            raise _Stop from exc
+        finally:
+            self._connections.discard(connection)
+            counters.connections_active -= 1
+            counters.peak_buffered_bytes = max(
+                counters.peak_buffered_bytes, transport.peak_buffered
+            )
+            counters.peak_request_bytes = max(
+                counters.peak_request_bytes, connection.peak_request_bytes
+            )
+            with trio.move_on_after(config.close_timeout, shield=True):
+                await transport.aclose(close_code)
+            if transport.closed_by is None:
+                log.info("connection {} from {} lost (no close frame: 1006)", index, peer)
+            else:
+                log.info(
+                    "connection {} from {} closed by the {} with {}",
+                    index,
+                    peer,
+                    transport.closed_by,
+                    transport.close_code,
+                )
+
+    async def _handshake(
+        self,
+        transport: ServerWebSocket,
+        index: int,
+        log: Any,
+        peer: str,
+        deadline: trio.CancelScope,
+    ) -> bool:
+        """Read the upgrade request and answer it; whether the connection was accepted."""
+        config = self.config
+        request = await transport.receive_request()
         if request is None:
-            return  # silent, gone, or not a WebSocket upgrade (answered with 400)
+            # Gone, or not a WebSocket upgrade (answered with wsproto's 400 or 426).
+            if transport.refused_status is not None:
+                self._counters.handshakes_rejected += 1
+                log.info(
+                    "connection {} from {}: handshake refused with {}: not a WebSocket "
+                    "upgrade request",
+                    index,
+                    peer,
+                    transport.refused_status,
+                )
+            return False
         fault = self._faults.take(index, None, None, handshake=True)
         if fault is not None:
             self._counters.faults_fired += 1
             if fault.kind == "delay_handshake":
+                # An injected slow server, not a slow client: the deadline moves with it.
+                deadline.deadline += fault.duration or 0
                 await trio.sleep(fault.duration or 0)
             elif fault.kind == "reject":
                 headers = []
@@ -318,56 +472,45 @@ class LocalServer:
                     headers.append((b"retry-after", str(fault.retry_after).encode()))
                 await self._reject(
                     transport,
+                    (index, log, peer),
                     fault.status,
                     fault.error_code,
                     fault.message or "rejected",
                     headers,
                 )
-                return
+                return False
         path = urlsplit(request.target).path
+        where = (index, log, peer)
         if path not in RESPONSES_PATHS:
             await self._reject(
                 transport,
+                where,
                 404,
                 "not_found",
                 f"no WebSocket endpoint at {path}; use /v1/responses",
             )
-            return
+            return False
         request_headers = {
             bytes(name).lower(): bytes(value) for name, value in request.extra_headers
         }
         origin = request_headers.get(b"origin")
         if origin is not None and origin.decode("latin-1") not in config.allowed_origins:
-            await self._reject(transport, 403, "origin_not_allowed", "this Origin is not allowed")
-            return
+            await self._reject(
+                transport, where, 403, "origin_not_allowed", "this Origin is not allowed"
+            )
+            return False
         if not self._authorised(request_headers.get(b"authorization")):
             await self._reject(
                 transport,
+                where,
                 401,
                 "invalid_api_key",
                 "Incorrect API key provided. The embedded server expects the token it printed "
                 "at start-up.",
             )
-            return
+            return False
         transport.accept()
-        self._counters.connections_opened += 1
-        self._counters.connections_active += 1
-        connection = _ServerConnection(self, transport, index, log)
-        self._connections.add(connection)
-        # 1001 "going away" when the server shuts down; 1011 when this connection broke.
-        close_code = 1001
-        try:
-            await connection.run()
-        except Exception as exc:
-            close_code = 1011
-            self._counters.connection_errors += 1
-            log.opt(exception=exc).warning("connection {} failed: {!r}", index, exc)
-            raise _Stop from exc
-        finally:
-            self._connections.discard(connection)
-            self._counters.connections_active -= 1
-            with trio.move_on_after(config.close_timeout, shield=True):
-                await transport.aclose(close_code)
+        return True
 
     def _authorised(self, header: bytes | None) -> bool:
         if header is None:
@@ -380,25 +523,36 @@ class LocalServer:
     async def _reject(
         self,
         transport: ServerWebSocket,
+        where: tuple[int, Any, str],
         status: int,
         code: str,
         message: str,
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
+        """Refuse the upgrade with ``status`` and a JSON error body (never echoing headers,
+        so never the token)."""
+        index, log, peer = where
         self._counters.handshakes_rejected += 1
-        body = json.dumps(
-            {
-                "error": {
-                    "message": message,
-                    "type": error_type(status),
-                    "code": code,
-                    "param": None,
-                }
-            }
-        ).encode()
-        await transport.reject(
-            status, [(b"content-type", b"application/json"), *(headers or [])], body
+        # No colon after the code: "invalid_api_key: ..." would read as a secret to redact.
+        log.info(
+            "connection {} from {}: handshake refused with {} {} ({})",
+            index,
+            peer,
+            status,
+            code,
+            message,
         )
+        await transport.reject(
+            status,
+            [(b"content-type", b"application/json"), *(headers or [])],
+            _error_body(status, code, message),
+        )
+
+
+def _error_body(status: int, code: str, message: str) -> bytes:
+    """The JSON body of a refused handshake, shaped like the service's errors."""
+    error = {"message": message, "type": error_type(status), "code": code, "param": None}
+    return json.dumps({"error": error}).encode()
 
 
 @attrs.define(eq=False)
@@ -408,6 +562,7 @@ class _Request:
     # The tools exactly as the client sent them: echoed in the response object (spec 4.3)
     # without decoding and re-encoding them every turn.
     tools_raw: msgspec.Raw
+    size: int  # of the message, counted against max_request_bytes until the response ends
 
 
 @attrs.define(eq=False)
@@ -445,14 +600,16 @@ class _ResponseStream:
         connection = self.connection
         if connection.server._faults:
             await connection.before_event(self)
+        # Wait *before* adding: each producer adds at most one event past the high-water
+        # mark, so the buffer stays bounded however many lanes are streaming.
+        if connection.transport.must_wait:
+            await connection.transport.wait_writable()
         # No checkpoint between numbering and sending: events of concurrent senders (a steer
         # answer, say) reach the socket in sequence order.
         event: ServerEvent = event_type(
             sequence_number=self.next_sequence(), stream_id=self.stream_id, **fields
         )
         connection.send(event)
-        if connection.transport.must_wait:
-            await connection.transport.wait_writable()
 
 
 @attrs.define(eq=False)
@@ -467,7 +624,13 @@ class _ServerConnection:
     _busy: int = 0
     _idle: trio.Event = attrs.field(factory=trio.Event)
     _expired: bool = False
-    _expire_now: trio.Event = attrs.field(factory=trio.Event)
+    # Wakes the watch task early: the "expire" fault, or a client given up for not reading.
+    _wake: trio.Event = attrs.field(factory=trio.Event)
+    #: Bytes of the creates this connection holds (queued or running), and the most ever.
+    request_bytes: int = 0
+    peak_request_bytes: int = 0
+    #: Creates waiting for their lane or for an active slot.
+    queued_requests: int = 0
     _active: trio.Semaphore = attrs.field(init=False)
     _ids: IdFactory = attrs.field(init=False)
     _nursery: trio.Nursery | None = None
@@ -488,7 +651,7 @@ class _ServerConnection:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._expiry_timer)
+                nursery.start_soon(self._watch)
                 await self._read_loop()
                 nursery.cancel_scope.cancel()
         except* (_Stop, TransportClosed):
@@ -510,6 +673,14 @@ class _ServerConnection:
         for lane in self._lanes.values():
             lane.latest = None
 
+    def on_give_up(self, reason: str) -> None:
+        """The transport gave this client up for not reading (its 1008 is on its way)."""
+        self.counters.clients_not_reading += 1
+        self.log.info(
+            "connection {} from {}: closing with 1008, {}", self.index, self.transport.peer, reason
+        )
+        self._wake.set()
+
     # -- sending ------------------------------------------------------------------------------
 
     def send(self, event: ServerEvent) -> None:
@@ -523,7 +694,17 @@ class _ServerConnection:
         counters.events_sent += 1
         counters.bytes_sent += len(payload)
         if isinstance(event, ErrorEvent):
-            counters.errors_sent[event.code_value or "unknown"] += 1
+            code = event.code_value or "unknown"
+            counters.errors_sent[code] += 1
+            detail = event.detail()
+            self.log.info(
+                "connection {} sent error {} (status {}, param {}): {}",
+                self.index,
+                code,
+                event.http_status,
+                detail.param if isinstance(detail.param, str) else None,
+                detail.message,
+            )
         self.transport.send_text(payload)
 
     def send_error(
@@ -611,7 +792,7 @@ class _ServerConnection:
         elif kind == "drop_cache":
             self.drop_cache()
         elif kind == "expire":
-            self._expire_now.set()
+            self._wake.set()
         elif kind == "send_raw":
             transport.send_text(fault.payload.encode())
         elif kind == "oversize":
@@ -620,9 +801,13 @@ class _ServerConnection:
 
     # -- expiry -------------------------------------------------------------------------------
 
-    async def _expiry_timer(self) -> None:
+    async def _watch(self) -> None:
+        """Expire the connection at its age limit (or an "expire" fault); end it when the
+        client was given up for not reading."""
         with trio.move_on_after(self.server.config.max_connection_age):
-            await self._expire_now.wait()
+            await self._wake.wait()
+        if self.transport.gave_up is not None:
+            raise _Stop
         self._expired = True
         self.counters.expiries += 1
         await self._idle.wait()
@@ -656,7 +841,7 @@ class _ServerConnection:
         if self.server.config.record_messages and len(self.server.received) < _RECORD_LIMIT:
             self.server.received.append((self.index, event))
         if isinstance(event, ResponseCreate):
-            self._on_create(event, _tools_of(event, message))
+            self._on_create(event, _tools_of(event, message), len(message))
         elif isinstance(event, ResponseSteer):
             self._on_steer(event)
         elif isinstance(event, UnknownEvent):
@@ -691,7 +876,7 @@ class _ServerConnection:
         param, code = _param_from(text)
         self.send_error(400, code, f"Invalid client event: {text}", param=param)
 
-    def _on_create(self, create: ResponseCreate, tools_raw: msgspec.Raw) -> None:
+    def _on_create(self, create: ResponseCreate, tools_raw: msgspec.Raw, size: int) -> None:
         config = self.server.config
         stream_id = create.stream_id
         if isinstance(stream_id, str) and not _valid_lane_id(stream_id):
@@ -752,9 +937,19 @@ class _ServerConnection:
                 stream_id=stream_id,
             )
             return
+        held = self.request_bytes
+        if held and held + size > config.max_request_bytes:
+            self.send_error(
+                429,
+                "too_many_queued_requests",
+                f"This connection already holds {held} bytes of requests and this one has "
+                f"{size} (limit {config.max_request_bytes}); wait for a response to finish.",
+                stream_id=stream_id,
+            )
+            return
         self._mark_busy(lane)
         try:
-            lane.send.send_nowait(_Request(create, lane_key, tools_raw))
+            lane.send.send_nowait(_Request(create, lane_key, tools_raw, size))
         except trio.WouldBlock:
             self._mark_done(lane)
             self.send_error(
@@ -763,6 +958,22 @@ class _ServerConnection:
                 "Too many queued responses on this lane.",
                 stream_id=stream_id,
             )
+            return
+        self.queued_requests += 1
+        self.request_bytes = held = held + size
+        if held > self.peak_request_bytes:
+            self.peak_request_bytes = held
+        self.log.debug(
+            "connection {} request on lane {}: model {}, {} input items, "
+            "previous_response_id {}, store {}, generate {}",
+            self.index,
+            lane_key or "default",
+            create.model,
+            _input_count(create.input),
+            _or(create.previous_response_id, None),
+            create.store is not False,
+            create.generate is not False,
+        )
 
     def _open_lane(self, key: str | None) -> _Lane:
         send, receive = trio.open_memory_channel[_Request](self.server.config.max_queued_requests)
@@ -806,11 +1017,13 @@ class _ServerConnection:
                     active.acquire_nowait()
                 except trio.WouldBlock:
                     await active.acquire()
+                self.queued_requests -= 1
                 try:
                     await self._process(request.create, lane, request.tools_raw)
                 finally:
                     active.release()
             finally:
+                self.request_bytes -= request.size
                 self._mark_done(lane)
 
     def _lookup(self, response_id: str) -> tuple[CachedResponse | None, _Lane | None]:
@@ -1069,6 +1282,15 @@ class _ServerConnection:
             await stream.emit(ResponseCompleted, response=final)
             self.counters.responses_completed += 1
             status = "completed"
+        self.log.debug(
+            "connection {} response {} {}: {} input tokens ({} cached), {} output tokens",
+            self.index,
+            response_id,
+            status,
+            total_input,
+            cached,
+            output_tokens,
+        )
         output_items = tuple(output)
         cached_response = CachedResponse.create(
             response_id,
@@ -1106,6 +1328,14 @@ class _ServerConnection:
             error=ResponseError(code=code, message=message or "The model failed to respond."),
         )
         self.counters.responses_failed += 1
+        self.log.debug(
+            "connection {} response {} failed: {} ({} input tokens, {} output tokens)",
+            self.index,
+            base.id,
+            code,
+            usage.input_tokens if usage is not None else 0,
+            usage.output_tokens if usage is not None else 0,
+        )
         stream.connection.send(
             ResponseFailed(
                 sequence_number=stream.next_sequence(), response=final, stream_id=stream.stream_id
@@ -1129,15 +1359,17 @@ class _ServerConnection:
         # add every wake-up's lateness to the turn (tens of ms per turn with many streams).
         due = trio.current_time()
 
-        async def deltas_of(event_type: Any, pieces: list[str], **fields: Any) -> int:
+        async def deltas_of(event_type: Any, pieces: Iterable[str], **fields: Any) -> int:
             """Emit one delta event per piece, paced; returns how many were sent."""
             nonlocal due
+            count = 0
             for piece in pieces:
                 if pace:
                     due += pace
                     await trio.sleep_until(due)
                 await stream.emit(event_type, delta=piece, **fields)
-            return len(pieces)
+                count += 1
+            return count
 
         tokens = 0
         if reply.reasoning:
@@ -1160,7 +1392,7 @@ class _ServerConnection:
             )
             tokens += await deltas_of(
                 ReasoningSummaryTextDelta,
-                split_text(summary),
+                iter_text(summary),
                 item_id=item_id,
                 output_index=index,
                 summary_index=0,
@@ -1191,7 +1423,7 @@ class _ServerConnection:
             index = len(output)
             item_id = self._ids.message()
             text = reply.text
-            deltas = list(reply.text_deltas) if reply.text_deltas is not None else split_text(text)
+            deltas = reply.text_deltas if reply.text_deltas is not None else iter_text(text)
             await stream.emit(
                 OutputItemAdded,
                 output_index=index,
@@ -1314,11 +1546,18 @@ def _tools_of(create: ResponseCreate, message: str | bytes) -> msgspec.Raw:
     """The ``tools`` of a create exactly as sent (msgspec skips everything else quickly)."""
     if not isinstance(create.tools, list) or not create.tools:
         return _NO_TOOLS
-    return _tools_decoder.decode(message).tools
+    # A copy: the decoded Raw points into the whole message, which it would keep alive.
+    return _tools_decoder.decode(message).tools.copy()
 
 
 def _valid_lane_id(value: str) -> bool:
     return 1 <= len(value) <= 256 and all(c in _LANE_ID_CHARS for c in value)
+
+
+def _input_count(value: str | list[Item] | UnsetType) -> int:
+    if isinstance(value, str):
+        return 1
+    return len(value) if isinstance(value, list) else 0
 
 
 def _input_items(value: str | list[Item] | UnsetType) -> list[Item]:

@@ -14,6 +14,9 @@ __all__ = ["Fault", "FaultKind", "LatencyModel", "ServerConfig"]
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 HARD_MAX_MESSAGE_SIZE = 1024 * 1024 * 1024
+DEFAULT_MAX_BUFFERED_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+MIN_BUFFERED_BYTES = 4096
 
 FaultKind = Literal[
     "close",  # close with `code` after `after_events` events
@@ -135,6 +138,22 @@ class ServerConfig:
         max_message_size: incoming message limit, enforced with close 1009.
         max_active_responses: responses running at once per connection (spec 8).
         max_named_lanes: distinct ``stream_id`` values per connection (spec 8).
+        max_queued_requests: creates waiting on one lane; more get 429
+            ``too_many_queued_requests``.
+        max_request_bytes: bytes of creates one connection holds at once, waiting or
+            running; a create past it gets 429 ``too_many_queued_requests`` (a create is
+            always taken when the connection holds none).
+        max_buffered_bytes: outgoing bytes one connection may hold for a client. Producers
+            wait at a quarter of it (at most 256 KiB); a client whose pings alone push the
+            buffer past it is closed with 1008.
+        send_timeout: seconds output may wait without the client's socket taking a byte;
+            then the client is closed with 1008 (the unsent messages are dropped). ``None``
+            waits for ever.
+        max_pending_handshakes: connections still in their handshake (not yet
+            authenticated) at once; more are refused at once with HTTP 503.
+        handshake_timeout: seconds from the TCP connection to the handshake's answer; a
+            slower client is dropped.
+        close_timeout: seconds a closing handshake may take before the socket is dropped.
         strict_single_flight: answer a create on a busy lane with 409 instead of queueing.
         require_tool_outputs: refuse a continuation that leaves function calls unanswered.
         latency: the latency model; zero by default.
@@ -156,6 +175,10 @@ class ServerConfig:
     max_active_responses: int = 16
     max_named_lanes: int = 32
     max_queued_requests: int = 256
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
+    send_timeout: float | None = 30.0
+    max_pending_handshakes: int = 1024
     strict_single_flight: bool = False
     require_tool_outputs: bool = True
     latency: LatencyModel = LatencyModel()
@@ -187,5 +210,33 @@ class ServerConfig:
             )
         if self.max_active_responses < 1 or self.max_named_lanes < 0:
             raise ConfigurationError("lane caps must be positive")
+        if self.max_queued_requests < 1:
+            raise ConfigurationError(
+                f"max_queued_requests must be >= 1, got {self.max_queued_requests}"
+            )
+        if self.max_request_bytes < 1:
+            raise ConfigurationError(
+                f"max_request_bytes must be >= 1, got {self.max_request_bytes}"
+            )
+        if self.max_buffered_bytes < MIN_BUFFERED_BYTES:
+            raise ConfigurationError(
+                f"max_buffered_bytes must be >= {MIN_BUFFERED_BYTES}, got {self.max_buffered_bytes}"
+            )
+        if self.send_timeout is not None and not self.send_timeout > 0:
+            raise ConfigurationError(
+                f"send_timeout must be > 0 seconds (or None), got {self.send_timeout}"
+            )
+        if self.max_pending_handshakes < 1:
+            raise ConfigurationError(
+                f"max_pending_handshakes must be >= 1, got {self.max_pending_handshakes}"
+            )
+        if not self.handshake_timeout > 0:
+            raise ConfigurationError(
+                f"handshake_timeout must be > 0 seconds, got {self.handshake_timeout}"
+            )
+        if not self.close_timeout >= 0:
+            raise ConfigurationError(
+                f"close_timeout must be >= 0 seconds, got {self.close_timeout}"
+            )
         if self.expiry_close_code is not None and not 1000 <= self.expiry_close_code <= 4999:
             raise ConfigurationError(f"invalid expiry close code {self.expiry_close_code}")

@@ -35,8 +35,10 @@ from orchestrator.protocol.events import (
     UnknownItem,
 )
 
+from .generic import arguments_for_schema, cut, summarise
+
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
 __all__ = [
     "CallSpec",
@@ -47,6 +49,7 @@ __all__ = [
     "Policy",
     "ScriptedPolicy",
     "count_tokens",
+    "iter_text",
     "split_arguments",
     "split_text",
 ]
@@ -57,15 +60,25 @@ __all__ = [
 _WORD: Final = re.compile(r"\s*\S+")
 
 
+def iter_text(text: str) -> Iterator[str]:
+    """The deltas of ``text``, one per word with its leading whitespace (a "token"), made
+    one at a time: streaming a long text never holds a list of all its words."""
+    previous: str | None = None
+    end = 0
+    for match in _WORD.finditer(text):
+        if previous is not None:
+            yield previous
+        previous, end = match.group(0), match.end()
+    if previous is None:
+        if text:
+            yield text
+        return
+    yield previous + text[end:]
+
+
 def split_text(text: str) -> list[str]:
     """Split text into deltas, one per word with its leading whitespace (a "token")."""
-    pieces = _WORD.findall(text)
-    if not pieces:
-        return [text] if text else []
-    tail = text[sum(map(len, pieces)) :]
-    if tail:
-        pieces[-1] += tail
-    return pieces
+    return list(iter_text(text))
 
 
 def split_arguments(arguments: str, deltas: int | None = None) -> list[str]:
@@ -222,204 +235,23 @@ class EchoPolicy(Policy):
 
 # -- generic -----------------------------------------------------------------------------------
 
-_LONG_TEXT_NAMES: Final = frozenset(
-    {
-        "query",
-        "task",
-        "text",
-        "question",
-        "prompt",
-        "message",
-        "description",
-        "request",
-        "goal",
-        "topic",
-        "instructions",
-        "content",
-        "input",
-        "summary",
-        "body",
-        "details",
-    }
-)
-_DATE: Final = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
-# A number standing alone; a full stop after it ends the sentence ("top 3.") and does not
-# make it part of a version or a word ("v1.2", "3.x").
-_NUMBER: Final = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?!\.?\w)")
-_PROPER: Final = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-zA-Z\-]+")
-_STOP_WORDS: Final = frozenset({"I", "The", "A", "An", "Plan", "Please", "Find", "Make", "Use"})
-
-
-@attrs.define
-class _Drawer:
-    """Draws argument values from the conversation text, deterministically."""
-
-    text: str
-    whole_text: bool = False
-    _used: set[str] = attrs.field(factory=set)
-
-    def proper_noun(self) -> str | None:
-        for match in _PROPER.finditer(self.text):
-            word = match.group(0)
-            if word not in self._used and word not in _STOP_WORDS:
-                self._used.add(word)
-                return word
-        return None
-
-    def number(self, low: float | None, high: float | None) -> float | None:
-        for match in _NUMBER.finditer(self.text):
-            value = float(match.group(0))
-            if (low is None or value >= low) and (high is None or value <= high):
-                return value
-        return None
-
-
-def _resolve(schema: Any, root: Mapping[str, Any]) -> Any:
-    seen = 0
-    while isinstance(schema, dict) and "$ref" in schema and seen < 32:
-        ref = schema["$ref"]
-        if not isinstance(ref, str) or not ref.startswith("#/"):
-            return {}
-        target: Any = root
-        for part in ref[2:].split("/"):
-            target = target.get(part, {}) if isinstance(target, dict) else {}
-        schema, seen = target, seen + 1
-    return schema
-
-
-def _value_for(
-    name: str, schema: Any, root: Mapping[str, Any], drawer: _Drawer, depth: int = 0
-) -> Any:
-    schema = _resolve(schema, root)
-    if not isinstance(schema, dict) or depth > 8:
-        return None
-    if "const" in schema:
-        return schema["const"]
-    if schema.get("enum"):
-        options = schema["enum"]
-        lowered = drawer.text.lower()
-        for option in options:
-            if isinstance(option, str) and option.lower() in lowered:
-                return option
-        return options[0]
-    if "default" in schema:
-        return schema["default"]
-    for key in ("anyOf", "oneOf"):
-        variants = schema.get(key)
-        if isinstance(variants, list) and variants:
-            non_null = [
-                v for v in variants if _resolve(v, root).get("type") not in ("null", None)
-            ] or variants
-            return _value_for(name, non_null[0], root, drawer, depth + 1)
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind == "string":
-        return _string_for(name, schema, drawer)
-    if kind in ("integer", "number"):
-        return _number_for(schema, drawer, integer=kind == "integer")
-    if kind == "boolean":
-        return True
-    if kind == "null":
-        return None
-    if kind == "array":
-        minimum = schema.get("minItems", 1)
-        items = schema.get("items", {})
-        return [_value_for(name, items, root, drawer, depth + 1) for _ in range(max(1, minimum))][
-            : schema.get("maxItems", max(1, minimum))
-        ]
-    if kind == "object" or "properties" in schema:
-        return _object_for(schema, root, drawer, depth + 1)
-    return _string_for(name, schema, drawer)
-
-
-def _string_for(name: str, schema: Mapping[str, Any], drawer: _Drawer) -> str:
-    lowered = name.lower()
-    value: str | None = None
-    if schema.get("format") == "date" or "date" in lowered:
-        match = _DATE.search(drawer.text)
-        value = match.group(0) if match else "2026-01-01"
-    elif (
-        drawer.whole_text
-        or lowered in _LONG_TEXT_NAMES
-        or lowered.endswith(("_query", "_text", "_task"))
-    ):
-        value = drawer.text.strip() or name
-    else:
-        value = drawer.proper_noun() or drawer.text.strip() or name
-    minimum = schema.get("minLength", 0)
-    maximum = schema.get("maxLength")
-    if isinstance(minimum, int) and len(value) < minimum:
-        value = value.ljust(minimum, "x")
-    if isinstance(maximum, int) and len(value) > maximum:
-        value = value[:maximum]
-    return value
-
-
-def _number_for(schema: Mapping[str, Any], drawer: _Drawer, *, integer: bool) -> int | float:
-    low = schema.get("minimum")
-    high = schema.get("maximum")
-    exclusive_low = schema.get("exclusiveMinimum")
-    exclusive_high = schema.get("exclusiveMaximum")
-    step = 1 if integer else 0.5
-    if isinstance(exclusive_low, int | float):
-        low = exclusive_low + step if low is None else max(low, exclusive_low + step)
-    if isinstance(exclusive_high, int | float):
-        high = exclusive_high - step if high is None else min(high, exclusive_high - step)
-    found = drawer.number(low, high)
-    if found is not None and (not integer or found == int(found)):
-        value: float = found
-    elif low is not None:
-        value = low
-    elif high is not None and high < 1:
-        value = high
-    else:
-        value = 1
-    multiple = schema.get("multipleOf")
-    if isinstance(multiple, int | float) and multiple > 0:
-        value = multiple * max(1, -(-value // multiple))
-        if high is not None and value > high:
-            value = multiple * (high // multiple)
-    return int(value) if integer else float(value)
-
-
-def _object_for(
-    schema: Mapping[str, Any], root: Mapping[str, Any], drawer: _Drawer, depth: int
-) -> dict[str, Any]:
-    properties = schema.get("properties", {})
-    if not isinstance(properties, dict):
-        return {}
-    required = schema.get("required")
-    names = required if isinstance(required, list) else []
-    return {
-        name: _value_for(name, properties.get(name, {}), root, drawer, depth)
-        for name in names
-        if isinstance(name, str)
-    }
-
 
 def arguments_for(tool: Tool, text: str, *, prefer_text: bool = False) -> str:
-    """Arguments for ``tool`` that validate against its JSON schema, drawn from ``text``.
+    """Arguments for ``tool`` that validate against its JSON schema, drawn from ``text``
+    (see :mod:`orchestrator.server.generic`).
 
     With ``prefer_text`` every free-form string parameter receives the whole text (used for
     terminal tools, whose argument is the answer).
     """
-    schema = tool.parameters if isinstance(tool.parameters, dict) else {}
-    drawer = _Drawer(text, whole_text=prefer_text)
-    value = _object_for(schema, schema, drawer, 0) if schema else {}
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return arguments_for_schema(tool.parameters, text, prefer_text=prefer_text)
 
 
 def _summarise(outputs: Sequence[FunctionCallOutputItem], calls: Mapping[str, str]) -> str:
-    lines = ["Here is what the tools returned:"]
-    for output in outputs:
-        name = calls.get(output.call_id, "tool")
-        content = " ".join(item_text(output).split())
-        if len(content) > 280:
-            content = content[:277] + "..."
-        lines.append(f"- {name}: {content}")
-    return "\n".join(lines)
+    return summarise([(calls.get(output.call_id, "tool"), item_text(output)) for output in outputs])
 
+
+# Characters of the question a tool-less answer repeats (a 2 MB question is not repeated).
+MAX_QUESTION: Final = 300
 
 # Tools that end the agent's work ("finish with the answer"): called last, once every other
 # tool has answered, with the summary of those answers as their text arguments.
@@ -478,7 +310,7 @@ class GenericPolicy(Policy):
         question = " ".join(_last_user_text(context).split())
         if not question:
             return ModelReply(text="Ready.")
-        return ModelReply(text=f"Answer to: {question}")
+        return ModelReply(text=f"Answer to: {cut(question, MAX_QUESTION)}")
 
 
 # -- scripted ----------------------------------------------------------------------------------

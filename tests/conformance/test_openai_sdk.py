@@ -69,6 +69,7 @@ from openai.types.responses.responses_server_event import (
 from websockets.exceptions import InvalidStatus
 
 from orchestrator.server import LatencyModel
+from orchestrator.server.generic import LEAD_IN
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterable
@@ -486,7 +487,7 @@ def test_function_call_turn_continued_with_store_false(local_server: RunningServ
         assert TEXT_TURN == collapse_deltas([event.type for event in second])
         answer = final_response(second)
         assert call_response.id == answer.previous_response_id
-        assert answer.output_text.startswith("Here is what the tools returned:")
+        assert answer.output_text.startswith(LEAD_IN)
         assert "a.log" in answer.output_text
         first_usage, usage = call_response.usage, answer.usage
         assert first_usage is not None

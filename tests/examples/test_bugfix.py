@@ -252,4 +252,4 @@ async def test_offline_run_reads_tests_and_refuses_the_guess(untouched):
     assert 1 == run.workers["tester"].outputs["run_tests"]["failed"]
     refused = run.workers["patcher"].outputs["propose_patch"]
     assert {"ok": False, "error": "old_not_found"} == {k: refused[k] for k in ("ok", "error")}
-    assert "delegate_to_tester" in run.answer
+    assert "\ntester:" in run.answer

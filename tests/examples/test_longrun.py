@@ -149,4 +149,4 @@ async def test_full_offline_run_takes_hundreds_of_turns_and_hits_data():
     assert 30 == runs["reorder-lille"].arguments["reorder_needs"]["horizon_days"]
     assert {"scope": "North"} == runs["region-north"].arguments["scorecard"]
     assert {"scope": "France"} == runs["network-report"].arguments["scorecard"]
-    assert "worst_sites" in runs["network-report"].result
+    assert "\nWorst sites: " in runs["network-report"].result

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from actors.tools import ToolSpec
+from orchestrator.server.generic import LEAD_IN
 from orchestrator.server.models import arguments_for
 from plans import load_plan
 from plans.examples.trip import tools
@@ -202,6 +203,31 @@ def test_generic_model_arguments_from_the_goal_hit_data(name, expected):
     assert any(isinstance(v, list) and v for v in result.values()) or name == "typical_weather"
 
 
+@pytest.mark.parametrize(
+    "goal",
+    [
+        "Plan a 2-night trip to Porto from Paris for 1 person, leaving on 2026-06-02.",
+        "Plan a 2-night trip from Paris to Porto for 1 person, leaving on 2026-06-02.",
+    ],
+)
+def test_generic_model_arguments_follow_the_goal_in_either_order(goal):
+    """The README's own goal, with "from" and "to" in either order: the flight goes from
+    Paris to Porto for one passenger, the hotel is in Porto for 2 nights and 1 guest, and
+    both find something."""
+    flights = json.loads(arguments_for(spec("search_flights").to_wire(), goal))
+    hotels = json.loads(arguments_for(spec("search_hotels").to_wire(), goal))
+    assert {
+        "destination": "Porto",
+        "origin": "Paris",
+        "date": "2026-06-02",
+        "passengers": 1,
+    } == flights
+    assert {"city": "Porto", "check_in": "2026-06-02", "nights": 2, "guests": 1} == hotels
+    june_2 = datetime.date(2026, 6, 2)
+    assert tools.search_flights("Porto", "Paris", june_2, 1)["flights"]
+    assert tools.search_hotels("Porto", june_2, 2, 1)["hotels"]
+
+
 def test_delegation_passes_the_goal_to_workers():
     """The planner's generic delegate_to_<worker>(task) call carries the goal verbatim."""
     for worker in PLAN.workers:
@@ -218,4 +244,9 @@ async def test_offline_run_reaches_every_worker_and_finishes():
     assert run.workers["hotels"].outputs["search_hotels"]["hotels"]
     assert "May" == run.workers["activities"].outputs["typical_weather"]["month"]
     for name in ("flights", "hotels", "activities"):
-        assert f"delegate_to_{name}" in run.answer
+        assert f"\n{name}:" in run.answer
+    # Prose, not JSON; said once to be the local model's.
+    assert run.answer.startswith(LEAD_IN)
+    assert 1 == run.answer.count(LEAD_IN)
+    assert '{"' not in run.answer
+    assert "- flight: TO7602, airline: Transavia, from: ORY, to: LIS" in run.answer

@@ -21,6 +21,7 @@ from orchestrator.protocol.events import (
     MessageItem,
 )
 from orchestrator.server import LocalServer, ServerConfig
+from orchestrator.server.generic import LEAD_IN
 from orchestrator.server.models import GenericPolicy, ModelRequest, arguments_for
 
 from .wire import LOOKUP_TOOL, calls_of, memory_client, output_for
@@ -226,10 +227,7 @@ async def test_generic_calls_tools_then_summarises_their_outputs():
     assert {"city": "Lisbon"} == json.loads(calls[0]["arguments"])
     assert {"query": "Weather in Lisbon? Top 3.", "limit": 3} == json.loads(calls[1]["arguments"])
     text = second[-1]["response"]["output"][0]["content"][0]["text"]
-    assert (
-        "Here is what the tools returned:\n- lookup: lookup says sunny\n- search: search says sunny"
-        == text
-    )
+    assert f"{LEAD_IN}\nlookup: lookup says sunny\nsearch: search says sunny" == text
 
 
 async def test_generic_calls_terminal_tools_last_with_the_summary():
@@ -255,9 +253,7 @@ async def test_generic_calls_terminal_tools_last_with_the_summary():
     assert ["lookup"] == [call["name"] for call in calls_of(first)]
     (finish,) = calls_of(second)
     assert "finish" == finish["name"]
-    assert {"answer": "Here is what the tools returned:\n- lookup: rainy"} == json.loads(
-        finish["arguments"]
-    )
+    assert {"answer": f"{LEAD_IN}\nlookup: rainy"} == json.loads(finish["arguments"])
     assert "message" == third[-1]["response"]["output"][0]["type"]
 
 

@@ -13,7 +13,7 @@ import wsproto
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from orchestrator.server import LatencyModel, LocalServer, ServerConfig
-from orchestrator.server.transport import WRITE_HIGH_WATER
+from orchestrator.server.transport import WRITE_HIGH_WATER, ServerWebSocket
 
 from .wire import LOOKUP_TOOL, memory_client
 
@@ -188,3 +188,35 @@ async def _messages(stream: trio.abc.Stream, ws: wsproto.WSConnection, *, until:
                 parts.clear()
                 if messages[-1].startswith(f'{{"type":"{until}"'):
                     return messages
+
+
+async def test_giving_up_drops_unsent_messages_but_keeps_the_101_and_closes_with_1008():
+    """A client given up before the writer ran: the 101 still goes out (a close frame
+    cannot precede it), the message buffered after it is dropped, and the close frame
+    carries 1008 and the reason; the hook hears the reason once."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    reasons: list[str] = []
+    transport = ServerWebSocket(server_stream, 1 << 20, on_give_up=reasons.append)
+    ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(transport.serve_writes)
+        with trio.fail_after(10):
+            await client_stream.send_all(ws.send(Request(host="x", target="/v1/responses")))
+            assert await transport.receive_request() is not None
+            transport.accept()
+            transport.send_text(b'{"type":"dropped"}')
+            transport.give_up("client not reading: test")
+            transport.give_up("client not reading: again")  # idempotent
+            events: list[object] = []
+            while not any(isinstance(event, CloseConnection) for event in events):
+                data = await client_stream.receive_some()
+                assert data
+                ws.receive_data(bytes(data))
+                events.extend(ws.events())
+        nursery.cancel_scope.cancel()
+    assert [AcceptConnection, CloseConnection] == [type(event) for event in events]
+    close = events[-1]
+    assert isinstance(close, CloseConnection)
+    assert (1008, "client not reading: test") == (close.code, close.reason)
+    assert ["client not reading: test"] == reasons
+    assert (1008, "server") == (transport.close_code, transport.closed_by)

@@ -13,6 +13,7 @@ Two transports, one interface (:class:`Client`):
 
 from __future__ import annotations
 
+import contextlib
 import json
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -21,6 +22,8 @@ import attrs
 import trio
 import trio.testing
 import trio_websocket
+import wsproto
+from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
@@ -287,3 +290,66 @@ async def http_upgrade(
                 break
             body += chunk
     return HttpAnswer(int(status_line.split()[1]), fields, body)
+
+
+@attrs.define(eq=False)
+class RawClient:
+    """A WebSocket client on a bare socket that reads only when told to.
+
+    trio-websocket reads for its user in a background task; this one does not, so a test can
+    stop reading while it keeps sending (the server then sees a client that does not read).
+    The receive buffer is made small before connecting, so the kernel holds little for it.
+    """
+
+    stream: trio.SocketStream
+    ws: wsproto.WSConnection = attrs.field(
+        factory=lambda: wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    )
+
+    @classmethod
+    async def connect(cls, running: RunningServer, *, receive_buffer: int = 4096) -> RawClient:
+        sock = trio.socket.socket()
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, receive_buffer)
+        await sock.connect(("127.0.0.1", running.port))
+        client = cls(trio.SocketStream(sock))
+        request = Request(
+            host=f"127.0.0.1:{running.port}",
+            target="/v1/responses",
+            extra_headers=auth(running.token),
+        )
+        await client.stream.send_all(client.ws.send(request))
+        while True:
+            data = await client.stream.receive_some()
+            assert data, "the server closed during the handshake"
+            client.ws.receive_data(data)
+            if any(isinstance(event, AcceptConnection) for event in client.ws.events()):
+                return client
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.stream.send_all(self.ws.send(TextMessage(data=json.dumps(message))))
+
+    async def ping(self, payload: bytes = b"p" * 125) -> None:
+        await self.stream.send_all(self.ws.send(Ping(payload=payload)))
+
+    async def read_until_close(self) -> tuple[int, str, list[dict[str, Any]]]:
+        """Read everything the server sends until its close frame (answered); returns the
+        close code, its reason and the decoded messages before it."""
+        messages: list[dict[str, Any]] = []
+        parts: list[str] = []
+        while True:
+            data = await self.stream.receive_some()
+            assert data, "the connection ended without a close frame"
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, TextMessage):
+                    parts.append(event.data)
+                    if event.message_finished:
+                        messages.append(json.loads("".join(parts)))
+                        parts.clear()
+                elif isinstance(event, CloseConnection):
+                    with contextlib.suppress(trio.BrokenResourceError):
+                        await self.stream.send_all(self.ws.send(event.response()))
+                    return event.code, event.reason, messages
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
