@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile | $(BIN)/python
 	@touch $@
 
 demo: $(STAMP)
-	$(BIN)/orchestrator run plans/examples/trip/plan.toml
+	$(BIN)/orchestrator run orchestrator/examples/trip/plan.toml
 
 test: check pytest
 

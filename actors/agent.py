@@ -24,8 +24,18 @@ import trio
 from actors.base import Actor
 from actors.journal import AgentMemory, CallsParked, in_doubt_action
 from actors.tools import ToolExecutor, ToolRepairBudgetExceeded
-from orchestrator.budget import BudgetTracker
-from orchestrator.connection import Connection
+from orchestrator.core.budget import BudgetTracker
+from orchestrator.core.connection import Connection
+from orchestrator.core.failpoints import crash_point
+from orchestrator.core.model_names import closest_model
+from orchestrator.core.observe import AgentState, EventBus, TaskStarted, capped
+from orchestrator.core.protocol.events import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    Item,
+    MessageItem,
+)
+from orchestrator.core.session import Session
 from orchestrator.errors import (
     ActorDead,
     AuthenticationError,
@@ -35,19 +45,9 @@ from orchestrator.errors import (
     OrchestratorError,
     ServerError,
 )
-from orchestrator.failpoints import crash_point
-from orchestrator.model_names import closest_model
-from orchestrator.observe import AgentState, EventBus, TaskStarted, capped
-from orchestrator.protocol.events import (
-    FunctionCallItem,
-    FunctionCallOutputItem,
-    Item,
-    MessageItem,
-)
-from orchestrator.session import Session
 
 if TYPE_CHECKING:
-    from orchestrator.protocol.turn import Response
+    from orchestrator.core.protocol.turn import Response
 
 __all__ = ["AgentActor", "CallOutcome", "Task", "TaskResult"]
 

@@ -2,7 +2,7 @@
 
 Subclass :class:`Actor` and implement :meth:`Actor.handle`; what ``handle`` returns is the
 reply to an ask. Run an actor with ``await nursery.start(actor.run)`` or, usually, give it
-to a :class:`~orchestrator.supervisor.Supervisor` as a child::
+to a :class:`~orchestrator.core.supervisor.Supervisor` as a child::
 
     @attrs.define(eq=False)
     class Counter(Actor):
@@ -46,9 +46,15 @@ import attrs
 import trio
 from loguru import logger
 
+from orchestrator.core.router import (
+    DEFAULT_MAILBOX_SIZE,
+    EXTERNAL_SENDER,
+    Envelope,
+    Mailbox,
+    Router,
+)
+from orchestrator.core.supervisor import DEFAULT_SHUTDOWN_GRACE, ChildSpec, RestartType
 from orchestrator.errors import ActorDead
-from orchestrator.router import DEFAULT_MAILBOX_SIZE, EXTERNAL_SENDER, Envelope, Mailbox, Router
-from orchestrator.supervisor import DEFAULT_SHUTDOWN_GRACE, ChildSpec, RestartType
 
 if TYPE_CHECKING:
     # loguru's Logger type exists only in its stubs; attrs never evaluates annotations.

@@ -1,6 +1,6 @@
 """What an agent remembers of its work, and what it tells a job's journal.
 
-An agent's conversation lives in its :class:`~orchestrator.session.Session`; what the session
+An agent's conversation lives in its :class:`~orchestrator.core.session.Session`; what the session
 cannot say lives here, in :class:`AgentMemory`, on the actor object (so it survives a
 restart by the supervisor) and, when the run is a durable job, in the journal too (so it
 survives the process):
@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Final, Literal, Protocol
 import attrs
 import msgspec
 
+from orchestrator.core.protocol.events import Item
 from orchestrator.errors import OrchestratorError
-from orchestrator.protocol.events import Item
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from orchestrator.protocol.events import FunctionCallItem
+    from orchestrator.core.protocol.events import FunctionCallItem
 
 __all__ = [
     "RERUNNABLE",

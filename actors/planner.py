@@ -20,15 +20,15 @@ import trio
 from actors.agent import AgentActor, CallOutcome, Task, TaskResult
 from actors.journal import RUNTIME_CALL, MessageEntry
 from actors.tools import ToolRepairBudgetExceeded
-from orchestrator.errors import ActorDead, DeliveryTimeout, OrchestratorError, UnknownRecipient
-from orchestrator.observe import DelegationFinished, DelegationStarted, capped
-from orchestrator.protocol.events import (
+from orchestrator.core.observe import DelegationFinished, DelegationStarted, capped
+from orchestrator.core.protocol.events import (
     FunctionCallItem,
     FunctionCallOutputItem,
     FunctionTool,
     Item,
     Tool,
 )
+from orchestrator.errors import ActorDead, DeliveryTimeout, OrchestratorError, UnknownRecipient
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

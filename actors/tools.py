@@ -75,17 +75,17 @@ from loguru import logger
 
 from actors.approval import NEEDS_APPROVAL, ApprovalDecision, ApprovalRequest, Approver, decide
 from actors.journal import AgentMemory
-from orchestrator.errors import ToolArgumentsInvalid, ToolError, ToolTimedOut
-from orchestrator.failpoints import crash_point
-from orchestrator.observe import EventBus, ToolApproval, ToolFinished, ToolStarted, capped
-from orchestrator.processes import signal_groups, stop_process_groups
-from orchestrator.protocol.events import (
+from orchestrator.core.failpoints import crash_point
+from orchestrator.core.observe import EventBus, ToolApproval, ToolFinished, ToolStarted, capped
+from orchestrator.core.processes import signal_groups, stop_process_groups
+from orchestrator.core.protocol.events import (
     FunctionCallItem,
     FunctionCallOutputItem,
     FunctionTool,
     Tool,
 )
-from orchestrator.redaction import redact
+from orchestrator.core.redaction import redact
+from orchestrator.errors import ToolArgumentsInvalid, ToolError, ToolTimedOut
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",

@@ -39,10 +39,10 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
     from actors.worker import WorkerActor
-    from orchestrator.connection import Connection, ConnectionSettings
-    from orchestrator.router import Router
-    from orchestrator.session import Session
-    from orchestrator.supervisor import Supervisor
+    from orchestrator.core.connection import Connection, ConnectionSettings
+    from orchestrator.core.router import Router
+    from orchestrator.core.session import Session
+    from orchestrator.core.supervisor import Supervisor
 
 MODEL: Final = "local-scripted"
 CALLS: Final = 20  # function-call turns per rollout, then one text turn
@@ -284,7 +284,7 @@ def emit(result: dict[str, Any]) -> None:
 def connection_opener(
     url: str, token: str, settings: ConnectionSettings | None = None
 ) -> Callable[[str], AbstractAsyncContextManager[Connection]]:
-    from orchestrator.connection import open_connection
+    from orchestrator.core.connection import open_connection
 
     def opener(name: str) -> AbstractAsyncContextManager[Connection]:
         return open_connection(url, token, agent=name, settings=settings)
@@ -293,7 +293,7 @@ def connection_opener(
 
 
 def new_session(tools: tuple[Any, ...]) -> Session:
-    from orchestrator.session import Session
+    from orchestrator.core.session import Session
 
     return Session(model=MODEL, tools=tools)
 
@@ -329,8 +329,8 @@ def build_team(
 ) -> Team:
     from actors.tools import ToolRegistry
     from actors.worker import WorkerActor
-    from orchestrator.router import Router
-    from orchestrator.supervisor import Supervisor
+    from orchestrator.core.router import Router
+    from orchestrator.core.supervisor import Supervisor
 
     cls = worker_class or WorkerActor
     registry = ToolRegistry()

@@ -28,7 +28,7 @@ t0 = time.perf_counter()
 import orchestrator
 import trio
 from orchestrator import Session, open_connection
-from orchestrator.protocol.events import MessageItem
+from orchestrator.core.protocol.events import MessageItem
 imported = time.perf_counter() - t0
 
 async def main(url, token):

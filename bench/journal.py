@@ -48,10 +48,10 @@ async def measure(
 ) -> dict[str, Any]:
     from actors.agent import Task, TaskResult
     from actors.journal import AgentMemory
+    from orchestrator.core.router import EXTERNAL_SENDER
     from orchestrator.jobs.journal import Journal
     from orchestrator.jobs.model import AgentPrint, NewJob, Owner
     from orchestrator.jobs.store import open_store
-    from orchestrator.router import EXTERNAL_SENDER
 
     team = build_team(url, token, 1)
     worker = team.workers[0]

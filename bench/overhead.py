@@ -228,8 +228,8 @@ async def floor(url: str, token: str, rollouts: int, warmup: int) -> dict[str, A
 
 
 async def connection(url: str, token: str, rollouts: int, warmup: int) -> dict[str, Any]:
-    from orchestrator.connection import open_connection
-    from orchestrator.protocol.events import FunctionCallOutputItem, FunctionTool, MessageItem
+    from orchestrator.core.connection import open_connection
+    from orchestrator.core.protocol.events import FunctionCallOutputItem, FunctionTool, MessageItem
 
     tools = (
         FunctionTool(
@@ -275,7 +275,7 @@ async def connection(url: str, token: str, rollouts: int, warmup: int) -> dict[s
 
 async def runtime(url: str, token: str, rollouts: int, warmup: int) -> dict[str, Any]:
     from actors.agent import Task, TaskResult
-    from orchestrator.router import EXTERNAL_SENDER
+    from orchestrator.core.router import EXTERNAL_SENDER
 
     team = build_team(url, token, 1)
     worker = team.workers[0]

@@ -29,9 +29,9 @@ TURN_GAP = 0.03  # seconds between turns: an agent that does a little work betwe
 
 
 async def rotation(args: argparse.Namespace) -> dict[str, Any]:
-    from orchestrator.connection import ConnectionSettings, open_connection
-    from orchestrator.protocol.events import MessageItem
-    from orchestrator.session import Session
+    from orchestrator.core.connection import ConnectionSettings, open_connection
+    from orchestrator.core.protocol.events import MessageItem
+    from orchestrator.core.session import Session
 
     settings = ConnectionSettings(
         max_age=args.max_age,
@@ -72,9 +72,9 @@ async def rotation(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def recovery(args: argparse.Namespace) -> dict[str, Any]:
-    from orchestrator.connection import ConnectionSettings, open_connection
-    from orchestrator.protocol.events import MessageItem
-    from orchestrator.session import Session
+    from orchestrator.core.connection import ConnectionSettings, open_connection
+    from orchestrator.core.protocol.events import MessageItem
+    from orchestrator.core.session import Session
 
     settings = ConnectionSettings(
         backoff_initial=args.backoff, rotation_margin=None, ping_interval=None

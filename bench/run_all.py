@@ -406,7 +406,10 @@ def scale(report: Report, server_cpu: int | None, client_cpu: int | None) -> Non
     ]
     for agents, result in no_policy.items():
         with_policy = runs[("load", agents)][0]
-        for label, run in (("interpreter defaults", result), ("orchestrator.tuning", with_policy)):
+        for label, run in (
+            ("interpreter defaults", result),
+            ("orchestrator.core.tuning", with_policy),
+        ):
             gc_rows.append(
                 f"| {agents} | {label} | {run['turns_per_cpu_second']:.0f} | "
                 f"{run['gc_pause_share']:.1%} | {'/'.join(map(str, run['gc_collections']))} |"
@@ -491,13 +494,13 @@ def scale(report: Report, server_cpu: int | None, client_cpu: int | None) -> Non
                 f"Turn latency is `AgentActor.turn` timed by a subclass. Window {seconds:g} s "
                 f"after 1.5 s of warm-up, {rounds} round(s), medians. 'floor' is the same load "
                 f"from bare trio-websocket clients (bench.overhead's floor). The GC policy of "
-                f"`orchestrator.tuning` is on unless marked. On this shared machine a "
+                f"`orchestrator.core.tuning` is on unless marked. On this shared machine a "
                 f"CPU-bound process often gets only part of its core, so capacity per core is "
                 f"judged on turns per client CPU-second; turns/s as observed are shown too.",
                 "",
                 *rows,
                 "",
-                "GC policy (orchestrator.tuning.gc_policy: young threshold 50,000, "
+                "GC policy (orchestrator.core.tuning.gc_policy: young threshold 50,000, "
                 "gc.freeze() once the agents are connected):",
                 "",
                 *gc_rows,
@@ -767,7 +770,7 @@ def footprint(report: Report, server_cpu: int | None, client_cpu: int | None) ->
     )
     if not f6a.passed:
         timing = subprocess.run(
-            [sys.executable, "-X", "importtime", "-c", "import orchestrator.connection"],
+            [sys.executable, "-X", "importtime", "-c", "import orchestrator.core.connection"],
             cwd=ROOT,
             capture_output=True,
             text=True,

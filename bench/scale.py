@@ -15,7 +15,7 @@ idle; RSS per agent is (RSS after - RSS before) / N.
     python -m bench.scale load --agents 100 --url ws://... --token T [--seconds 5]
     python -m bench.scale idle --agents 10000 --url ws://... --token T
 
-``--gc-policy`` runs under ``orchestrator.tuning.gc_policy()`` (the runtime's GC policy for
+``--gc-policy`` runs under ``orchestrator.core.tuning.gc_policy()`` (the runtime's GC policy for
 many agents); ``--gc-policy none`` measures the interpreter's defaults.
 """
 
@@ -45,9 +45,9 @@ from bench._harness import (
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
-    from orchestrator.protocol.events import Item
-    from orchestrator.protocol.turn import Response
-    from orchestrator.tuning import GcPolicy
+    from orchestrator.core.protocol.events import Item
+    from orchestrator.core.protocol.turn import Response
+    from orchestrator.core.tuning import GcPolicy
 
 
 class _Recorder:
@@ -113,7 +113,7 @@ class _GcWatch:
 def _policy(args: argparse.Namespace) -> contextlib.AbstractContextManager[GcPolicy | None]:
     if args.gc_policy == "none":
         return contextlib.nullcontext()
-    from orchestrator.tuning import DEFAULT_YOUNG_THRESHOLD, gc_policy
+    from orchestrator.core.tuning import DEFAULT_YOUNG_THRESHOLD, gc_policy
 
     return gc_policy(young_threshold=args.gc_threshold or DEFAULT_YOUNG_THRESHOLD)
 
@@ -158,7 +158,7 @@ def _summary(
 
 async def load(args: argparse.Namespace) -> dict[str, Any]:
     from actors.agent import Task
-    from orchestrator.router import EXTERNAL_SENDER
+    from orchestrator.core.router import EXTERNAL_SENDER
 
     agents: int = args.agents
     gc.collect()
@@ -356,7 +356,7 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
     import tracemalloc
 
     from actors.agent import Task
-    from orchestrator.router import EXTERNAL_SENDER
+    from orchestrator.core.router import EXTERNAL_SENDER
 
     agents: int = args.agents
     gc.collect()

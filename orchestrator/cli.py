@@ -7,7 +7,7 @@ cancelled, 130 interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM), 129 hung 
 (SIGHUP); ``serve`` exits 0 on SIGINT and SIGTERM.
 
 Everything a command writes to stdout and stderr goes through the redactor
-(``orchestrator.redaction``): reports, JSON, error lines, tracebacks, log lines.
+(``orchestrator.core.redaction``): reports, JSON, error lines, tracebacks, log lines.
 """
 
 from __future__ import annotations
@@ -170,15 +170,15 @@ def _add_serve(commands: Any) -> None:
         "--faults",
         type=Path,
         metavar="FILE",
-        help="JSON list of faults to inject (fields of orchestrator.server.Fault)",
+        help="JSON list of faults to inject (fields of orchestrator.core.server.Fault)",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more")
     parser.set_defaults(handler=_serve_command)
 
 
 def _serve_command(args: argparse.Namespace) -> int:
-    from orchestrator.logging import configure
-    from orchestrator.server import Fault, LatencyModel, ServerConfig
+    from orchestrator.core.logging import configure
+    from orchestrator.core.server import Fault, LatencyModel, ServerConfig
 
     configure("DEBUG" if args.verbose > 1 else "INFO" if args.verbose else "WARNING")
     faults: tuple[Fault, ...] = ()
@@ -212,7 +212,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         )
     except ConfigurationError as exc:
         _fail(exc.code, str(exc))
-    from orchestrator.tuning import gc_policy, raise_fd_limit
+    from orchestrator.core.tuning import gc_policy, raise_fd_limit
 
     raise_fd_limit()  # one file per connection: thousands of agents need more than 1024
     try:
@@ -234,7 +234,7 @@ def _leaves(group: BaseExceptionGroup[_E]) -> list[_E]:
 
 
 async def _serve_until_signal(config: Any, print_token: bool) -> None:
-    from orchestrator.server import LocalServer, serve_local_server
+    from orchestrator.core.server import LocalServer, serve_local_server
 
     server = LocalServer.from_config(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -292,7 +292,7 @@ def _model_warnings(plan: Any, *, offline: bool) -> None:
 
     Offline the embedded server answers whatever the name, so a typo would only show live.
     """
-    from orchestrator.model_names import closest_model, is_known_model, is_local_model
+    from orchestrator.core.model_names import closest_model, is_known_model, is_local_model
 
     users: dict[str, list[str]] = {}
     for agent in plan.agents:
@@ -455,7 +455,7 @@ def _run_command(args: argparse.Namespace) -> int:
 
 def owning_descendants(args: argparse.Namespace, body: Any) -> int:
     """``body(args, spared)``, and whatever way it ends, no process it started outlives it."""
-    from orchestrator.processes import become_subreaper, descendants, stop_descendants
+    from orchestrator.core.processes import become_subreaper, descendants, stop_descendants
 
     # Processes that were there before (a test calling main() in-process) are not ours.
     spared = descendants()
@@ -474,7 +474,7 @@ def _run(args: argparse.Namespace, spared: set[int]) -> int:
     # configure() for a package imported later (a tool refused to an agent, a plan warning).
     import actors  # noqa: F401
     import plans  # noqa: F401
-    from orchestrator.logging import configure
+    from orchestrator.core.logging import configure
 
     configure("DEBUG" if args.verbose > 1 else "INFO" if args.verbose else "WARNING")
     plan = _check(args.plan)
@@ -504,7 +504,7 @@ def _run(args: argparse.Namespace, spared: set[int]) -> int:
             EXIT_AUTH,
         )
     if key is not None and not offline:
-        from orchestrator.connection import resolve_api_key, resolve_endpoint
+        from orchestrator.core.connection import resolve_api_key, resolve_endpoint
 
         try:
             resolve_api_key(key)  # from here on the redactor knows the key
@@ -532,7 +532,7 @@ def _run(args: argparse.Namespace, spared: set[int]) -> int:
         if args.local_model is None and args.local_script is None:
             # (With a chosen local model, model names are only keys of its script.)
             _model_warnings(plan, offline=True)
-    from orchestrator.tuning import gc_policy, raise_fd_limit
+    from orchestrator.core.tuning import gc_policy, raise_fd_limit
 
     raise_fd_limit()
     latency = server_options["latency"] if server_options else None
@@ -545,7 +545,7 @@ def _run(args: argparse.Namespace, spared: set[int]) -> int:
     }
     job_id = None
     if not args.no_journal:
-        from orchestrator.run import new_job_id
+        from orchestrator.runner import new_job_id
 
         job_id = args.job_id or new_job_id(plan.name)
         print(f"job {job_id}", file=sys.stderr)
@@ -593,7 +593,7 @@ def _error_line(error: PlanError | ConfigurationError) -> str:
 
 
 def _store_spec(args: argparse.Namespace) -> Any:
-    from orchestrator.run import DEFAULT_STORE
+    from orchestrator.runner import DEFAULT_STORE
 
     return args.store if args.store else DEFAULT_STORE
 
@@ -602,7 +602,7 @@ def _server_options(args: argparse.Namespace, pace: str) -> dict[str, Any]:
     """The embedded server's settings from --pace and the --local-* options, checked (script
     loaded) before the run starts: a bad value is a usage error, not a traceback from inside
     it. An explicit --local-ttft or --local-tokens-per-second wins over the pace."""
-    from orchestrator.server import LatencyModel, LocalServer, ServerConfig
+    from orchestrator.core.server import LatencyModel, LocalServer, ServerConfig
 
     ttft, tokens_per_second = PACES[pace]
     if args.local_ttft is not None:
@@ -653,11 +653,11 @@ async def _run_async(
     from rich.console import Console
 
     from actors.approval import ApprovalPolicy
-    from orchestrator.connection import ConnectionSettings
+    from orchestrator.core.connection import ConnectionSettings
+    from orchestrator.core.observe import EventBus
+    from orchestrator.core.processes import stop_descendants
     from orchestrator.display import LiveView, render_report
-    from orchestrator.observe import EventBus
-    from orchestrator.processes import stop_descendants
-    from orchestrator.run import run
+    from orchestrator.runner import run
     from orchestrator.trace import TraceWriter
 
     console = Console(stderr=args.json)
@@ -842,15 +842,15 @@ def _demo_command(args: argparse.Namespace) -> int:
 
 
 async def _demo() -> None:
-    from orchestrator.connection import open_connection
-    from orchestrator.protocol.events import (
+    from orchestrator.core.connection import open_connection
+    from orchestrator.core.protocol.events import (
         FunctionCallOutputItem,
         FunctionTool,
         MessageItem,
         OutputTextDelta,
     )
-    from orchestrator.server import open_local_server
-    from orchestrator.session import Session
+    from orchestrator.core.server import open_local_server
+    from orchestrator.core.session import Session
 
     weather = FunctionTool(
         "weather",
@@ -916,7 +916,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Whatever the command writes to stdout and stderr is redacted on the way out.
     """
-    from orchestrator.logging import RedactingStream
+    from orchestrator.core.logging import RedactingStream
 
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = RedactingStream(stdout), RedactingStream(stderr)
@@ -947,7 +947,7 @@ def _main(argv: list[str] | None) -> int:
         raise
     except BaseException as exc:
         # A bug, not a user error: one line by default (G14), the traceback with -v.
-        from orchestrator.logging import redact
+        from orchestrator.core.logging import redact
 
         leaf = exc
         while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:

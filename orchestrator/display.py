@@ -25,7 +25,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.observe import (
+from orchestrator.core.observe import (
     ActorFailed,
     ActorRestarted,
     ActorStarted,
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
     from rich.console import RenderableType
 
-    from orchestrator.run import RunResult
+    from orchestrator.runner import RunResult
 
 __all__ = ["LiveView", "clean", "format_duration", "render_report"]
 

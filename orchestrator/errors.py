@@ -1,6 +1,6 @@
 """The whole exception tree of the project.
 
-This module imports only ``orchestrator.redaction`` (which imports nothing of ours), so every
+This module imports only ``orchestrator.core.redaction`` (which imports nothing of ours), so every
 layer may import it. Every message is redacted when the error is made: text from a server or
 a peer that quotes a key (``invalid key sk-...``) never reaches a log, a report or a repr.
 The tree:
@@ -28,7 +28,7 @@ The tree:
 
 from __future__ import annotations
 
-from orchestrator.redaction import redact
+from orchestrator.core.redaction import redact
 
 __all__ = [
     "ActorDead",

@@ -14,13 +14,13 @@ import trio
 import trio.testing
 from loguru import logger
 
-from orchestrator.logging import PACKAGES, redacting_patcher
+from orchestrator.core.logging import PACKAGES, redacting_patcher
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from orchestrator.connection import Connector
-    from orchestrator.server.app import LocalServer
+    from orchestrator.core.connection import Connector
+    from orchestrator.core.server.app import LocalServer
 
 __all__ = ["capture_logs", "memory_connector"]
 

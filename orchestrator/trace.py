@@ -15,11 +15,11 @@ from typing import IO, TYPE_CHECKING
 import attrs
 import trio
 
-from orchestrator.logging import redact
-from orchestrator.observe import event_encoder
+from orchestrator.core.logging import redact
+from orchestrator.core.observe import event_encoder
 
 if TYPE_CHECKING:
-    from orchestrator.observe import RuntimeEvent
+    from orchestrator.core.observe import RuntimeEvent
 
 __all__ = ["TraceWriter", "wall_time"]
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 import yaml
 
-from orchestrator.redaction import looks_secret
+from orchestrator.core.redaction import looks_secret
 
 from .lines import excerpt, line_finder
 from .validate import PlanIssue, PlanReport, check_plan

@@ -23,7 +23,7 @@ checks it before any socket opens. A complete TOML plan, annotated::
     wall_clock = 600                   # seconds (0 < x <= 604800)
 
     [tools.search_flights]             # optional per-tool options; the key is the name the
-    path = "plans.examples.trip.tools:search_flights"   # model sees; path is module:function
+    path = "orchestrator.examples.trip.tools:search_flights"   # model sees; path is module:function
     timeout = 10                       # seconds (0 < x <= 3600); unset: the tool's own or 30
     max_output = 16384                 # bytes returned to the model (256..1048576)
     side_effect = "read_only"          # read_only | idempotent_write | non_idempotent |
@@ -51,7 +51,7 @@ checks it before any socket opens. A complete TOML plan, annotated::
     instructions = "You find flights."
     tools = [                          # the agent's allow-list: nothing else is callable
         "search_flights",                               # a name defined under [tools]
-        "plans.examples.trip.tools:search_hotels",      # or an import path (default options;
+        "orchestrator.examples.trip.tools:search_hotels",      # or an import path (default options;
     ]                                                   # the model sees `search_hotels`)
 
     [[steps]]                          # optional: a DAG instead of (or inside) delegation

@@ -47,8 +47,8 @@ import attrs
 import msgspec
 from loguru import logger
 
+from orchestrator.core.redaction import is_secret_name, looks_secret
 from orchestrator.errors import PlanError
-from orchestrator.redaction import is_secret_name, looks_secret
 
 from .model import (
     FORMAT_VERSION,

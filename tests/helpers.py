@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from orchestrator.connection import Connection, ConnectionSettings, open_connection
-from orchestrator.observe import EventBus, RuntimeEvent
-from orchestrator.protocol.events import (
+from orchestrator.core.connection import Connection, ConnectionSettings, open_connection
+from orchestrator.core.observe import EventBus, RuntimeEvent
+from orchestrator.core.protocol.events import (
     FunctionCallItem,
     FunctionCallOutputItem,
     FunctionTool,
@@ -20,8 +20,8 @@ from orchestrator.protocol.events import (
     ReasoningItem,
     UnknownItem,
 )
-from orchestrator.server import LocalServer, ServerConfig
-from orchestrator.session import Session
+from orchestrator.core.server import LocalServer, ServerConfig
+from orchestrator.core.session import Session
 from orchestrator.testing import memory_connector
 
 if TYPE_CHECKING:

@@ -11,9 +11,9 @@ import trio.testing
 from loguru import logger
 
 from actors.base import Actor, ActorStatistics
+from orchestrator.core.router import EXTERNAL_SENDER, Router
+from orchestrator.core.supervisor import Backoff, Supervisor
 from orchestrator.errors import ActorDead, DeliveryTimeout, UnknownRecipient
-from orchestrator.router import EXTERNAL_SENDER, Router
-from orchestrator.supervisor import Backoff, Supervisor
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -15,14 +15,14 @@ from actors.agent import AgentActor, Task, TaskResult
 from actors.planner import PlannerActor, WorkerInfo, delegation_tools
 from actors.tools import ToolRegistry, ToolRepairBudgetExceeded
 from actors.worker import WorkerActor
-from orchestrator.budget import BudgetTracker
-from orchestrator.connection import Connection, ConnectionSettings, open_connection
+from orchestrator.core.budget import BudgetTracker
+from orchestrator.core.connection import Connection, ConnectionSettings, open_connection
+from orchestrator.core.observe import EventBus, MessageRouted
+from orchestrator.core.router import Router
+from orchestrator.core.server import LocalServer, ServerConfig
+from orchestrator.core.session import Session
+from orchestrator.core.supervisor import Backoff, ChildSpec, Supervisor
 from orchestrator.errors import ActorDead
-from orchestrator.observe import EventBus, MessageRouted
-from orchestrator.router import Router
-from orchestrator.server import LocalServer, ServerConfig
-from orchestrator.session import Session
-from orchestrator.supervisor import Backoff, ChildSpec, Supervisor
 from orchestrator.testing import memory_connector
 
 from .helpers import LOCAL_URL, LOOKUP

@@ -14,9 +14,8 @@ import trio.testing
 from actors.agent import AgentActor, Task, TaskResult
 from actors.planner import PlannerActor, WorkerInfo, delegation_tools
 from actors.worker import WorkerActor
-from orchestrator.connection import Connection, ConnectionSettings, open_connection
-from orchestrator.errors import ActorDead
-from orchestrator.observe import (
+from orchestrator.core.connection import Connection, ConnectionSettings, open_connection
+from orchestrator.core.observe import (
     ActorRestarted,
     ActorStarted,
     AgentState,
@@ -25,12 +24,13 @@ from orchestrator.observe import (
     MessageRouted,
     TurnFinished,
 )
-from orchestrator.protocol.events import MessageItem
-from orchestrator.router import Router
-from orchestrator.server import Fault, LatencyModel, LocalServer, ServerConfig
-from orchestrator.server.generic import LEAD_IN
-from orchestrator.session import Session
-from orchestrator.supervisor import Backoff, Supervisor
+from orchestrator.core.protocol.events import MessageItem
+from orchestrator.core.router import Router
+from orchestrator.core.server import Fault, LatencyModel, LocalServer, ServerConfig
+from orchestrator.core.server.generic import LEAD_IN
+from orchestrator.core.session import Session
+from orchestrator.core.supervisor import Backoff, Supervisor
+from orchestrator.errors import ActorDead
 from orchestrator.testing import memory_connector
 
 from .helpers import LOCAL_URL, Recorder

@@ -20,9 +20,9 @@ import actors.tools
 import plans.model
 from actors.approval import ApprovalDecision, ApprovalPolicy, ApprovalRequest, matches
 from actors.tools import ToolRegistry, ToolRepairBudgetExceeded, ToolSpec, tool
-from orchestrator.observe import EventBus, RuntimeEvent, ToolApproval, ToolFinished
-from orchestrator.protocol.events import FunctionCallItem, FunctionCallOutputItem
-from orchestrator.run import run
+from orchestrator.core.observe import EventBus, RuntimeEvent, ToolApproval, ToolFinished
+from orchestrator.core.protocol.events import FunctionCallItem, FunctionCallOutputItem
+from orchestrator.runner import run
 from plans import PlanBuilder, check_approval_patterns, check_plan
 
 # What the tools below did, in order: a denied call must leave no trace here.

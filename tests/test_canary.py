@@ -23,9 +23,9 @@ import pytest
 import trio
 
 import orchestrator
+from orchestrator.core.logging import PACKAGES
 from orchestrator.errors import ConfigurationError
-from orchestrator.logging import PACKAGES
-from orchestrator.run import run
+from orchestrator.runner import run
 from tests.conftest import CANARY_KEY
 from tests.test_cli import CLI, environment, wait_until
 
@@ -121,7 +121,7 @@ INTERNAL_ERROR = """\
 import os
 import sys
 
-import orchestrator.run
+import orchestrator.runner
 from orchestrator import cli
 
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = (sys.executable, "-m", "orchestrator.cli")
-EXAMPLES = ROOT / "plans" / "examples"
+EXAMPLES = ROOT / "orchestrator" / "examples"
 TRIP = EXAMPLES / "trip" / "plan.toml"
 BUGFIX = EXAMPLES / "bugfix" / "plan.yaml"
 OFFLINE_NOTICE = "offline: no OPENAI_API_KEY, running on the embedded server"
@@ -492,8 +492,8 @@ goal: Read calc/stats.py
 settings:
   model: planner-model
 tools:
-  read_file: {path: "plans.examples.bugfix.tools:read_file"}
-  list_files: {path: "plans.examples.bugfix.tools:list_files"}
+  read_file: {path: "orchestrator.examples.bugfix.tools:read_file"}
+  list_files: {path: "orchestrator.examples.bugfix.tools:list_files"}
 agents:
   - name: planner
     role: planner

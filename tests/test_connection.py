@@ -7,23 +7,15 @@ import pytest
 import trio
 import trio.testing
 
-from orchestrator.connection import (
+from orchestrator.core.connection import (
     AttemptAbandoned,
     ConnectionSettings,
     open_connection,
     resolve_api_key,
     resolve_endpoint,
 )
-from orchestrator.errors import (
-    AuthenticationError,
-    ConfigurationError,
-    ConnectionLost,
-    RemoteProtocolError,
-    ServerError,
-    TurnFailed,
-)
-from orchestrator.logging import Secret
-from orchestrator.observe import (
+from orchestrator.core.logging import Secret
+from orchestrator.core.observe import (
     ConnectionClosed,
     ConnectionOpened,
     ConnectionReconnecting,
@@ -33,15 +25,29 @@ from orchestrator.observe import (
     TurnStarted,
     WarmupFinished,
 )
-from orchestrator.protocol.events import (
+from orchestrator.core.protocol.events import (
     FunctionCallItem,
     FunctionCallOutputItem,
     MessageItem,
     OutputTextDelta,
     ResponseCreate,
 )
-from orchestrator.server import Fault, LatencyModel, LocalServer, ServerConfig, open_local_server
-from orchestrator.session import Session
+from orchestrator.core.server import (
+    Fault,
+    LatencyModel,
+    LocalServer,
+    ServerConfig,
+    open_local_server,
+)
+from orchestrator.core.session import Session
+from orchestrator.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionLost,
+    RemoteProtocolError,
+    ServerError,
+    TurnFailed,
+)
 from orchestrator.testing import capture_logs
 
 from .helpers import (

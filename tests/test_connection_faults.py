@@ -17,9 +17,9 @@ import trio
 import trio.testing
 from hypothesis import given, settings, strategies as st
 
-from orchestrator.connection import ConnectionSettings
-from orchestrator.protocol.events import FunctionCallItem
-from orchestrator.server import Fault, LocalServer, ServerConfig
+from orchestrator.core.connection import ConnectionSettings
+from orchestrator.core.protocol.events import FunctionCallItem
+from orchestrator.core.server import Fault, LocalServer, ServerConfig
 
 from .helpers import PROMPTS, SCRIPT, converse, memory_agent, normalised, scripted_session
 

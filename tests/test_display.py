@@ -11,8 +11,7 @@ import trio
 import trio.testing
 from rich.console import Console
 
-from orchestrator.display import LiveView, format_duration, render_report
-from orchestrator.observe import (
+from orchestrator.core.observe import (
     ActorFailed,
     ActorRestarted,
     ActorStarted,
@@ -31,7 +30,8 @@ from orchestrator.observe import (
     TurnFinished,
     TurnStarted,
 )
-from orchestrator.run import AgentReport, ConnectionReport, RunResult, StepReport, UsageReport
+from orchestrator.display import LiveView, format_duration, render_report
+from orchestrator.runner import AgentReport, ConnectionReport, RunResult, StepReport, UsageReport
 
 
 def shown(renderable: Any, width: int = 120) -> str:

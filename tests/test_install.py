@@ -12,7 +12,7 @@ import pytest
 
 PROGRAM = """\
 import orchestrator
-import orchestrator.run
+import orchestrator.runner
 import plans
 from plans import Plan
 

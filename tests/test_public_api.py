@@ -49,9 +49,7 @@ EXPECTED = {
     # durable jobs
     "submit",
     "Jobs",
-    "JobStore",
     "open_jobs",
-    "open_store",
     "Plan",
     "PlanBuilder",
     "PlanIssue",
@@ -60,16 +58,8 @@ EXPECTED = {
     "check_plan",
     "check_plan_file",
     "plan_from_dict",
-    # agents, tools, supervision
-    "Actor",
-    "AgentActor",
-    "PlannerActor",
-    "WorkerActor",
-    "Task",
-    "TaskResult",
+    # tools and approvals
     "tool",
-    "ToolSpec",
-    "ToolRegistry",
     "ToolContext",
     "confine",
     "run_process",
@@ -78,36 +68,64 @@ EXPECTED = {
     "ApprovalPolicy",
     "ApprovalRequest",
     "ApprovalDecision",
-    "Router",
-    "Supervisor",
-    "ChildSpec",
-    "Backoff",
-    # connections and sessions
-    "open_connection",
-    "Connection",
+    # settings and observing
     "ConnectionSettings",
-    "ConnectionStatistics",
-    "AttemptAbandoned",
-    "Session",
     "ModelSettings",
     "Secret",
-    # observing
     "EventBus",
     "RuntimeEvent",
     "configure_logging",
-    # the embedded server
-    "open_local_server",
-    "ServerConfig",
-    "Fault",
-    "LatencyModel",
     "__version__",
 }
 
 
+LOWLEVEL = {
+    "Actor",
+    "AgentActor",
+    "AgentMemory",
+    "AttemptAbandoned",
+    "Backoff",
+    "ChildSpec",
+    "Connection",
+    "ConnectionSettings",
+    "ConnectionStatistics",
+    "Fault",
+    "FunctionCallItem",
+    "FunctionCallOutputItem",
+    "FunctionTool",
+    "JobStore",
+    "LatencyModel",
+    "LocalServer",
+    "MessageItem",
+    "ModelSettings",
+    "PlannerActor",
+    "Router",
+    "ServerConfig",
+    "Session",
+    "Supervisor",
+    "Task",
+    "TaskResult",
+    "ToolExecutor",
+    "ToolRegistry",
+    "ToolSpec",
+    "WorkerActor",
+    "open_connection",
+    "open_local_server",
+    "open_store",
+    "serve_local_server",
+}
+
+
 def test_all_lists_exactly_the_public_names():
-    """__all__ is the documented public API, no more, no less."""
+    """__all__ is the documented public API, no more, no less: the everyday names in
+    ``orchestrator``, the building blocks in ``orchestrator.lowlevel``."""
+    import orchestrator.lowlevel
+
     assert EXPECTED == set(orchestrator.__all__)
     assert len(orchestrator.__all__) == len(set(orchestrator.__all__))
+    assert LOWLEVEL == set(orchestrator.lowlevel.__all__)
+    for name in orchestrator.lowlevel.__all__:
+        assert getattr(orchestrator.lowlevel, name) is not None, name
 
 
 def test_every_public_name_resolves():
@@ -124,8 +142,17 @@ def test_unknown_names_raise_attribute_error():
 
 def test_lower_layers_import_without_a_cycle():
     """Importing an actor module first (which imports orchestrator) works in a fresh process."""
-    for module in ("actors.agent", "actors.planner", "orchestrator.run", "plans", "orchestrator"):
-        code = f"import {module}; import orchestrator; orchestrator.run; orchestrator.AgentActor"
+    for module in (
+        "actors.agent",
+        "actors.planner",
+        "orchestrator.runner",
+        "plans",
+        "orchestrator",
+    ):
+        code = (
+            f"import {module}; import orchestrator, orchestrator.runner; "
+            "assert callable(orchestrator.run); import orchestrator.lowlevel"
+        )
         completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert 0 == completed.returncode, completed.stderr
 
@@ -133,8 +160,9 @@ def test_lower_layers_import_without_a_cycle():
 def test_runtime_never_imports_the_sdk():
     """The hot path is msgspec: importing and using the runtime never loads openai or pydantic."""
     code = (
-        "import sys, orchestrator; orchestrator.run; orchestrator.open_connection; "
-        "orchestrator.open_local_server; import orchestrator.cli; "
+        "import sys, orchestrator, orchestrator.lowlevel; orchestrator.run; "
+        "orchestrator.lowlevel.open_connection; orchestrator.lowlevel.open_local_server; "
+        "import orchestrator.cli; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('openai', 'pydantic')))"
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

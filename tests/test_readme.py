@@ -1,6 +1,6 @@
 """Every code block of the documentation runs, so none can rot (issue 13, item 7).
 
-Each fenced block of README.md, plans/examples/README.md and docs/*.md is one test, found by
+Each fenced block of README.md, orchestrator/examples/README.md and docs/*.md is one test, found by
 reading the files (a block someone adds is a new test):
 
 * ``python``: run as a script in a fresh interpreter, offline (no key: the embedded server);
@@ -12,8 +12,8 @@ reading the files (a block someone adds is a new test):
 * anything else (output, text) must be marked.
 
 A block that cannot run is marked on the line before it with ``<!-- no-run: reason -->``.
-Blocks run in a scratch directory that sees the repository's ``plans/`` (the paths the docs
-use), so what they write stays there.
+Blocks run in a scratch directory that sees the repository's ``orchestrator/examples/`` (the
+paths the docs use), so what they write stays there.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import attrs
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCUMENTS = [ROOT / "README.md", ROOT / "plans" / "examples" / "README.md"]
+DOCUMENTS = [ROOT / "README.md", ROOT / "orchestrator" / "examples" / "README.md"]
 DOCUMENTS += sorted((ROOT / "docs").glob("*.md"))
 TIMEOUT = 60
 
@@ -96,8 +96,12 @@ def environment(cwd: Path) -> dict[str, str]:
 
 @pytest.fixture
 def scratch(tmp_path: Path) -> Path:
-    """A working directory in which the docs' relative paths (``plans/...``) resolve."""
-    (tmp_path / "plans").symlink_to(ROOT / "plans", target_is_directory=True)
+    """A working directory in which the docs' relative paths (``orchestrator/examples/...``)
+    resolve."""
+    (tmp_path / "orchestrator").mkdir()
+    (tmp_path / "orchestrator" / "examples").symlink_to(
+        ROOT / "orchestrator" / "examples", target_is_directory=True
+    )
     return tmp_path
 
 
@@ -152,7 +156,7 @@ def check_script_block(block: Block) -> None:
     import msgspec
     import yaml
 
-    from orchestrator.server import LocalServer, ServerConfig
+    from orchestrator.core.server import LocalServer, ServerConfig
 
     data = (
         yaml.safe_load(block.text) if block.language == "yaml" else msgspec.json.decode(block.text)
@@ -163,7 +167,7 @@ def check_script_block(block: Block) -> None:
 def check_faults_block(block: Block) -> None:
     import msgspec
 
-    from orchestrator.server import Fault
+    from orchestrator.core.server import Fault
 
     faults = msgspec.json.decode(block.text.encode(), type=list[Fault])
     assert faults, block.name

@@ -1,4 +1,4 @@
-"""Redaction (``orchestrator.redaction``) and where it applies: errors when they are made,
+"""Redaction (``orchestrator.core.redaction``) and where it applies: errors when they are made,
 events on the bus, log sinks (tracebacks included), the CLI's streams, and endpoint URLs
 that would carry a key (RELIABILITY G13 and section 4, "Secrets")."""
 
@@ -13,7 +13,16 @@ import pytest
 from hypothesis import given, strategies as st
 from loguru import logger
 
-from orchestrator.connection import resolve_endpoint
+from orchestrator.core.connection import resolve_endpoint
+from orchestrator.core.logging import PACKAGES, RedactingStream, Secret, configure
+from orchestrator.core.observe import ActorFailed, EventBus, TurnStarted
+from orchestrator.core.redaction import (
+    REDACTED,
+    is_secret_name,
+    looks_secret,
+    redact,
+    register_secret,
+)
 from orchestrator.errors import (
     ActorDead,
     ConfigurationError,
@@ -22,16 +31,7 @@ from orchestrator.errors import (
     ServerError,
     TurnFailed,
 )
-from orchestrator.logging import PACKAGES, RedactingStream, Secret, configure
-from orchestrator.observe import ActorFailed, EventBus, TurnStarted
-from orchestrator.redaction import (
-    REDACTED,
-    is_secret_name,
-    looks_secret,
-    redact,
-    register_secret,
-)
-from orchestrator.run import run
+from orchestrator.runner import run
 from plans import plan_from_dict
 
 

@@ -12,10 +12,10 @@ import trio
 import trio.testing
 
 from actors.base import Actor
+from orchestrator.core.observe import DeadLetter, EventBus, MessageRouted, RuntimeEvent
+from orchestrator.core.router import Envelope, Mailbox, Router, RouterStatistics
+from orchestrator.core.supervisor import Supervisor
 from orchestrator.errors import ActorDead, DeliveryTimeout, UnknownRecipient
-from orchestrator.observe import DeadLetter, EventBus, MessageRouted, RuntimeEvent
-from orchestrator.router import Envelope, Mailbox, Router, RouterStatistics
-from orchestrator.supervisor import Supervisor
 
 
 async def drain(mailbox: Mailbox) -> list[Envelope]:

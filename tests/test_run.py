@@ -20,8 +20,7 @@ import trio
 
 from actors.agent import AgentActor, CallOutcome
 from actors.tools import DEFAULT_REPAIR_BUDGET
-from orchestrator.errors import PlanError
-from orchestrator.observe import (
+from orchestrator.core.observe import (
     ActorRestarted,
     ActorStarted,
     AgentState,
@@ -32,16 +31,17 @@ from orchestrator.observe import (
     TurnFinished,
     TurnStarted,
 )
-from orchestrator.protocol.events import FunctionCallItem, FunctionCallOutputItem, MessageItem
-from orchestrator.run import RunResult, run
-from orchestrator.server import LatencyModel, open_local_server
+from orchestrator.core.protocol.events import FunctionCallItem, FunctionCallOutputItem, MessageItem
+from orchestrator.core.server import LatencyModel, open_local_server
+from orchestrator.errors import PlanError
+from orchestrator.runner import RunResult, run
 from plans import Budget, Plan, PlanBuilder, load_plan
 from tests.helpers import Recorder
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "plans" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "orchestrator" / "examples"
 GOAL = "What is the weather in Lisbon?"
 # A script for the scripted model (the plans' model is "local-scripted"): call `lookup`, for ever.
 LOOPING = {

@@ -16,8 +16,7 @@ import msgspec
 import pytest
 import trio
 
-from orchestrator.errors import PlanError
-from orchestrator.observe import (
+from orchestrator.core.observe import (
     ActorRestarted,
     DelegationFinished,
     DelegationStarted,
@@ -33,9 +32,10 @@ from orchestrator.observe import (
     TurnFinished,
     TurnStarted,
 )
-from orchestrator.protocol.events import FunctionCallOutputItem
-from orchestrator.run import RunResult, run
-from orchestrator.server import LatencyModel
+from orchestrator.core.protocol.events import FunctionCallOutputItem
+from orchestrator.core.server import LatencyModel
+from orchestrator.errors import PlanError
+from orchestrator.runner import RunResult, run
 from plans import Budget, PlanBuilder
 from tests.helpers import Recorder
 

@@ -12,8 +12,7 @@ import trio.testing
 from loguru import logger
 
 from actors.base import Actor
-from orchestrator.errors import RestartLimitReached
-from orchestrator.observe import (
+from orchestrator.core.observe import (
     ActorEscalated,
     ActorFailed,
     ActorRestarted,
@@ -22,8 +21,8 @@ from orchestrator.observe import (
     EventBus,
     RuntimeEvent,
 )
-from orchestrator.router import Router
-from orchestrator.supervisor import (
+from orchestrator.core.router import Router
+from orchestrator.core.supervisor import (
     Backoff,
     ChildSpec,
     ChildStatistics,
@@ -31,6 +30,7 @@ from orchestrator.supervisor import (
     Supervisor,
     SupervisorStatistics,
 )
+from orchestrator.errors import RestartLimitReached
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator

@@ -37,9 +37,9 @@ from hypothesis.stateful import (
     rule,
 )
 
+from orchestrator.core.observe import ActorEscalated, ActorRestarted, EventBus, RuntimeEvent
+from orchestrator.core.supervisor import Backoff, ChildSpec, RestartType, Strategy, Supervisor
 from orchestrator.errors import RestartLimitReached
-from orchestrator.observe import ActorEscalated, ActorRestarted, EventBus, RuntimeEvent
-from orchestrator.supervisor import Backoff, ChildSpec, RestartType, Strategy, Supervisor
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

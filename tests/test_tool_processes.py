@@ -29,7 +29,7 @@ from actors.tools import (
     run_subprocess,
     start_subprocess,
 )
-from orchestrator.protocol.events import FunctionCallItem
+from orchestrator.core.protocol.events import FunctionCallItem
 from tests.test_cli import CLI, HAS_PROC, environment, lines, wait_until
 
 if TYPE_CHECKING:

@@ -35,8 +35,8 @@ from actors.tools import (
     resolve_tool,
     tool,
 )
-from orchestrator.observe import EventBus, RuntimeEvent, ToolFinished, ToolStarted
-from orchestrator.protocol.events import FunctionCallItem, FunctionCallOutputItem, Tool
+from orchestrator.core.observe import EventBus, RuntimeEvent, ToolFinished, ToolStarted
+from orchestrator.core.protocol.events import FunctionCallItem, FunctionCallOutputItem, Tool
 
 # -- tools under test --------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import io
 import json
 import re
 
-from orchestrator.observe import TEXT_LIMIT, ActorFailed, ToolFinished, TurnStarted, capped
+from orchestrator.core.observe import TEXT_LIMIT, ActorFailed, ToolFinished, TurnStarted, capped
 from orchestrator.trace import TraceWriter, wall_time
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -76,7 +76,7 @@ def test_docs_trace_md_documents_every_event_and_field():
 
     import msgspec
 
-    import orchestrator.observe as observe
+    import orchestrator.core.observe as observe
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "trace.md").read_text()
     sections = dict(re.findall(r"^### `([a-z_.]+)`\n(.*?)(?=^##|\Z)", text, re.DOTALL | re.M))

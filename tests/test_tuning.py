@@ -6,7 +6,7 @@ import gc
 
 import pytest
 
-from orchestrator.tuning import DEFAULT_YOUNG_THRESHOLD, gc_policy
+from orchestrator.core.tuning import DEFAULT_YOUNG_THRESHOLD, gc_policy
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_raise_fd_limit_reaches_the_hard_limit():
     """The soft limit on open files is raised to the hard one (what thousands of agents need)."""
     import resource
 
-    from orchestrator.tuning import fd_limit, raise_fd_limit
+    from orchestrator.core.tuning import fd_limit, raise_fd_limit
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
@@ -126,7 +126,7 @@ async def test_a_team_larger_than_the_fd_limit_is_refused_before_starting():
     import pytest
 
     from orchestrator.errors import ConfigurationError
-    from orchestrator.run import run
+    from orchestrator.runner import run
     from plans import PlanBuilder
 
     builder = PlanBuilder("crowd", goal="hello", model="echo").planner("boss")

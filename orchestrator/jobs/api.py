@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import os
     from collections.abc import AsyncIterator, Sequence
 
-    from orchestrator.run import RunResult
+    from orchestrator.runner import RunResult
 
 __all__ = ["JobView", "Jobs", "effective_status", "open_jobs", "parse_duration"]
 
@@ -96,7 +96,7 @@ def agent_usage(journal: JobJournal) -> dict[str, dict[str, int]]:
 
 def transcript_of(journal: JobJournal, agent: str) -> list[Any]:
     """One agent's transcript as JSON-able items, in order."""
-    from orchestrator.protocol.codec import decode_items, encode
+    from orchestrator.core.protocol.codec import decode_items, encode
 
     items: list[Any] = []
     for turn in sorted((t for t in journal.turns if t.agent == agent), key=lambda t: t.seq):
@@ -160,7 +160,7 @@ class Jobs:
 
     async def resume(self, job_id: str, **options: Any) -> RunResult:
         """Continue a job (see ``orchestrator.run``'s ``resume``); options as for ``run``."""
-        from orchestrator.run import run
+        from orchestrator.runner import run
 
         return await run(options.pop("plan", None), resume=job_id, store=self.store, **options)
 

@@ -118,14 +118,14 @@ def add_jobs(commands: Any) -> None:
 def _configure(args: argparse.Namespace) -> None:
     import actors  # noqa: F401  (import before configure(): see orchestrator.cli)
     import plans  # noqa: F401
-    from orchestrator.logging import configure
+    from orchestrator.core.logging import configure
 
     configure("DEBUG" if args.verbose > 1 else "INFO" if args.verbose else "WARNING")
 
 
 def _error(exc: OrchestratorError) -> int:
     from orchestrator.cli import EXIT_FAILED, EXIT_USAGE
-    from orchestrator.logging import redact
+    from orchestrator.core.logging import redact
 
     code = getattr(exc, "code", "job.error")
     print(f"error[{code}]: {redact(str(exc))}", file=sys.stderr)
@@ -294,8 +294,8 @@ def _continue(args: argparse.Namespace, *, retry: bool) -> int:
 
 def _continue_owned(args: argparse.Namespace, spared: set[int], retry: bool) -> int:
     from orchestrator.cli import _read_key_file, _run_async
+    from orchestrator.core.tuning import gc_policy, raise_fd_limit
     from orchestrator.jobs.api import open_jobs
-    from orchestrator.tuning import gc_policy, raise_fd_limit
 
     _configure(args)
     args.resume_job = args.job  # the trace appends
@@ -346,7 +346,7 @@ def _continue_owned(args: argparse.Namespace, spared: set[int], retry: bool) -> 
 
 def _local_options(local: Any) -> dict[str, Any] | None:
     """The embedded server's settings a job was started with (``orchestrator run --local-*``)."""
-    from orchestrator.server import LatencyModel
+    from orchestrator.core.server import LatencyModel
 
     if not isinstance(local, dict):
         return None

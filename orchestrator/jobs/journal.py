@@ -22,6 +22,7 @@ import attrs
 import trio
 from loguru import logger
 
+from orchestrator.core.protocol.codec import encode
 from orchestrator.errors import JobLost, JournalError, StorageUnavailable
 from orchestrator.jobs.model import (
     CallFinishedWrite,
@@ -42,7 +43,6 @@ from orchestrator.jobs.model import (
     Write,
 )
 from orchestrator.jobs.store import JobStore
-from orchestrator.protocol.codec import encode
 
 if TYPE_CHECKING:
     from actors.journal import CallEntry, MessageEntry, TurnEntry

@@ -19,10 +19,10 @@ import attrs
 import msgspec
 
 from actors.journal import CallEntry, TurnEntry, in_doubt_action
+from orchestrator.core.protocol.codec import decode_items
+from orchestrator.core.protocol.events import FunctionCallItem, Item
 from orchestrator.errors import JobNotResumable, JobRunning
 from orchestrator.jobs.model import FINAL, AgentPrint, JobJournal, JobRecord, JobStatus
-from orchestrator.protocol.codec import decode_items
-from orchestrator.protocol.events import FunctionCallItem, Item
 
 if TYPE_CHECKING:
     from plans import Plan

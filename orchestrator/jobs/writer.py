@@ -27,8 +27,8 @@ from typing import Any, Final, Generic, TypeVar
 
 import trio
 
+from orchestrator.core.failpoints import crash_point
 from orchestrator.errors import JobLost, JournalError, OrchestratorError, StorageUnavailable
-from orchestrator.failpoints import crash_point
 from orchestrator.jobs.model import CallFinishedWrite, Claim, TurnWrite, Write
 
 __all__ = ["Ticket", "WriterThread"]

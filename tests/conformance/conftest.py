@@ -17,7 +17,7 @@ import attrs
 import pytest
 import trio
 
-from orchestrator.server import RunningServer, ServerConfig, serve_local_server
+from orchestrator.core.server import RunningServer, ServerConfig, serve_local_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

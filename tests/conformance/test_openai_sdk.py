@@ -68,15 +68,15 @@ from openai.types.responses.responses_server_event import (
 )
 from websockets.exceptions import InvalidStatus
 
-from orchestrator.server import LatencyModel
-from orchestrator.server.generic import LEAD_IN
+from orchestrator.core.server import LatencyModel
+from orchestrator.core.server.generic import LEAD_IN
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterable
 
     from openai.resources.responses.responses import AsyncResponsesConnection
 
-    from orchestrator.server import RunningServer
+    from orchestrator.core.server import RunningServer
 
 pytestmark = pytest.mark.timeout(30)
 

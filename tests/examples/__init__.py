@@ -1,1 +1,1 @@
-"""Tests of the runnable examples in plans/examples/."""
+"""Tests of the runnable examples in orchestrator/examples/."""

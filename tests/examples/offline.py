@@ -16,18 +16,18 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from actors.tools import ToolRegistry
-from orchestrator.protocol.events import (
+from orchestrator.core.protocol.events import (
     FunctionCallItem,
     FunctionCallOutputItem,
     FunctionTool,
     Item,
     MessageItem,
 )
-from orchestrator.server.models import GenericPolicy, ModelRequest
+from orchestrator.core.server.models import GenericPolicy, ModelRequest
 from plans import Plan, render_task, scheduled_steps
 
 if TYPE_CHECKING:
-    from orchestrator.protocol.events import Tool
+    from orchestrator.core.protocol.events import Tool
 
 POLICY = GenericPolicy()
 MAX_TURNS = 10  # per agent and task: the generic model needs two or three

@@ -13,10 +13,10 @@ import pytest
 import trio
 
 from actors.tools import PathOutsideWorkspace, ToolSpec
-from orchestrator.protocol.events import FunctionCallItem
-from orchestrator.server.models import arguments_for
+from orchestrator.core.protocol.events import FunctionCallItem
+from orchestrator.core.server.models import arguments_for
+from orchestrator.examples.bugfix import tools
 from plans import load_plan
-from plans.examples.bugfix import tools
 
 from .offline import registry_for, run_planner
 from .test_plans import PLANS

@@ -6,8 +6,8 @@ import collections
 
 import pytest
 
+from orchestrator.examples.longrun import generate, tools
 from plans import load_plan, result_steps, scheduled_steps
-from plans.examples.longrun import generate, tools
 
 from .offline import run_steps
 from .test_plans import PLANS

@@ -9,7 +9,7 @@ import pytest
 from actors.tools import ToolSpec, resolve_tool
 from plans import check_plan_file, load_plan
 
-EXAMPLES = Path(__file__).parents[2] / "plans" / "examples"
+EXAMPLES = Path(__file__).parents[2] / "orchestrator" / "examples"
 PLANS = {
     "trip": EXAMPLES / "trip" / "plan.toml",
     "bugfix": EXAMPLES / "bugfix" / "plan.yaml",
@@ -33,9 +33,9 @@ def test_examples_use_every_loader():
 
 
 def test_plans_stay_inside_the_examples_package():
-    """Tools come from plans.examples only: the allow-list check passes too."""
+    """Tools come from orchestrator.examples only: the allow-list check passes too."""
     for path in PLANS.values():
-        report = check_plan_file(path, allowed_modules=["plans.examples"])
+        report = check_plan_file(path, allowed_modules=["orchestrator.examples"])
         assert report.ok, report.issues
 
 

@@ -8,10 +8,10 @@ import json
 import pytest
 
 from actors.tools import ToolSpec
-from orchestrator.server.generic import LEAD_IN
-from orchestrator.server.models import arguments_for
+from orchestrator.core.server.generic import LEAD_IN
+from orchestrator.core.server.models import arguments_for
+from orchestrator.examples.trip import tools
 from plans import load_plan
-from plans.examples.trip import tools
 
 from .offline import delegate_tool, run_planner
 from .test_plans import PLANS

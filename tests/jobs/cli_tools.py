@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from actors.tools import ToolContext, tool
-from orchestrator.failpoints import crash_point
+from orchestrator.core.failpoints import crash_point
 
 
 def look(city: str) -> str:

@@ -9,6 +9,8 @@ import msgspec
 import pytest
 
 from actors.journal import AgentMemory, CallEntry, TurnEntry, idempotency_key, in_doubt_action
+from orchestrator.core.protocol.codec import encode
+from orchestrator.core.protocol.events import FunctionCallItem, MessageItem, ReasoningItem
 from orchestrator.errors import JobNotResumable, JobRunning
 from orchestrator.jobs.model import (
     AgentPrint,
@@ -25,8 +27,6 @@ from orchestrator.jobs.resume import (
     plan_changes,
     rebuild,
 )
-from orchestrator.protocol.codec import encode
-from orchestrator.protocol.events import FunctionCallItem, MessageItem, ReasoningItem
 from plans import PlanBuilder
 
 NOW = 1_000_000.0

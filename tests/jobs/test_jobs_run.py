@@ -17,14 +17,14 @@ import trio
 
 from actors.tools import ToolContext, tool
 from actors.worker import WorkerActor
+from orchestrator.core.observe import ToolFinished, ToolStarted, TurnStarted
+from orchestrator.core.protocol.events import FunctionCallOutputItem, ReasoningConfig, ReasoningItem
+from orchestrator.core.server import Fault
+from orchestrator.core.session import ModelSettings
 from orchestrator.errors import JobNotResumable, PlanDiverged
 from orchestrator.jobs import open_jobs
 from orchestrator.jobs.store import open_store
-from orchestrator.observe import ToolFinished, ToolStarted, TurnStarted
-from orchestrator.protocol.events import FunctionCallOutputItem, ReasoningConfig, ReasoningItem
-from orchestrator.run import RunResult, run
-from orchestrator.server import Fault
-from orchestrator.session import ModelSettings
+from orchestrator.runner import RunResult, run
 from plans import Plan, PlanBuilder
 
 

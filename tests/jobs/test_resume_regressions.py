@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from actors.journal import CallEntry
+from orchestrator.core.protocol.codec import encode
+from orchestrator.core.protocol.events import FunctionCallItem, MessageItem
 from orchestrator.jobs.model import JobJournal, JobRecord, TurnRecord
 from orchestrator.jobs.resume import rebuild
-from orchestrator.protocol.codec import encode
-from orchestrator.protocol.events import FunctionCallItem, MessageItem
-from orchestrator.run import run
+from orchestrator.runner import run
 from tests.jobs.crashplan.harness import command, environment, read_journal
 
 if TYPE_CHECKING:

@@ -15,6 +15,8 @@ import trio
 import trio.lowlevel
 
 from actors.journal import CallEntry
+from orchestrator.core.protocol.codec import encode
+from orchestrator.core.protocol.events import MessageItem, ReasoningItem
 from orchestrator.errors import JobError, JobLost, JobNotFound, StorageUnavailable
 from orchestrator.jobs import sql
 from orchestrator.jobs.model import (
@@ -35,8 +37,6 @@ from orchestrator.jobs.model import (
     TurnWrite,
 )
 from orchestrator.jobs.store import open_store
-from orchestrator.protocol.codec import encode
-from orchestrator.protocol.events import MessageItem, ReasoningItem
 from tests.jobs.conftest import new_job
 
 if TYPE_CHECKING:

@@ -23,8 +23,8 @@ import msgspec
 from hypothesis import strategies as st
 from msgspec import UNSET, UnsetType
 
-from orchestrator.protocol import codec
-from orchestrator.protocol.events import (
+from orchestrator.core.protocol import codec
+from orchestrator.core.protocol.events import (
     CLIENT_EVENT_TYPES,
     ITEM_TYPES,
     SERVER_EVENT_TYPES,
@@ -78,7 +78,7 @@ from orchestrator.protocol.events import (
     UnknownItem,
     Usage,
 )
-from orchestrator.protocol.turn import RequestError, Response
+from orchestrator.core.protocol.turn import RequestError, Response
 
 T = TypeVar("T")
 Strategies = Mapping[str, st.SearchStrategy[Any]]

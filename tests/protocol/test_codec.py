@@ -20,16 +20,15 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from msgspec import UNSET, Raw, Struct
 
-from orchestrator.errors import RemoteProtocolError
-from orchestrator.protocol import codec
-from orchestrator.protocol.codec import (
+from orchestrator.core.protocol import codec
+from orchestrator.core.protocol.codec import (
     decode_client_event,
     decode_item,
     decode_items,
     decode_server_event,
     encode,
 )
-from orchestrator.protocol.events import (
+from orchestrator.core.protocol.events import (
     CLIENT_EVENT_TYPES,
     ITEM_TYPES,
     SERVER_EVENT_TYPES,
@@ -48,6 +47,7 @@ from orchestrator.protocol.events import (
     UnknownEvent,
     UnknownItem,
 )
+from orchestrator.errors import RemoteProtocolError
 
 from . import strategies as s
 

@@ -9,12 +9,12 @@ import math
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from orchestrator.errors import LocalProtocolError
-from orchestrator.protocol.lifecycle import (
+from orchestrator.core.protocol.lifecycle import (
     DEFAULT_MAX_AGE,
     DEFAULT_ROTATION_MARGIN,
     ConnectionLifecycle,
 )
+from orchestrator.errors import LocalProtocolError
 
 OPENED = 1000.0
 

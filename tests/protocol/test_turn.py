@@ -18,10 +18,9 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 from msgspec import UNSET, UnsetType
 
-from orchestrator.errors import LocalProtocolError, RemoteProtocolError, ServerError
-from orchestrator.protocol import codec
-from orchestrator.protocol.codec import decode_server_event, encode_text
-from orchestrator.protocol.events import (
+from orchestrator.core.protocol import codec
+from orchestrator.core.protocol.codec import decode_server_event, encode_text
+from orchestrator.core.protocol.events import (
     ContentPart,
     ContentPartAdded,
     ErrorDetail,
@@ -50,13 +49,14 @@ from orchestrator.protocol.events import (
     UnknownEvent,
     Usage,
 )
-from orchestrator.protocol.turn import (
+from orchestrator.core.protocol.turn import (
     RequestError,
     Response,
     TurnAssembler,
     TurnState,
     assemble,
 )
+from orchestrator.errors import LocalProtocolError, RemoteProtocolError, ServerError
 
 from . import strategies as s
 from .strategies import Event, Stream, Tag

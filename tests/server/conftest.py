@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from orchestrator.server import RunningServer, open_local_server
+from orchestrator.core.server import RunningServer, open_local_server
 
 from .wire import Client, loopback_client
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.core.server import Fault, LatencyModel, ServerConfig, open_local_server
 from orchestrator.errors import ConfigurationError
-from orchestrator.server import Fault, LatencyModel, ServerConfig, open_local_server
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7", "example.com"])

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from orchestrator.server import LocalServer, ServerConfig
+from orchestrator.core.server import LocalServer, ServerConfig
 
 from .wire import (
     LOOKUP_TOOL,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from orchestrator.server import Fault, LocalServer, ServerConfig, open_local_server
+from orchestrator.core.server import Fault, LocalServer, ServerConfig, open_local_server
 
 from .wire import assert_error, loopback_client, memory_client, types_of
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from orchestrator.protocol.events import FunctionTool
-from orchestrator.server.generic import LEAD_IN, cut, render_output, summarise
-from orchestrator.server.models import arguments_for
+from orchestrator.core.protocol.events import FunctionTool
+from orchestrator.core.server.generic import LEAD_IN, cut, render_output, summarise
+from orchestrator.core.server.models import arguments_for
 
 from .test_models import tool_schemas
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from orchestrator.server import Fault, LocalServer, ServerConfig, open_local_server
+from orchestrator.core.server import Fault, LocalServer, ServerConfig, open_local_server
 
 from .wire import HttpAnswer, auth, http_upgrade, loopback_client, memory_client
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import trio
 
-from orchestrator.protocol.events import ResponseCreate, UnknownItem
+from orchestrator.core.protocol.events import ResponseCreate, UnknownItem
 
 from .wire import LOOKUP_TOOL, assert_error, calls_of, types_of, user
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from orchestrator.server import LatencyModel, LocalServer, ServerConfig
+from orchestrator.core.server import LatencyModel, LocalServer, ServerConfig
 
 from .wire import assert_error, memory_client, types_of
 

@@ -11,7 +11,7 @@ import trio.testing
 import wsproto
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
-from orchestrator.server import (
+from orchestrator.core.server import (
     Fault,
     LatencyModel,
     LocalServer,
@@ -19,7 +19,7 @@ from orchestrator.server import (
     open_local_server,
     serve_local_server,
 )
-from orchestrator.server.models import EchoPolicy
+from orchestrator.core.server.models import EchoPolicy
 
 from .wire import assert_error, loopback_client, memory_client
 

@@ -19,9 +19,9 @@ import trio
 import trio.testing
 from loguru import logger
 
+from orchestrator.core.server import LatencyModel, LocalServer, ServerConfig, open_local_server
+from orchestrator.core.server.transport import WRITE_HIGH_WATER
 from orchestrator.errors import ConfigurationError
-from orchestrator.server import LatencyModel, LocalServer, ServerConfig, open_local_server
-from orchestrator.server.transport import WRITE_HIGH_WATER
 from orchestrator.testing import capture_logs
 
 from .wire import RawClient, assert_error, loopback_client, memory_client, user

@@ -12,7 +12,7 @@ import sys
 import trio
 import trio_websocket
 
-from orchestrator.server import open_local_server
+from orchestrator.core.server import open_local_server
 from orchestrator.testing import capture_logs
 
 from .wire import auth, http_upgrade, loopback_client, output_for

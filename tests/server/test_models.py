@@ -13,16 +13,16 @@ import pytest
 import trio
 from hypothesis import given, settings, strategies as st
 
-from orchestrator.errors import ConfigurationError
-from orchestrator.protocol.events import (
+from orchestrator.core.protocol.events import (
     FunctionCallItem,
     FunctionCallOutputItem,
     FunctionTool,
     MessageItem,
 )
-from orchestrator.server import LocalServer, ServerConfig
-from orchestrator.server.generic import LEAD_IN
-from orchestrator.server.models import GenericPolicy, ModelRequest, arguments_for
+from orchestrator.core.server import LocalServer, ServerConfig
+from orchestrator.core.server.generic import LEAD_IN
+from orchestrator.core.server.models import GenericPolicy, ModelRequest, arguments_for
+from orchestrator.errors import ConfigurationError
 
 from .wire import LOOKUP_TOOL, calls_of, memory_client, output_for
 

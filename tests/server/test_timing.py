@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import trio
 
-from orchestrator.server import LatencyModel, LocalServer, ServerConfig
+from orchestrator.core.server import LatencyModel, LocalServer, ServerConfig
 
 from .wire import LOOKUP_TOOL, calls_of, memory_client, output_for
 

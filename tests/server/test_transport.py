@@ -12,8 +12,8 @@ import trio.testing
 import wsproto
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
-from orchestrator.server import LatencyModel, LocalServer, ServerConfig
-from orchestrator.server.transport import WRITE_HIGH_WATER, ServerWebSocket
+from orchestrator.core.server import LatencyModel, LocalServer, ServerConfig
+from orchestrator.core.server.transport import WRITE_HIGH_WATER, ServerWebSocket
 
 from .wire import LOOKUP_TOOL, memory_client
 

@@ -28,7 +28,7 @@ from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, Tex
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
 
-    from orchestrator.server import LocalServer, RunningServer
+    from orchestrator.core.server import LocalServer, RunningServer
 
 TERMINAL: Final = frozenset(
     {"response.completed", "response.failed", "response.incomplete", "error"}

@@ -30,7 +30,7 @@ from contextlib import closing
 from typing import Final
 
 from actors.tools import ToolContext, tool
-from orchestrator.failpoints import crash_point
+from orchestrator.core.failpoints import crash_point
 
 LEDGER_ENV: Final = "CRASHPLAN_LEDGER"
 HELPER_PIDS_ENV: Final = "CRASHPLAN_HELPER_PIDS"

@@ -6,7 +6,7 @@ calls :func:`configure`, which enables our packages and adds one stderr sink wit
 bearer headers included), a patcher that redacts keys in messages and ``extra``, and, last,
 redaction of the whole formatted text, tracebacks and exception messages included.
 
-What counts as a secret is decided in :mod:`orchestrator.redaction`: anything shaped like a
+What counts as a secret is decided in :mod:`orchestrator.core.redaction`: anything shaped like a
 credential, and every value held in a :class:`Secret` (the API key, once resolved).
 """
 
@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 from loguru import logger
 
-from orchestrator.redaction import redact, register_secret
+from orchestrator.core.redaction import redact, register_secret
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable

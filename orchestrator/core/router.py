@@ -16,7 +16,7 @@ Guarantees:
   closed mailbox raises ``ActorDead`` at once.
 - **Dead letters.** A message that cannot be delivered (unknown recipient, closed mailbox,
   delivery timeout, dropped from a mailbox that closed) is recorded in a bounded log and
-  emitted as a :class:`~orchestrator.observe.DeadLetter` event.
+  emitted as a :class:`~orchestrator.core.observe.DeadLetter` event.
 
 A closed mailbox stays registered under its name until the actor opens a new one (a restart)
 or the name is unregistered, so senders can tell "not running right now" (``ActorDead``) from
@@ -36,8 +36,8 @@ import attrs
 import trio
 from loguru import logger
 
+from orchestrator.core.observe import DeadLetter, EventBus, MessageRouted
 from orchestrator.errors import ActorDead, DeliveryTimeout, UnknownRecipient
-from orchestrator.observe import DeadLetter, EventBus, MessageRouted
 
 __all__ = [
     "DEFAULT_DEAD_LETTER_LIMIT",

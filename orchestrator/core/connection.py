@@ -2,7 +2,7 @@
 
 :func:`open_connection` yields a :class:`Connection` that owns at most one socket in use
 (plus, briefly, a warm standby during a planned rotation). :meth:`Connection.run_turn` sends
-one ``response.create`` built by the agent's :class:`~orchestrator.session.Session`, streams
+one ``response.create`` built by the agent's :class:`~orchestrator.core.session.Session`, streams
 the events to an optional observer as they arrive, and returns the assembled response, having
 committed it to the session. Whatever happens to the socket meanwhile is handled here
 (spec section 9, RELIABILITY T1-T14):
@@ -47,18 +47,9 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from orchestrator.errors import (
-    AuthenticationError,
-    ConfigurationError,
-    ConnectionLost,
-    HandshakeRejected,
-    RemoteProtocolError,
-    ServerError,
-    TurnFailed,
-)
-from orchestrator.failpoints import crash_point
-from orchestrator.logging import Secret
-from orchestrator.observe import (
+from orchestrator.core.failpoints import crash_point
+from orchestrator.core.logging import Secret
+from orchestrator.core.observe import (
     ConnectionClosed as ConnectionClosedEvent,
     ConnectionFailed,
     ConnectionOpened,
@@ -73,15 +64,24 @@ from orchestrator.observe import (
     WarmupFinished,
     capped,
 )
-from orchestrator.protocol.codec import decode_server_event, encode_text
-from orchestrator.protocol.lifecycle import ConnectionLifecycle
-from orchestrator.protocol.turn import RequestError, Response, TurnAssembler
-from orchestrator.redaction import is_secret_name, looks_secret, redact
-from orchestrator.session import Session
+from orchestrator.core.protocol.codec import decode_server_event, encode_text
+from orchestrator.core.protocol.lifecycle import ConnectionLifecycle
+from orchestrator.core.protocol.turn import RequestError, Response, TurnAssembler
+from orchestrator.core.redaction import is_secret_name, looks_secret, redact
+from orchestrator.core.session import Session
+from orchestrator.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionLost,
+    HandshakeRejected,
+    RemoteProtocolError,
+    ServerError,
+    TurnFailed,
+)
 
 if TYPE_CHECKING:
-    from orchestrator.protocol.events import Item, ResponseCreate, ServerEvent, UnknownEvent
-    from orchestrator.session import TurnRequest
+    from orchestrator.core.protocol.events import Item, ResponseCreate, ServerEvent, UnknownEvent
+    from orchestrator.core.session import TurnRequest
 
 __all__ = [
     "DEFAULT_URL",

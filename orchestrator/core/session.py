@@ -18,8 +18,7 @@ import attrs
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from orchestrator.errors import LocalProtocolError
-from orchestrator.protocol.events import (
+from orchestrator.core.protocol.events import (
     FunctionCallItem,
     FunctionCallOutputItem,
     Item,
@@ -28,11 +27,12 @@ from orchestrator.protocol.events import (
     ResponseCreate,
     Tool,
 )
+from orchestrator.errors import LocalProtocolError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from orchestrator.protocol.turn import Response
+    from orchestrator.core.protocol.turn import Response
 
 __all__ = ["ENCRYPTED_REASONING", "ModelSettings", "Session", "TurnRequest"]
 

@@ -4,5 +4,5 @@
 * ``bugfix``: workers that read, test and patch a small bundled package (YAML).
 * ``longrun``: a stock audit of 24 warehouses as a DAG of 125 steps (JSON).
 
-Tools are referenced from the plan files as ``plans.examples.<name>.tools:<function>``.
+Tools are referenced from the plan files as ``orchestrator.examples.<name>.tools:<function>``.
 """

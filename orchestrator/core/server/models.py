@@ -24,8 +24,7 @@ import attrs
 import msgspec
 import yaml
 
-from orchestrator.errors import ConfigurationError
-from orchestrator.protocol.events import (
+from orchestrator.core.protocol.events import (
     FunctionCallItem,
     FunctionCallOutputItem,
     Item,
@@ -34,6 +33,7 @@ from orchestrator.protocol.events import (
     Tool,
     UnknownItem,
 )
+from orchestrator.errors import ConfigurationError
 
 from .generic import arguments_for_schema, cut, summarise
 
@@ -238,7 +238,7 @@ class EchoPolicy(Policy):
 
 def arguments_for(tool: Tool, text: str, *, prefer_text: bool = False) -> str:
     """Arguments for ``tool`` that validate against its JSON schema, drawn from ``text``
-    (see :mod:`orchestrator.server.generic`).
+    (see :mod:`orchestrator.core.server.generic`).
 
     With ``prefer_text`` every free-form string parameter receives the whole text (used for
     terminal tools, whose argument is the answer).

@@ -8,9 +8,9 @@ msgspec Structs so the hot path never builds dicts:
 * Fields the service always sends (``error: null`` in a response object) default to ``None``
   and are encoded, because the official SDK's models require the keys.
 * Decoding tolerates unknown fields. Unknown event and item *types* are kept as
-  :class:`UnknownEvent` / :class:`UnknownItem` by :mod:`orchestrator.protocol.codec`.
+  :class:`UnknownEvent` / :class:`UnknownItem` by :mod:`orchestrator.core.protocol.codec`.
 
-The same Structs serve the client (``orchestrator.connection``) and the embedded server.
+The same Structs serve the client (``orchestrator.core.connection``) and the embedded server.
 """
 
 from __future__ import annotations

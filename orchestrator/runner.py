@@ -42,8 +42,8 @@ from actors.journal import AgentMemory, CallsParked, MessageEntry
 from actors.planner import PlannerActor, WorkerInfo, delegation_tools
 from actors.tools import ToolRegistry, ToolRepairBudgetExceeded, check_definition
 from actors.worker import WorkerActor
-from orchestrator.budget import BudgetLimits, BudgetTracker
-from orchestrator.connection import (
+from orchestrator.core.budget import BudgetLimits, BudgetTracker
+from orchestrator.core.connection import (
     Connection,
     ConnectionSettings,
     ConnectionStatistics,
@@ -52,6 +52,24 @@ from orchestrator.connection import (
     resolve_api_key,
     resolve_endpoint,
 )
+from orchestrator.core.failpoints import crash_point
+from orchestrator.core.logging import Secret, redact
+from orchestrator.core.observe import (
+    EventBus,
+    RunAgent,
+    RunFinished,
+    RunStarted,
+    RuntimeEvent,
+    StepFinished,
+    StepStarted,
+    TaskStarted,
+    capped,
+)
+from orchestrator.core.protocol.codec import encode
+from orchestrator.core.protocol.events import Item
+from orchestrator.core.router import Router
+from orchestrator.core.session import ModelSettings, Session
+from orchestrator.core.supervisor import Backoff, Supervisor
 from orchestrator.errors import (
     ActorDead,
     AuthenticationError,
@@ -66,7 +84,6 @@ from orchestrator.errors import (
     PlanError,
     RestartLimitReached,
 )
-from orchestrator.failpoints import crash_point
 from orchestrator.jobs.journal import Journal, clamp_wall_clock
 from orchestrator.jobs.model import (
     DRIVEN,
@@ -89,23 +106,6 @@ from orchestrator.jobs.resume import (
     rebuild,
 )
 from orchestrator.jobs.store import JobStore, open_store
-from orchestrator.logging import Secret, redact
-from orchestrator.observe import (
-    EventBus,
-    RunAgent,
-    RunFinished,
-    RunStarted,
-    RuntimeEvent,
-    StepFinished,
-    StepStarted,
-    TaskStarted,
-    capped,
-)
-from orchestrator.protocol.codec import encode
-from orchestrator.protocol.events import Item
-from orchestrator.router import Router
-from orchestrator.session import ModelSettings, Session
-from orchestrator.supervisor import Backoff, Supervisor
 from plans import (
     Plan,
     check_plan,
@@ -306,7 +306,7 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
 
     def to_json(self) -> bytes:
         """The result as JSON (transcripts included), for ``--json`` and files; redacted
-        (``orchestrator.redaction``) like every text the runtime writes."""
+        (``orchestrator.core.redaction``) like every text the runtime writes."""
         return redact(encode(self).decode()).encode()
 
 
@@ -494,7 +494,7 @@ async def _endpoint(
         yield _Endpoint(base_url, key, url)
         return
     # Only offline runs need the server.
-    from orchestrator.server import LocalServer, ServerConfig, open_local_server
+    from orchestrator.core.server import LocalServer, ServerConfig, open_local_server
 
     if transport == "memory":
         from orchestrator.testing import memory_connector  # trio.testing is slow to import
@@ -1254,7 +1254,7 @@ def _check_fd_budget(
     agents: int, offline: bool | None, api_key: str | Secret | None, transport: str
 ) -> None:
     """Refuse up front a team that cannot get a socket per agent under the fd limit."""
-    from orchestrator.tuning import fd_limit
+    from orchestrator.core.tuning import fd_limit
 
     local = offline if offline is not None else not (api_key or os.environ.get("OPENAI_API_KEY"))
     per_agent = 0 if (local and transport == "memory") else 2 if local else 1

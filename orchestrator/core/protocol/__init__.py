@@ -1,7 +1,7 @@
 """Sans-I/O core of the Responses API WebSocket protocol: events, codec, turn assembly.
 
-Nothing here does I/O, reads a clock or configures logging; ``orchestrator.connection`` and
-``orchestrator.server`` are the glue that does.
+Nothing here does I/O, reads a clock or configures logging; ``orchestrator.core.connection`` and
+``orchestrator.core.server`` are the glue that does.
 """
 
 from .codec import (

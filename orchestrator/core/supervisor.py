@@ -47,8 +47,7 @@ import attrs
 import trio
 from loguru import logger
 
-from orchestrator.errors import RestartLimitReached
-from orchestrator.observe import (
+from orchestrator.core.observe import (
     ActorEscalated,
     ActorFailed,
     ActorRestarted,
@@ -57,6 +56,7 @@ from orchestrator.observe import (
     EventBus,
     RuntimeEvent,
 )
+from orchestrator.errors import RestartLimitReached
 
 if TYPE_CHECKING:
     # loguru's Logger type exists only in its stubs; attrs never evaluates annotations.

@@ -4,7 +4,7 @@ One :class:`LocalServer` serves any number of connections. Each connection runs 
 nursery and is isolated: an unexpected error in one closes that one with 1011 and nothing
 else (an uncaught error in a connection handler would otherwise cancel every connection).
 
-The WebSocket itself is :class:`~orchestrator.server.transport.ServerWebSocket` (wsproto,
+The WebSocket itself is :class:`~orchestrator.core.server.transport.ServerWebSocket` (wsproto,
 one read loop and one buffered writer per connection): the events a response produces
 between two checkpoints leave in one write. Sending an event is therefore synchronous
 (:meth:`_ServerConnection.send`); producers await only for pacing, faults and backpressure.
@@ -33,9 +33,8 @@ import trio
 from loguru import logger
 from msgspec import UNSET, UnsetType
 
-from orchestrator.errors import ConfigurationError, RemoteProtocolError
-from orchestrator.protocol.codec import DECODE_ERRORS, decode_client_event, encode, raw
-from orchestrator.protocol.events import (
+from orchestrator.core.protocol.codec import DECODE_ERRORS, decode_client_event, encode, raw
+from orchestrator.core.protocol.events import (
     ClientEvent,
     ContentPart,
     ContentPartAdded,
@@ -74,6 +73,7 @@ from orchestrator.protocol.events import (
     UnknownEvent,
     Usage,
 )
+from orchestrator.errors import ConfigurationError, RemoteProtocolError
 
 from .config import Fault, ServerConfig
 from .models import (

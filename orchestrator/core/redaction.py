@@ -1,13 +1,13 @@
 """What a credential looks like, and how it is kept out of every text we write.
 
 The one home of credential detection: the log sinks and the CLI's outputs
-(``orchestrator.logging``), the errors (``orchestrator.errors``), runtime events, tool
+(``orchestrator.core.logging``), the errors (``orchestrator.errors``), runtime events, tool
 error outputs (``actors.tools``) and the plan secret scan (``plans.validate``) all use it.
 It imports nothing of ours, so every layer may import it.
 
 Two defences, applied together by :func:`redact`:
 
-* **Known values.** The process knows its keys: every :class:`~orchestrator.logging.Secret`
+* **Known values.** The process knows its keys: every :class:`~orchestrator.core.logging.Secret`
   registers its value (``resolve_api_key`` makes one for each key it resolves, the CLI's
   included), and so does :func:`register_secret`. Any occurrence of a registered value, and
   any fragment of 8 characters or more of one (a key cut by a truncated message), is

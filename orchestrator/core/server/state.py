@@ -17,7 +17,7 @@ from typing import Final
 
 import attrs
 
-from orchestrator.protocol.events import FunctionCallItem, FunctionCallOutputItem, Item
+from orchestrator.core.protocol.events import FunctionCallItem, FunctionCallOutputItem, Item
 
 from .models import count_tokens, item_text
 

@@ -1,6 +1,6 @@
 """Generate the long-running example's data sets and its plan file (``plan.json``).
 
-Run ``python -m plans.examples.longrun.generate`` after changing this script, and commit
+Run ``python -m orchestrator.examples.longrun.generate`` after changing this script, and commit
 what it writes. The output depends on nothing but this file (the data come from a seeded
 generator), and a test checks that the committed files are what it writes.
 

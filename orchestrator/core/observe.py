@@ -23,7 +23,7 @@ import attrs
 import msgspec
 import trio
 
-from orchestrator.redaction import redact
+from orchestrator.core.redaction import redact
 
 __all__ = [
     "TEXT_LIMIT",
