@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,postgres]'
 	@touch $@
 
 demo: $(STAMP)
@@ -36,7 +36,7 @@ format: $(STAMP)
 # Every figure of issue 6 (bench/run_all.py), written to bench/RESULTS.md; about 15 minutes.
 # `make bench BENCH_ARGS=--quick` is a 2-minute smoke run.
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,postgres,bench]'
 	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
 
 serve: $(STAMP)

@@ -1,25 +1,59 @@
 """Fixtures for the durable-jobs tests: a fresh job store per test, on every backend.
 
-``store_spec`` is parametrized over the backends the machine can run: SQLite always, and
-PostgreSQL when the throwaway server of ``tests/jobs/postgres.py`` can start (``make test``
-in CI always can; elsewhere those cases are skipped with one line saying how to enable them).
+``store_spec`` is parametrized over the backends: SQLite always, and PostgreSQL on the
+throwaway server of ``tests/jobs/postgres.py`` (one per session, a new schema per test).
+Without the server binaries those cases are skipped with one line saying how to enable them;
+CI sets ``ORCHESTRATOR_REQUIRE_POSTGRES`` and installs them, and a missing server fails.
 Journaled runs use the real clock: the journal's writer thread and trio's autojump clock do
 not mix (waiting on a thread looks idle to the clock, which would jump to the next deadline).
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 from typing import TYPE_CHECKING
 
 import pytest
 
 from orchestrator.jobs.model import AgentPrint, NewJob
+from tests.jobs.postgres import (
+    INSTALL_HINT,
+    REQUIRE_ENV,
+    PostgresServer,
+    create_schema,
+    start_server,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgresql"]
+_databases = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for the whole session (skipped, with one line saying
+    how to enable it, on a machine without the binaries; a failure when
+    ``$ORCHESTRATOR_REQUIRE_POSTGRES`` is set, as in CI)."""
+    try:
+        server = start_server()
+    except FileNotFoundError:
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail(f"{REQUIRE_ENV} is set but {INSTALL_HINT}")
+        pytest.skip(INSTALL_HINT)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a new, empty job store on the session's server (a schema of its own)."""
+    return create_schema(postgres_server, f"test_{next(_databases)}")
 
 
 @pytest.fixture(params=BACKENDS)
@@ -27,6 +61,9 @@ def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A spec (path or URL) naming an empty job store."""
     if request.param == "sqlite":
         yield str(tmp_path / "jobs.db")
+        return
+    if request.param == "postgresql":
+        yield request.getfixturevalue("postgres_url")
         return
     raise AssertionError(request.param)  # pragma: no cover
 

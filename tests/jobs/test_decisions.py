@@ -76,7 +76,11 @@ def job(**fields: Any) -> JobRecord:
         ({"progress_at_claim": 5, "recoveries": 1}, False, ClaimDecision("running", 2)),
         ({"progress_at_claim": 5, "recoveries": 2}, False, "dead"),
         # Stopped cleanly: resumable, the count starts again.
-        ({"status": "interrupted", "owner": None, "recoveries": 2}, None, ClaimDecision("running", 0)),
+        (
+            {"status": "interrupted", "owner": None, "recoveries": 2},
+            None,
+            ClaimDecision("running", 0),
+        ),
         ({"status": "budget_exceeded", "owner": None}, None, ClaimDecision("running", 0)),
         # Over, or waiting for a person.
         ({"status": "completed", "owner": None}, None, JobNotResumable),
@@ -312,7 +316,8 @@ def test_a_journal_rebuilds_transcript_usage_replies_and_the_open_turn():
         "w", "j", state.turn_entries, state.calls, state.replies, sink=None
     )
     assert {"m1": "first", "goal": "fin"} == memory.replies
-    assert memory.continues("m2") and not memory.continues("m1")
+    assert memory.continues("m2")
+    assert not memory.continues("m1")
     assert [("c2_0", "done", "out"), ("c2_1", "started", None)] == [
         (c.call_id, c.status, c.output) for c in memory.open_calls
     ]

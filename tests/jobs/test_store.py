@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import pytest
 import trio
+import trio.lowlevel
 
 from actors.journal import CallEntry
 from orchestrator.errors import JobError, JobLost, JobNotFound, StorageUnavailable
@@ -89,7 +90,8 @@ async def test_a_new_job_is_claimed_by_its_creator_and_reads_back_whole(store_sp
             record.tool_calls,
         )
         assert (30, 3) == (record.input_tokens, record.output_tokens)
-        assert record.lease_expires is not None and record.lease_expires > record.created_at
+        assert record.lease_expires is not None
+        assert record.lease_expires > record.created_at
         with pytest.raises(JobError, match="already exists"):
             await store.create(new_job(), OWNER)
         with pytest.raises(JobNotFound):
@@ -137,8 +139,12 @@ async def test_every_kind_of_write_lands_in_its_table(store_spec):
             ),
             ReplyWrite(reply=ReplyRecord(agent="worker", message="goal", text="the answer")),
             ReplyWrite(reply=ReplyRecord(agent="worker", message="goal", text="again")),
-            MessageWrite(message=MessageRecord(id="m1", sender="run", recipient="worker", text="t")),
-            MessageWrite(message=MessageRecord(id="m1", sender="run", recipient="worker", text="t")),
+            MessageWrite(
+                message=MessageRecord(id="m1", sender="run", recipient="worker", text="t")
+            ),
+            MessageWrite(
+                message=MessageRecord(id="m1", sender="run", recipient="worker", text="t")
+            ),
             StepWrite(step=StepRecord(id="s1", agent="worker", status="started", attempts=1)),
             StepWrite(
                 step=StepRecord(id="s1", agent="worker", status="completed", result="r", attempts=1)
@@ -151,14 +157,20 @@ async def test_every_kind_of_write_lands_in_its_table(store_spec):
         await store.write(claim, EventWrite(event=EventRecord(time=0.0, kind="last")))
         journal = await store.load("job-1")
         (entry,) = journal.calls
-        assert ("done", 1, "42", True) == (entry.status, entry.attempt, entry.output, entry.truncated)
+        assert ("done", 1, "42", True) == (
+            entry.status,
+            entry.attempt,
+            entry.output,
+            entry.truncated,
+        )
         assert [("worker", "goal", "the answer")] == [
             (r.agent, r.message, r.text) for r in journal.replies
         ]
         assert ["m1"] == [m.id for m in journal.messages]
         (step,) = journal.steps
         assert ("completed", "r") == (step.status, step.result)
-        assert step.started_at is not None and step.finished_at is not None
+        assert step.started_at is not None
+        assert step.finished_at is not None
         assert ["accepted", "note", "last"] == [e.kind for e in journal.events]
         job = journal.job
         assert ("completed", "the answer", None, None) == (
@@ -198,7 +210,8 @@ async def test_a_fenced_write_fails_alone_in_its_commit_group(store_spec):
     async with open_store(store_spec) as store:
         a = await store.create(new_job("a"), OWNER)
         b = await store.create(new_job("b"), OWNER)
-        assert a is not None and b is not None
+        assert a is not None
+        assert b is not None
         stale = Claim(job="a", epoch=0, owner=OWNER)
         tickets = [
             store.submit(stale, turn("worker", 1)),
@@ -376,7 +389,7 @@ async def test_writes_do_not_block_the_trio_thread(store_spec):
         nonlocal ticks
         while True:
             ticks += 1
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
 
     async with open_store(store_spec) as store, trio.open_nursery() as nursery:
         claim = await store.create(new_job(), OWNER)
