@@ -95,8 +95,15 @@ class Secret:
 _configured_sink: int | None = None
 
 
-def configure(level: str = "INFO", *, sink: Any = None, colorize: bool | None = None) -> int:
-    """Enable our packages' logs with one redacting sink (stderr by default).
+def configure(
+    level: str = "INFO",
+    *,
+    sink: Any = None,
+    colorize: bool | None = None,
+    filter: Any = None,
+) -> int:
+    """Enable our packages' logs with one redacting sink (stderr by default), keeping the
+    records ``filter(record)`` accepts when it is given.
 
     Returns:
         The loguru handler id, for ``logger.remove``.
@@ -116,6 +123,7 @@ def configure(level: str = "INFO", *, sink: Any = None, colorize: bool | None = 
         diagnose=False,
         backtrace=False,
         colorize=colorize,
+        filter=filter,
         format="<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
         "<cyan>{extra}</cyan> {message}",
     )
