@@ -722,10 +722,10 @@ def select_journal(cursor: Any, dialect: Dialect, job_id: str) -> JobJournal:
         for r in cursor.fetchall()
     ]
     cursor.execute(
-        dialect.sql("SELECT time, kind, detail FROM events WHERE job = ? ORDER BY seq"),
+        dialect.sql("SELECT time, kind, detail, epoch FROM events WHERE job = ? ORDER BY seq"),
         (job_id,),
     )
-    events = [EventRecord(time=r[0], kind=r[1], detail=r[2]) for r in cursor.fetchall()]
+    events = [EventRecord(time=r[0], kind=r[1], detail=r[2], epoch=r[3]) for r in cursor.fetchall()]
     return JobJournal(
         job=job,
         turns=turns,
@@ -789,7 +789,7 @@ def next_expiry(cursor: Any, dialect: Dialect, queues: Sequence[str]) -> float |
         dialect.sql(
             "SELECT MIN(lease_expires) - {now} FROM jobs WHERE queue IN ("
             + marks
-            + ") AND status IN ('queued', 'running') AND lease_expires IS NOT NULL"
+            + ") AND status IN ('queued', 'running') AND lease_expires > {now}"
         ),
         tuple(queues),
     )

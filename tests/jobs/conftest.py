@@ -15,6 +15,7 @@ import os
 from typing import TYPE_CHECKING
 
 import pytest
+import trio
 
 from orchestrator.jobs.model import AgentPrint, NewJob
 from tests.jobs.postgres import (
@@ -26,7 +27,7 @@ from tests.jobs.postgres import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Awaitable, Callable, Iterator
     from pathlib import Path
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -68,7 +69,9 @@ def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     raise AssertionError(request.param)  # pragma: no cover
 
 
-def new_job(job_id: str = "job-1", *, status: str = "running", queue: str = "default") -> NewJob:
+def new_job(
+    job_id: str = "job-1", *, status: str = "running", queue: str = "default", agents: int = 1
+) -> NewJob:
     return NewJob(
         id=job_id,
         name="plan",
@@ -78,8 +81,19 @@ def new_job(job_id: str = "job-1", *, status: str = "running", queue: str = "def
         plan_hash="0" * 64,
         plan_dir=None,
         agents={
-            "worker": AgentPrint(role="worker", model="m", instructions="", store=False),
+            ("worker" if n == 0 else f"worker{n}"): AgentPrint(
+                role="worker", model="m", instructions="", store=False
+            )
+            for n in range(agents)
         },
         queue=queue,
         status=status,  # type: ignore[arg-type]
     )
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]], *, seconds: float = 20.0) -> None:
+    """Poll ``predicate()`` until it is true. For conditions only a database or another
+    process can tell (nothing to wait on but a look); fails after ``seconds``."""
+    with trio.fail_after(seconds):
+        while not await predicate():  # noqa: ASYNC110 (the condition is in the database)
+            await trio.sleep(0.02)
