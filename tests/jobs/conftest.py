@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 import trio
 
 from orchestrator.jobs.model import AgentPrint, NewJob
+from tests.jobs import postgres
 from tests.jobs.postgres import (
     INSTALL_HINT,
     REQUIRE_ENV,
@@ -28,10 +30,26 @@ from tests.jobs.postgres import (
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
-    from pathlib import Path
 
 BACKENDS = ["sqlite", "postgresql"]
 _databases = itertools.count(1)
+# Where the hint is written: the one place every such skip is reported at.
+_HINT_LINE: Final = next(
+    number
+    for number, line in enumerate(Path(postgres.__file__).read_text().splitlines(), 1)
+    if line.startswith("INSTALL_HINT")
+)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Every PostgreSQL test skipped for want of a server is reported at one place, so that
+    ``-ra`` folds them into one line."""
+    report = yield
+    longrepr = report.longrepr
+    if report.skipped and isinstance(longrepr, tuple) and INSTALL_HINT in str(longrepr[2]):
+        report.longrepr = (postgres.__file__, _HINT_LINE, longrepr[2])
+    return report
 
 
 @pytest.fixture(scope="session")

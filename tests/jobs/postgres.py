@@ -4,8 +4,8 @@
 loopback port; ``stop()`` stops it at once and removes the directory. The server binaries
 refuse to run as root, so as root they run as the ``postgres`` user (``runuser``), which
 Debian's ``postgresql-15`` package creates. ``find_bindir()`` looks for the binaries in
-``$ORCHESTRATOR_PG_BINDIR``, ``pg_config --bindir``, ``/usr/lib/postgresql/*/bin`` and the
-``PATH``.
+``$ORCHESTRATOR_PG_BINDIR`` (only there when it is set), ``pg_config --bindir``,
+``/usr/lib/postgresql/*/bin`` and the ``PATH``.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ REQUIRE_ENV: Final = "ORCHESTRATOR_REQUIRE_POSTGRES"
 
 def find_bindir() -> Path | None:
     """The directory holding ``initdb`` and ``pg_ctl``, or ``None``."""
-    candidates: list[Path] = []
-    if os.environ.get("ORCHESTRATOR_PG_BINDIR"):
-        candidates.append(Path(os.environ["ORCHESTRATOR_PG_BINDIR"]))
+    if os.environ.get("ORCHESTRATOR_PG_BINDIR"):  # that one only
+        candidates = [Path(os.environ["ORCHESTRATOR_PG_BINDIR"])]
+        return next((d for d in candidates if (d / "initdb").is_file()), None)
+    candidates = []
     pg_config = shutil.which("pg_config")
     if pg_config is not None:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
