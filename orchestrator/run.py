@@ -889,7 +889,9 @@ async def _run_job(
         budget.guard = journal.check_lease
         for actor in team.actors.values():
             actor.memory.sink = journal
-        if job_run.resumed:
+        if job_run.resumed and journaled is not None and journaled.job.progress == 0:
+            journal.event("started", "")  # queued, nothing journaled yet: a first start
+        elif job_run.resumed:
             journal.event("resumed", f"{len(done_steps)} steps done")
     async with _endpoint(api_key, url_option, offline, server_options, transport) as endpoint:
         endpoints.append(endpoint)
