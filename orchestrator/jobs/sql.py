@@ -763,23 +763,30 @@ def claim_job(
 
 def select_claimable(
     cursor: Any, dialect: Dialect, queues: Sequence[str], capacity: int
-) -> JobRecord | None:
-    """The oldest job of ``queues`` a worker may take with ``capacity`` free sockets: queued,
-    or owned by someone whose lease ran out. Locked for this transaction; rows other claimers
-    hold are skipped (PostgreSQL), so concurrent claimers never wait for each other."""
+) -> tuple[JobRecord, float] | None:
+    """The oldest job of ``queues`` a worker may take with ``capacity`` free sockets: first
+    one whose owner's lease ran out (a crash to recover), else a queued one. Locked for this
+    transaction; rows other claimers hold are skipped (PostgreSQL), so concurrent claimers
+    never wait for each other. Two index-ordered looks with ``LIMIT 1``: neither sorts the
+    queue. Returns the job and the database clock."""
     marks = ", ".join("?" for _ in queues)
     lock = " FOR UPDATE SKIP LOCKED" if dialect.name == "postgresql" else ""
-    cursor.execute(
-        dialect.sql(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE queue IN ({marks}) AND agent_count <= ? "
-            "AND ((status = 'queued' AND owner IS NULL) "
-            "OR (status IN ('queued', 'running') AND lease_expires < {now})) "
-            f"ORDER BY created_at, id LIMIT 1{lock}"
-        ),
-        (*queues, capacity),
-    )
-    row = cursor.fetchone()
-    return None if row is None else _job(row)
+    for condition in (
+        "status IN ('queued', 'running') AND lease_expires < {now}",
+        "status = 'queued' AND owner IS NULL",
+    ):
+        cursor.execute(
+            dialect.sql(
+                f"SELECT {_JOB_COLUMNS}, {{now}} FROM jobs WHERE {condition} "
+                f"AND queue IN ({marks}) AND agent_count <= ? "
+                f"ORDER BY created_at, id LIMIT 1{lock}"
+            ),
+            (*queues, capacity),
+        )
+        row = cursor.fetchone()
+        if row is not None:
+            return _job(row[:-1]), float(row[-1])
+    return None
 
 
 def next_expiry(cursor: Any, dialect: Dialect, queues: Sequence[str]) -> float | None:

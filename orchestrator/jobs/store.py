@@ -291,9 +291,10 @@ class SQLStore(JobStore):
 
         def take(cursor: Any) -> tuple[tuple[JobRecord, Claim] | None, float | None]:
             while True:
-                record = sql.select_claimable(cursor, dialect, queues, capacity)
-                if record is None:
+                found = sql.select_claimable(cursor, dialect, queues, capacity)
+                if found is None:
                     return None, sql.next_expiry(cursor, dialect, queues)
+                record, now = found
                 if record.cancel_requested:
                     # Its owner died before it saw the request.
                     sql.end_job(
@@ -309,7 +310,7 @@ class SQLStore(JobStore):
                 # and still must not keep a job whose lease it let run out.
                 decision = decide_claim(
                     record,
-                    sql.now(cursor, dialect),
+                    now,
                     owner_alive=None,
                     max_recoveries=max_recoveries,
                 )
