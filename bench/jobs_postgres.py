@@ -235,11 +235,36 @@ async def _rollout(plan: Path, store: Any) -> tuple[float, int]:
     return time.perf_counter() - began, result.usage.turns
 
 
+async def _journal_runs(
+    plan: Path, specs: dict[str, Any], repeat: int
+) -> tuple[dict[str, list[float]], int]:
+    """Each store opened once (its opening is not part of a turn's cost), then the rollout
+    run ``repeat`` times per store, interleaved."""
+    from contextlib import AsyncExitStack
+
+    from orchestrator.jobs.store import open_store
+
+    times: dict[str, list[float]] = {name: [] for name in specs}
+    turns = 0
+    async with AsyncExitStack() as stack:
+        stores = {
+            name: None if spec is None else await stack.enter_async_context(open_store(spec))
+            for name, spec in specs.items()
+        }
+        for store in stores.values():
+            await _rollout(plan, store)  # warm-up: imports, first connections, statements
+        for _ in range(repeat):
+            for name, store in stores.items():
+                seconds, turns = await _rollout(plan, store)
+                times[name].append(seconds)
+    return times, turns
+
+
 def bench_journal(server: Any, directory: Path, steps: int, repeat: int) -> dict[str, Any]:
     os.environ["ORCHESTRATOR_TEST_EFFECTS"] = os.devnull
     sys.path.insert(0, str(ROOT))
     plan = ledger_plan(directory, steps)
-    stores: dict[str, Any] = {
+    specs: dict[str, Any] = {
         "none": None,
         "sqlite (synchronous=NORMAL)": str(directory / "normal.db"),
         "sqlite (synchronous=FULL)": f"sqlite://{directory / 'full.db'}?synchronous=full",
@@ -248,20 +273,14 @@ def bench_journal(server: Any, directory: Path, steps: int, repeat: int) -> dict
             server, "journal_off", synchronous_commit=False
         ),
     }
-    times: dict[str, list[float]] = {name: [] for name in stores}
-    turns = 0
-    trio.run(_rollout, plan, None)  # warm-up: imports, first connections
-    for _ in range(repeat):
-        for name, store in stores.items():
-            seconds, turns = trio.run(_rollout, plan, store)
-            times[name].append(seconds)
+    times, turns = trio.run(_journal_runs, plan, specs, repeat)
     medians = {name: statistics.median(values) for name, values in times.items()}
     return {
         "turns per run": turns,
-        "median run (s)": medians,
+        "median run (s)": {name: round(value, 4) for name, value in medians.items()},
         "journal ms/turn": {
             name: round(1000 * (medians[name] - medians["none"]) / turns, 3)
-            for name in stores
+            for name in specs
             if name != "none"
         },
     }
@@ -274,6 +293,11 @@ def _show(value: Any) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller figures, about a minute")
+    parser.add_argument(
+        "--only",
+        default="claims,journal,takeover",
+        help="comma-separated figures to run (default: claims,journal,takeover)",
+    )
     args = parser.parse_args()
     from tests.jobs.postgres import start_server
 
@@ -281,24 +305,28 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-jobs-") as name:
             directory = Path(name)
-            print("## claims per second, 4 claimer processes\n")
-            for synchronous_commit in (True, False):
-                claims = bench_claims(
-                    server, 400 if args.quick else 4000, synchronous_commit=synchronous_commit
+            figures = set(args.only.split(","))
+            if "claims" in figures:
+                print("## claims per second, 4 claimer processes\n")
+                for synchronous_commit in (True, False):
+                    claims = bench_claims(
+                        server, 400 if args.quick else 4000, synchronous_commit=synchronous_commit
+                    )
+                    print(", ".join(f"{key}: {_show(value)}" for key, value in claims.items()))
+            if "journal" in figures:
+                journal = bench_journal(
+                    server, directory, 10 if args.quick else 25, 3 if args.quick else 7
                 )
-                print(", ".join(f"{key}: {_show(value)}" for key, value in claims.items()))
-            journal = bench_journal(
-                server, directory, 10 if args.quick else 25, 3 if args.quick else 7
-            )
-            print("\n## journal cost per turn (same rollout, in process)\n")
-            for key, value in journal.items():
-                print(f"- {key}: {value}")
-            takeover = bench_takeover(
-                server, directory, [3.0] if args.quick else [3.0, 10.0], 2 if args.quick else 5
-            )
-            print("\n## SIGKILL -> job resumed elsewhere\n")
-            for row in takeover:
-                print(f"- {row}")
+                print("\n## journal cost per turn (same rollout, in process)\n")
+                for key, value in journal.items():
+                    print(f"- {key}: {value}")
+            if "takeover" in figures:
+                takeover = bench_takeover(
+                    server, directory, [3.0] if args.quick else [3.0, 10.0], 2 if args.quick else 5
+                )
+                print("\n## SIGKILL -> job resumed elsewhere\n")
+                for row in takeover:
+                    print(f"- {row}")
     finally:
         server.stop()
     print(f"\n{machine()}")

@@ -111,6 +111,7 @@ class Dialect:
                 active_seconds {real} NOT NULL DEFAULT 0
             )""",
             "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, queue, created_at)",
+            *_CLAIM_INDEXES,
             f"""CREATE TABLE IF NOT EXISTS turns (
                 job TEXT NOT NULL,
                 agent TEXT NOT NULL,
@@ -189,6 +190,14 @@ class Dialect:
         ]
 
 
+# A claim reads the first row of one of these in order, whatever the size of the queue or the
+# age of the table's statistics: lapsed leases by expiry, queued jobs by age.
+_CLAIM_INDEXES: Final = (
+    "CREATE INDEX IF NOT EXISTS jobs_by_lease ON jobs (lease_expires, id)",
+    "CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (queue, created_at, id) "
+    "WHERE status = 'queued'",
+)
+
 SQLITE: Final = Dialect(
     name="sqlite",
     placeholder="?",
@@ -249,6 +258,8 @@ def _to_version_2(cursor: Any, dialect: Dialect) -> None:
     for table in ("turns", "calls", "replies", "messages", "steps", "events"):
         cursor.execute(f"ALTER TABLE {table} ADD COLUMN epoch INTEGER")
     cursor.execute("ALTER TABLE jobs ADD COLUMN agent_count INTEGER NOT NULL DEFAULT 1")
+    for statement in _CLAIM_INDEXES:
+        cursor.execute(statement)
     cursor.execute("SELECT id, agents FROM jobs")
     for job_id, agents in cursor.fetchall():
         cursor.execute(
@@ -764,22 +775,23 @@ def claim_job(
 def select_claimable(
     cursor: Any, dialect: Dialect, queues: Sequence[str], capacity: int
 ) -> tuple[JobRecord, float] | None:
-    """The oldest job of ``queues`` a worker may take with ``capacity`` free sockets: first
-    one whose owner's lease ran out (a crash to recover), else a queued one. Locked for this
-    transaction; rows other claimers hold are skipped (PostgreSQL), so concurrent claimers
-    never wait for each other. Two index-ordered looks with ``LIMIT 1``: neither sorts the
-    queue. Returns the job and the database clock."""
+    """The job of ``queues`` a worker may take with ``capacity`` free sockets: first the one
+    whose owner's lease ran out first (a crash to recover), else the oldest queued one.
+    Locked for this transaction; rows other claimers hold are skipped (PostgreSQL), so
+    concurrent claimers never wait for each other. Two index-ordered looks with ``LIMIT 1``:
+    neither sorts the queue. Returns the job and the database clock."""
     marks = ", ".join("?" for _ in queues)
     lock = " FOR UPDATE SKIP LOCKED" if dialect.name == "postgresql" else ""
-    for condition in (
-        "status IN ('queued', 'running') AND lease_expires < {now}",
-        "status = 'queued' AND owner IS NULL",
+    for condition, order in (
+        # The clock in a subquery: computed once, so the index can range over it.
+        ("lease_expires < (SELECT {now}) AND status IN ('queued', 'running')", "lease_expires, id"),
+        ("status = 'queued' AND owner IS NULL", "created_at, id"),
     ):
         cursor.execute(
             dialect.sql(
                 f"SELECT {_JOB_COLUMNS}, {{now}} FROM jobs WHERE {condition} "
                 f"AND queue IN ({marks}) AND agent_count <= ? "
-                f"ORDER BY created_at, id LIMIT 1{lock}"
+                f"ORDER BY {order} LIMIT 1{lock}"
             ),
             (*queues, capacity),
         )
