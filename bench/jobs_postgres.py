@@ -223,6 +223,49 @@ def bench_takeover(server: Any, directory: Path, leases: list[float], repeat: in
     return out
 
 
+# -- cancel latency -----------------------------------------------------------------------------
+
+
+async def _cancels(url: str, plan: Path, directory: Path, repeat: int) -> list[float]:
+    from orchestrator.jobs.api import Jobs
+    from orchestrator.jobs.store import open_store
+    from orchestrator.run import submit
+    from tests.jobs.conftest import wait_until
+
+    latencies = []
+    async with open_store(url) as store:
+        worker = _worker(url, 30.0, directory / "cancel.log")
+        try:
+            for n in range(repeat):
+                job = await submit(plan, None, store=store, job_id=f"cancel-{n}")
+
+                async def running(job: str = job) -> bool:
+                    return (await store.get(job)).turns >= 2
+
+                async def cancelled(job: str = job) -> bool:
+                    return (await store.get(job)).status == "cancelled"
+
+                await wait_until(running, seconds=60)
+                await Jobs(store).cancel(job)
+                await wait_until(cancelled, seconds=60)
+                events = {e.kind: e.time for e in (await store.load(job)).events}
+                latencies.append(events["cancelled"] - events["cancel_requested"])
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(30)
+    return latencies
+
+
+def bench_cancel(server: Any, directory: Path, repeat: int) -> dict[str, Any]:
+    url = schema(server, "cancel")
+    latencies = trio.run(_cancels, url, ledger_plan(directory, 30), directory, repeat)
+    return {
+        "cancels": repeat,
+        "requested -> cancelled, median (s)": round(statistics.median(latencies), 4),
+        "max (s)": round(max(latencies), 4),
+    }
+
+
 # -- journal cost per turn ------------------------------------------------------------------------
 
 
@@ -295,8 +338,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller figures, about a minute")
     parser.add_argument(
         "--only",
-        default="claims,journal,takeover",
-        help="comma-separated figures to run (default: claims,journal,takeover)",
+        default="claims,journal,cancel,takeover",
+        help="comma-separated figures to run (default: claims,journal,cancel,takeover)",
     )
     args = parser.parse_args()
     from tests.jobs.postgres import start_server
@@ -320,6 +363,10 @@ def main() -> None:
                 print("\n## journal cost per turn (same rollout, in process)\n")
                 for key, value in journal.items():
                     print(f"- {key}: {value}")
+            if "cancel" in figures:
+                cancel = bench_cancel(server, directory, 3 if args.quick else 10)
+                print("\n## jobs cancel -> the job ended by its worker (NOTIFY)\n")
+                print(", ".join(f"{key}: {value}" for key, value in cancel.items()))
             if "takeover" in figures:
                 takeover = bench_takeover(
                     server, directory, [3.0] if args.quick else [3.0, 10.0], 2 if args.quick else 5
