@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import msgspec
 import pytest
 import trio
 
@@ -120,3 +121,31 @@ def new_step():  # type: ignore[no-untyped-def]
     from orchestrator.jobs.model import StepRecord
 
     return StepRecord(id="s", agent="worker", status="started")
+
+
+def test_jobs_submit_queues_a_job_and_jobs_list_shows_owner_and_lease(tmp_path, capsys):
+    """``orchestrator jobs submit`` prints the new job's id and leaves it queued with no
+    owner; ``jobs list`` has OWNER and LEASE columns (``-`` for a queued job); a plan with
+    problems is refused (exit 2) and nothing is queued."""
+    from orchestrator.cli import main
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(msgspec.json.encode(PLAN).decode())
+    store = str(tmp_path / "jobs.db")
+    assert 0 == main(
+        ["jobs", "submit", str(plan), "--goal", "Ada", "--job-id", "q1", "--store", store]
+    )
+    assert "q1" == capsys.readouterr().out.strip()
+    assert 0 == main(["jobs", "list", "--store", store])
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split()[-2:] == ["OWNER", "LEASE"]
+    assert row.split()[0] == "q1"
+    assert row.split()[1] == "queued"
+    assert row.split()[-2:] == ["-", "-"]
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"name": "broken"}')
+    with pytest.raises(SystemExit) as exited:
+        main(["jobs", "submit", str(broken), "--store", store, "--job-id", "q2"])
+    assert 2 == exited.value.code
+    assert 0 == main(["jobs", "list", "--store", store, "--json"])
+    assert ["q1"] == [job["id"] for job in msgspec.json.decode(capsys.readouterr().out)]
