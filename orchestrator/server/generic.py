@@ -22,8 +22,8 @@ that the local model wrote it.
 from __future__ import annotations
 
 import datetime
-import math
 import json
+import math
 import re
 from typing import TYPE_CHECKING, Any, Final
 
