@@ -905,9 +905,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(commands)
     _add_serve(commands)
     _add_demo(commands)
-    from orchestrator.jobs.cli import add_jobs
+    from orchestrator.jobs.cli import add_jobs, add_worker
 
     add_jobs(commands)
+    add_worker(commands)
     return parser
 
 

@@ -538,6 +538,7 @@ async def run(
     options: Mapping[str, object] | None = None,
     claim: Claim | None = None,
     model_settings: ModelSettings | None = None,
+    requeue_on_stop: bool = False,
 ) -> RunResult:
     """Run a plan to its answer, inside the caller's trio program, as a durable job.
 
@@ -580,6 +581,9 @@ async def run(
         claim: with ``resume``: the claim this process already holds on the job (a worker
             that claimed it from the queue); the job is run under it, not claimed again.
         model_settings: per-turn settings for every agent (reasoning, temperature...).
+        requeue_on_stop: a job stopped by ``stop`` (or by cancelling the caller) goes back
+            to the queue, released, for another worker to take at once, instead of ending
+            ``interrupted`` (a worker shutting down; the result still says ``interrupted``).
 
     Returns:
         The :class:`RunResult`, also when a budget, a stop request or a failure ended the run.
@@ -643,6 +647,7 @@ async def run(
             options=dict(options or {}),
             claim=claim,
             model_settings=model_settings,
+            requeue_on_stop=requeue_on_stop,
         )
 
 
@@ -772,6 +777,7 @@ class _JobRun:
     """What one process does to one job: start or resume it, journal it, end it."""
 
     journal: Journal | None = None
+    requeue_on_stop: bool = False
     resumed: bool = False
     failure: JournalError | None = None
     cancelled: bool = False
@@ -793,8 +799,10 @@ async def _run_job_or_record(plan: Plan, goal: str | None, **options: Any) -> Ru
         journal = holder[0].journal if holder else None
         if journal is not None and journal.failure is None:
             cancelled = isinstance(exc, trio.Cancelled | KeyboardInterrupt)
+            # A worker hands a job it stops back to the queue.
+            stopped: JobStatus = "queued" if holder[0].requeue_on_stop else "interrupted"
             await journal.finish(
-                "interrupted" if cancelled else "failed",
+                stopped if cancelled else "failed",
                 reason=redact(f"{type(exc).__name__}: {exc}") if not cancelled else "cancelled",
                 code="run.interrupted" if cancelled else "run.internal",
                 active_seconds=holder[0].active_seconds(),
@@ -829,13 +837,14 @@ async def _run_job(
     holder: list[_JobRun],
     claim: Claim | None,
     model_settings: ModelSettings | None,
+    requeue_on_stop: bool = False,
 ) -> RunResult:
     bus = events if events is not None else EventBus()
     if observer is not None:
         bus.add_listener(observer)
     url_option = base_url or plan.settings.base_url
     started_wall = time.time()
-    job_run = _JobRun(started=trio.current_time())
+    job_run = _JobRun(started=trio.current_time(), requeue_on_stop=requeue_on_stop)
     holder.append(job_run)
     run_scope = trio.CancelScope()
     budget = BudgetTracker(
@@ -936,9 +945,12 @@ async def _run_job(
             run_scope.cancel()
 
         journal.on_failure = journal_failed
+        budget.guard = journal.check_lease
         for actor in team.actors.values():
             actor.memory.sink = journal
-        if job_run.resumed:
+        if job_run.resumed and journaled is not None and journaled.job.progress == 0:
+            journal.event("started", "")  # queued, nothing journaled yet: a first start
+        elif job_run.resumed:
             journal.event("resumed", f"{len(done_steps)} steps done")
             assert journaled is not None
             _record_answered_steps(journal, journaled, plan, done_steps)
@@ -1240,11 +1252,15 @@ async def _record_end(job_run: _JobRun, result: RunResult) -> None:
     assert journal is not None
     failures = [msgspec.to_builtins(failure) for failure in result.failures]
     failures.extend(msgspec.to_builtins(call) for call in result.parked)
+    status, reason, code = _JOB_STATUS[result.status], result.reason, result.code
+    if job_run.requeue_on_stop and code == "run.interrupted":
+        # Handed back: released, for any worker to take at once.
+        status, reason, code = "queued", "handed back by a stopping worker", None
     await journal.finish(
-        _JOB_STATUS[result.status],
+        status,
         answer=result.answer,
-        reason=result.reason,
-        code=result.code,
+        reason=reason,
+        code=code,
         failures=failures,
         active_seconds=job_run.active_seconds(),
     )

@@ -10,7 +10,7 @@ stops the run after the turn that reached it (a turn cannot be cut half-way).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 import trio
@@ -54,6 +54,8 @@ class BudgetTracker:
         run: the run-level limits.
         agents: per-agent limits, by agent name.
         scope: the run's cancel scope, cancelled when a budget is reached.
+        guard: called before every turn; it raises to forbid the turn (a durable job's
+            journal: this process may no longer own the job).
     """
 
     run: BudgetLimits = attrs.field(factory=BudgetLimits)
@@ -63,6 +65,7 @@ class BudgetTracker:
     per_agent: dict[str, Usage] = attrs.field(factory=dict)
     exceeded: BudgetExceeded | None = None
     failure: Exception | None = None
+    guard: Callable[[], object] | None = None
     _started: dict[str, float] = attrs.field(factory=dict)
 
     def usage(self, agent: str) -> Usage:
@@ -121,6 +124,8 @@ class BudgetTracker:
                 reached (the run is stopping).
         """
         self.check()
+        if self.guard is not None:
+            self.guard()
         usage = self.usage(agent)
         limits = self.agents.get(agent)
         if limits is not None and limits.max_turns is not None and usage.turns >= limits.max_turns:

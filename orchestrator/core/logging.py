@@ -181,8 +181,15 @@ def _sink_for(target: Any) -> Any:
     raise TypeError(f"a log sink is a text stream, a file path or a callable, not {target!r}")
 
 
-def configure(level: str = "INFO", *, sink: Any = None, colorize: bool | None = None) -> int:
-    """Enable our packages' logs with one redacting sink (stderr by default).
+def configure(
+    level: str = "INFO",
+    *,
+    sink: Any = None,
+    colorize: bool | None = None,
+    filter: Any = None,
+) -> int:
+    """Enable our packages' logs with one redacting sink (stderr by default), keeping the
+    records ``filter(record)`` accepts when it is given.
 
     Args:
         level: the lowest level written.
@@ -219,6 +226,7 @@ def configure(level: str = "INFO", *, sink: Any = None, colorize: bool | None = 
         diagnose=False,
         backtrace=False,
         colorize=colorize,
+        filter=filter,
         format="<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
         "<cyan>{extra}</cyan> {message}",
     )

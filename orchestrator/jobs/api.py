@@ -203,8 +203,9 @@ class Jobs:
         return await self.resume(job_id, **options)
 
     async def cancel(self, job_id: str) -> tuple[JobRecord, bool]:
-        """Cancel a job. A job its owner drives is asked to stop (it stops at its next lease
-        renewal, within seconds); any other ends ``cancelled`` at once.
+        """Cancel a job. A job its owner drives is asked to stop (at once when the owner is
+        a worker listening on PostgreSQL, else at its next lease renewal, within a second);
+        any other, a queued one included, ends ``cancelled`` at once.
 
         Returns:
             The job as it is now, and whether a live owner was asked to stop.
@@ -218,10 +219,17 @@ class Jobs:
             job = sql.select_job(cursor, dialect, job_id, lock=True, counts=False)
             if job.status in FINAL:
                 raise JobNotResumable(f"job {job_id} is already {job.status}", job=job_id)
-            live = job.status in ACTIVE and effective_status(job) != "crashed"
+            # A queued job nobody took yet, or one whose owner died, ends at once.
+            live = (
+                job.status in ACTIVE
+                and job.owner is not None
+                and effective_status(job) != "crashed"
+            )
             if live:
                 sql.set_fields(cursor, dialect, job_id, cancel_requested=1)
                 sql.insert_event(cursor, dialect, job_id, "cancel_requested", "")
+                # Its worker hears it at once (PostgreSQL), else at its next renewal.
+                sql.notify(cursor, dialect, "cancel", job_id)
             else:
                 sql.set_fields(
                     cursor,

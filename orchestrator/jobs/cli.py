@@ -111,6 +111,92 @@ def add_jobs(commands: Any) -> None:
 
     command("migrate", _migrate, "create or upgrade the job store's schema")
 
+    p = command(
+        "submit", _submit, "queue a job for the workers (orchestrator worker); prints its id"
+    )
+    p.add_argument("plan", type=Path, help="the plan file (checked now)")
+    p.add_argument("--goal", help="what to achieve (default: the plan's goal)")
+    p.add_argument("--queue", default="default", help="the queue (default: default)")
+    p.add_argument("--job-id", metavar="ID", help="the job's id (default: from the plan's name)")
+
+
+def add_worker(commands: Any) -> None:
+    """``orchestrator worker``: run queued jobs until SIGINT or SIGTERM."""
+    from orchestrator.cli import add_store_option
+    from orchestrator.jobs.store import DEFAULT_LEASE
+    from orchestrator.jobs.worker import DEFAULT_POLL, DEFAULT_SLOTS
+
+    parser = commands.add_parser(
+        "worker",
+        help="run jobs from the queue (orchestrator jobs submit) until stopped",
+        description="Take jobs from the store's queue and run them, each wholly in this "
+        "process, at most --slots sockets (one per agent) at once. Any number of workers on "
+        "any number of hosts may share one PostgreSQL store. SIGINT or SIGTERM hands the "
+        "running jobs back to the queue (a second one stops at once).",
+    )
+    add_store_option(parser)
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=DEFAULT_SLOTS,
+        metavar="N",
+        help=f"sockets this worker may hold, one per agent of each job (default {DEFAULT_SLOTS})",
+    )
+    parser.add_argument(
+        "--queue",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="take jobs from this queue (repeatable; default: default)",
+    )
+    parser.add_argument(
+        "--lease",
+        type=float,
+        default=DEFAULT_LEASE,
+        metavar="SECONDS",
+        help=f"how long a claim lasts without a heartbeat (default {DEFAULT_LEASE:g}): a "
+        "dead worker's jobs are taken over this long after its last heartbeat",
+    )
+    parser.add_argument(
+        "--poll",
+        type=float,
+        default=DEFAULT_POLL,
+        metavar="SECONDS",
+        help=f"look at the queue this often when nothing wakes the worker "
+        f"(default {DEFAULT_POLL:g})",
+    )
+    parser.add_argument(
+        "--max-recoveries",
+        type=int,
+        default=3,
+        metavar="N",
+        help="a job that crashed N times in a row without progress ends dead (default 3)",
+    )
+    parser.add_argument("--base-url", help="a compatible endpoint (https://host/v1 or wss://...)")
+    parser.add_argument("--api-key-file", type=Path, metavar="FILE", help="0600 key file")
+    parser.add_argument(
+        "--offline", action="store_true", help="run every job on the embedded server"
+    )
+    parser.add_argument(
+        "--allow-insecure", action="store_true", help="allow ws:// to a non-loopback host"
+    )
+    parser.add_argument(
+        "--approve",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="run calls of destructive/external tools matching PATTERN without asking "
+        "(repeatable); a worker has nobody to ask, so other such calls are denied",
+    )
+    offline = parser.add_argument_group("embedded server (offline jobs)")
+    offline.add_argument("--local-model", choices=("generic", "echo", "scripted"))
+    offline.add_argument("--local-script", type=Path, metavar="FILE", help="scripted turns")
+    offline.add_argument("--local-ttft", type=float, default=0.0, metavar="S")
+    offline.add_argument("--local-tokens-per-second", type=float, default=None, metavar="N")
+    offline.add_argument("--local-seed", type=int, default=None, metavar="N")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (stderr)")
+    parser.set_defaults(handler=_worker)
+
 
 # -- helpers --------------------------------------------------------------------------------------
 
@@ -171,6 +257,18 @@ def _when(timestamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
+def _owner(record: Any) -> str:
+    return record.owner.label if record.owner is not None else "-"
+
+
+def _lease_left(record: Any, now: float) -> str:
+    """``12s`` left, ``expired 3s ago``, or ``-`` without a lease."""
+    if record.lease_expires is None or record.owner is None:
+        return "-"
+    left = record.lease_expires - now
+    return f"{left:.0f}s" if left > 0 else f"expired {-left:.0f}s ago"
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=None, ensure_ascii=False) + "\n")
 
@@ -193,11 +291,16 @@ def _list(args: argparse.Namespace) -> int:
         if not rows:
             print(f"no jobs in {jobs.store.url}")
             return 0
-        print(f"{'JOB':<40} {'STATUS':<16} {'STARTED':<19} {'TURNS':>6} {'CALLS':>6} {'STEPS':>6}")
+        print(
+            f"{'JOB':<40} {'STATUS':<16} {'STARTED':<19} {'TURNS':>6} {'CALLS':>6} "
+            f"{'STEPS':>6}  {'OWNER':<28} LEASE"
+        )
+        now = time.time()
         for record, status in rows:
             print(
                 f"{record.id:<40} {status:<16} {_when(record.created_at):<19} "
-                f"{record.turns:>6} {record.tool_calls:>6} {record.steps_done:>6}"
+                f"{record.turns:>6} {record.tool_calls:>6} {record.steps_done:>6}  "
+                f"{_owner(record):<28} {_lease_left(record, now)}"
             )
         return 0
 
@@ -231,9 +334,15 @@ def _print_view(view: Any, *, transcript: str | None, events: bool) -> None:
     if job.goal:
         lines.append(f"goal      {clean(job.goal)}")
     lines.append(f"started   {_when(job.created_at)}   updated {_when(job.updated_at)}")
-    if job.owner is not None and view.status in ("running", "queued"):
-        lease = "" if job.lease_expires is None else f", lease until {_when(job.lease_expires)}"
+    if job.owner is not None and view.status in ("running", "queued", "crashed"):
+        lease = (
+            ""
+            if job.lease_expires is None
+            else f", lease until {_when(job.lease_expires)}: {_lease_left(job, time.time())}"
+        )
         lines.append(f"owner     {job.owner.label} (epoch {job.epoch}{lease})")
+    elif job.status == "queued":
+        lines.append(f"queue     {job.queue} (waiting for a worker, epoch {job.epoch})")
     progress = f"{job.turns} turns, {job.tool_calls} tool calls"
     if view.steps_total:
         progress = f"{job.steps_done}/{view.steps_total} steps, " + progress
@@ -432,3 +541,126 @@ def _migrate(args: argparse.Namespace) -> int:
         return 0
 
     return _with_jobs(args, body)
+
+
+# -- submit and worker -------------------------------------------------------------------------
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from orchestrator.cli import EXIT_USAGE, _check, _store_spec
+    from orchestrator.errors import PlanError
+    from orchestrator.runner import submit
+
+    _configure(args)
+    _check(args.plan)  # every problem at once, before anything is queued
+
+    async def main() -> int:
+        try:
+            job_id = await submit(
+                args.plan, args.goal, store=_store_spec(args), job_id=args.job_id, queue=args.queue
+            )
+        except PlanError as exc:
+            print(f"error[plan.invalid]: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if args.json:
+            _print_json({"job": job_id, "queue": args.queue})
+        else:
+            print(job_id)
+        return 0
+
+    return _guarded(main)
+
+
+def _worker_records(record: Any) -> bool:
+    """The worker's own INFO records, and everyone's warnings."""
+    return bool(record["level"].no >= _WARNING or record["name"].startswith("orchestrator.jobs."))
+
+
+_WARNING: Final = 30
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import signal
+
+    import actors  # noqa: F401  (import before configure(): see orchestrator.cli)
+    import plans  # noqa: F401
+    from actors.approval import ApprovalPolicy
+    from orchestrator.cli import _fail, _read_key_file, _server_options
+    from orchestrator.core.connection import ConnectionSettings
+    from orchestrator.core.logging import configure
+    from orchestrator.core.tuning import gc_policy, raise_fd_limit
+    from orchestrator.jobs.store import open_store
+    from orchestrator.jobs.worker import Worker
+
+    # A worker's log is its operator's record: claims, releases and lost leases (INFO);
+    # the jobs' own lifecycle (actors, connections) only with -v.
+    if args.verbose:
+        configure("DEBUG" if args.verbose > 1 else "INFO")
+    else:
+        configure("INFO", filter=_worker_records)
+    for name, value in (("--slots", args.slots), ("--max-recoveries", args.max_recoveries)):
+        if value < 1:
+            _fail("config.value", f"{name} must be at least 1, got {value}")
+    for name, number in (("--lease", args.lease), ("--poll", args.poll)):
+        if not number > 0:
+            _fail("config.value", f"{name} must be positive, got {number:g}")
+    key: str | None = None
+    if args.api_key_file is not None:
+        key = _read_key_file(args.api_key_file)
+    elif not args.offline:
+        key = os.environ.get("OPENAI_API_KEY")
+    offline = args.offline or key is None
+    if not offline:
+        from orchestrator.core.connection import resolve_api_key, resolve_endpoint
+
+        try:
+            resolve_api_key(key)
+            resolve_endpoint(args.base_url, allow_insecure=args.allow_insecure)
+        except ConfigurationError as exc:
+            _fail(exc.code, str(exc))
+    run_options: dict[str, Any] = {
+        "api_key": key,
+        "base_url": args.base_url,
+        "offline": True if offline else None,
+        "server_options": _server_options(args, "instant") if offline else None,
+        "connection_settings": ConnectionSettings(allow_insecure=args.allow_insecure),
+        "approve": ApprovalPolicy(allow=tuple(args.approve)),
+    }
+
+    async def main() -> int:
+        async with open_store(args.store, lease=args.lease) as store:
+            worker = Worker(
+                store,
+                slots=args.slots,
+                queues=tuple(args.queue) or ("default",),
+                poll=args.poll,
+                run_options=run_options,
+                max_recoveries=args.max_recoveries,
+            )
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with trio.open_nursery() as nursery:
+
+                    async def on_signals() -> None:
+                        count = 0
+                        async for signum in signals:
+                            count += 1
+                            name = signal.Signals(signum).name
+                            if count == 1:
+                                print(
+                                    f"{name}: handing the running jobs back to the queue "
+                                    "(again to stop at once)",
+                                    file=sys.stderr,
+                                )
+                                worker.stop()
+                            else:
+                                print(f"{name}: stopping at once", file=sys.stderr)
+                                nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(on_signals)
+                    await worker.serve()
+                    nursery.cancel_scope.cancel()
+        return 0
+
+    raise_fd_limit()
+    with gc_policy():
+        return _guarded(main)

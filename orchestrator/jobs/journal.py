@@ -68,6 +68,8 @@ class Journal:
     on_failure: Callable[[JournalError], object] | None = None
     failure: JournalError | None = None
     _log: Any = attrs.field(init=False, repr=False)
+    # When the lease was last renewed (trio's clock), once keep_alive runs.
+    _renewed: float | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self._log = logger.bind(job=self.claim.job)
@@ -109,6 +111,7 @@ class Journal:
         """
         if self.failure is not None:
             raise self.failure
+        self.check_lease()
         ticket = self.store.submit(self.claim, write, self._done, urgent=True)
         await ticket.wait()
 
@@ -201,6 +204,30 @@ class Journal:
                 return False
         return True
 
+    def check_lease(self) -> None:
+        """Refuse to go on unless this process can be sure it still owns the job.
+
+        Called before every model turn and before every side effect: once the lease was last
+        renewed 90% of a lease ago or more (the process was paused, or the store did not
+        answer), another owner may take the job at any moment, so the journal fails with
+        ``JobLost`` and the run stops itself, before it sends anything.
+
+        Raises:
+            JournalError: the journal failed (this, or an earlier write).
+        """
+        if self.failure is None and self._renewed is not None:
+            late = trio.current_time() - self._renewed
+            if late >= 0.9 * self.store.lease:
+                self._failed(
+                    JobLost(
+                        f"the lease of job {self.job} was last renewed {late:.1f} s ago (the "
+                        f"lease is {self.store.lease:g} s): this process stops driving it",
+                        job=self.job,
+                    )
+                )
+        if self.failure is not None:
+            raise self.failure
+
     async def keep_alive(
         self,
         active_seconds: Callable[[], float],
@@ -210,29 +237,46 @@ class Journal:
     ) -> None:
         """Renew the claim's lease until cancelled; report a requested cancel or a lost job.
 
-        Renewals run every third of the lease. If none succeeded for 90% of a lease, this
-        process can no longer be sure it still owns the job (another may claim it once the
-        lease runs out), so the journal fails with ``JobLost`` and the run stops itself.
+        Renewals run every third of the lease (at most a second apart, and at once when the
+        store's :meth:`~orchestrator.jobs.store.JobStore.wake` says a cancel arrived). If
+        none succeeded for 90% of a lease, this process can no longer be sure it still owns
+        the job (another may claim it once the lease runs out), so the journal fails with
+        ``JobLost`` and the run stops itself; a renewal that hangs counts as failed.
         """
         lease = self.store.lease
         # Often enough to see a cancel request within seconds, and to renew well before expiry.
         interval = min(lease / 3, CANCEL_POLL)
-        last_renewal = trio.current_time()
+        if self._renewed is None:
+            self._renewed = trio.current_time()
         task_status.started()
         while self.failure is None:
-            await trio.sleep(interval)
+            with trio.move_on_after(interval):
+                await self.store.wait_wake(self.job)
+            # Measured from the request: the store's lease counts from when it ran.
+            sent = trio.current_time()
             try:
-                cancel = await self.store.heartbeat(self.claim, active_seconds())
-            except JournalError as exc:
-                if trio.current_time() - last_renewal >= 0.9 * lease:
-                    self._failed(JobLost(f"cannot renew the lease of job {self.job}: {exc}"))
-                    return
-                self._log.warning("lease renewal of job {} failed: {}", self.job, exc)
-                continue
-            if cancel is None:
-                self._failed(JobLost(f"job {self.job} was claimed by another owner"))
+                self.check_lease()
+            except JournalError:
                 return
-            last_renewal = trio.current_time()
+            assert self._renewed is not None
+            with trio.move_on_after(self._renewed + 0.9 * lease - sent) as waiting:
+                try:
+                    cancel = await self.store.heartbeat(self.claim, active_seconds())
+                except JournalError as exc:
+                    self._log.warning("lease renewal of job {} failed: {}", self.job, exc)
+                    continue
+            if waiting.cancelled_caught:
+                self._failed(
+                    JobLost(
+                        f"cannot renew the lease of job {self.job}: the store did not answer",
+                        job=self.job,
+                    )
+                )
+                return
+            if cancel is None:
+                self._failed(JobLost(f"job {self.job} was claimed by another owner", job=self.job))
+                return
+            self._renewed = sent
             if cancel:
                 on_cancel()
 

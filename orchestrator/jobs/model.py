@@ -246,6 +246,7 @@ class EventRecord(msgspec.Struct, frozen=True, kw_only=True):
     time: float
     kind: str
     detail: str = ""
+    epoch: int | None = None  # the claim's epoch it was written under (read back only)
 
 
 class JobJournal(msgspec.Struct, frozen=True, kw_only=True):

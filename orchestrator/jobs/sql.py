@@ -5,7 +5,13 @@ store's writer thread, or a reader thread). Placeholders are written ``?`` and `
 stands for the database clock; :class:`Dialect` rewrites both for a backend. Every journal
 write is **fenced**: the transaction first bumps the job's ``progress`` (by the writes that
 record work done) where its ``epoch`` is the writer's, and a writer whose epoch is stale
-changes nothing (``JobLost``).
+changes nothing (``JobLost``). Each journal row keeps the epoch that wrote it, so who wrote
+what can be checked afterwards.
+
+Workers take jobs from the queue with :func:`claim_next`: ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL (concurrent claimers never wait for each other nor take the same row), a
+``BEGIN IMMEDIATE`` transaction on SQLite (claims are serialised). On PostgreSQL,
+:func:`notify` wakes idle workers when the transaction commits (LISTEN/NOTIFY).
 """
 
 from __future__ import annotations
@@ -44,9 +50,13 @@ from orchestrator.jobs.model import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-__all__ = ["SCHEMA_VERSION", "Dialect", "apply_writes"]
+__all__ = ["CHANNEL", "SCHEMA_VERSION", "Dialect", "apply_writes", "notify", "select_claimable"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+# NOTIFY channel of the queue: payloads ``queued <job>`` and ``cancel <job>``.
+CHANNEL: Final = "orchestrator_jobs"
+# Serialises schema changes between processes opening one PostgreSQL database at once.
+_SCHEMA_LOCK: Final = 0x6F726368  # "orch"
 
 _json = msgspec.json.Encoder()
 _agents_decoder: Final = msgspec.json.Decoder(dict[str, AgentPrint])
@@ -83,6 +93,7 @@ class Dialect:
                 plan_hash TEXT NOT NULL,
                 plan_dir TEXT,
                 agents TEXT NOT NULL,
+                agent_count INTEGER NOT NULL DEFAULT 1,
                 options TEXT NOT NULL,
                 created_at {real} NOT NULL,
                 updated_at {real} NOT NULL,
@@ -101,6 +112,7 @@ class Dialect:
                 active_seconds {real} NOT NULL DEFAULT 0
             )""",
             "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, queue, created_at)",
+            *_CLAIM_INDEXES,
             f"""CREATE TABLE IF NOT EXISTS turns (
                 job TEXT NOT NULL,
                 agent TEXT NOT NULL,
@@ -113,6 +125,7 @@ class Dialect:
                 output_tokens INTEGER NOT NULL,
                 reply TEXT,
                 created_at {real} NOT NULL,
+                epoch INTEGER,
                 PRIMARY KEY (job, agent, seq)
             )""",
             f"""CREATE TABLE IF NOT EXISTS calls (
@@ -130,6 +143,7 @@ class Dialect:
                 truncated INTEGER NOT NULL DEFAULT 0,
                 timed_out INTEGER NOT NULL DEFAULT 0,
                 updated_at {real} NOT NULL,
+                epoch INTEGER,
                 PRIMARY KEY (job, agent, turn, call_id)
             )""",
             f"""CREATE TABLE IF NOT EXISTS replies (
@@ -138,6 +152,7 @@ class Dialect:
                 message TEXT NOT NULL,
                 text TEXT NOT NULL,
                 created_at {real} NOT NULL,
+                epoch INTEGER,
                 PRIMARY KEY (job, agent, message)
             )""",
             f"""CREATE TABLE IF NOT EXISTS messages (
@@ -148,6 +163,7 @@ class Dialect:
                 text TEXT NOT NULL,
                 step TEXT,
                 created_at {real} NOT NULL,
+                epoch INTEGER,
                 PRIMARY KEY (job, id)
             )""",
             f"""CREATE TABLE IF NOT EXISTS steps (
@@ -160,6 +176,7 @@ class Dialect:
                 attempts INTEGER NOT NULL DEFAULT 0,
                 started_at {real},
                 finished_at {real},
+                epoch INTEGER,
                 PRIMARY KEY (job, id)
             )""",
             f"""CREATE TABLE IF NOT EXISTS events (
@@ -167,11 +184,20 @@ class Dialect:
                 job TEXT NOT NULL,
                 time {real} NOT NULL,
                 kind TEXT NOT NULL,
-                detail TEXT NOT NULL
+                detail TEXT NOT NULL,
+                epoch INTEGER
             )""",
             "CREATE INDEX IF NOT EXISTS events_by_job ON events (job, seq)",
         ]
 
+
+# A claim reads the first row of one of these in order, whatever the size of the queue or the
+# age of the table's statistics: lapsed leases by expiry, queued jobs by age.
+_CLAIM_INDEXES: Final = (
+    "CREATE INDEX IF NOT EXISTS jobs_by_lease ON jobs (lease_expires, id)",
+    "CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (queue, created_at, id) "
+    "WHERE status = 'queued'",
+)
 
 SQLITE: Final = Dialect(
     name="sqlite",
@@ -195,13 +221,25 @@ def now(cursor: Any, dialect: Dialect) -> float:
 
 
 def migrate(cursor: Any, dialect: Dialect) -> int:
-    """Create or upgrade the schema; returns the version now in place."""
-    for statement in dialect.schema():
-        cursor.execute(statement)
+    """Create or upgrade the schema; returns the version now in place.
+
+    On PostgreSQL a transaction-level advisory lock serialises processes that open one
+    database at once (each waits, then finds the schema in place).
+
+    Raises:
+        RuntimeError: the schema is newer than this program's.
+    """
+    if dialect.name == "postgresql":
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+    cursor.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     cursor.execute("SELECT version FROM schema_version")
     row = cursor.fetchone()
     if row is None:
-        cursor.execute(dialect.sql("INSERT INTO schema_version (version) VALUES (?)"), (1,))
+        for statement in dialect.schema():
+            cursor.execute(statement)
+        cursor.execute(
+            dialect.sql("INSERT INTO schema_version (version) VALUES (?)"), (SCHEMA_VERSION,)
+        )
         return SCHEMA_VERSION
     version = int(row[0])
     if version > SCHEMA_VERSION:
@@ -209,7 +247,36 @@ def migrate(cursor: Any, dialect: Dialect) -> int:
             f"the job store has schema version {version}, newer than this program's "
             f"{SCHEMA_VERSION}: upgrade orchestrator"
         )
-    return version
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        _MIGRATIONS[target](cursor, dialect)
+        cursor.execute(dialect.sql("UPDATE schema_version SET version = ?"), (target,))
+    return SCHEMA_VERSION
+
+
+def _to_version_2(cursor: Any, dialect: Dialect) -> None:
+    """Who wrote each journal row (its epoch), and each job's agent count (a worker claims a
+    job only with a free socket slot for each of its agents)."""
+    for table in ("turns", "calls", "replies", "messages", "steps", "events"):
+        cursor.execute(f"ALTER TABLE {table} ADD COLUMN epoch INTEGER")
+    cursor.execute("ALTER TABLE jobs ADD COLUMN agent_count INTEGER NOT NULL DEFAULT 1")
+    for statement in _CLAIM_INDEXES:
+        cursor.execute(statement)
+    cursor.execute("SELECT id, agents FROM jobs")
+    for job_id, agents in cursor.fetchall():
+        cursor.execute(
+            dialect.sql("UPDATE jobs SET agent_count = ? WHERE id = ?"),
+            (max(1, len(_agents_decoder.decode(agents))), job_id),
+        )
+
+
+_MIGRATIONS: Final[dict[int, Callable[[Any, Dialect], None]]] = {2: _to_version_2}
+
+
+def notify(cursor: Any, dialect: Dialect, kind: str, job: str) -> None:
+    """Tell listening workers about ``job`` when this transaction commits (PostgreSQL;
+    SQLite workers poll)."""
+    if dialect.name == "postgresql":
+        cursor.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{kind} {job}"))
 
 
 # -- writes --------------------------------------------------------------------------------------
@@ -270,8 +337,8 @@ def _turn(cursor: Any, dialect: Dialect, claim: Claim, write: Write) -> None:
     cursor.execute(
         dialect.sql(
             "INSERT INTO turns (job, agent, seq, message, new_items, output, response_id, "
-            "input_tokens, output_tokens, reply, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {now})"
+            "input_tokens, output_tokens, reply, created_at, epoch) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {now}, ?)"
         ),
         (
             claim.job,
@@ -284,18 +351,21 @@ def _turn(cursor: Any, dialect: Dialect, claim: Claim, write: Write) -> None:
             turn.input_tokens,
             turn.output_tokens,
             turn.reply,
+            claim.epoch,
         ),
     )
     for call in write.calls:
-        _insert_call(cursor, dialect, claim.job, call)
+        _insert_call(cursor, dialect, claim.job, call, claim.epoch)
 
 
-def _insert_call(cursor: Any, dialect: Dialect, job: str, call: CallEntry) -> None:
+def _insert_call(
+    cursor: Any, dialect: Dialect, job: str, call: CallEntry, epoch: int | None
+) -> None:
     cursor.execute(
         dialect.sql(
             "INSERT INTO calls (job, agent, turn, call_id, name, arguments, side_effect, "
-            "status, attempt, output, error, truncated, timed_out, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {now})"
+            "status, attempt, output, error, truncated, timed_out, updated_at, epoch) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {now}, ?)"
         ),
         (
             job,
@@ -311,6 +381,7 @@ def _insert_call(cursor: Any, dialect: Dialect, job: str, call: CallEntry) -> No
             call.error,
             int(call.truncated),
             int(call.timed_out),
+            epoch,
         ),
     )
 
@@ -319,7 +390,7 @@ def _update_call(cursor: Any, dialect: Dialect, claim: Claim, call: CallEntry) -
     cursor.execute(
         dialect.sql(
             "UPDATE calls SET side_effect = ?, status = ?, attempt = ?, output = ?, error = ?, "
-            "truncated = ?, timed_out = ?, updated_at = {now} "
+            "truncated = ?, timed_out = ?, updated_at = {now}, epoch = ? "
             "WHERE job = ? AND agent = ? AND turn = ? AND call_id = ?"
         ),
         (
@@ -330,6 +401,7 @@ def _update_call(cursor: Any, dialect: Dialect, claim: Claim, call: CallEntry) -
             call.error,
             int(call.truncated),
             int(call.timed_out),
+            claim.epoch,
             claim.job,
             call.agent,
             call.turn,
@@ -337,7 +409,7 @@ def _update_call(cursor: Any, dialect: Dialect, claim: Claim, call: CallEntry) -
         ),
     )
     if cursor.rowcount == 0:  # a call the turn record did not list: keep it anyway
-        _insert_call(cursor, dialect, claim.job, call)
+        _insert_call(cursor, dialect, claim.job, call, claim.epoch)
 
 
 def _call_started(cursor: Any, dialect: Dialect, claim: Claim, write: Write) -> None:
@@ -355,10 +427,10 @@ def _reply(cursor: Any, dialect: Dialect, claim: Claim, write: Write) -> None:
     reply = write.reply
     cursor.execute(
         dialect.sql(
-            "INSERT INTO replies (job, agent, message, text, created_at) "
-            "VALUES (?, ?, ?, ?, {now}) ON CONFLICT DO NOTHING"
+            "INSERT INTO replies (job, agent, message, text, created_at, epoch) "
+            "VALUES (?, ?, ?, ?, {now}, ?) ON CONFLICT DO NOTHING"
         ),
-        (claim.job, reply.agent, reply.message, reply.text),
+        (claim.job, reply.agent, reply.message, reply.text, claim.epoch),
     )
 
 
@@ -367,10 +439,18 @@ def _message(cursor: Any, dialect: Dialect, claim: Claim, write: Write) -> None:
     message = write.message
     cursor.execute(
         dialect.sql(
-            "INSERT INTO messages (job, id, sender, recipient, text, step, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, {now}) ON CONFLICT DO NOTHING"
+            "INSERT INTO messages (job, id, sender, recipient, text, step, created_at, epoch) "
+            "VALUES (?, ?, ?, ?, ?, ?, {now}, ?) ON CONFLICT DO NOTHING"
         ),
-        (claim.job, message.id, message.sender, message.recipient, message.text, message.step),
+        (
+            claim.job,
+            message.id,
+            message.sender,
+            message.recipient,
+            message.text,
+            message.step,
+            claim.epoch,
+        ),
     )
 
 
@@ -381,14 +461,23 @@ def _step(cursor: Any, dialect: Dialect, claim: Claim, write: Write) -> None:
     cursor.execute(
         dialect.sql(
             "INSERT INTO steps (job, id, agent, status, result, error, attempts, started_at, "
-            "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, "
+            "finished_at, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, "
             + ("{now}, NULL" if started else "NULL, {now}")
-            + ") ON CONFLICT (job, id) DO UPDATE SET status = excluded.status, "
+            + ", ?) ON CONFLICT (job, id) DO UPDATE SET status = excluded.status, "
             "result = excluded.result, error = excluded.error, attempts = excluded.attempts, "
             "started_at = COALESCE(steps.started_at, excluded.started_at), "
-            "finished_at = excluded.finished_at"
+            "finished_at = excluded.finished_at, epoch = excluded.epoch"
         ),
-        (claim.job, step.id, step.agent, step.status, step.result, step.error, step.attempts),
+        (
+            claim.job,
+            step.id,
+            step.agent,
+            step.status,
+            step.result,
+            step.error,
+            step.attempts,
+            claim.epoch,
+        ),
     )
 
 
@@ -417,17 +506,23 @@ def _status(cursor: Any, dialect: Dialect, claim: Claim, write: Write) -> None:
             claim.epoch,
         ),
     )
+    if write.status == "queued":
+        notify(cursor, dialect, "queued", claim.job)
 
 
 def _event(cursor: Any, dialect: Dialect, claim: Claim, write: Write) -> None:
     assert isinstance(write, EventWrite)
-    insert_event(cursor, dialect, claim.job, write.event.kind, write.event.detail)
+    insert_event(cursor, dialect, claim.job, write.event.kind, write.event.detail, claim.epoch)
 
 
-def insert_event(cursor: Any, dialect: Dialect, job: str, kind: str, detail: str) -> None:
+def insert_event(
+    cursor: Any, dialect: Dialect, job: str, kind: str, detail: str, epoch: int | None = None
+) -> None:
     cursor.execute(
-        dialect.sql("INSERT INTO events (job, time, kind, detail) VALUES (?, {now}, ?, ?)"),
-        (job, kind, detail),
+        dialect.sql(
+            "INSERT INTO events (job, time, kind, detail, epoch) VALUES (?, {now}, ?, ?, ?)"
+        ),
+        (job, kind, detail, epoch),
     )
 
 
@@ -454,8 +549,8 @@ def insert_job(
     cursor.execute(
         dialect.sql(
             "INSERT INTO jobs (id, name, status, queue, goal, mode, plan, plan_hash, plan_dir, "
-            "agents, options, created_at, updated_at, epoch, owner, lease_expires) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {now}, {now}, ?, ?, "
+            "agents, agent_count, options, created_at, updated_at, epoch, owner, lease_expires) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {now}, {now}, ?, ?, "
             + ("{now} + ?" if owner is not None else "?")
             + ")"
         ),
@@ -470,13 +565,16 @@ def insert_job(
             job.plan_hash,
             job.plan_dir,
             _json.encode(job.agents).decode(),
+            max(1, len(job.agents)),
             _json.encode(job.options).decode(),
             epoch,
             owner.encode() if owner is not None else None,
             lease if owner is not None else None,
         ),
     )
-    insert_event(cursor, dialect, job.id, "accepted", job.status)
+    insert_event(cursor, dialect, job.id, "accepted", job.status, epoch)
+    if owner is None:
+        notify(cursor, dialect, "queued", job.id)
     return epoch
 
 
@@ -648,10 +746,10 @@ def select_journal(cursor: Any, dialect: Dialect, job_id: str) -> JobJournal:
         for r in cursor.fetchall()
     ]
     cursor.execute(
-        dialect.sql("SELECT time, kind, detail FROM events WHERE job = ? ORDER BY seq"),
+        dialect.sql("SELECT time, kind, detail, epoch FROM events WHERE job = ? ORDER BY seq"),
         (job_id,),
     )
-    events = [EventRecord(time=r[0], kind=r[1], detail=r[2]) for r in cursor.fetchall()]
+    events = [EventRecord(time=r[0], kind=r[1], detail=r[2], epoch=r[3]) for r in cursor.fetchall()]
     return JobJournal(
         job=job,
         turns=turns,
@@ -685,6 +783,65 @@ def claim_job(
     if cursor.rowcount != 1:
         raise JobLost(f"job {job.id} was claimed meanwhile", job=job.id)
     return Claim(job=job.id, epoch=job.epoch + 1, owner=owner)
+
+
+def select_claimable(
+    cursor: Any, dialect: Dialect, queues: Sequence[str], capacity: int
+) -> tuple[JobRecord, float] | None:
+    """The job of ``queues`` a worker may take with ``capacity`` free sockets: first the one
+    whose owner's lease ran out first (a crash to recover), else the oldest queued one.
+    Locked for this transaction; rows other claimers hold are skipped (PostgreSQL), so
+    concurrent claimers never wait for each other. Two index-ordered looks with ``LIMIT 1``:
+    neither sorts the queue. Returns the job and the database clock."""
+    marks = ", ".join("?" for _ in queues)
+    lock = " FOR UPDATE SKIP LOCKED" if dialect.name == "postgresql" else ""
+    for condition, order in (
+        # The clock in a subquery: computed once, so the index can range over it.
+        ("lease_expires < (SELECT {now}) AND status IN ('queued', 'running')", "lease_expires, id"),
+        ("status = 'queued' AND owner IS NULL", "created_at, id"),
+    ):
+        cursor.execute(
+            dialect.sql(
+                f"SELECT {_JOB_COLUMNS}, {{now}} FROM jobs WHERE {condition} "
+                f"AND queue IN ({marks}) AND agent_count <= ? "
+                f"ORDER BY {order} LIMIT 1{lock}"
+            ),
+            (*queues, capacity),
+        )
+        row = cursor.fetchone()
+        if row is not None:
+            return _job(row[:-1]), float(row[-1])
+    return None
+
+
+def next_expiry(cursor: Any, dialect: Dialect, queues: Sequence[str]) -> float | None:
+    """Seconds until the next lease of a job in ``queues`` runs out (``None``: no lease)."""
+    marks = ", ".join("?" for _ in queues)
+    cursor.execute(
+        dialect.sql(
+            "SELECT MIN(lease_expires) - {now} FROM jobs WHERE queue IN ("
+            + marks
+            + ") AND status IN ('queued', 'running') AND lease_expires > {now}"
+        ),
+        tuple(queues),
+    )
+    row = cursor.fetchone()
+    return None if row is None or row[0] is None else max(0.0, float(row[0]))
+
+
+def end_job(
+    cursor: Any, dialect: Dialect, job: JobRecord, status: str, reason: str, code: str
+) -> None:
+    """End a job nobody drives (a worker found it cancelled or dead while claiming)."""
+    cursor.execute(
+        dialect.sql(
+            "UPDATE jobs SET status = ?, reason = ?, code = ?, owner = NULL, "
+            "lease_expires = NULL, finished_at = {now}, updated_at = {now} "
+            "WHERE id = ? AND epoch = ?"
+        ),
+        (status, reason, code, job.id, job.epoch),
+    )
+    insert_event(cursor, dialect, job.id, status, reason, job.epoch)
 
 
 def heartbeat(

@@ -30,6 +30,7 @@ from orchestrator.jobs.model import (
     Owner,
     Write,
 )
+from orchestrator.jobs.resume import DEFAULT_MAX_RECOVERIES, decide_claim
 from orchestrator.jobs.writer import Ticket, WriterThread
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class JobStore(abc.ABC):
 
     url: str
     lease: float = DEFAULT_LEASE
+    _wakes: dict[str, trio.Event]
 
     @abc.abstractmethod
     def submit(
@@ -114,6 +116,47 @@ class JobStore(abc.ABC):
         lost (another owner took the job)."""
 
     @abc.abstractmethod
+    async def claim_next(
+        self,
+        owner: Owner,
+        *,
+        queues: Sequence[str],
+        capacity: int,
+        max_recoveries: int = DEFAULT_MAX_RECOVERIES,
+    ) -> tuple[tuple[JobRecord, Claim] | None, float | None]:
+        """Take the oldest job of ``queues`` that needs at most ``capacity`` sockets (one per
+        agent): a queued one, or one whose owner's lease ran out (a crash: the resume rules
+        count it, and a job that keeps crashing without progress ends ``dead`` instead).
+        A job found cancelled meanwhile ends ``cancelled``.
+
+        Returns:
+            The job as it was and this owner's claim, or ``None``; and the seconds until the
+            next lease of these queues runs out (when to look again), or ``None``.
+        """
+
+    @asynccontextmanager
+    async def listen(self, callback: Callable[[str, str], object]) -> AsyncIterator[bool]:
+        """Call ``callback(kind, job)`` on the trio thread for each notification (``queued``,
+        ``cancel``) until the block ends. Yields whether this store notifies at all; when it
+        does not (SQLite), the caller polls."""
+        yield False
+
+    def wake(self, job_id: str) -> None:
+        """Make the heartbeat of ``job_id`` in this process run now (a cancel arrived)."""
+        event = self._wakes.get(job_id)
+        if event is not None:
+            event.set()
+
+    async def wait_wake(self, job_id: str) -> None:
+        """Wait until :meth:`wake` is called for ``job_id``."""
+        event = self._wakes.setdefault(job_id, trio.Event())
+        try:
+            await event.wait()
+        finally:
+            if self._wakes.get(job_id) is event:
+                del self._wakes[job_id]
+
+    @abc.abstractmethod
     async def command(self, function: Callable[[Any], T]) -> T:
         """Run ``function(cursor)`` in a write transaction of its own, in the writer."""
 
@@ -157,6 +200,7 @@ class SQLStore(JobStore):
         self.url = url
         self.dialect = dialect
         self.lease = lease
+        self._wakes = {}
         self._writer = WriterThread(
             f"orchestrator-journal[{url}]",
             connect=self._connect_writer,
@@ -240,8 +284,63 @@ class SQLStore(JobStore):
             claim = sql.claim_job(
                 cursor, self.dialect, record, owner, lease, recoveries=recoveries, status=status
             )
-            sql.insert_event(cursor, self.dialect, job_id, "claimed", owner.label)
+            sql.insert_event(cursor, self.dialect, job_id, "claimed", owner.label, claim.epoch)
             return record, claim
+
+        return await self.command(take)
+
+    async def claim_next(
+        self,
+        owner: Owner,
+        *,
+        queues: Sequence[str],
+        capacity: int,
+        max_recoveries: int = DEFAULT_MAX_RECOVERIES,
+    ) -> tuple[tuple[JobRecord, Claim] | None, float | None]:
+        lease = self.lease
+        dialect = self.dialect
+
+        def take(cursor: Any) -> tuple[tuple[JobRecord, Claim] | None, float | None]:
+            while True:
+                found = sql.select_claimable(cursor, dialect, queues, capacity)
+                if found is None:
+                    return None, sql.next_expiry(cursor, dialect, queues)
+                record, now = found
+                if record.cancel_requested:
+                    # Its owner died before it saw the request.
+                    sql.end_job(
+                        cursor,
+                        dialect,
+                        record,
+                        "cancelled",
+                        "cancelled on request (orchestrator jobs cancel)",
+                        "job.cancelled",
+                    )
+                    continue
+                # The lease decides, never the pid: a paused process on this host is alive,
+                # and still must not keep a job whose lease it let run out.
+                decision = decide_claim(
+                    record,
+                    now,
+                    owner_alive=None,
+                    max_recoveries=max_recoveries,
+                )
+                if decision.dead:
+                    sql.end_job(
+                        cursor, dialect, record, "dead", decision.reason or "dead", "job.dead"
+                    )
+                    continue
+                claim = sql.claim_job(
+                    cursor,
+                    dialect,
+                    record,
+                    owner,
+                    lease,
+                    recoveries=decision.recoveries,
+                    status=decision.status,
+                )
+                sql.insert_event(cursor, dialect, record.id, "claimed", owner.label, claim.epoch)
+                return (record, claim), None
 
         return await self.command(take)
 
@@ -292,7 +391,7 @@ async def open_store(
     options: dict[str, Any] = {} if lease is None else {"lease": lease}
     store: SQLStore
     if _is_postgres(text):
-        from orchestrator.jobs.postgres import PostgresStore  # type: ignore[import-not-found]
+        from orchestrator.jobs.postgres import PostgresStore
 
         store = PostgresStore(text, **options)
     else:

@@ -5,6 +5,7 @@ failures are reported instead of lost."""
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import stat
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ from orchestrator.jobs.model import (
     TurnWrite,
 )
 from orchestrator.jobs.store import open_store
-from tests.jobs.conftest import new_job
+from tests.jobs.conftest import new_job, wait_until
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -293,6 +294,198 @@ async def test_list_filters_by_status_newest_first(store_spec):
         assert 1 == len(await store.list(limit=1))
 
 
+# -- the queue: claims by workers -----------------------------------------------------------------
+
+
+async def test_claim_next_takes_queued_jobs_oldest_first_within_capacity(store_spec):
+    """A worker takes the oldest queued job of its queues whose agents fit its free slots;
+    the claim raises the epoch, records the owner and a lease, and journals the claim."""
+    async with open_store(store_spec) as store:
+        await store.create(new_job("big", status="queued", agents=3), None)
+        await store.create(new_job("other", status="queued", queue="gpu"), None)
+        await store.create(new_job("small", status="queued"), None)
+        taken, _ = await store.claim_next(OTHER, queues=["default"], capacity=2)
+        assert taken is not None
+        record, claim = taken
+        assert ("small", "queued", 1) == (record.id, record.status, claim.epoch)
+        stored = await store.get("small")
+        assert ("running", OTHER, 1) == (stored.status, stored.owner, stored.epoch)
+        assert stored.lease_expires is not None
+        nothing, expiry = await store.claim_next(OTHER, queues=["default"], capacity=2)
+        assert nothing is None
+        assert expiry is not None  # the lease of "small"
+        taken, _ = await store.claim_next(OTHER, queues=["default", "gpu"], capacity=3)
+        assert taken is not None
+        assert "big" == taken[0].id
+        journal = await store.load("small")
+        assert [("claimed", OTHER.label, 1)] == [
+            (e.kind, e.detail, e.epoch) for e in journal.events if e.kind == "claimed"
+        ]
+
+
+async def test_claim_next_recovers_a_job_whose_lease_ran_out(store_spec):
+    """A job whose owner stopped renewing is taken over once its lease ran out (never
+    before), counted as a crash; the old owner is fenced out; the next lease expiry is
+    reported so an idle worker knows when to look again."""
+    async with open_store(store_spec, lease=0.5) as store:
+        old = await store.create(new_job(), OWNER)
+        assert old is not None
+        taken, expiry = await store.claim_next(OTHER, queues=["default"], capacity=8)
+        assert taken is None
+        assert expiry is not None
+        assert 0 < expiry <= 0.5
+        await wait_until(lambda: _claimable(store))
+        taken, _ = await store.claim_next(OTHER, queues=["default"], capacity=8)
+        assert taken is not None
+        record, claim = taken
+        assert (OWNER, 2) == (record.owner, claim.epoch)
+        assert 1 == (await store.get("job-1")).recoveries
+        with pytest.raises(JobLost):
+            await store.write(old, turn("worker", 1))
+
+
+async def test_claim_next_ends_a_job_that_keeps_crashing_dead(store_spec):
+    """A job whose owners died ``max_recoveries`` times in a row without progress ends
+    ``dead`` instead of being claimed again; a cancel requested of a job whose owner died
+    ends it ``cancelled``."""
+    async with open_store(store_spec, lease=0.01) as store:
+        await store.create(new_job("crashy"), OWNER)
+        for expected in (1, 2):
+            await wait_until(lambda: _claimable(store))
+            taken, _ = await store.claim_next(OTHER, queues=["default"], capacity=8)
+            assert taken is not None
+            assert expected == (await store.get("crashy")).recoveries
+        await wait_until(lambda: _claimable(store))
+        assert (None, None) == await store.claim_next(OTHER, queues=["default"], capacity=8)
+        dead = await store.get("crashy")
+        assert ("dead", "job.dead", None) == (dead.status, dead.code, dead.owner)
+        await store.create(new_job("asked"), OWNER)
+        await store.command(
+            lambda cursor: sql.set_fields(cursor, store.dialect, "asked", cancel_requested=1)
+        )
+        await wait_until(lambda: _claimable(store))
+        assert (None, None) == await store.claim_next(OTHER, queues=["default"], capacity=8)
+        assert "cancelled" == (await store.get("asked")).status
+
+
+async def test_concurrent_claimers_never_take_one_job_twice(store_spec):
+    """Two stores (two connections, as two workers) claiming at once from 60 queued jobs:
+    every job is claimed exactly once."""
+    async with open_store(store_spec) as first, open_store(store_spec) as second:
+        for n in range(60):
+            await first.create(new_job(f"j{n:02d}", status="queued"), None)
+        taken: dict[str, list[str]] = {}
+
+        async def claimer(store: Any, owner: Owner) -> None:
+            while True:
+                claimed, _ = await store.claim_next(owner, queues=["default"], capacity=1)
+                if claimed is None:
+                    return
+                taken.setdefault(claimed[0].id, []).append(owner.label)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(claimer, first, OWNER)
+            nursery.start_soon(claimer, second, OTHER)
+        assert {f"j{n:02d}" for n in range(60)} == set(taken)
+        assert all(1 == len(owners) for owners in taken.values())
+        events = await first.read(
+            lambda cursor: cursor.execute(
+                "SELECT job, COUNT(*) FROM events WHERE kind = 'claimed' GROUP BY job"
+            ).fetchall()
+        )
+        assert {1} == {count for _, count in events}
+
+
+async def test_a_requeued_job_is_released_and_claimable_at_once(store_spec):
+    """A worker handing a job back (status ``queued``, released) clears its owner and lease
+    under its own epoch; another worker takes it at once, not counted as a crash."""
+    async with open_store(store_spec) as store:
+        await store.create(new_job(status="queued"), None)
+        taken, _ = await store.claim_next(OWNER, queues=["default"], capacity=1)
+        assert taken is not None
+        await store.write(taken[1], StatusWrite(status="queued", release=True))
+        job = await store.get("job-1")
+        assert ("queued", None, None) == (job.status, job.owner, job.lease_expires)
+        again, _ = await store.claim_next(OTHER, queues=["default"], capacity=1)
+        assert again is not None
+        assert (2, 0) == (again[1].epoch, (await store.get("job-1")).recoveries)
+
+
+async def test_journal_rows_keep_the_epoch_that_wrote_them(store_spec):
+    """Every journal row records its writer's epoch: who wrote what can be audited."""
+    async with open_store(store_spec) as store:
+        claim = await store.create(new_job(), OWNER)
+        assert claim is not None
+        await store.write(claim, turn("worker", 1, calls=1))
+        _, second = await store.claim("job-1", OTHER, lambda record, now: (0, "running"))
+        await store.write(second, turn("worker", 2))
+        await store.write(
+            second, StepWrite(step=StepRecord(id="s", agent="worker", status="started"))
+        )
+        rows = await store.read(
+            lambda cursor: cursor.execute("SELECT seq, epoch FROM turns ORDER BY seq").fetchall()
+        )
+        assert [(1, 1), (2, 2)] == [tuple(row) for row in rows]
+        (event,) = [e for e in (await store.load("job-1")).events if e.kind == "claimed"]
+        assert 2 == event.epoch
+
+
+async def test_a_version_1_store_is_upgraded_in_place(store_spec):
+    """A store written by schema version 1 (no epochs, no agent counts) is migrated on open:
+    its jobs keep their rows and get their agent counts."""
+    version_1 = [
+        statement.replace("agent_count INTEGER NOT NULL DEFAULT 1,", "")
+        .replace("epoch INTEGER,", "")
+        .replace(",\n                epoch INTEGER\n", "\n")
+        for statement in _dialect(store_spec).schema()
+    ]
+    job = new_job(agents=3)
+    async with open_store(store_spec) as store:
+        await store.command(lambda cursor: _drop_all(cursor))
+
+        def create_v1(cursor: Any) -> None:
+            for statement in version_1:
+                cursor.execute(statement)
+            cursor.execute("INSERT INTO schema_version (version) VALUES (1)")
+            cursor.execute(
+                store.dialect.sql(
+                    "INSERT INTO jobs (id, name, status, queue, mode, plan, plan_hash, agents, "
+                    "options, created_at, updated_at) VALUES (?, ?, 'queued', 'default', "
+                    "'steps', '{}', '', ?, '{}', 0, 0)"
+                ),
+                ("old", "plan", msgspec.json.encode(job.agents).decode()),
+            )
+
+        await store.command(create_v1)
+    async with open_store(store_spec) as store:
+        version = await store.read(
+            lambda cursor: cursor.execute("SELECT version FROM schema_version").fetchall()
+        )
+        assert [(sql.SCHEMA_VERSION,)] == [tuple(row) for row in version]
+        nothing, _ = await store.claim_next(OWNER, queues=["default"], capacity=2)
+        assert nothing is None
+        taken, _ = await store.claim_next(OWNER, queues=["default"], capacity=3)
+        assert taken is not None
+        assert "old" == taken[0].id
+
+
+def _dialect(spec: str) -> sql.Dialect:
+    return sql.POSTGRES if spec.startswith("postgresql://") else sql.SQLITE
+
+
+def _drop_all(cursor: Any) -> None:
+    for table in ("turns", "calls", "replies", "messages", "steps", "events", "jobs"):
+        cursor.execute(f"DROP TABLE {table}")
+    cursor.execute("DROP TABLE schema_version")
+
+
+async def _claimable(store: Any) -> bool:
+    found = await store.command(
+        lambda cursor: sql.select_claimable(cursor, store.dialect, ["default"], 8)
+    )
+    return found is not None
+
+
 # -- SQLite specifics ---------------------------------------------------------------------------
 
 
@@ -400,3 +593,85 @@ async def test_writes_do_not_block_the_trio_thread(store_spec):
             await store.write(claim, turn("worker", seq))
         nursery.cancel_scope.cancel()
     assert ticks >= 200
+
+
+# -- PostgreSQL specifics -----------------------------------------------------------------------
+
+
+async def test_two_processes_opening_a_new_database_at_once_both_succeed(postgres_url):
+    """Opening one empty database from several stores at once creates the schema once
+    (an advisory lock serialises them); every store then works."""
+    opened: list[int] = []
+
+    async def open_one(n: int) -> None:
+        async with open_store(postgres_url) as store:
+            claim = await store.create(new_job(f"j{n}"), OWNER)
+            assert claim is not None
+            opened.append(n)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(4):
+            nursery.start_soon(open_one, n)
+    assert [0, 1, 2, 3] == sorted(opened)
+
+
+async def test_the_password_never_shows_in_the_url_nor_in_errors(postgres_server):
+    """A URL's password is left out of ``store.url`` and of the error a failed connection
+    gives (here: nothing listens on the port)."""
+    from orchestrator.jobs.postgres import display_url
+
+    assert "postgresql://me@db.example:5432/jobs?sslmode=require" == display_url(
+        "postgresql://me:s3cret-pw@db.example:5432/jobs?sslmode=require&password=s3cret-pw"
+    )
+    port = postgres_server.port
+    async with open_store(postgres_server.url) as store:
+        assert "postgres@127.0.0.1" in store.url
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    free = closed.getsockname()[1]
+    closed.close()
+    url = f"postgresql://me:s3cret-pw@127.0.0.1:{free}/jobs?connect_timeout=2"
+    with pytest.raises(StorageUnavailable) as raised:
+        async with open_store(url):
+            pass  # pragma: no cover
+    assert "s3cret-pw" not in str(raised.value)
+    assert f"me@127.0.0.1:{free}" in str(raised.value)
+    assert port != free
+
+
+async def test_a_submitted_job_and_a_cancel_wake_listeners(postgres_url):
+    """A listening store hears ``queued`` when a job is queued (after the commit) and
+    ``cancel`` when a running job is asked to stop."""
+    from orchestrator.jobs.api import Jobs
+
+    heard: list[tuple[str, str]] = []
+    arrived = trio.Event()
+
+    def callback(kind: str, job: str) -> None:
+        heard.append((kind, job))
+        if len(heard) == 2:
+            arrived.set()
+
+    async with (
+        open_store(postgres_url) as listener,
+        open_store(postgres_url) as other,
+        listener.listen(callback) as listening,
+    ):
+        assert listening
+        await wait_until(lambda: _listening(other))
+        await other.create(new_job("q", status="queued"), None)
+        await other.create(new_job("r"), OWNER)
+        await Jobs(other).cancel("r")
+        with trio.fail_after(10):
+            await arrived.wait()
+    assert [("queued", "q"), ("cancel", "r")] == heard
+
+
+async def _listening(store: Any) -> bool:
+    rows = await store.read(
+        lambda cursor: cursor.execute(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = "
+            "'orchestrator-listener' AND query LIKE 'LISTEN%%'"
+        ).fetchall()
+    )
+    return bool(rows[0][0])

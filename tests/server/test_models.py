@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]  # no stubs in the test extras
 import pytest
 import trio
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from orchestrator.core.protocol.events import (
     FunctionCallItem,
@@ -154,6 +154,13 @@ def test_generic_arguments_validate_against_the_tool_schema(schema, text):
 
 @settings(max_examples=100)
 @given(schema=tool_schemas, text=st.text(max_size=80))
+@example(  # a multiple of an integer past 2**53, once computed in floats
+    schema={
+        "type": "object",
+        "properties": {"n": {"type": "array", "items": {"type": "integer", "multipleOf": 3}}},
+    },
+    text="10000000000000003 apples",
+)
 def test_terminal_tool_arguments_validate_too(schema, text):
     """Generic model: a terminal tool's arguments (the answer text) validate as well."""
     arguments = arguments_for(FunctionTool("finish", schema), text, prefer_text=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import re
 from typing import TYPE_CHECKING, Any, Final
 
@@ -106,7 +107,11 @@ _SENTENCE_START: Final = re.compile(r"(?:^|[.!?]\s+|\n\s*)$")
 _NOT_NAMES: Final = _set(
     "I The A An Plan Please Find Make Use Book Search Show Give Get Tell What Where "
     "When How Which Who Why Is Are Can Could Would My We Our It This That Monday "
-    "Tuesday Wednesday Thursday Friday Saturday Sunday"
+    "Tuesday Wednesday Thursday Friday Saturday Sunday "
+    # Verbs a task starts with ("Send from Faro", "Look Lisbon up"): never a place.
+    "Send Post Save Store Look Check Count Audit Report List Write Read Run Call Fetch "
+    "Compute Compare Summarise Summarize Analyse Analyze Review Update Create Delete "
+    "Add Remove Tour Visit Now Then Next Also And But Results Result"
 ) | {m.capitalize() for m in _MONTHS}
 
 # What a quantity's unit word means; a parameter whose name or description says the same
@@ -319,6 +324,7 @@ class _Drawer:
         elif role == "destination":
             wanted = [p for p in strong if p.preposition in _DESTINATION_PREPOSITIONS]
             wanted += [p for p in strong if p.preposition not in _ORIGIN_PREPOSITIONS] + weak
+            wanted += strong  # a place after "from" is still a place ("Send from Faro")
         else:
             wanted = strong
         for place in wanted:
@@ -554,9 +560,15 @@ def _number_for(
         value = 1
     multiple = schema.get("multipleOf")
     if isinstance(multiple, int | float) and multiple > 0:
-        value = multiple * max(1, -(-value // multiple))
-        if high is not None and value > high:
-            value = multiple * (high // multiple)
+        if integer and isinstance(multiple, int):
+            # Integer arithmetic: a float loses exactness past 2**53 (10000000000000004).
+            value = multiple * max(1, -(-math.ceil(value) // multiple))
+            if high is not None and value > high:
+                value = multiple * (math.floor(high) // multiple)
+        else:
+            value = multiple * max(1, -(-value // multiple))
+            if high is not None and value > high:
+                value = multiple * (high // multiple)
     # Whole numbers are written as integers, as models write them ("1", not "1.0"), also
     # for "type": "number" (some clients compare the JSON text).
     if integer or float(value).is_integer():
@@ -620,7 +632,7 @@ def cut(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     head = text[: limit + 1]
-    ends = [match.end() for match in _SENTENCE_END.finditer(head)]
+    ends = [match.end() for match in _SENTENCE_END.finditer(head) if match.end() <= limit]
     if ends and ends[-1] >= limit // 2:
         return head[: ends[-1]].rstrip() + " …"
     space = head.rfind(" ", 0, limit)
