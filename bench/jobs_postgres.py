@@ -13,7 +13,7 @@ fsync and synchronous commits on, as in production) on this machine's loopback::
   job and is SIGKILLed mid-job; the time from the kill to the other's claim, and to the job
   running again there (its ``resumed`` event), on the database clock. Median of R kills.
 * ``journal``: the same rollout (one agent, S steps of one ``idempotent_write`` tool call and
-  an answer each: 2 turns per step) run by ``orchestrator.run.run`` in this process without a
+  an answer each: 2 turns per step) run by ``orchestrator.run`` in this process without a
   journal, with the SQLite journal (synchronous=NORMAL) and with the PostgreSQL one;
   interleaved, median of R. The journal's cost per turn is (with - without) / turns.
 

@@ -647,7 +647,7 @@ async def _run_async(
 ) -> int:
     """Run (or resume) a job with the live view, signals, trace and report.
 
-    ``invoke(run, common)`` calls ``orchestrator.run.run`` with its own arguments plus
+    ``invoke(run, common)`` calls ``orchestrator.run`` with its own arguments plus
     ``common`` (events, stop, connection settings, approve).
     """
     from rich.console import Console

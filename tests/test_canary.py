@@ -23,6 +23,7 @@ import pytest
 import trio
 
 import orchestrator
+import orchestrator.lowlevel
 from orchestrator.core.logging import PACKAGES
 from orchestrator.errors import ConfigurationError
 from orchestrator.runner import run
@@ -129,7 +130,7 @@ def broken(*args, **kwargs):
     raise RuntimeError("bug while reporting, key " + os.environ["OPENAI_API_KEY"])
 
 
-orchestrator.run._result = broken
+orchestrator.runner._result = broken
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -284,7 +285,7 @@ async def test_the_python_api_never_shows_the_key(workdir, log_lines, monkeypatc
     monkeypatch.syspath_prepend(str(workdir))
     events: list[Any] = []
     with trio.fail_after(60):
-        async with orchestrator.open_local_server(
+        async with orchestrator.lowlevel.open_local_server(
             token=CANARY_KEY, model="scripted", script=workdir / "script.json"
         ) as server:
             result = await run(

@@ -3,7 +3,7 @@
 Any number of workers, on any number of hosts, share one store (PostgreSQL; SQLite on one
 host). Each has ``slots`` sockets and claims a job only when it has a free slot for each of the
 job's agents; a job then runs wholly inside this process (its actors, router and supervisor,
-as ``orchestrator.run.run(resume=job, claim=claim)``), under the claim's epoch:
+as ``orchestrator.run(resume=job, claim=claim)``), under the claim's epoch:
 
 * **Claims** (``JobStore.claim_next``) take the oldest queued job, or one whose owner's lease ran
   out (a dead or paused host), and raise its epoch: every write of an older owner is refused
@@ -70,7 +70,7 @@ class Worker:
         slots: sockets this worker may hold: one per agent of each job it runs.
         queues: the queues it takes jobs from.
         poll: seconds between looks at the queue when nothing wakes it.
-        run_options: passed to ``orchestrator.run.run`` for every job (``api_key``,
+        run_options: passed to ``orchestrator.run`` for every job (``api_key``,
             ``offline``, ``server_options``, ``connection_settings``, ``approve``...).
         max_recoveries: crashes without progress after which a job is ``dead``.
         owner: who this worker is in the store (default: this process).

@@ -15,7 +15,7 @@ import functools
 import sys
 from typing import Final
 
-from orchestrator import connection
+from orchestrator.core import connection
 
 MAX_AGE: Final = 0.5
 ROTATION_AT: Final = 0.05  # max_age - rotation_margin
