@@ -670,8 +670,9 @@ async def test_a_submitted_job_and_a_cancel_wake_listeners(postgres_url):
 async def _listening(store: Any) -> bool:
     rows = await store.read(
         lambda cursor: cursor.execute(
+            # idle: the LISTEN has finished (while it runs, its text is already there).
             "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = "
-            "'orchestrator-listener' AND query LIKE 'LISTEN%%'"
+            "'orchestrator-listener' AND query LIKE 'LISTEN%%' AND state = 'idle'"
         ).fetchall()
     )
     return bool(rows[0][0])
