@@ -660,7 +660,8 @@ async def test_a_submitted_job_and_a_cancel_wake_listeners(postgres_url):
         assert listening
         await wait_until(lambda: _listening(other))
         await other.create(new_job("q", status="queued"), None)
-        await other.create(new_job("r"), OWNER)
+        # Owned by a live process elsewhere (its lease decides), so the cancel is a request.
+        await other.create(new_job("r"), OTHER)
         await Jobs(other).cancel("r")
         with trio.fail_after(10):
             await arrived.wait()
