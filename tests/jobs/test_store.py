@@ -660,7 +660,8 @@ async def test_a_submitted_job_and_a_cancel_wake_listeners(postgres_url):
         assert listening
         await wait_until(lambda: _listening(other))
         await other.create(new_job("q", status="queued"), None)
-        await other.create(new_job("r"), OWNER)
+        # Owned by a live process elsewhere (its lease decides), so the cancel is a request.
+        await other.create(new_job("r"), OTHER)
         await Jobs(other).cancel("r")
         with trio.fail_after(10):
             await arrived.wait()
@@ -670,8 +671,9 @@ async def test_a_submitted_job_and_a_cancel_wake_listeners(postgres_url):
 async def _listening(store: Any) -> bool:
     rows = await store.read(
         lambda cursor: cursor.execute(
+            # idle: the LISTEN has finished (while it runs, its text is already there).
             "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = "
-            "'orchestrator-listener' AND query LIKE 'LISTEN%%'"
+            "'orchestrator-listener' AND query LIKE 'LISTEN%%' AND state = 'idle'"
         ).fetchall()
     )
     return bool(rows[0][0])
