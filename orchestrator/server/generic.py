@@ -105,7 +105,9 @@ _SENTENCE_START: Final = re.compile(r"(?:^|[.!?]\s+|\n\s*)$")
 # Capitalised words that are not names.
 _NOT_NAMES: Final = _set(
     "I The A An Plan Please Find Make Use Book Search Show Give Get Tell What Where "
-    "When How Which Who Why Is Are Can Could Would My We Our It This That Monday "
+    "When How Which Who Why Is Are Can Could Would My We Our It This That Send Save Look "
+    "Visit Check Write Read List Run Call Create Add Update Delete Fetch Count Compute "
+    "Summarise Summarize Report Draft Tour Go Start Compare Review Audit Monday "
     "Tuesday Wednesday Thursday Friday Saturday Sunday"
 ) | {m.capitalize() for m in _MONTHS}
 
@@ -188,6 +190,7 @@ class Place:
     name: str
     preposition: str | None
     weak: bool = False
+    quoted: bool = False  # inside a result the text quotes (after our lead-in)
 
 
 def _mask(text: str, pattern: re.Pattern[str]) -> str:
@@ -219,7 +222,7 @@ class Facts:
             text=text,
             dates=tuple(date for _, date in sorted(dates, key=lambda pair: pair[0])),
             quantities=tuple(_quantities(masked)),
-            places=tuple(_places(masked)),
+            places=tuple(_places(masked, quoted_from=text.find(LEAD_IN))),
         )
 
 
@@ -268,7 +271,7 @@ def _quantity(value: float, unit: str | None, before: str | None) -> Quantity:
 _CONNECTORS: Final = _set("de da do del la le of am")
 
 
-def _places(text: str) -> Iterable[Place]:
+def _places(text: str, quoted_from: int = -1) -> Iterable[Place]:
     for match in _PROPER.finditer(text):
         words = [(word.start(), word.group(0)) for word in re.finditer(r"\S+", match.group(0))]
         weak = False
@@ -286,7 +289,8 @@ def _places(text: str) -> Iterable[Place]:
         start = match.start() + words[0][0]
         before = _WORD_BEFORE.search(text, max(0, start - 24), start)
         name = " ".join(word for _, word in words)
-        yield Place(name, before.group(1).lower() if before else None, weak)
+        quoted = 0 <= quoted_from < start
+        yield Place(name, before.group(1).lower() if before else None, weak, quoted)
 
 
 # -- filling a schema ------------------------------------------------------------------------------
@@ -308,9 +312,19 @@ class _Drawer:
 
     def place(self, role: str | None) -> str | None:
         """The place for ``role``: origin (after "from"), destination (after "to", "in"...),
-        or None for any name. A sentence's first word counts as a place only for a role."""
-        strong = [place for place in self.facts.places if not place.weak]
-        weak = [place for place in self.facts.places if place.weak]
+        or None for any name. A sentence's first word counts as a place only for a role.
+        The text's own words come before the results it quotes."""
+        own = [place for place in self.facts.places if not place.quoted]
+        quoted = [place for place in self.facts.places if place.quoted]
+        for places in (own, quoted):
+            found = self._place_among(places, role)
+            if found is not None:
+                return found
+        return None
+
+    def _place_among(self, places: Sequence[Place], role: str | None) -> str | None:
+        strong = [place for place in places if not place.weak]
+        weak = [place for place in places if place.weak]
         if role == "origin":
             # "Paris to Lisbon": the name before "to" that starts the sentence is the origin.
             wanted = [p for p in strong if p.preposition in _ORIGIN_PREPOSITIONS] + weak
@@ -319,6 +333,7 @@ class _Drawer:
         elif role == "destination":
             wanted = [p for p in strong if p.preposition in _DESTINATION_PREPOSITIONS]
             wanted += [p for p in strong if p.preposition not in _ORIGIN_PREPOSITIONS] + weak
+            wanted += strong  # a name after "from" still beats no name at all
         else:
             wanted = strong
         for place in wanted:
@@ -620,7 +635,7 @@ def cut(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     head = text[: limit + 1]
-    ends = [match.end() for match in _SENTENCE_END.finditer(head)]
+    ends = [match.end() for match in _SENTENCE_END.finditer(head) if match.end() <= limit]
     if ends and ends[-1] >= limit // 2:
         return head[: ends[-1]].rstrip() + " …"
     space = head.rfind(" ", 0, limit)
