@@ -13,6 +13,7 @@ from .load import (
 )
 from .model import (
     LIMITS as LIMITS,
+    NEUTRAL_SETTINGS as NEUTRAL_SETTINGS,
     Agent as Agent,
     Approvals as Approvals,
     Budget as Budget,
@@ -48,6 +49,7 @@ logger.disable(__name__)
 __all__ = [
     "LIMITS",
     "MAX_PLAN_BYTES",
+    "NEUTRAL_SETTINGS",
     "Agent",
     "Approvals",
     "Budget",
