@@ -24,18 +24,21 @@ from __future__ import annotations
 import datetime
 import json
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Iterable, Sequence
 
 __all__ = [
     "LEAD_IN",
     "Facts",
+    "answer_for_schema",
     "arguments_for_schema",
     "cut",
+    "known_values",
     "render_json",
     "render_output",
     "summarise",
@@ -307,6 +310,12 @@ class _Drawer:
 
     facts: Facts
     whole_text: bool = False
+    # For answers (text.format): values the tools returned, by field name, used where a
+    # property has the same name and the value fits; the text of free-form fields; and
+    # every property filled, not only the required ones.
+    known: Mapping[str, Any] = attrs.field(factory=dict)
+    long_text: str | None = None
+    complete: bool = False
     _used_places: set[str] = attrs.field(factory=set)
     _used_quantities: set[int] = attrs.field(factory=set)
 
@@ -465,6 +474,8 @@ def _value_for(
     schema = _resolve(schema, root)
     if not isinstance(schema, dict) or depth > 8:
         return None
+    if name in drawer.known and _fits(drawer.known[name], schema, root):
+        return drawer.known[name]
     if "const" in schema:
         return schema["const"]
     if schema.get("enum"):
@@ -523,15 +534,20 @@ def _string_for(name: str, schema: Mapping[str, Any], drawer: _Drawer) -> str:
     lowered = name.lower()
     description = str(schema.get("description", ""))
     value: str | None = None
-    if _is_date(name, schema):
+    fixed = _FORMATTED.get(str(schema.get("format")))
+    if _is_date(name, schema) or schema.get("format") == "date-time":
         end = bool(set(_words(name)) & _END_WORDS)
         value = drawer.date(end) or "2026-01-01"
+        if schema.get("format") == "date-time":
+            value += "T00:00:00Z"
+    elif fixed is not None:
+        value = fixed
     elif (
         drawer.whole_text
         or lowered in _LONG_TEXT_NAMES
         or lowered.endswith(("_query", "_text", "_task"))
     ):
-        value = drawer.facts.text.strip() or name
+        value = (drawer.long_text or drawer.facts.text).strip() or name
     else:
         role = _place_role(name, description)
         value = drawer.place(role) or drawer.facts.text.strip() or name
@@ -586,12 +602,131 @@ def _object_for(
     if not isinstance(properties, dict):
         return {}
     required = schema.get("required")
-    names = required if isinstance(required, list) else []
+    names = list(required) if isinstance(required, list) else []
+    if drawer.complete:
+        names += [name for name in properties if name not in names]
     return {
         name: _value_for(name, properties.get(name, {}), root, drawer, depth)
         for name in names
         if isinstance(name, str)
     }
+
+
+# Strings of a format the text cannot supply, written the same way every time.
+_FORMATTED: Final = {
+    "time": "00:00:00",
+    "uuid": "00000000-0000-4000-8000-000000000000",
+    "duration": "P1D",
+    "email": "someone@example.com",
+    "uri": "https://example.com/",
+    "hostname": "example.com",
+    "ipv4": "192.0.2.1",
+    "ipv6": "2001:db8::1",
+}
+
+
+def _fits(value: Any, schema: Any, root: Mapping[str, Any], depth: int = 0) -> bool:
+    """Whether ``value`` (a tool's result) validates against ``schema``: a small checker for
+    what answers use, erring on no (then the value is drawn as usual)."""
+    schema = _resolve(schema, root)
+    if not isinstance(schema, dict) or depth > 8:
+        return False
+    if "const" in schema:
+        return bool(value == schema["const"])
+    if "enum" in schema:
+        return value in schema["enum"] and not isinstance(value, dict | list)
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list):
+            return any(_fits(value, option, root, depth + 1) for option in schema[key])
+    kind = schema.get("type")
+    kinds = kind if isinstance(kind, list) else [kind]
+    return any(_fits_kind(value, k, schema, root, depth) for k in kinds)
+
+
+def _fits_kind(value: Any, kind: Any, schema: Mapping[str, Any], root: Any, depth: int) -> bool:
+    if kind == "null":
+        return value is None
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind in ("integer", "number"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if kind == "integer" and not (isinstance(value, int) or value.is_integer()):
+            return False
+        low, high = schema.get("minimum"), schema.get("maximum")
+        above, below = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+        return (
+            (low is None or value >= low)
+            and (high is None or value <= high)
+            and (above is None or value > above)
+            and (below is None or value < below)
+            and "multipleOf" not in schema
+        )
+    if kind == "string":
+        return (
+            isinstance(value, str)
+            and "pattern" not in schema
+            and "format" not in schema
+            and schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value))
+        )
+    if kind == "array":
+        return (
+            isinstance(value, list)
+            and schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", len(value))
+            and all(_fits(item, schema.get("items", {}), root, depth + 1) for item in value)
+        )
+    if kind == "object":
+        properties = schema.get("properties", {})
+        return (
+            isinstance(value, dict)
+            and all(name in value for name in schema.get("required", []))
+            and all(
+                (name in properties and _fits(item, properties[name], root, depth + 1))
+                or (name not in properties and schema.get("additionalProperties") is not False)
+                for name, item in value.items()
+            )
+        )
+    return False
+
+
+def _flatten(value: Any, into: dict[str, Any], depth: int = 0) -> None:
+    """Every field of a JSON value by name, the first occurrence winning."""
+    if depth > 6:
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            into.setdefault(str(key), item)
+        for item in value.values():
+            _flatten(item, into, depth + 1)
+    elif isinstance(value, list):
+        for item in value[:20]:
+            _flatten(item, into, depth + 1)
+
+
+def known_values(texts: Iterable[str]) -> dict[str, Any]:
+    """The fields of the JSON objects among ``texts`` (tool outputs), by name."""
+    known: dict[str, Any] = {}
+    for text in texts:
+        stripped = text.strip()
+        if stripped[:1] in ("{", "["):
+            try:
+                _flatten(json.loads(stripped), known)
+            except ValueError:
+                continue
+    return known
+
+
+def answer_for_schema(
+    schema: Any, text: str, *, prose: str, known: Mapping[str, Any] | None = None
+) -> str:
+    """An answer (JSON text) valid against ``schema`` (a ``text.format`` JSON Schema): each
+    property filled from what the tools returned when a field of that name fits, else drawn
+    from ``text`` as for arguments, free-form text fields getting ``prose``."""
+    if not isinstance(schema, dict) or not schema:
+        return "{}"
+    drawer = _Drawer(Facts.read(text), known=dict(known or {}), long_text=prose, complete=True)
+    value = _value_for("answer", schema, schema, drawer)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def arguments_for_schema(schema: Any, text: str, *, prefer_text: bool = False) -> str:
