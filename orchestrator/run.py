@@ -820,7 +820,7 @@ def _journaled_settings(data: object, job: str | None) -> ModelSettings:
         ) from None
 
 
-def _team_for_fingerprints(plan: Plan) -> _Team:
+def _team_for_fingerprints(plan: Plan, model_settings: ModelSettings | None = None) -> _Team:
     """The team a plan makes, never started: what its agents are (tools imported)."""
 
     def no_connection(agent: str) -> AbstractAsyncContextManager[Connection]:
@@ -836,6 +836,7 @@ def _team_for_fingerprints(plan: Plan) -> _Team:
         period=1.0,
         approver=ApprovalPolicy(),
         job="",
+        model_settings=model_settings,
     )
 
 
