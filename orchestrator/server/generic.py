@@ -291,7 +291,9 @@ def _places(text: str, quoted_from: int = -1) -> Iterable[Place]:
             continue  # nothing left, or a unit ("EUR")
         start = match.start() + words[0][0]
         before = _WORD_BEFORE.search(text, max(0, start - 24), start)
-        name = " ".join(word for _, word in words)
+        name = " ".join(word for _, word in words).rstrip("-'")
+        if len(name) < 2:
+            continue  # "T-1042" is an id, not a place called "T"
         quoted = 0 <= quoted_from < start
         yield Place(name, before.group(1).lower() if before else None, weak, quoted)
 
@@ -550,7 +552,10 @@ def _string_for(name: str, schema: Mapping[str, Any], drawer: _Drawer) -> str:
         value = (drawer.long_text or drawer.facts.text).strip() or name
     else:
         role = _place_role(name, description)
-        value = drawer.place(role) or drawer.facts.text.strip() or name
+        if role is None and drawer.long_text is not None:
+            value = drawer.long_text.strip() or name  # an answer's free text: the prose
+        else:
+            value = drawer.place(role) or drawer.facts.text.strip() or name
     minimum = schema.get("minLength", 0)
     maximum = schema.get("maxLength")
     if isinstance(minimum, int) and len(value) < minimum:
