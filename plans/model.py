@@ -69,9 +69,9 @@ checks it before any socket opens. A complete TOML plan, annotated::
         "search_flights",                               # a name defined under [tools]
         "plans.examples.trip.tools:search_hotels",      # or an import path (default options;
     ]                                                   # the model sees `search_hotels`)
-    output_type = "plans.examples.trip.types:Flights"   # optional: the agent answers JSON of
-                                       # this type (a msgspec Struct, dataclass, TypedDict...)
-                                       # or of a JSON Schema given inline as a table
+    output_type = "plans.examples.triage.outputs:Ticket"   # optional: the agent answers
+                                       # JSON of this type (a msgspec Struct, dataclass,
+                                       # TypedDict...) or of a JSON Schema given as a table
     [agents.settings]                  # optional: this agent's model settings, over [settings]
     reasoning = { effort = "high" }
     tool_choice = "search_flights"     # its first turn of each task calls this tool
