@@ -966,7 +966,8 @@ class _Semantics:
                     "$.settings.tool_choice",
                     f"tool_choice {_show(_choice_name(choice))} names a tool, which not every "
                     "agent has",
-                    "set it in the settings of the agent that has the tool, or use "
+                    _did_you_mean(str(_choice_name(choice)), TOOL_CHOICE_MODES)
+                    or "set it in the settings of the agent that has the tool, or use "
                     + " | ".join(TOOL_CHOICE_MODES),
                 )
         for index, agent in view.agents:

@@ -184,6 +184,14 @@ def test_tool_choice_that_cannot_be_met_is_refused():
     ] == lines(data)
 
 
+def test_a_misspelt_plan_wide_mode_suggests_it():
+    """tool_choice = "requird" in [settings] is taken for a tool name, and the closest mode
+    is suggested."""
+    data = base()
+    data["settings"]["tool_choice"] = "requird"
+    assert ["did you mean 'required'?"] == [i.suggestion for i in check_plan(data).issues]
+
+
 def test_plan_wide_required_reports_the_agents_without_tools_there():
     """A plan-wide 'required' is reported at $.settings for each agent that has no tools."""
     data = base()
