@@ -7,6 +7,12 @@ the connection rotates and recovers by itself, and only when it gives up (bounde
 does the failure crash the incarnation for the supervisor to restart.
 
 A message is a :class:`Task`; the reply is a :class:`TaskResult` with the agent's final text.
+
+An agent with a declared output (``output``) must answer JSON of that type: its final text is
+decoded and validated; an answer that does not match gets one repair turn, a user message
+carrying the validation error, and a second mismatch ends the run with
+:class:`~orchestrator.errors.OutputInvalid`. The reply then carries the JSON text (what a
+planner or a later step reads) and the decoded value (``TaskResult.output``).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import contextlib
 import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 import msgspec
@@ -43,16 +49,40 @@ from orchestrator.errors import (
     ConfigurationError,
     JournalError,
     OrchestratorError,
+    OutputInvalid,
     ServerError,
 )
 
 if TYPE_CHECKING:
     from orchestrator.core.protocol.turn import Response
 
-__all__ = ["AgentActor", "CallOutcome", "Task", "TaskResult"]
+__all__ = ["OUTPUT_REPAIRS", "AgentActor", "CallOutcome", "OutputCheck", "Task", "TaskResult"]
 
 _NO_SCOPE: Final = contextlib.nullcontext()
 ENDED_OUTPUT: Final = '{"status":"ended","note":"the previous task ended before this output"}'
+# Answers that do not match the declared output get this many repair turns per task.
+OUTPUT_REPAIRS: Final = 1
+
+
+class OutputCheck(Protocol):
+    """A declared output (``plans.OutputType`` is one): its name, and how to check a text."""
+
+    @property
+    def name(self) -> str: ...
+
+    def check(self, text: str) -> tuple[Any, str]:
+        """The value and the JSON text of an answer; raises ``ValueError`` (with where and
+        why) when the answer is not of the output."""
+        ...
+
+
+def repair_message(output: str, error: str, *, cut: bool = False) -> str:
+    """The user message of a repair turn: what was wrong, and what to send instead."""
+    reason = " (it was cut off at max_output_tokens)" if cut else ""
+    return (
+        f"Your answer does not match the required output {output!r}{reason}: {error}. "
+        "Answer again with only the corrected JSON, nothing else."
+    )
 
 
 class Task(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,12 +101,14 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TaskResult(msgspec.Struct, frozen=True, kw_only=True):
-    """An agent's answer to a task."""
+    """An agent's answer to a task. With a declared output, ``text`` is the answer's JSON and
+    ``output`` the decoded value; otherwise ``output`` is None."""
 
     agent: str
     text: str
     turns: int
     step: str | None = None
+    output: Any = None
 
 
 @attrs.frozen
@@ -91,6 +123,14 @@ class CallOutcome:
 
 
 ConnectionOpener = Callable[[str], AbstractAsyncContextManager["Connection"]]
+
+
+def _cut_off(response: Response) -> bool:
+    """Whether the response ended ``incomplete`` at ``max_output_tokens``."""
+    details = response.incomplete_details
+    return response.status == "incomplete" and (
+        details is not None and details.reason == "max_output_tokens"
+    )
 
 
 def _model_not_found(agent: str, model: str) -> ConfigurationError:
@@ -113,6 +153,7 @@ class AgentActor(Actor):
         memory: its replies and open turn (see ``actors.journal``); a fresh one by default.
         fresh_context: start every new task as a new conversation (a plan's
             ``context = "step"``): the model sees the task alone, not the earlier ones.
+        output: the agent's declared output (``plans.OutputType``), or None for text.
         open_connection: opens this agent's connection, given the agent's name.
         tools: the executor of this agent's tools (``None``: no tools).
         budget: the run's budget tracker, consulted before and after every turn.
@@ -125,6 +166,7 @@ class AgentActor(Actor):
     budget: BudgetTracker | None = attrs.field(default=None, kw_only=True, repr=False)
     events: EventBus | None = attrs.field(default=None, kw_only=True, repr=False)
     fresh_context: bool = attrs.field(default=False, kw_only=True)
+    output: OutputCheck | None = attrs.field(default=None, kw_only=True, repr=False)
     memory: AgentMemory = attrs.field(
         kw_only=True,
         default=attrs.Factory(lambda self: AgentMemory(self.name), takes_self=True),
@@ -138,6 +180,8 @@ class AgentActor(Actor):
     _connection: Connection | None = attrs.field(default=None, init=False, repr=False)
     _last_connection: Connection | None = attrs.field(default=None, init=False, repr=False)
     _task_scope: trio.CancelScope | None = attrs.field(default=None, init=False, repr=False)
+    # Repair turns spent on the task in hand (answers not of the declared output).
+    _repairs: int = attrs.field(default=0, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.tools is not None:
@@ -202,6 +246,7 @@ class AgentActor(Actor):
             except (
                 BudgetExceeded,
                 ToolRepairBudgetExceeded,
+                OutputInvalid,
                 AuthenticationError,
                 ConfigurationError,
                 JournalError,
@@ -233,11 +278,16 @@ class AgentActor(Actor):
         """
         memory = self.memory
         turns = 0
+        self._repairs = 0
         if task.id is not None and task.id in memory.replies:
+            text = memory.replies[task.id]
             return TaskResult(
-                agent=self.name, text=memory.replies[task.id], turns=0, step=task.step
+                agent=self.name, text=text, turns=0, step=task.step, output=self._value(text)
             )
+        # A forcing tool_choice applies to the first turn of the task (Session.follow_up).
+        self.session.follow_up = False
         if task.id is not None and memory.continues(task.id):
+            self.session.follow_up = True
             outcome = await self.handle_calls(
                 [
                     FunctionCallItem(call_id=c.call_id, name=c.name, arguments=c.arguments)
@@ -254,21 +304,59 @@ class AgentActor(Actor):
             items = [*self._close_pending_calls(), MessageItem.user(task.text)]
         while True:
             response = await self.turn(items, message=task.id)
+            self.session.follow_up = True
             turns += 1
             calls = response.function_calls
             if not calls:
+                text = response.text
+                if self.output is None:
+                    self.tasks_done += 1
+                    return TaskResult(agent=self.name, text=text, turns=turns, step=task.step)
+                try:
+                    value, text = self.output.check(text)
+                except ValueError as exc:
+                    cut = _cut_off(response)
+                    items = [MessageItem.user(self.repair(str(exc), text, cut=cut))]
+                    continue
                 self.tasks_done += 1
-                return TaskResult(agent=self.name, text=response.text, turns=turns, step=task.step)
+                return TaskResult(
+                    agent=self.name, text=text, turns=turns, step=task.step, output=value
+                )
             outcome = await self.handle_calls(calls)
             if outcome.answer is not None:
                 return self._answered(task, outcome.answer, turns)
             items = list(outcome.outputs)
 
+    def repair(self, error: str, text: str, *, cut: bool = False) -> str:
+        """Count a repair turn for an answer that is not of the declared output, and return
+        what to tell the model.
+
+        Raises:
+            OutputInvalid: the task's repair turns are spent.
+        """
+        assert self.output is not None
+        if self._repairs >= OUTPUT_REPAIRS:
+            raise OutputInvalid(self.name, self.output.name, error, text=text)
+        self._repairs += 1
+        self._log.info("{}: answer not of {}: {}; repair turn", self.name, self.output.name, error)
+        return repair_message(self.output.name, error, cut=cut)
+
+    def _value(self, text: str) -> Any:
+        """The decoded value of an answer already checked (None without a declared output)."""
+        if self.output is None:
+            return None
+        try:
+            return self.output.check(text)[0]
+        except ValueError:
+            return None  # journaled under another output type: a resume refuses that
+
     def _answered(self, task: Task, answer: str, turns: int) -> TaskResult:
         self.tasks_done += 1
         if task.id is not None:
             self.memory.replied(task.id, answer)
-        return TaskResult(agent=self.name, text=answer, turns=turns, step=task.step)
+        return TaskResult(
+            agent=self.name, text=answer, turns=turns, step=task.step, output=self._value(answer)
+        )
 
     async def turn(self, items: Sequence[Item], *, message: str | None = None) -> Response:
         """One model turn on this agent's connection, within the budgets.
@@ -311,6 +399,18 @@ class AgentActor(Actor):
         self.model_turns += 1
         calls = response.function_calls
         usage = response.usage
+        reply = None if calls else response.text
+        if reply is not None and self.output is not None:
+            try:
+                reply = self.output.check(reply)[1]
+            except ValueError:
+                reply = None  # not an answer: a repair turn follows
+        if _cut_off(response):
+            self._log.warning(
+                "{}: response cut off at max_output_tokens ({} output tokens)",
+                self.name,
+                usage.output_tokens if usage is not None else "?",
+            )
         self.memory.turn_completed(
             seq=self.session.turns,
             message=message,
@@ -321,7 +421,7 @@ class AgentActor(Actor):
             output_tokens=usage.output_tokens if usage is not None else 0,
             calls=calls,
             side_effects={call.name: self.side_effect_of(call.name) for call in calls},
-            reply=None if calls else response.text,
+            reply=reply,
         )
         if budget is not None and usage is not None:
             budget.after_turn(self.name, usage.input_tokens, usage.output_tokens)

@@ -3,7 +3,9 @@
 The runtime gives the planner function tools it never has to define:
 
 * ``delegate_to_<worker>(task)`` for each worker, described by the worker's description;
-* ``finish(answer)`` to end the run with the answer (a plain text reply ends it too).
+* ``finish(answer)`` to end the run with the answer (a plain text reply ends it too). With a
+  declared output, ``answer`` takes the output's schema, and an answer not of it gets the
+  validation error back as the call's output (one repair, as for a text answer).
 
 Several delegations in one response run in parallel; each worker's reply comes back as the
 ``function_call_output`` of its call, so the planner can delegate again after seeing results.
@@ -11,7 +13,7 @@ Several delegations in one response run in parallel; each worker's reply comes b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import msgspec
@@ -31,7 +33,7 @@ from orchestrator.core.protocol.events import (
 from orchestrator.errors import ActorDead, DeliveryTimeout, OrchestratorError, UnknownRecipient
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
 __all__ = [
     "DELEGATE_PREFIX",
@@ -56,6 +58,7 @@ class WorkerInfo:
 
     name: str
     description: str = ""
+    output: str | None = None  # the name of the worker's declared output, if any
 
     @property
     def tool_name(self) -> str:
@@ -70,8 +73,13 @@ class _FinishArguments(msgspec.Struct, forbid_unknown_fields=True):
     answer: str
 
 
+class _TypedFinishArguments(msgspec.Struct, forbid_unknown_fields=True):
+    answer: msgspec.Raw  # checked against the declared output
+
+
 _delegate_decoder: Final = msgspec.json.Decoder(_DelegateArguments)
 _finish_decoder: Final = msgspec.json.Decoder(_FinishArguments)
+_typed_finish_decoder: Final = msgspec.json.Decoder(_TypedFinishArguments)
 
 _TASK_SCHEMA: Final = {
     "type": "object",
@@ -92,24 +100,48 @@ _ANSWER_SCHEMA: Final = {
 }
 
 
-def delegation_tools(workers: Sequence[WorkerInfo]) -> tuple[Tool, ...]:
-    """The planner's runtime tools: one delegation tool per worker, then ``finish``."""
+def delegation_tools(
+    workers: Sequence[WorkerInfo],
+    *,
+    answer_schema: Mapping[str, Any] | None = None,
+    strict: bool = True,
+) -> tuple[Tool, ...]:
+    """The planner's runtime tools: one delegation tool per worker, then ``finish``.
+
+    Args:
+        answer_schema: the planner's declared output (its JSON Schema): ``finish`` then
+            takes an ``answer`` of that schema instead of a text.
+        strict: whether that schema can be strict.
+    """
     tools = [
         FunctionTool(
             worker.tool_name,
             _TASK_SCHEMA,
             f"Delegate a task to the worker {worker.name!r}"
-            + (f": {worker.description}" if worker.description else "."),
+            + (f": {worker.description}" if worker.description else ".")
+            + (f" It answers with JSON ({worker.output})." if worker.output else ""),
             strict=True,
         )
         for worker in workers
     ]
+    parameters: Mapping[str, Any] = _ANSWER_SCHEMA
+    if answer_schema is not None:
+        # $defs move to the root, where the schema's "#/$defs/..." references point.
+        answer = {k: v for k, v in answer_schema.items() if k != "$defs"}
+        parameters = {
+            "type": "object",
+            "properties": {"answer": answer},
+            "required": ["answer"],
+            "additionalProperties": False,
+        }
+        if "$defs" in answer_schema:
+            parameters = {**parameters, "$defs": answer_schema["$defs"]}
     tools.append(
         FunctionTool(
             FINISH,
-            _ANSWER_SCHEMA,
+            dict(parameters),
             "Finish the run with the final answer, once the workers' results are in.",
-            strict=True,
+            strict=strict if answer_schema is not None else True,
         )
     )
     return tuple(tools)
@@ -216,15 +248,33 @@ class PlannerActor(AgentActor):
         answer: str | None = None
         for call in finishing:
             try:
-                answer = _finish_decoder.decode(call.arguments).answer
+                text = self._finish_answer(call)
             except msgspec.MsgspecError as exc:
                 outputs[call.call_id] = self._delegated(
                     call, _error("invalid_arguments", str(exc)), "invalid_arguments"
                 )
+            except ValueError as exc:  # not of the declared output: one repair
+                message = self.repair(str(exc), call.arguments)
+                outputs[call.call_id] = self._delegated(
+                    call, _error("invalid_output", message), "invalid_output"
+                )
             else:
+                answer = text
                 outputs[call.call_id] = self._delegated(call, "done", None)
         ordered = tuple(outputs[call.call_id] for call in calls)
         return CallOutcome(ordered, answer)
+
+    def _finish_answer(self, call: FunctionCallItem) -> str:
+        """The answer of a ``finish`` call: its text, or with a declared output its JSON.
+
+        Raises:
+            msgspec.MsgspecError: the arguments are malformed.
+            ValueError: the answer is not of the declared output.
+        """
+        if self.output is None:
+            return _finish_decoder.decode(call.arguments).answer
+        raw = _typed_finish_decoder.decode(call.arguments).answer
+        return self.output.check(bytes(raw).decode())[1]
 
     async def _delegate(self, call: FunctionCallItem, worker: WorkerInfo) -> Item:
         try:

@@ -16,6 +16,7 @@ The tree:
     ├── PlanError(ValueError)                      a plan file or plan object is invalid
     ├── ToolError(tool, call_id) ── ToolArgumentsInvalid / ToolTimedOut
     ├── BudgetExceeded(budget, limit, used)
+    ├── OutputInvalid(agent, output, error)         an answer not of the declared output type
     ├── ActorDead(name) / DeliveryTimeout / UnknownRecipient
     ├── RestartLimitReached(child, restarts, window)
     ├── JobError(code)                              a durable job cannot do what was asked
@@ -47,6 +48,7 @@ __all__ = [
     "JournalError",
     "LocalProtocolError",
     "OrchestratorError",
+    "OutputInvalid",
     "PlanDiverged",
     "PlanError",
     "ProtocolError",
@@ -205,6 +207,30 @@ class BudgetExceeded(OrchestratorError):
         self.used = used
         self.scope = scope
         super().__init__(f"{scope} budget {budget} reached: used {used:g} of {limit:g}")
+
+
+class OutputInvalid(OrchestratorError):
+    """An agent's final answer did not match its declared output type, also after the repair
+    turn that told the model what was wrong. It ends the run (code ``output.invalid``).
+
+    Attributes:
+        agent: the agent.
+        output: the output type's name.
+        error: what is wrong with the last answer (``$.price: expected int, got str``).
+        text: the last answer, cut to 2000 characters, for debugging (not in ``str()``).
+    """
+
+    code = "output.invalid"
+
+    def __init__(self, agent: str, output: str, error: str, *, text: str = "") -> None:
+        self.agent = agent
+        self.output = output
+        self.error = error = redact(error)
+        self.text = redact(text[:2000])
+        super().__init__(
+            f"agent {agent!r} answered with output that does not match {output!r}, also "
+            f"after a repair turn: {error}"
+        )
 
 
 class ActorDead(OrchestratorError):

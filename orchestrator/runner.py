@@ -66,7 +66,7 @@ from orchestrator.core.observe import (
     capped,
 )
 from orchestrator.core.protocol.codec import encode
-from orchestrator.core.protocol.events import Item
+from orchestrator.core.protocol.events import Item, ReasoningConfig
 from orchestrator.core.router import Router
 from orchestrator.core.session import ModelSettings, Session
 from orchestrator.core.supervisor import Backoff, Supervisor
@@ -80,6 +80,7 @@ from orchestrator.errors import (
     JobNotResumable,
     JournalError,
     OrchestratorError,
+    OutputInvalid,
     PlanDiverged,
     PlanError,
     RestartLimitReached,
@@ -107,9 +108,14 @@ from orchestrator.jobs.resume import (
 )
 from orchestrator.jobs.store import JobStore, open_store
 from plans import (
+    NEUTRAL_SETTINGS,
+    ModelOptions,
+    OutputError,
+    OutputType,
     Plan,
     check_plan,
     load_plan,
+    output_type_of,
     render_task,
     result_steps,
     scheduled_steps,
@@ -273,6 +279,10 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
         job: the job id (resume with ``run(resume=job)`` or ``orchestrator jobs resume``);
             ``None`` for a run without a journal.
         answer: the final answer (``None`` unless completed or partial).
+        output: the answer as the typed value, when the agent that gives it declares an
+            output (the planner; in steps mode the agent of the one result step): an
+            instance of its type, or plain JSON data for a plan's JSON Schema. ``answer``
+            then holds its JSON.
         reason: why the run ended early, in words.
         code: a machine-readable reason (``budget.max_turns``, ``tool.repair_budget``,
             ``auth.rejected``...).
@@ -286,6 +296,7 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     mode: Literal["delegate", "steps"]
     endpoint: str
     answer: str | None = None
+    output: Any = None
     reason: str | None = None
     code: str | None = None
     usage: UsageReport
@@ -324,6 +335,66 @@ def _limits(budget: Any) -> BudgetLimits:
     )
 
 
+def _output_of(plan: Plan, agent: Any) -> OutputType | None:
+    """The agent's declared output, resolved (a validated plan's always resolves)."""
+    if agent.output_type is None:
+        return None
+    try:
+        return output_type_of(agent.output_type)
+    except OutputError as exc:  # pragma: no cover - validation reports it first
+        raise PlanError(f"agent {agent.name!r}: output_type: {exc}") from None
+
+
+def _session_settings(
+    options: ModelOptions, base: ModelSettings | None, output: OutputType | None
+) -> ModelSettings:
+    """The wire settings of one agent: its plan options (its own over the plan's) over
+    ``run(model_settings=...)``, field by field; ``reasoning`` and ``metadata`` merge."""
+    fields: dict[str, Any] = {}
+    if base is not None:
+        fields = {
+            name: getattr(base, name)
+            for name in base.__struct_fields__
+            if not isinstance(getattr(base, name), msgspec.UnsetType)
+        }
+    for name in (
+        "temperature",
+        "top_p",
+        "max_output_tokens",
+        "parallel_tool_calls",
+        "truncation",
+        "service_tier",
+        "prompt_cache_key",
+    ):
+        value = getattr(options, name)
+        if value is not None:
+            fields[name] = value
+    if options.reasoning is not None:
+        below = fields.get("reasoning") or ReasoningConfig()
+        effort, summary = options.reasoning.effort, options.reasoning.summary
+        fields["reasoning"] = ReasoningConfig(
+            effort=effort if effort is not None else below.effort,
+            summary=summary if summary is not None else below.summary,
+        )
+    if options.metadata is not None:
+        fields["metadata"] = {**fields.get("metadata", {}), **options.metadata}
+    choice = options.tool_choice
+    if isinstance(choice, str) and choice not in ("auto", "none", "required"):
+        choice = {"type": "function", "name": choice}
+    if choice is not None:
+        fields["tool_choice"] = choice
+    text = dict(fields.get("text") or {})
+    if options.verbosity is not None:
+        text["verbosity"] = options.verbosity
+    if output is not None:
+        text["format"] = output.text_format()
+    if text:
+        fields["text"] = text
+    if options.max_tool_calls is not None:
+        fields["max_tool_calls"] = options.max_tool_calls
+    return ModelSettings(**fields)
+
+
 def _build_team(
     plan: Plan,
     *,
@@ -340,8 +411,18 @@ def _build_team(
     router = Router(events=bus)
     actors: dict[str, AgentActor] = {}
     planner: PlannerActor | None = None
-    workers = [WorkerInfo(agent.name, agent.description) for agent in plan.workers]
+    outputs = {agent.name: _output_of(plan, agent) for agent in plan.agents}
+    workers = [
+        WorkerInfo(
+            agent.name,
+            agent.description,
+            output=output.name if (output := outputs[agent.name]) is not None else None,
+        )
+        for agent in plan.workers
+    ]
     for agent in plan.agents:
+        output = outputs[agent.name]
+        settings = _session_settings(plan.settings_for(agent), model_settings, output)
         tools = plan.tools_for(agent)
         for name, config in tools.items():
             if name not in registry:
@@ -368,14 +449,20 @@ def _build_team(
             "budget": budget,
             "events": bus,
             "memory": AgentMemory(agent.name, job),
+            "output": output,
         }
         if agent.role == "planner" and not plan.steps:
+            runtime_tools = delegation_tools(
+                workers,
+                answer_schema=output.schema if output is not None else None,
+                strict=output.strict if output is not None else True,
+            )
             session = Session(
                 model=plan.model_for(agent),
                 instructions=instructions,
-                tools=(*wire_tools, *delegation_tools(workers)),
+                tools=(*wire_tools, *runtime_tools),
                 store=plan.settings.store,
-                settings=model_settings or ModelSettings(),
+                settings=settings,
             )
             planner = PlannerActor(agent.name, session=session, workers=tuple(workers), **common)
             actors[agent.name] = planner
@@ -385,7 +472,7 @@ def _build_team(
                 instructions=instructions,
                 tools=wire_tools,
                 store=plan.settings.store,
-                settings=model_settings or ModelSettings(),
+                settings=settings,
             )
             actors[agent.name] = WorkerActor(
                 agent.name,
@@ -418,6 +505,7 @@ def _fingerprints(team: _Team) -> dict[str, AgentPrint]:
             + hashlib.sha256(encode(tool)).hexdigest()[:16]
             for tool in session.tools
         }
+        output = actor.output
         prints[name] = AgentPrint(
             role=actor.role or "worker",
             model=session.model,
@@ -425,8 +513,30 @@ def _fingerprints(team: _Team) -> dict[str, AgentPrint]:
             store=session.store,
             tools=tools,
             context="step" if actor.fresh_context else "agent",
+            settings=_settings_print(session.settings),
+            output=""
+            if not isinstance(output, OutputType)
+            else f"{output.name}:"
+            + hashlib.sha256(msgspec.json.encode(output.schema, order="sorted")).hexdigest()[:16],
         )
     return prints
+
+
+def _settings_print(settings: ModelSettings) -> str:
+    """The settings that change what the model does, as canonical JSON (``""``: none).
+    Billing and bookkeeping (``NEUTRAL_SETTINGS``) may change on resume; the output format
+    is in the print's ``output``."""
+    fields = {
+        name: value
+        for name, value in msgspec.to_builtins(settings).items()
+        if name not in NEUTRAL_SETTINGS
+    }
+    text = fields.pop("text", None)
+    if isinstance(text, dict):
+        text.pop("format", None)
+        if text:
+            fields["text"] = text
+    return msgspec.json.encode(fields, order="sorted").decode() if fields else ""
 
 
 def _restore(team: _Team, states: Mapping[str, JournaledAgent], budget: BudgetTracker) -> None:
@@ -615,6 +725,9 @@ async def run(
             plan_obj = _load(plan)
             goal = goal if goal is not None else plan_obj.goal
             options = {"paths": _import_paths(plan), **(options or {})}
+            if model_settings is not None:
+                # Kept with the job: a resume that passes none runs with the same ones.
+                options["model_settings"] = msgspec.to_builtins(model_settings)
         if goal is None and not plan_obj.steps:
             raise PlanError(
                 f"plan {plan_obj.name!r} has no goal: pass one (--goal) or set 'goal' in the plan"
@@ -623,6 +736,8 @@ async def run(
             job_options = journaled.job.options
             if offline is None and "offline" in job_options:
                 offline = bool(job_options["offline"])
+            if model_settings is None and "model_settings" in job_options:
+                model_settings = _journaled_settings(job_options["model_settings"], resume)
         _check_fd_budget(len(plan_obj.agents), offline, api_key, transport)
         return await _run_job_or_record(
             plan_obj,
@@ -701,7 +816,16 @@ async def submit(
     return job_id
 
 
-def _team_for_fingerprints(plan: Plan) -> _Team:
+def _journaled_settings(data: object, job: str | None) -> ModelSettings:
+    try:
+        return msgspec.convert(data, ModelSettings)
+    except msgspec.ValidationError as exc:
+        raise JobNotResumable(
+            f"the model settings journaled with job {job} cannot be read: {exc}", job=job or ""
+        ) from None
+
+
+def _team_for_fingerprints(plan: Plan, model_settings: ModelSettings | None = None) -> _Team:
     """The team a plan makes, never started: what its agents are (tools imported)."""
 
     def no_connection(agent: str) -> AbstractAsyncContextManager[Connection]:
@@ -717,6 +841,7 @@ def _team_for_fingerprints(plan: Plan) -> _Team:
         period=1.0,
         approver=ApprovalPolicy(),
         job="",
+        model_settings=model_settings,
     )
 
 
@@ -1467,6 +1592,8 @@ def _code_of(error: BaseException) -> str:
         return f"budget.{error.budget}"
     if isinstance(error, ToolRepairBudgetExceeded):
         return "tool.repair_budget"
+    if isinstance(error, OutputInvalid):
+        return error.code
     if isinstance(error, AuthenticationError):
         return "auth.rejected" if error.status == 401 else "auth.forbidden"
     if isinstance(error, ConfigurationError | JobError):
@@ -1529,6 +1656,23 @@ def _outcome(
             answer,
         )
     return "completed", None, None, answer
+
+
+def _typed_answer(plan: Plan, team: _Team, answer: str | None) -> Any:
+    """The answer as its agent's declared output (see ``RunResult.output``), else None."""
+    if answer is None:
+        return None
+    if plan.steps:
+        finals = result_steps(plan)
+        actor = team.actors.get(finals[0].agent) if len(finals) == 1 else None
+    else:
+        actor = team.planner
+    if actor is None or actor.output is None:
+        return None
+    try:
+        return actor.output.check(answer)[0]
+    except ValueError:  # pragma: no cover - the agent checked it before answering
+        return None
 
 
 def _result(
@@ -1609,6 +1753,7 @@ def _result(
         mode="steps" if plan.steps else "delegate",
         endpoint=endpoint,
         answer=answer,
+        output=_typed_answer(plan, team, answer),
         reason=reason,
         code=code,
         usage=UsageReport(

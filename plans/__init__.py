@@ -13,10 +13,13 @@ from .load import (
 )
 from .model import (
     LIMITS as LIMITS,
+    NEUTRAL_SETTINGS as NEUTRAL_SETTINGS,
     Agent as Agent,
     Approvals as Approvals,
     Budget as Budget,
+    ModelOptions as ModelOptions,
     Plan as Plan,
+    Reasoning as Reasoning,
     Role as Role,
     Settings as Settings,
     SideEffect as SideEffect,
@@ -26,6 +29,12 @@ from .model import (
     result_steps as result_steps,
     scheduled_steps as scheduled_steps,
     task_references as task_references,
+)
+from .output import (
+    OutputError as OutputError,
+    OutputMismatch as OutputMismatch,
+    OutputType as OutputType,
+    output_type_of as output_type_of,
 )
 from .validate import (
     PlanIssue as PlanIssue,
@@ -40,13 +49,19 @@ logger.disable(__name__)
 __all__ = [
     "LIMITS",
     "MAX_PLAN_BYTES",
+    "NEUTRAL_SETTINGS",
     "Agent",
     "Approvals",
     "Budget",
+    "ModelOptions",
+    "OutputError",
+    "OutputMismatch",
+    "OutputType",
     "Plan",
     "PlanBuilder",
     "PlanIssue",
     "PlanReport",
+    "Reasoning",
     "Role",
     "Settings",
     "SideEffect",
@@ -57,6 +72,7 @@ __all__ = [
     "check_plan_file",
     "import_path_of",
     "load_plan",
+    "output_type_of",
     "plan_from_dict",
     "render_task",
     "result_steps",

@@ -6,34 +6,43 @@
 
     plan = (
         PlanBuilder("trip", goal="Plan a 3-day trip to Lisbon", model="gpt-5-mini")
+        .settings(reasoning={"effort": "low"}, max_output_tokens=4000)
         .budgets(max_turns=200, wall_clock=600)
         .tool(search_flights, timeout=10, side_effect="read_only")
-        .planner("planner", instructions="Delegate, then answer.")
-        .worker("flights", instructions="Find flights.", tools=[search_flights])
+        .planner("planner", instructions="Delegate, then answer.", output_type=Itinerary)
+        .worker(
+            "flights",
+            instructions="Find flights.",
+            tools=[search_flights],
+            settings={"tool_choice": "search_flights", "temperature": 0.2},
+        )
         .build()
     )
 
 The builder produces the same plain data a plan file holds and runs the same validation, so a
 built plan and a loaded plan behave the same and report the same errors. Tools given as
-functions are stored by import path (``module:qualname``): plans stay plain data, which is what
-resuming a job in a new process needs. A function the import path does not lead back to (a
-lambda, a nested function) is refused at once.
+functions and output types given as classes are stored by import path (``module:qualname``):
+plans stay plain data, which is what resuming a job in a new process needs. A function or type
+the import path does not lead back to (a lambda, a nested class) is refused at once.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Literal, Self
+
+import msgspec
 
 from orchestrator.errors import PlanError
 
-from .model import Budget, Plan, Role, SideEffect
+from .model import MODEL_OPTION_FIELDS, Budget, Context, ModelOptions, Plan, Role, SideEffect
 from .validate import PlanIssue, plan_from_dict
 
 __all__ = ["PlanBuilder", "import_path_of"]
 
 ToolLike = Callable[..., Any] | str
+SettingsLike = ModelOptions | Mapping[str, Any]
 
 
 class PlanBuilder:
@@ -61,6 +70,28 @@ class PlanBuilder:
         self._tool_names: dict[int, str] = {}
         self._agents: list[dict[str, Any]] = []
         self._steps: list[dict[str, Any]] = []
+
+    def settings(
+        self,
+        options: SettingsLike | None = None,
+        /,
+        *,
+        context: Context | None = None,
+        **fields: Any,
+    ) -> Self:
+        """Set plan-wide model settings, the defaults of every agent (see
+        ``plans.ModelOptions``): a ``ModelOptions``, a mapping, or keywords such as
+        ``temperature=0.2, reasoning={"effort": "low"}, tool_choice="required"``. Also
+        ``context`` (steps mode: ``step`` or ``agent``).
+
+        Fields are checked by ``build()``, where an unknown one is reported with the
+        closest valid name.
+        """
+        settings = self._data["settings"]
+        settings.update(_options(options, fields))
+        if context is not None:
+            settings["context"] = context
+        return self
 
     def budgets(
         self,
@@ -130,6 +161,8 @@ class PlanBuilder:
         description: str = "",
         tools: Iterable[ToolLike] = (),
         limits: Budget | None = None,
+        settings: SettingsLike | None = None,
+        output_type: Any = None,
     ) -> Self:
         """Add the planner agent (it gets its delegation tools from the runtime)."""
         return self.agent(
@@ -140,6 +173,8 @@ class PlanBuilder:
             description=description,
             tools=tools,
             limits=limits,
+            settings=settings,
+            output_type=output_type,
         )
 
     def worker(
@@ -151,6 +186,8 @@ class PlanBuilder:
         description: str = "",
         tools: Iterable[ToolLike] = (),
         limits: Budget | None = None,
+        settings: SettingsLike | None = None,
+        output_type: Any = None,
     ) -> Self:
         """Add a worker agent."""
         return self.agent(
@@ -161,6 +198,8 @@ class PlanBuilder:
             description=description,
             tools=tools,
             limits=limits,
+            settings=settings,
+            output_type=output_type,
         )
 
     def agent(
@@ -173,11 +212,19 @@ class PlanBuilder:
         description: str = "",
         tools: Iterable[ToolLike] = (),
         limits: Budget | None = None,
+        settings: SettingsLike | None = None,
+        output_type: Any = None,
     ) -> Self:
         """Add an agent. ``tools`` are names defined with ``tool()``, functions or paths.
 
+        Args:
+            settings: the agent's model settings, over the plan-wide ones: a
+                ``ModelOptions`` or a mapping of its fields.
+            output_type: what the agent answers: a msgspec Struct, dataclass or TypedDict
+                class (stored by import path), a ``module:Type`` path, or a JSON Schema.
+
         Raises:
-            PlanError: a tool function is not reachable by import path.
+            PlanError: a tool function or the output type is not reachable by import path.
         """
         agent: dict[str, Any] = {
             "name": name,
@@ -190,6 +237,10 @@ class PlanBuilder:
             agent["model"] = model
         if limits is not None:
             agent["limits"] = _budget(limits)
+        if settings is not None:
+            agent["settings"] = _options(settings, {})
+        if output_type is not None:
+            agent["output_type"] = _output_entry(output_type)
         self._agents.append(agent)
         return self
 
@@ -233,8 +284,40 @@ class PlanBuilder:
         return self._tool_names.get(id(tool)) or import_path_of(tool)
 
 
-def import_path_of(function: Callable[..., Any]) -> str:
-    """The ``module:qualname`` path that imports back to ``function``.
+def _options(options: SettingsLike | None, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Model settings as plan data: set fields only, nested values as plain data."""
+    data: dict[str, Any] = {}
+    if isinstance(options, ModelOptions):
+        data.update(
+            (name, getattr(options, name))
+            for name in MODEL_OPTION_FIELDS
+            if getattr(options, name) is not None
+        )
+    elif options is not None:
+        data.update(options)
+    data.update(fields)
+    return {name: msgspec.to_builtins(value) for name, value in data.items() if value is not None}
+
+
+def _output_entry(output_type: Any) -> str | dict[str, Any]:
+    """An output type as plan data: a path or a schema as given, a class by import path."""
+    if isinstance(output_type, str):
+        return output_type
+    if isinstance(output_type, Mapping):
+        return dict(output_type)
+    try:
+        return import_path_of(output_type, what="output type")
+    except PlanError:
+        issue = PlanIssue(
+            code="plan.output",
+            message=f"output type {output_type!r} cannot be referenced by an import path",
+            suggestion="define it at module level and pass the class, or its 'module:Type' path",
+        )
+        raise PlanError(str(issue), (issue,)) from None
+
+
+def import_path_of(function: Callable[..., Any], *, what: str = "tool") -> str:
+    """The ``module:qualname`` path that imports back to ``function`` (or a class).
 
     Raises:
         PlanError: (``plan.tool``) no such path leads back to this very object.
@@ -253,7 +336,7 @@ def import_path_of(function: Callable[..., Any]) -> str:
             return path
     issue = PlanIssue(
         code="plan.tool",
-        message=f"tool {function!r} cannot be referenced by an import path",
+        message=f"{what} {function!r} cannot be referenced by an import path",
         suggestion="define it at module level, or pass its 'module:function' path",
     )
     raise PlanError(str(issue), (issue,))

@@ -16,6 +16,22 @@ checks it before any socket opens. A complete TOML plan, annotated::
     base_url = "https://api.openai.com/v1"   # optional endpoint, as the SDK's base_url
     context = "step"                   # steps mode: each step a fresh conversation (default)
                                        # | "agent": one conversation per agent, all its steps
+    # Model settings, the defaults of every agent (an agent's [agents.settings] overrides
+    # them field by field; run(model_settings=...) fills what neither sets). Sent verbatim.
+    reasoning = { effort = "low", summary = "auto" }   # effort: none | minimal | low |
+                                       # medium | high | xhigh; summary: auto | concise | detailed
+    temperature = 0.2                  # 0..2
+    top_p = 1.0                        # 0..1
+    max_output_tokens = 4000           # 16..1000000; a longer answer ends `incomplete`
+    max_tool_calls = 20                # 1..1000, per response
+    tool_choice = "auto"               # auto | none | required (per agent also a tool name)
+    parallel_tool_calls = true         # false: at most one tool call per response
+    truncation = "auto"                # auto: the service drops the oldest items when the
+                                       # conversation outgrows the context | disabled
+    service_tier = "flex"              # auto | default | flex | priority | scale
+    verbosity = "low"                  # text.verbosity: low | medium | high
+    metadata = { team = "trip" }       # up to 16 string pairs
+    prompt_cache_key = "trip"
 
     [budgets]                          # per run; leave a field out for no plan-level limit
     max_turns = 200                    # model turns, all agents together (1..100000)
@@ -53,6 +69,12 @@ checks it before any socket opens. A complete TOML plan, annotated::
         "search_flights",                               # a name defined under [tools]
         "orchestrator.examples.trip.tools:search_hotels",      # or an import path (default options;
     ]                                                   # the model sees `search_hotels`)
+    output_type = "orchestrator.examples.triage.outputs:Ticket"   # optional: the agent answers
+                                       # JSON of this type (a msgspec Struct, dataclass,
+                                       # TypedDict...) or of a JSON Schema given as a table
+    [agents.settings]                  # optional: this agent's model settings, over [settings]
+    reasoning = { effort = "high" }
+    tool_choice = "search_flights"     # its first turn of each task calls this tool
 
     [[steps]]                          # optional: a DAG instead of (or inside) delegation
     id = "fetch"                       # [A-Za-z][A-Za-z0-9_-]{0,63}, unique
@@ -74,7 +96,7 @@ every other ``{{...}}`` is an error, so double braces are reserved in tasks.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 
@@ -89,7 +111,9 @@ __all__ = [
     "Approvals",
     "Budget",
     "Context",
+    "ModelOptions",
     "Plan",
+    "Reasoning",
     "Reference",
     "Role",
     "Settings",
@@ -135,10 +159,87 @@ class Budget(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
 
 Context = Literal["step", "agent"]
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+Summary = Literal["auto", "concise", "detailed"]
+Verbosity = Literal["low", "medium", "high"]
+Truncation = Literal["auto", "disabled"]
+ServiceTier = Literal["auto", "default", "flex", "priority", "scale"]
+# The tool_choice modes; any other string names one of the agent's tools.
+TOOL_CHOICE_MODES: Final = ("auto", "none", "required")
+
+# Ranges of the model settings (inclusive), as the Responses API accepts them.
+SETTING_LIMITS: Final[Mapping[str, tuple[float, float]]] = {
+    "temperature": (0, 2),
+    "top_p": (0, 1),
+    "max_output_tokens": (16, 1_000_000),
+    "max_tool_calls": (1, 1_000),
+}
+MAX_METADATA: Final = 16  # pairs; keys up to 64 characters, values up to 512
+# Settings that do not change what the model does (billing, caching, bookkeeping): a resumed
+# job may change them.
+NEUTRAL_SETTINGS: Final = frozenset(
+    {"metadata", "prompt_cache_key", "service_tier", "safety_identifier", "user"}
+)
 
 
-class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Run-wide settings.
+class Reasoning(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``reasoning`` of a reasoning model: how hard it thinks, and what summary it writes."""
+
+    effort: Effort | None = None
+    summary: Summary | None = None
+
+
+class ModelOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Model settings, sent verbatim on every turn of an agent; ``None`` leaves a field to
+    the level below (an agent's ``settings``, then the plan's ``[settings]``, then
+    ``run(model_settings=...)``, then the service's default).
+
+    ``tool_choice`` is ``auto``, ``none``, ``required``, the name of one of the agent's
+    tools, or ``{type = "function", name = "..."}``. ``required`` and a named tool force the
+    first turn of each task; the turns after it use ``auto``, so that the agent can answer
+    once its tools have run (otherwise it could only ever call tools). ``verbosity`` is
+    sent as ``text.verbosity``.
+    """
+
+    reasoning: Reasoning | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_output_tokens: int | None = None
+    max_tool_calls: int | None = None
+    tool_choice: str | dict[str, str] | None = None
+    parallel_tool_calls: bool | None = None
+    truncation: Truncation | None = None
+    service_tier: ServiceTier | None = None
+    verbosity: Verbosity | None = None
+    metadata: dict[str, str] | None = None
+    prompt_cache_key: str | None = None
+
+    def over(self, base: ModelOptions) -> ModelOptions:
+        """These options with ``base``'s where these leave a field unset. ``reasoning``
+        and ``metadata`` merge field by field (key by key)."""
+        fields: dict[str, Any] = {}
+        for name in MODEL_OPTION_FIELDS:
+            mine, theirs = getattr(self, name), getattr(base, name)
+            if name == "reasoning" and mine is not None and theirs is not None:
+                mine = Reasoning(
+                    effort=mine.effort if mine.effort is not None else theirs.effort,
+                    summary=mine.summary if mine.summary is not None else theirs.summary,
+                )
+            elif name == "metadata" and mine is not None and theirs is not None:
+                mine = {**theirs, **mine}
+            fields[name] = mine if mine is not None else theirs
+        return ModelOptions(**fields)
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, name) is None for name in MODEL_OPTION_FIELDS)
+
+
+MODEL_OPTION_FIELDS: Final = tuple(ModelOptions.__struct_fields__)
+
+
+class Settings(ModelOptions, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Run-wide settings, and the defaults of every agent's model settings
+    (:class:`ModelOptions`, which an agent's own ``settings`` override).
 
     ``context``: in steps mode, ``step`` (the default) starts each step as a fresh
     conversation for its agent, with the step's task and the results it depends on;
@@ -150,6 +251,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     store: bool = False
     base_url: str | None = None
     context: Context = "step"
+
+    @property
+    def model_options(self) -> ModelOptions:
+        """The plan-wide model settings alone."""
+        return ModelOptions(**{name: getattr(self, name) for name in MODEL_OPTION_FIELDS})
 
 
 class ToolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -181,6 +287,9 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     tools: tuple[str, ...] = ()
     limits: Budget | None = None
     context: Context | None = None  # overrides settings.context for this agent
+    settings: ModelOptions | None = None  # override the plan's [settings], field by field
+    # What the agent answers: a JSON Schema, or a type's import path ("module:Type").
+    output_type: str | dict[str, Any] | None = None
 
 
 class Step(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -255,6 +364,11 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     def context_for(self, agent: Agent) -> Context:
         """``step`` or ``agent``: the agent's own ``context``, else ``settings.context``."""
         return agent.context or self.settings.context
+
+    def settings_for(self, agent: Agent) -> ModelOptions:
+        """``agent``'s model settings: its own ``settings`` over the plan's ``[settings]``."""
+        plan_wide = self.settings.model_options
+        return agent.settings.over(plan_wide) if agent.settings is not None else plan_wide
 
     def tools_for(self, agent: Agent) -> dict[str, ToolConfig]:
         """The tools ``agent`` may call, as model-facing name -> options, in listed order.

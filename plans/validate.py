@@ -25,6 +25,8 @@ Issue codes (the CLI maps them to exit codes):
     plan.tool         bad import path, module or function missing, not registered, not allowed
     plan.value        out-of-range number, bad name, unsupported version, bad URL
     plan.secret       something that looks like an API key or password
+    plan.output       an output_type that does not import, is no type msgspec can check, or
+                      a JSON Schema using a keyword that is not supported
   warnings:
     plan.unreachable  steps never scheduled (not needed by final_step)
     plan.unused_agent a worker no step uses and no planner can reach
@@ -53,11 +55,15 @@ from orchestrator.errors import PlanError
 from .model import (
     FORMAT_VERSION,
     LIMITS,
+    MAX_METADATA,
     NAME_PATTERN,
+    SETTING_LIMITS,
+    TOOL_CHOICE_MODES,
     TOOL_NAME_PATTERN,
     Agent,
     Approvals,
     Budget,
+    ModelOptions,
     Plan,
     Settings,
     Step,
@@ -65,6 +71,7 @@ from .model import (
     task_references,
     tool_name_of_path,
 )
+from .output import OutputError, output_type_of
 
 __all__ = [
     "PlanIssue",
@@ -368,7 +375,7 @@ def _check_struct(value: Any, cls: type[msgspec.Struct], location: str, out: _Is
                 "plan.schema",
                 location,
                 f"unknown field {_show(key)}",
-                _did_you_mean(key, fields),
+                _MOVED.get((cls, key)) or _did_you_mean(key, fields),
                 at=_key_location(location, key),
             )
             ok = False
@@ -379,6 +386,16 @@ def _check_struct(value: Any, cls: type[msgspec.Struct], location: str, out: _Is
             out.add("plan.schema", location, f"missing required field {name!r}")
             ok = False
     return ok
+
+
+# Fields of [settings] that an agent's settings cannot hold: where they go instead.
+_MOVED: Final[Mapping[tuple[type, str], str]] = {
+    (ModelOptions, "model"): "set model on the agent itself, next to its name",
+    (ModelOptions, "context"): "set context on the agent itself, next to its name",
+    (ModelOptions, "store"): "store is run-wide: set it in [settings]",
+    (ModelOptions, "base_url"): "base_url is run-wide: set it in [settings]",
+    (ModelOptions, "output_type"): "set output_type on the agent itself, next to its name",
+}
 
 
 def _check_value(value: Any, annotation: Any, location: str, out: _Issues) -> bool:
@@ -638,6 +655,8 @@ class _Semantics:
         self.check_steps()
         self.check_tools()
         self.check_approvals()
+        self.check_model_settings()
+        self.check_outputs()
 
     # -- top level -----------------------------------------------------------------------------
 
@@ -928,6 +947,172 @@ class _Semantics:
                     severity="warning",
                 )
 
+    # -- model settings ------------------------------------------------------------------------
+
+    def check_model_settings(self) -> None:
+        """Ranges, metadata limits and tool_choice, in [settings] and each agent's settings.
+
+        ``tool_choice`` naming a tool must name one the agent can call; ``required`` or a
+        tool name on an agent without tools could never be met.
+        """
+        view = self.view
+        plan_wide = view.settings
+        if plan_wide is not None:
+            self.check_options(plan_wide, "$.settings")
+            choice = plan_wide.tool_choice
+            if choice is not None and _choice_name(choice) is not None:
+                self.out.add(
+                    "plan.value",
+                    "$.settings.tool_choice",
+                    f"tool_choice {_show(_choice_name(choice))} names a tool, which not every "
+                    "agent has",
+                    _did_you_mean(str(_choice_name(choice)), TOOL_CHOICE_MODES)
+                    or "set it in the settings of the agent that has the tool, or use "
+                    + " | ".join(TOOL_CHOICE_MODES),
+                )
+        for index, agent in view.agents:
+            location = f"$.agents[{index}].settings"
+            own = agent.settings
+            if own is not None:
+                self.check_options(own, location)
+            choice = own.tool_choice if own is not None else None
+            where = f"{location}.tool_choice"
+            if choice is None and plan_wide is not None and plan_wide.tool_choice is not None:
+                choice, where = plan_wide.tool_choice, "$.settings.tool_choice"
+            if choice is None or not self.tools_known(agent):
+                continue
+            tools = self.agent_tools(agent)
+            name = _choice_name(choice)
+            if name is not None and (
+                where == "$.settings.tool_choice" or not TOOL_NAME_PATTERN.fullmatch(name)
+            ):
+                continue  # reported once, by check_options or above
+            if name is not None and name not in tools:
+                listed = ", ".join(tools) or "none"
+                self.out.add(
+                    "plan.tool",
+                    where,
+                    f"tool_choice names {_show(name)}, which agent {_show(agent.name)} cannot "
+                    f"call; its tools: {listed}",
+                    _did_you_mean(name, [*tools, *TOOL_CHOICE_MODES]),
+                )
+            elif (name is not None or choice == "required") and not tools:
+                self.out.add(
+                    "plan.value",
+                    where,
+                    f"agent {_show(agent.name)} has no tools, so tool_choice "
+                    f"{_show(name or choice)} can never be met",
+                    "give it tools, or use 'auto' or 'none'",
+                )
+
+    def check_options(self, options: ModelOptions, location: str) -> None:
+        out = self.out
+        for field, (low, high) in SETTING_LIMITS.items():
+            value = getattr(options, field)
+            if value is None or not math.isfinite(value):
+                continue  # non-finite numbers are reported by the schema walk
+            if not low <= value <= high:
+                out.add(
+                    "plan.value",
+                    f"{location}.{field}",
+                    f"must be in {_number(low)}..{_number(high)}, got {_number(value)}",
+                )
+        if options.metadata is not None:
+            if len(options.metadata) > MAX_METADATA:
+                out.add(
+                    "plan.value",
+                    f"{location}.metadata",
+                    f"at most {MAX_METADATA} pairs, got {len(options.metadata)}",
+                )
+            for key, value in options.metadata.items():
+                where = _key_location(f"{location}.metadata", key)
+                if not 0 < len(key) <= 64:
+                    out.add("plan.value", where, "metadata keys must be 1 to 64 characters")
+                if len(value) > 512:
+                    out.add("plan.value", where, f"at most 512 characters, got {len(value)}")
+        if options.prompt_cache_key is not None and not options.prompt_cache_key.strip():
+            out.add("plan.value", f"{location}.prompt_cache_key", "must not be empty")
+        choice = options.tool_choice
+        if isinstance(choice, dict):
+            kind = choice.get("type")
+            if kind != "function" or set(choice) != {"type", "name"}:
+                out.add(
+                    "plan.value",
+                    f"{location}.tool_choice",
+                    f"tool_choice {_show(choice)} is not supported",
+                    'use auto | none | required, a tool name, or {type = "function", '
+                    'name = "TOOL"}',
+                )
+        elif (
+            isinstance(choice, str)
+            and choice not in TOOL_CHOICE_MODES
+            and not TOOL_NAME_PATTERN.fullmatch(choice)
+        ):
+            out.add(
+                "plan.value",
+                f"{location}.tool_choice",
+                f"tool_choice {_show(choice)} is neither a mode nor a tool name",
+                _did_you_mean(choice, TOOL_CHOICE_MODES)
+                or "use auto | none | required, or a tool name",
+            )
+
+    def tools_known(self, agent: Agent) -> bool:
+        """Whether every tool entry of ``agent`` decoded (else its list is incomplete)."""
+        return all(":" in entry or entry in self.view.tools for entry in agent.tools)
+
+    def agent_tools(self, agent: Agent) -> list[str]:
+        """The names of the tools ``agent``'s model sees, the runtime's included."""
+        names = [tool_name_of_path(e) if ":" in e else e for e in agent.tools]
+        if agent.role == "planner" and self.view.step_count == 0:
+            # The runtime's delegation tools (actors.planner, which plans cannot import).
+            names.extend(
+                ("delegate_to_" + a.name)[:64] for _, a in self.view.agents if a.role == "worker"
+            )
+            names.append("finish")
+        return list(dict.fromkeys(names))
+
+    # -- typed outputs -------------------------------------------------------------------------
+
+    def check_outputs(self) -> None:
+        """Each output_type imports (a type path) or compiles (a JSON Schema)."""
+        for index, agent in self.view.agents:
+            declared = agent.output_type
+            if declared is None:
+                continue
+            location = f"$.agents[{index}].output_type"
+            if isinstance(declared, str):
+                if not _IMPORT_PATH.fullmatch(declared):
+                    self.out.add(
+                        "plan.output",
+                        location,
+                        f"{_show(declared)} is not an import path",
+                        "expected 'package.module:Type', or a JSON Schema table",
+                    )
+                    continue
+                module = declared.partition(":")[0]
+                if not self.module_allowed(module):
+                    allowed = ", ".join(self.allowed_modules or ()) or "none"
+                    self.out.add(
+                        "plan.output",
+                        location,
+                        f"output type {_show(declared)} is not in the allow-list",
+                        f"allowed modules: {allowed}",
+                    )
+                    continue
+                if not self.import_tools:
+                    continue
+            try:
+                output_type_of(declared)
+            except OutputError as exc:
+                where = location + exc.location if isinstance(declared, dict) else location
+                self.out.add("plan.output", where, exc.message, exc.suggestion)
+
+    def module_allowed(self, module: str) -> bool:
+        return self.allowed_modules is None or any(
+            module == allowed or module.startswith(allowed + ".")
+            for allowed in self.allowed_modules
+        )
+
     # -- tools ---------------------------------------------------------------------------------
 
     def check_approvals(self) -> None:
@@ -1067,6 +1252,13 @@ class _Semantics:
         if problem is not None:
             self.out.add("plan.tool", location, problem[0], problem[1])
         return True
+
+
+def _choice_name(choice: str | dict[str, str]) -> str | None:
+    """The tool a tool_choice names, or None for a mode."""
+    if isinstance(choice, dict):
+        return choice.get("name")
+    return None if choice in TOOL_CHOICE_MODES else choice
 
 
 def _try_import(

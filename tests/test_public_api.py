@@ -27,6 +27,7 @@ EXPECTED = {
     "JournalError",
     "LocalProtocolError",
     "OrchestratorError",
+    "OutputInvalid",
     "PlanDiverged",
     "PlanError",
     "ProtocolError",

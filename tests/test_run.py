@@ -608,6 +608,7 @@ async def test_result_json_has_the_documented_shape(autojump_clock):
         "mode",
         "endpoint",
         "answer",
+        "output",
         "reason",
         "code",
         "usage",

@@ -79,7 +79,8 @@ class Session:
         tools: tool definitions, resent every turn.
         store: ``store`` on every create; ``False`` keeps responses only in the connection
             cache (the default: ZDR-friendly, and replays make it safe).
-        settings: further per-turn settings.
+        settings: further per-turn settings; a forcing ``tool_choice`` applies to the first
+            turn of a task only (see ``follow_up``).
         include: extra ``include`` values; ``reasoning.encrypted_content`` is added
             automatically when ``settings.reasoning`` is set and ``store`` is false, so a
             replay carries complete reasoning items.
@@ -99,6 +100,10 @@ class Session:
     # socket while turns went on may lag behind; the next continuation sends the gap).
     _chain_covers: int = 0
     _pending: tuple[FunctionCallItem, ...] | None = attrs.field(default=None, init=False)
+    # The next turn goes on with a task after its tool calls: a forcing ``tool_choice``
+    # (``required``, a named tool) gives way to ``auto`` so that the model can answer; the
+    # agent sets it before each turn (a forced choice on every turn could only loop).
+    follow_up: bool = attrs.field(default=False, kw_only=True)
     turns: int = 0
     usage_input_tokens: int = 0
     usage_output_tokens: int = 0
@@ -152,6 +157,8 @@ class Session:
             value = getattr(self.settings, name)
             if not isinstance(value, UnsetType):
                 fields[name] = value
+        if self.follow_up and fields.get("tool_choice", "auto") not in ("auto", "none"):
+            fields["tool_choice"] = "auto"
         return fields
 
     def request(

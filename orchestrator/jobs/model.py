@@ -148,6 +148,8 @@ class AgentPrint(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     store: bool
     tools: dict[str, str] = msgspec.field(default_factory=dict)  # name -> side effect:hash
     context: str = "agent"
+    settings: str = ""  # the model settings that change behaviour, canonical JSON
+    output: str = ""  # the declared output: name:schema hash
 
 
 class NewJob(msgspec.Struct, frozen=True, kw_only=True):

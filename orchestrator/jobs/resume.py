@@ -139,7 +139,8 @@ def plan_changes(
     """What changed between the journaled plan and ``new``, in words.
 
     Agents are compared by their fingerprints (model, instructions, tools with their schema
-    and side effect, store); steps that started are compared by agent, task and
+    and side effect, store, the model settings that change behaviour, the declared output);
+    steps that started are compared by agent, task and
     dependencies; budgets separately. Steps that never started may change freely.
     """
     blocking: list[str] = []
@@ -152,6 +153,15 @@ def plan_changes(
         for field in ("role", "model", "instructions", "store", "context"):
             if getattr(before, field) != getattr(after, field):
                 blocking.append(f"agent {name!r}: {field} changed")
+        if before.settings != after.settings:
+            blocking.append(
+                f"agent {name!r}: model settings changed "
+                f"({before.settings or 'none'} -> {after.settings or 'none'})"
+            )
+        if before.output != after.output:
+            was, now = before.output.partition(":")[0], after.output.partition(":")[0]
+            detail = f"{was or 'text'} -> {now or 'text'}" if was != now else "its schema"
+            blocking.append(f"agent {name!r}: output type changed ({detail})")
         for tool in sorted(before.tools.keys() - after.tools.keys()):
             blocking.append(f"agent {name!r}: tool {tool!r} was removed")
         for tool in sorted(after.tools.keys() - before.tools.keys()):

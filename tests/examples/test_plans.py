@@ -14,6 +14,7 @@ PLANS = {
     "trip": EXAMPLES / "trip" / "plan.toml",
     "bugfix": EXAMPLES / "bugfix" / "plan.yaml",
     "longrun": EXAMPLES / "longrun" / "plan.json",
+    "triage": EXAMPLES / "triage" / "plan.toml",
 }
 
 

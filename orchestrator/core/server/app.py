@@ -84,6 +84,7 @@ from .models import (
     count_tokens,
     item_text,
     iter_text,
+    limit_output,
     load_script,
     select_policy,
     split_arguments,
@@ -1227,8 +1228,13 @@ class _ServerConnection:
                 context=context,
                 parallel_tool_calls=create.parallel_tool_calls is not False,
                 tool_choice=_or(create.tool_choice, "auto"),
+                text_format=_text_format(create.text),
+                max_tool_calls=_or(create.max_tool_calls, None),
             )
-            reply = self.server.policy_for(base.model).respond(request)
+            reply = limit_output(
+                self.server.policy_for(base.model).respond(request),
+                _or(create.max_output_tokens, None),
+            )
             if reply.error is not None:
                 await stream.emit(
                     ErrorEvent,
@@ -1529,6 +1535,13 @@ def error_type(status: int) -> str:
     if status == 429:
         return "requests"
     return "invalid_request_error"
+
+
+def _text_format(text: Any) -> dict[str, Any] | None:
+    """``text.format`` of a create, if it is an object."""
+    if isinstance(text, dict) and isinstance(text.get("format"), dict):
+        return dict(text["format"])
+    return None
 
 
 def _or(value: Any, default: Any) -> Any:

@@ -25,18 +25,21 @@ import datetime
 import json
 import math
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Iterable, Sequence
 
 __all__ = [
     "LEAD_IN",
     "Facts",
+    "answer_for_schema",
     "arguments_for_schema",
     "cut",
+    "known_values",
     "render_json",
     "render_output",
     "summarise",
@@ -193,6 +196,7 @@ class Place:
     name: str
     preposition: str | None
     weak: bool = False
+    quoted: bool = False  # inside a result the text quotes (after our lead-in)
 
 
 def _mask(text: str, pattern: re.Pattern[str]) -> str:
@@ -224,7 +228,7 @@ class Facts:
             text=text,
             dates=tuple(date for _, date in sorted(dates, key=lambda pair: pair[0])),
             quantities=tuple(_quantities(masked)),
-            places=tuple(_places(masked)),
+            places=tuple(_places(masked, quoted_from=text.find(LEAD_IN))),
         )
 
 
@@ -273,7 +277,7 @@ def _quantity(value: float, unit: str | None, before: str | None) -> Quantity:
 _CONNECTORS: Final = _set("de da do del la le of am")
 
 
-def _places(text: str) -> Iterable[Place]:
+def _places(text: str, quoted_from: int = -1) -> Iterable[Place]:
     for match in _PROPER.finditer(text):
         words = [(word.start(), word.group(0)) for word in re.finditer(r"\S+", match.group(0))]
         weak = False
@@ -290,8 +294,11 @@ def _places(text: str) -> Iterable[Place]:
             continue  # nothing left, or a unit ("EUR")
         start = match.start() + words[0][0]
         before = _WORD_BEFORE.search(text, max(0, start - 24), start)
-        name = " ".join(word for _, word in words)
-        yield Place(name, before.group(1).lower() if before else None, weak)
+        name = " ".join(word for _, word in words).rstrip("-'")
+        if len(name) < 2:
+            continue  # "T-1042" is an id, not a place called "T"
+        quoted = 0 <= quoted_from < start
+        yield Place(name, before.group(1).lower() if before else None, weak, quoted)
 
 
 # -- filling a schema ------------------------------------------------------------------------------
@@ -308,14 +315,30 @@ class _Drawer:
 
     facts: Facts
     whole_text: bool = False
+    # For answers (text.format): values the tools returned, by field name, used where a
+    # property has the same name and the value fits; the text of free-form fields; and
+    # every property filled, not only the required ones.
+    known: Mapping[str, Any] = attrs.field(factory=dict)
+    long_text: str | None = None
+    complete: bool = False
     _used_places: set[str] = attrs.field(factory=set)
     _used_quantities: set[int] = attrs.field(factory=set)
 
     def place(self, role: str | None) -> str | None:
         """The place for ``role``: origin (after "from"), destination (after "to", "in"...),
-        or None for any name. A sentence's first word counts as a place only for a role."""
-        strong = [place for place in self.facts.places if not place.weak]
-        weak = [place for place in self.facts.places if place.weak]
+        or None for any name. A sentence's first word counts as a place only for a role.
+        The text's own words come before the results it quotes."""
+        own = [place for place in self.facts.places if not place.quoted]
+        quoted = [place for place in self.facts.places if place.quoted]
+        for places in (own, quoted):
+            found = self._place_among(places, role)
+            if found is not None:
+                return found
+        return None
+
+    def _place_among(self, places: Sequence[Place], role: str | None) -> str | None:
+        strong = [place for place in places if not place.weak]
+        weak = [place for place in places if place.weak]
         if role == "origin":
             # "Paris to Lisbon": the name before "to" that starts the sentence is the origin.
             wanted = [p for p in strong if p.preposition in _ORIGIN_PREPOSITIONS] + weak
@@ -456,6 +479,8 @@ def _value_for(
     schema = _resolve(schema, root)
     if not isinstance(schema, dict) or depth > 8:
         return None
+    if name in drawer.known and _fits(drawer.known[name], schema, root):
+        return drawer.known[name]
     if "const" in schema:
         return schema["const"]
     if schema.get("enum"):
@@ -514,18 +539,26 @@ def _string_for(name: str, schema: Mapping[str, Any], drawer: _Drawer) -> str:
     lowered = name.lower()
     description = str(schema.get("description", ""))
     value: str | None = None
-    if _is_date(name, schema):
+    fixed = _FORMATTED.get(str(schema.get("format")))
+    if _is_date(name, schema) or schema.get("format") == "date-time":
         end = bool(set(_words(name)) & _END_WORDS)
         value = drawer.date(end) or "2026-01-01"
+        if schema.get("format") == "date-time":
+            value += "T00:00:00Z"
+    elif fixed is not None:
+        value = fixed
     elif (
         drawer.whole_text
         or lowered in _LONG_TEXT_NAMES
         or lowered.endswith(("_query", "_text", "_task"))
     ):
-        value = drawer.facts.text.strip() or name
+        value = (drawer.long_text or drawer.facts.text).strip() or name
     else:
         role = _place_role(name, description)
-        value = drawer.place(role) or drawer.facts.text.strip() or name
+        if role is None and drawer.long_text is not None:
+            value = drawer.long_text.strip() or name  # an answer's free text: the prose
+        else:
+            value = drawer.place(role) or drawer.facts.text.strip() or name
     minimum = schema.get("minLength", 0)
     maximum = schema.get("maxLength")
     if isinstance(minimum, int) and len(value) < minimum:
@@ -583,12 +616,131 @@ def _object_for(
     if not isinstance(properties, dict):
         return {}
     required = schema.get("required")
-    names = required if isinstance(required, list) else []
+    names = list(required) if isinstance(required, list) else []
+    if drawer.complete:
+        names += [name for name in properties if name not in names]
     return {
         name: _value_for(name, properties.get(name, {}), root, drawer, depth)
         for name in names
         if isinstance(name, str)
     }
+
+
+# Strings of a format the text cannot supply, written the same way every time.
+_FORMATTED: Final = {
+    "time": "00:00:00",
+    "uuid": "00000000-0000-4000-8000-000000000000",
+    "duration": "P1D",
+    "email": "someone@example.com",
+    "uri": "https://example.com/",
+    "hostname": "example.com",
+    "ipv4": "192.0.2.1",
+    "ipv6": "2001:db8::1",
+}
+
+
+def _fits(value: Any, schema: Any, root: Mapping[str, Any], depth: int = 0) -> bool:
+    """Whether ``value`` (a tool's result) validates against ``schema``: a small checker for
+    what answers use, erring on no (then the value is drawn as usual)."""
+    schema = _resolve(schema, root)
+    if not isinstance(schema, dict) or depth > 8:
+        return False
+    if "const" in schema:
+        return bool(value == schema["const"])
+    if "enum" in schema:
+        return value in schema["enum"] and not isinstance(value, dict | list)
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list):
+            return any(_fits(value, option, root, depth + 1) for option in schema[key])
+    kind = schema.get("type")
+    kinds = kind if isinstance(kind, list) else [kind]
+    return any(_fits_kind(value, k, schema, root, depth) for k in kinds)
+
+
+def _fits_kind(value: Any, kind: Any, schema: Mapping[str, Any], root: Any, depth: int) -> bool:
+    if kind == "null":
+        return value is None
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind in ("integer", "number"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if kind == "integer" and not (isinstance(value, int) or value.is_integer()):
+            return False
+        low, high = schema.get("minimum"), schema.get("maximum")
+        above, below = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+        return (
+            (low is None or value >= low)
+            and (high is None or value <= high)
+            and (above is None or value > above)
+            and (below is None or value < below)
+            and "multipleOf" not in schema
+        )
+    if kind == "string":
+        return (
+            isinstance(value, str)
+            and "pattern" not in schema
+            and "format" not in schema
+            and schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value))
+        )
+    if kind == "array":
+        return (
+            isinstance(value, list)
+            and schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", len(value))
+            and all(_fits(item, schema.get("items", {}), root, depth + 1) for item in value)
+        )
+    if kind == "object":
+        properties = schema.get("properties", {})
+        return (
+            isinstance(value, dict)
+            and all(name in value for name in schema.get("required", []))
+            and all(
+                (name in properties and _fits(item, properties[name], root, depth + 1))
+                or (name not in properties and schema.get("additionalProperties") is not False)
+                for name, item in value.items()
+            )
+        )
+    return False
+
+
+def _flatten(value: Any, into: dict[str, Any], depth: int = 0) -> None:
+    """Every field of a JSON value by name, the first occurrence winning."""
+    if depth > 6:
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            into.setdefault(str(key), item)
+        for item in value.values():
+            _flatten(item, into, depth + 1)
+    elif isinstance(value, list):
+        for item in value[:20]:
+            _flatten(item, into, depth + 1)
+
+
+def known_values(texts: Iterable[str]) -> dict[str, Any]:
+    """The fields of the JSON objects among ``texts`` (tool outputs), by name."""
+    known: dict[str, Any] = {}
+    for text in texts:
+        stripped = text.strip()
+        if stripped[:1] in ("{", "["):
+            try:
+                _flatten(json.loads(stripped), known)
+            except ValueError:
+                continue
+    return known
+
+
+def answer_for_schema(
+    schema: Any, text: str, *, prose: str, known: Mapping[str, Any] | None = None
+) -> str:
+    """An answer (JSON text) valid against ``schema`` (a ``text.format`` JSON Schema): each
+    property filled from what the tools returned when a field of that name fits, else drawn
+    from ``text`` as for arguments, free-form text fields getting ``prose``."""
+    if not isinstance(schema, dict) or not schema:
+        return "{}"
+    drawer = _Drawer(Facts.read(text), known=dict(known or {}), long_text=prose, complete=True)
+    value = _value_for("answer", schema, schema, drawer)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def arguments_for_schema(schema: Any, text: str, *, prefer_text: bool = False) -> str:

@@ -8,7 +8,14 @@ against a fault-free golden run.
 * ``generic`` makes any plan meaningful offline: it calls the offered tools that were not yet
   called since the last user message, with arguments that validate against each tool's JSON
   schema and are drawn from the conversation's text; once tool outputs are in, it answers
-  with a summary of what they returned; without tools it answers the last user message.
+  with a summary of what they returned; without tools it answers the last user message. It
+  honours ``tool_choice`` (``none``, ``required``, a named function), ``parallel_tool_calls``
+  (one call per response when false), ``max_tool_calls``, and ``text.format``: with a
+  ``json_schema`` its answer is JSON valid against the schema, fields named like those the
+  tools returned taking their values; with ``json_object``, ``{"answer": ...}``.
+
+Every policy's reply is held to ``max_output_tokens`` (:func:`limit_output`): a longer one is
+cut and ends ``response.incomplete`` with reason ``max_output_tokens``.
 * ``scripted`` replays exact turns from a JSON or YAML file (text, function calls, errors).
 * ``echo`` repeats the last user message (or the tool outputs).
 """
@@ -35,7 +42,7 @@ from orchestrator.core.protocol.events import (
 )
 from orchestrator.errors import ConfigurationError
 
-from .generic import arguments_for_schema, cut, summarise
+from .generic import answer_for_schema, arguments_for_schema, cut, known_values, summarise
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -50,6 +57,7 @@ __all__ = [
     "ScriptedPolicy",
     "count_tokens",
     "iter_text",
+    "limit_output",
     "split_arguments",
     "split_text",
 ]
@@ -134,6 +142,8 @@ class ModelRequest:
     context: tuple[Item, ...]
     parallel_tool_calls: bool = True
     tool_choice: Any = "auto"
+    text_format: dict[str, Any] | None = None  # ``text.format`` of the create
+    max_tool_calls: int | None = None
 
 
 @attrs.frozen
@@ -273,16 +283,22 @@ class GenericPolicy(Policy):
             if tool.type == "function" and isinstance(tool.name, str) and tool.name
         ]
         choice = request.tool_choice
+        forced = choice == "required"
         if choice == "none":
             offered = []
         elif isinstance(choice, dict) and choice.get("type") == "function":
             offered = [tool for tool in offered if tool.name == choice.get("name")]
+            forced = bool(offered)
         pending = [
             tool for tool in offered if tool.name not in called and tool.name not in TERMINAL_TOOLS
         ]
+        if not pending and forced and not any(t.name in TERMINAL_TOOLS for t in offered):
+            pending = offered[:1]  # a forced call, even of a tool called before
         if pending:
             if not request.parallel_tool_calls:
                 pending = pending[:1]
+            if request.max_tool_calls is not None:
+                pending = pending[: max(1, request.max_tool_calls)]
             text = _last_user_text(context)
             return ModelReply(
                 calls=tuple(
@@ -291,26 +307,106 @@ class GenericPolicy(Policy):
                 )
             )
         names = {item.call_id: item.name for item in recent if isinstance(item, FunctionCallItem)}
+        answered = [item for item in recent if isinstance(item, FunctionCallOutputItem)]
         terminal = [
-            tool for tool in offered if tool.name in TERMINAL_TOOLS and tool.name not in called
+            tool
+            for tool in offered
+            if tool.name in TERMINAL_TOOLS and (tool.name not in called or forced)
         ]
         if terminal:
-            answered = [item for item in recent if isinstance(item, FunctionCallOutputItem)]
             summary = (
                 _summarise(answered, names)
                 if answered
                 else " ".join(_last_user_text(context).split())
             )
             tool = terminal[0]
-            arguments = arguments_for(tool, summary, prefer_text=True)
+            if _text_only(tool.parameters):
+                arguments = arguments_for(tool, summary, prefer_text=True)
+            else:  # a typed answer: the schema filled from the results
+                arguments = answer_for_schema(
+                    tool.parameters,
+                    _last_user_text(context),
+                    prose=summary,
+                    known=known_values(item_text(item) for item in answered),
+                )
             return ModelReply(calls=(CallSpec(name=str(tool.name), arguments=arguments),))
         outputs = _trailing_outputs(context)
         if outputs:
-            return ModelReply(text=_summarise(outputs, names))
-        question = " ".join(_last_user_text(context).split())
-        if not question:
-            return ModelReply(text="Ready.")
-        return ModelReply(text=f"Answer to: {cut(question, MAX_QUESTION)}")
+            text = _summarise(outputs, names)
+        else:
+            question = " ".join(_last_user_text(context).split())
+            text = f"Answer to: {cut(question, MAX_QUESTION)}" if question else "Ready."
+        return ModelReply(text=_formatted(request, text, outputs))
+
+
+def _text_only(parameters: Any) -> bool:
+    """Whether every property of a tool's parameters is a string (its answer is prose)."""
+    properties = parameters.get("properties") if isinstance(parameters, dict) else None
+    return not isinstance(properties, dict) or all(
+        isinstance(p, dict) and p.get("type") == "string" for p in properties.values()
+    )
+
+
+def _formatted(request: ModelRequest, prose: str, outputs: Sequence[FunctionCallOutputItem]) -> str:
+    """The answer in the form ``text.format`` asks: prose, or JSON of the schema."""
+    text_format = request.text_format
+    kind = text_format.get("type") if text_format is not None else "text"
+    if kind == "json_object":
+        return json.dumps({"answer": prose}, ensure_ascii=False)
+    if kind != "json_schema" or text_format is None:
+        return prose
+    return answer_for_schema(
+        text_format.get("schema"),
+        _last_user_text(request.context),
+        prose=prose,
+        known=known_values(item_text(item) for item in outputs),
+    )
+
+
+def limit_output(reply: ModelReply, max_output_tokens: int | None) -> ModelReply:
+    """``reply`` held to ``max_output_tokens`` output tokens, counted as the server streams
+    them (a word of text or reasoning, a piece of call arguments): what does not fit is cut
+    (text at a word, a call entirely) and the reply ends ``incomplete`` with reason
+    ``max_output_tokens``. Errors, failures and replies that fit are returned unchanged."""
+    if (
+        max_output_tokens is None
+        or reply.error is not None
+        or reply.failed is not None
+        or reply.incomplete is not None
+    ):
+        return reply
+    budget = max_output_tokens
+    reasoning_words = split_text(reply.reasoning) if reply.reasoning else []
+    if len(reasoning_words) >= budget and (reply.text is not None or reply.calls):
+        return ModelReply(reasoning="".join(reasoning_words[:budget]), incomplete=_CUT)
+    budget -= len(reasoning_words)
+    if reply.text is not None:
+        deltas = (
+            list(reply.text_deltas) if reply.text_deltas is not None else split_text(reply.text)
+        )
+        if len(deltas) > budget:
+            kept = tuple(deltas[:budget])
+            return ModelReply(
+                text="".join(kept), text_deltas=kept, reasoning=reply.reasoning, incomplete=_CUT
+            )
+        budget -= len(deltas)
+    calls: list[CallSpec] = []
+    for call in reply.calls:
+        cost = max(1, len(split_arguments(call.arguments, call.deltas)))
+        if cost > budget:
+            return ModelReply(
+                text=reply.text,
+                text_deltas=reply.text_deltas,
+                calls=tuple(calls),
+                reasoning=reply.reasoning,
+                incomplete=_CUT,
+            )
+        budget -= cost
+        calls.append(call)
+    return reply
+
+
+_CUT: Final = "max_output_tokens"
 
 
 # -- scripted ----------------------------------------------------------------------------------
