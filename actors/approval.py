@@ -22,6 +22,8 @@ from typing import Final, Literal, TypeAlias
 
 import attrs
 
+from orchestrator.core import rules
+
 __all__ = [
     "NEEDS_APPROVAL",
     "ApprovalDecision",
@@ -33,7 +35,7 @@ __all__ = [
 ]
 
 # Side-effect classes whose calls need an approval before they run.
-NEEDS_APPROVAL: Final = frozenset({"destructive", "external"})
+NEEDS_APPROVAL: Final = rules.NEEDS_APPROVAL
 
 
 @attrs.frozen

@@ -215,7 +215,7 @@ class Actor(abc.ABC):
         current, self._current = self._current, None
         if current is not None and current.reply is not None and not current.reply.done:
             # Not a dead letter: it was delivered, the actor died handling it.
-            error = _actor_dead(self.name, reason, cause)
+            error = ActorDead(self.name, reason, cause=cause)
             current.reply.fail(error)
         mailbox.close(reason, cause)
 
@@ -300,9 +300,3 @@ class Actor(abc.ABC):
             failures=self._failures,
             restarts=max(0, self._starts - 1),
         )
-
-
-def _actor_dead(name: str, reason: str, cause: Exception | None) -> ActorDead:
-    error = ActorDead(name, reason)
-    error.__cause__ = cause
-    return error

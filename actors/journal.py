@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Final, Literal, Protocol
 import attrs
 import msgspec
 
+from orchestrator.core import rules
 from orchestrator.core.protocol.events import Item
 from orchestrator.errors import OrchestratorError
 
@@ -56,7 +57,7 @@ CallStatus = Literal["pending", "started", "done"]
 InDoubtAction = Literal["rerun", "park"]
 
 # Side-effect classes whose in-doubt calls may simply run again (with the same key).
-RERUNNABLE: Final = frozenset({"read_only", "idempotent_write"})
+RERUNNABLE: Final = rules.RERUNNABLE
 # The side effect recorded for the runtime's own calls (delegations, finish): they are
 # idempotent by construction (a delegation is a message with a stable id).
 RUNTIME_CALL: Final = "runtime"

@@ -52,9 +52,7 @@ business; ``orchestrator run`` still stops them when it exits.
 from __future__ import annotations
 
 import contextvars
-import difflib
 import functools
-import importlib
 import inspect
 import os
 import pathlib
@@ -66,14 +64,14 @@ import traceback
 import types
 import typing
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Annotated, Any, Final, Literal, TypeVar, Union
+from typing import Annotated, Any, Final, TypeVar, Union
 
 import attrs
 import msgspec
 import trio
 from loguru import logger
 
-from actors.approval import NEEDS_APPROVAL, ApprovalDecision, ApprovalRequest, Approver, decide
+from actors.approval import ApprovalDecision, ApprovalRequest, Approver, decide
 from actors.journal import AgentMemory
 from orchestrator.core.failpoints import crash_point
 from orchestrator.core.observe import EventBus, ToolApproval, ToolFinished, ToolStarted, capped
@@ -85,6 +83,7 @@ from orchestrator.core.protocol.events import (
     Tool,
 )
 from orchestrator.core.redaction import redact
+from orchestrator.core.rules import NEEDS_APPROVAL, ImportPathError, SideEffect, resolve_import
 from orchestrator.errors import ToolArgumentsInvalid, ToolError, ToolTimedOut
 
 __all__ = [
@@ -114,7 +113,6 @@ __all__ = [
     "tool",
 ]
 
-SideEffect = Literal["read_only", "idempotent_write", "non_idempotent", "destructive", "external"]
 
 DEFAULT_TIMEOUT: Final = 30.0
 DEFAULT_MAX_OUTPUT: Final = 16 * 1024
@@ -490,27 +488,11 @@ def resolve_tool(path: str) -> Callable[..., Any]:
         ToolDefinitionError: bad syntax, module not importable, attribute missing (with the
             closest name), or not callable.
     """
-    if not _IMPORT_PATH.fullmatch(path):
-        raise ToolDefinitionError(
-            f"{path[:200]!r} is not an import path; expected 'package.module:function'",
-            tool=path,
-        )
-    module_name, _, attribute = path.partition(":")
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ToolDefinitionError(
-            f"{path!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}", tool=path
-        ) from exc
-    target: Any = module
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
-            close = difflib.get_close_matches(attribute, names, n=1)
-            hint = f" (did you mean '{module_name}:{close[0]}'?)" if close else ""
-            raise ToolDefinitionError(f"{path!r} not found{hint}", tool=path) from None
+        target = resolve_import(path)
+    except ImportPathError as exc:
+        hint = f" ({exc.suggestion})" if exc.suggestion else ""
+        raise ToolDefinitionError(f"{exc.message}{hint}", tool=path) from None
     if not callable(target):
         raise ToolDefinitionError(
             f"{path!r} is not callable (it is a {type(target).__name__})", tool=path

@@ -236,11 +236,15 @@ class OutputInvalid(OrchestratorError):
 class ActorDead(OrchestratorError):
     """The actor is not running; pending and new asks to it fail with this, never hang."""
 
-    def __init__(self, name: str, reason: str | None = None) -> None:
+    def __init__(
+        self, name: str, reason: str | None = None, *, cause: BaseException | None = None
+    ) -> None:
         self.name = name
         self.reason = reason = redact(reason) if reason else reason
         detail = f": {reason}" if reason else ""
         super().__init__(f"actor {name!r} is not running{detail}")
+        if cause is not None:
+            self.__cause__ = cause
 
 
 class DeliveryTimeout(OrchestratorError):

@@ -100,6 +100,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 
+from orchestrator.core.rules import SideEffect
 from orchestrator.errors import PlanError
 
 if TYPE_CHECKING:
@@ -128,7 +129,6 @@ __all__ = [
 ]
 
 Role = Literal["planner", "worker"]
-SideEffect = Literal["read_only", "idempotent_write", "non_idempotent", "destructive", "external"]
 
 FORMAT_VERSION: Final = 1
 

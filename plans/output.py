@@ -34,7 +34,6 @@ from __future__ import annotations
 import copy
 import datetime
 import difflib
-import importlib
 import re
 import typing
 import uuid
@@ -43,6 +42,8 @@ from typing import Annotated, Any, Final, Literal, Union
 
 import attrs
 import msgspec
+
+from orchestrator.core.rules import IMPORT_PATH, ImportPathError, resolve_import
 
 __all__ = [
     "OutputError",
@@ -54,9 +55,6 @@ __all__ = [
 
 RESULT_KEY: Final = "result"
 _NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_TYPE_PATH: Final = re.compile(
-    r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
-)
 _ANNOTATIONS: Final = frozenset(
     {
         "title",
@@ -219,7 +217,7 @@ def output_type_of(declared: Any, *, import_paths: bool = True) -> OutputType:
         OutputError: the declaration cannot be used.
     """
     if isinstance(declared, str):
-        if not _TYPE_PATH.fullmatch(declared):
+        if not IMPORT_PATH.fullmatch(declared):
             raise OutputError(
                 f"{declared!r} is not an import path or a JSON Schema",
                 suggestion="expected 'package.module:Type', or a JSON Schema table",
@@ -238,28 +236,10 @@ def import_type(path: str) -> Any:
     Raises:
         OutputError: the module or the name is missing, or importing it failed.
     """
-    module_name, _, attribute = path.partition(":")
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise OutputError(f"{path!r} not found: no module named {exc.name!r}") from None
-    except (Exception, SystemExit) as exc:  # importing runs arbitrary code
-        raise OutputError(f"{path!r} could not be imported: {type(exc).__name__}: {exc}") from None
-    target: Any = module
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            candidates = [
-                f"{module_name}:{name}"
-                for name, value in vars(module).items()
-                if not name.startswith("_") and _looks_like_type(value)
-            ]
-            close = _closest(path, candidates)
-            raise OutputError(
-                f"{path!r} not found", suggestion=f"did you mean {close!r}?" if close else None
-            ) from None
-    return target
+        return resolve_import(path, candidate=_looks_like_type, what="type")
+    except ImportPathError as exc:
+        raise OutputError(exc.message, suggestion=exc.suggestion) from None
 
 
 # -- from a Python type --------------------------------------------------------------------------

@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import difflib
 import graphlib
-import importlib
 import math
-import pkgutil
 import re
 import types
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -50,6 +48,7 @@ import msgspec
 from loguru import logger
 
 from orchestrator.core.redaction import is_secret_name, looks_secret
+from orchestrator.core.rules import IMPORT_PATH, ImportPathError, resolve_import
 from orchestrator.errors import PlanError
 
 from .model import (
@@ -554,9 +553,6 @@ def _convert_or_none(value: Any, cls: type[_T]) -> _T | None:
 
 # -- semantic checks ---------------------------------------------------------------------------
 
-_IMPORT_PATH: Final = re.compile(
-    r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
-)
 _URL_SCHEMES: Final = ("http://", "https://", "ws://", "wss://")
 _APPROVAL_PATTERN: Final = re.compile(r"(?:[A-Za-z0-9_*?\[\]-]+:)?[A-Za-z0-9_*?\[\]-]+")
 
@@ -1081,7 +1077,7 @@ class _Semantics:
                 continue
             location = f"$.agents[{index}].output_type"
             if isinstance(declared, str):
-                if not _IMPORT_PATH.fullmatch(declared):
+                if not IMPORT_PATH.fullmatch(declared):
                     self.out.add(
                         "plan.output",
                         location,
@@ -1223,7 +1219,7 @@ class _Semantics:
 
         Returns whether the path is well-formed (further checks make sense).
         """
-        if not _IMPORT_PATH.fullmatch(path):
+        if not IMPORT_PATH.fullmatch(path):
             self.out.add(
                 "plan.tool",
                 location,
@@ -1266,28 +1262,10 @@ def _try_import(
 ) -> tuple[str, str | None] | None:
     """Import ``module:attribute``; None if it names a callable that ``check_tool`` (if any)
     accepts, else (message, suggestion)."""
-    module_name, _, attribute = path.partition(":")
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
-            return f"{path!r} not found: no module named {exc.name!r}", _module_suggestion(
-                exc.name, attribute
-            )
-        return _import_failure(path, exc)
-    except (Exception, SystemExit) as exc:  # importing runs arbitrary code
-        return _import_failure(path, exc)
-    target: Any = module
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            candidates = [
-                f"{module_name}:{name}"
-                for name, value in vars(module).items()
-                if callable(value) and not name.startswith("_")
-            ]
-            return f"{path!r} not found", _did_you_mean(path, candidates)
+        target = resolve_import(path)
+    except ImportPathError as exc:
+        return exc.message, exc.suggestion
     if not callable(target):
         return f"{path!r} is not callable (it is a {type(target).__name__})", None
     if check_tool is not None:
@@ -1295,31 +1273,6 @@ def _try_import(
         if problem is not None:
             return f"{path!r}: {problem[0]}", problem[1]
     return None
-
-
-def _import_failure(path: str, exc: BaseException) -> tuple[str, str | None]:
-    detail = _show(str(exc), limit=200).strip("'\"")
-    return f"{path!r} could not be imported: {type(exc).__name__}: {detail}", None
-
-
-def _module_suggestion(missing: str, attribute: str) -> str | None:
-    parent, _, leaf = missing.rpartition(".")
-    try:
-        if parent:
-            package = importlib.import_module(parent)
-            search_path = getattr(package, "__path__", None)
-            if search_path is None:
-                return None
-            names = [info.name for info in pkgutil.iter_modules(search_path)]
-        else:
-            names = [info.name for info in pkgutil.iter_modules()]
-    except (Exception, SystemExit):
-        return None
-    matches = difflib.get_close_matches(leaf, names, n=1, cutoff=0.6)
-    if not matches:
-        return None
-    module = f"{parent}.{matches[0]}" if parent else matches[0]
-    return f"did you mean {module + ':' + attribute!r}?"
 
 
 def _ancestors(graph: Mapping[str, Collection[str]], start: str) -> set[str]:

@@ -1,11 +1,12 @@
 """Layers run one way (docs/architecture.md): no module imports a layer above its own.
 
 Layers, bottom up: the leaves anyone may import (``orchestrator.errors``,
-``orchestrator.core.redaction``); ``plans`` (the plan model: the leaves only); the runtime
-core ``orchestrator.core``; ``actors`` (on the core); the top of ``orchestrator`` (``runner``,
-``cli``, ``jobs``, ``display``, ``trace``, ``testing``, ``lowlevel``, ``examples``, the package
-itself), on everything below. Imports are read from the source (``ast``), type-checking-only
-ones included: a signature that names a higher layer's type is a dependency too.
+``orchestrator.core.redaction``, ``orchestrator.core.rules``: they import nothing of ours);
+``plans`` (the plan model: the leaves only); the runtime core ``orchestrator.core``;
+``actors`` (on the core); the top of ``orchestrator`` (``runner``, ``cli``, ``jobs``,
+``display``, ``trace``, ``testing``, ``lowlevel``, ``examples``, the package itself), on
+everything below. Imports are read from the source (``ast``), type-checking-only ones
+included: a signature that names a higher layer's type is a dependency too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LEAVES = ("orchestrator.errors", "orchestrator.core.redaction")
+LEAVES = ("orchestrator.errors", "orchestrator.core.redaction", "orchestrator.core.rules")
 
 
 def layer(module: str) -> int:

@@ -309,7 +309,7 @@ def test_resolve_tool_finds_functions_by_path(registry):
     ("path", "message"),
     [
         ("tests.test_tools", "is not an import path"),
-        ("no_such_module_abc:f", "cannot import 'no_such_module_abc': ModuleNotFoundError"),
+        ("no_such_module_abc:f", "not found: no module named 'no_such_module_abc'"),
         (
             "tests.test_tools:ad",
             "'tests.test_tools:ad' not found (did you mean 'tests.test_tools:add'?)",

@@ -133,12 +133,6 @@ class MailboxStatistics:
     closed: bool
 
 
-def _actor_dead(name: str, reason: str, cause: BaseException | None) -> ActorDead:
-    error = ActorDead(name, reason)
-    error.__cause__ = cause
-    return error
-
-
 @attrs.define(eq=False)
 class Mailbox:
     """The bounded inbox of one actor incarnation. Open one with :meth:`Router.open_mailbox`.
@@ -240,7 +234,7 @@ class Mailbox:
     def _drop(self, envelope: Envelope, reason: str, cause: BaseException | None) -> None:
         self._on_dead_letter(envelope, reason)
         if envelope.reply is not None and not envelope.reply.done:
-            envelope.reply.fail(_actor_dead(self.name, reason, cause))
+            envelope.reply.fail(ActorDead(self.name, reason, cause=cause))
 
     def statistics(self) -> MailboxStatistics:
         """A snapshot: queued messages, capacity, blocked senders, closed or not."""
