@@ -807,6 +807,10 @@ async def stubborn(rounds: int) -> str:
         await trio.sleep(300)
     return f"did {rounds} rounds"
 '''
+# The slow tools above hold on for 300 s; a command is given this long to exit after a
+# signal. A command that waited for its tool (instead of stopping it, or instead of obeying
+# the second Ctrl-C) therefore misses the deadline, however loaded the machine is.
+EXIT_DEADLINE = 30
 
 SLOW_PLAN = """\
 name = "slow"
@@ -901,10 +905,8 @@ def test_ctrl_c_stops_the_run_kills_tool_processes_and_prints_the_partial_result
     wait_until(trace_has(trace, "tool.started", "crunch"), "the tool call", process)
     wait_until(lambda: len(group_members(process.pid)) > 1, "the helper process", process)
 
-    interrupted = time.monotonic()
     process.send_signal(signal.SIGINT)
-    assert 130 == process.wait(timeout=20)
-    assert time.monotonic() - interrupted < 6  # within the shutdown grace and a second
+    assert 130 == process.wait(timeout=EXIT_DEADLINE)
 
     assert [] == group_members(process.pid)
     stderr = (tmp_path / "stderr").read_text()
@@ -912,7 +914,12 @@ def test_ctrl_c_stops_the_run_kills_tool_processes_and_prints_the_partial_result
     result = json.loads((tmp_path / "stdout").read_text())
     assert ("interrupted", "run.interrupted") == (result["status"], result["code"])
     cruncher = agent(result, "cruncher")
-    assert ["crunch"] == [i["name"] for i in cruncher["transcript"] if i["type"] == "function_call"]
+    # The call was cut, not waited for: it has no output and the trace no end for it.
+    assert [("function_call", "crunch")] == [
+        (item["type"], item.get("name")) for item in cruncher["transcript"][1:]
+    ]
+    assert not trace_has(trace, "tool.finished", "crunch")()
+    assert trace_has(trace, "run.finished", '"status":"interrupted"')()
     assert "Traceback" not in stderr
 
 
@@ -947,7 +954,7 @@ def test_ctrl_c_during_the_bugfix_tests_leaves_no_process_behind(tmp_path, reape
     wait_until(trace_has(trace, "tool.started", "run_tests"), "run_tests", process)
 
     process.send_signal(signal.SIGINT)
-    assert 130 == process.wait(timeout=20)
+    assert 130 == process.wait(timeout=EXIT_DEADLINE)
 
     assert [] == group_members(process.pid)
     assert [] == working_in(scratch.resolve())
@@ -968,13 +975,13 @@ def test_a_second_ctrl_c_forces_the_exit(tmp_path, reaped):
     process.send_signal(signal.SIGINT)
     wait_until(lambda: "stopping cleanly" in stderr.read_text(), "the first stop", process)
 
-    forced = time.monotonic()
     process.send_signal(signal.SIGINT)
-    assert 130 == process.wait(timeout=20)
-    assert time.monotonic() - forced < 3  # the tool would hold a clean stop for minutes
+    assert 130 == process.wait(timeout=EXIT_DEADLINE)
 
     assert "forced stop" in lines(stderr.read_text())
     assert "" == (tmp_path / "stdout").read_text()
+    # Forced: the run never got to finish (a clean stop ends the trace with run.finished).
+    assert not trace_has(trace, "run.finished", "")()
 
 
 def test_an_internal_error_is_one_line_not_a_traceback(monkeypatch, capsys):

@@ -280,15 +280,15 @@ async def test_server_shutdown_closes_with_1001_at_once():
         with server_scope:
             await serve_local_server(ServerConfig(close_timeout=30), task_status=task_status)
 
+    # The deadline is a third of close_timeout: a server that waited out its close timeout
+    # instead of completing the handshake would miss it.
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             running = await nursery.start(run_server)
             async with loopback_client(running) as client:
                 await client.turn(input="x")
-                started = trio.current_time()
                 server_scope.cancel()
                 assert 1001 == await client.closed()
-        assert trio.current_time() - started < 5
 
 
 async def test_a_connection_cancelled_as_it_is_accepted_ends_at_once():
