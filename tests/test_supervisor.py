@@ -54,8 +54,10 @@ class Child:
     history: list[tuple[str, str, float]]
     fail_starts: float = 0
     obey_stop: bool = True
+    starts: int = 0
     _wake: trio.Event = attrs.field(factory=trio.Event)
     _action: str = ""
+    _started: trio.Event = attrs.field(factory=trio.Event)
 
     async def start(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self.fail_starts > 0:
@@ -65,6 +67,9 @@ class Child:
         self._wake, self._action = trio.Event(), ""
         self._log("start")
         task_status.started()
+        self.starts += 1
+        self._started.set()
+        self._started = trio.Event()
         how = "cancelled"
         try:
             await self._wake.wait()
@@ -80,6 +85,13 @@ class Child:
     def _act(self, action: str) -> None:
         self._action = action
         self._wake.set()
+
+    async def wait_started(self, count: int) -> None:
+        """Wait until this child has started ``count`` times in all (restarts included),
+        however long the supervisor's backoff makes that take."""
+        with trio.fail_after(60):  # virtual seconds: a restart that never comes fails at once
+            while self.starts < count:
+                await self._started.wait()
 
     def crash(self) -> None:
         self._act("crash")
@@ -381,7 +393,7 @@ async def test_a_temporary_child_is_never_restarted_and_is_forgotten(autojump_cl
         await trio.testing.wait_all_tasks_blocked()
         assert ("b",) == tuple(c.name for c in sup.statistics().children)
         b.crash()
-        await trio.sleep(1)
+        await b.wait_started(2)
         sup.stop()
     assert [
         ("start", "a"),
@@ -454,7 +466,7 @@ async def test_one_for_all_stops_the_others_in_reverse_order_and_starts_all_in_o
         await nursery.start(sup.run)
         history.clear()
         b.crash()
-        await trio.sleep(1)
+        await c.wait_started(2)  # the last of the group to start again
         sup.stop()
     assert [
         ("crash", "b"),
@@ -477,7 +489,7 @@ async def test_rest_for_one_restarts_the_failed_child_and_those_after_it(autojum
         await nursery.start(sup.run)
         history.clear()
         b.crash()
-        await trio.sleep(1)
+        await d.wait_started(2)  # the last of the rest to start again
         sup.stop()
     assert [
         ("crash", "b"),
@@ -503,7 +515,7 @@ async def test_one_for_all_retries_when_another_child_fails_to_restart(autojump_
         history.clear()
         b.fail_starts = 1
         a.crash()
-        await trio.sleep(10)
+        await b.wait_started(2)  # its first start in the group restart failed
         assert 2 == sup.statistics().restarts
         sup.stop()
     assert [
@@ -522,6 +534,7 @@ async def test_one_for_all_retries_when_another_child_fails_to_restart(autojump_
 async def test_an_exception_group_from_a_child_is_a_failure(autojump_clock):
     """A child whose own nursery fails raises an ExceptionGroup: an ordinary failure."""
     starts = 0
+    restarted = trio.Event()
 
     async def grouped(*, task_status: trio.TaskStatus[None]) -> None:
         nonlocal starts
@@ -530,13 +543,15 @@ async def test_an_exception_group_from_a_child_is_a_failure(autojump_clock):
         if starts == 1:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_raise, Crash("inside"))
+        restarted.set()
         await trio.sleep_forever()
 
     bus, events = recording_bus()
     sup = Supervisor("sup", [ChildSpec("g", grouped)], events=bus)
     async with trio.open_nursery() as nursery:
         await nursery.start(sup.run)
-        await trio.sleep(1)
+        with trio.fail_after(60):
+            await restarted.wait()
         sup.stop()
     assert 2 == starts
     assert ["ExceptionGroup"] == [e.error.split("(")[0] for e in of_type(events, ActorFailed)]
