@@ -1053,6 +1053,9 @@ def approvals_in(trace: Path) -> list[tuple[str, bool, str]]:
 
 
 def test_without_a_terminal_a_destructive_call_is_denied_and_journaled(tmp_path):
+    """With nobody at a terminal to ask, a destructive call is denied by the policy: nothing
+    is shredded, the trace records the refusal, and the model's output says how to allow it
+    (--approve)."""
     plan, trace = shred_plan(tmp_path), tmp_path / "trace.jsonl"
     done = orchestrator("run", plan, "--json", "--trace", trace, cwd=tmp_path)
 
@@ -1066,6 +1069,8 @@ def test_without_a_terminal_a_destructive_call_is_denied_and_journaled(tmp_path)
 
 
 def test_approve_lets_the_call_run(tmp_path):
+    """--approve agent:tool lets the matching destructive call run once without asking, and
+    the trace records it as approved by the policy."""
     plan, trace = shred_plan(tmp_path), tmp_path / "trace.jsonl"
     done = orchestrator("run", plan, "--approve", "clerk:shred", "--trace", trace, cwd=tmp_path)
 
@@ -1075,6 +1080,8 @@ def test_approve_lets_the_call_run(tmp_path):
 
 
 def test_bad_approve_patterns_are_usage_errors(tmp_path):
+    """--approve patterns naming an unknown agent or tool, or that are not patterns at all,
+    exit 2 with one error line each (and a suggestion) before anything runs."""
     plan = shred_plan(tmp_path)
     done = orchestrator(
         "run", plan, "--approve", "clark:shred", "--approve", "shread", "--approve", "a b",
@@ -1147,6 +1154,9 @@ def on_a_terminal(tmp_path: Path, plan: Path, answer: bytes | None) -> tuple[int
     [(b"y\n", 1, "shredded"), (b"\n", 0, "denied by the operator"), (b"no\n", 0, "denied")],
 )
 def test_on_a_terminal_the_operator_is_asked(tmp_path, answer, ran, output):
+    """On a terminal the operator is asked, with the agent, the tool, its class and the
+    arguments: y runs the call, an empty answer or no denies it, and the run completes either
+    way."""
     status, shown = on_a_terminal(tmp_path, shred_plan(tmp_path), answer)
 
     assert 0 == status
