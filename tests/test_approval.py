@@ -1,10 +1,11 @@
-"""Approval of destructive and external tools (RELIABILITY 3.2, last row; security checklist).
+"""Approval of destructive and external tools (docs/faults.md#approvals).
 
 A call of such a tool never runs on the model's word alone: the executor asks its approver,
 a refusal (or no approver) is an ``approval_denied`` output, and every decision is an event.
 """
 
-# STYLE 7: asserts read ``expected == actual``, so the expected constant comes first.
+# docs/faults.md#test-hygiene: asserts read ``expected == actual``, so the expected constant comes
+# first.
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """``orchestrator run|validate|serve`` in subprocesses: output, exit codes and every bad input of
-RELIABILITY 3.1 (plan files), 3.2 (tool calls), 3.3 (keys and endpoints), and Ctrl-C (P5).
+docs/faults.md#plan-files, docs/faults.md#tool-calls-from-the-model,
+docs/faults.md#keys-and-endpoints, and Ctrl-C (docs/faults.md#signals-and-processes).
 
 Every command runs as ``python -m orchestrator.cli`` without ``OPENAI_API_KEY`` (unless a test
 sets one), so runs are offline on the embedded server. Waiting for a running command means
@@ -168,7 +169,7 @@ def test_python_dash_m_orchestrator_is_the_orchestrator_command():
     assert "the following arguments are required: COMMAND" in bare.stderr
 
 
-# -- RELIABILITY 3.1: plan files ---------------------------------------------------------------
+# -- docs/faults.md#plan-files -----------------------------------------------------------------
 
 STEPS: dict[str, Any] = {
     "name": "demo",
@@ -442,8 +443,8 @@ PLAN_ROWS = [
 
 @pytest.mark.parametrize(("name", "content", "expected"), PLAN_ROWS)
 def test_bad_plan_files_are_refused_before_anything_runs(tmp_path, name, content, expected):
-    """Each bad plan of RELIABILITY 3.1 gets its ``error[plan.*]`` lines and exit code 2, and
-    nothing starts: not even the offline notice is printed."""
+    """Each bad plan of docs/faults.md#plan-files gets its ``error[plan.*]`` lines and exit code 2,
+    and nothing starts: not even the offline notice is printed."""
     path = tmp_path / name
     if content is DIRECTORY:
         path.mkdir()
@@ -484,7 +485,7 @@ def test_unreachable_steps_are_a_warning_and_are_not_run(tmp_path):
     assert [("fetch", "completed")] == [(s["id"], s["status"]) for s in result["steps"]]
 
 
-# -- RELIABILITY 3.2: tool calls from the model, through the embedded server -------------------
+# -- docs/faults.md#tool-calls-from-the-model, through the embedded server ---------------------
 
 ROWS_PLAN = """\
 name: rows
@@ -564,13 +565,14 @@ def tool_outputs(report: dict[str, Any]) -> list[Any]:
 
 
 def refused(code: str, message: str, *, tool: str = "read_file", **extra: Any) -> dict[str, Any]:
-    """The output a refused call gets (RELIABILITY 3.2)."""
+    """The output a refused call gets (docs/faults.md#tool-calls-from-the-model)."""
     return {"error": code, "tool": tool, "message": message, **extra}
 
 
 def test_bad_tool_calls_are_answered_not_executed(tmp_path):
-    """Every bad call of RELIABILITY 3.2 is refused with an output that says why, the model
-    repairs its call, and the run completes; a refused tool is logged as a warning."""
+    """Every bad call of docs/faults.md#tool-calls-from-the-model is refused with an output that
+    says why, the model repairs its call, and the run completes; a refused tool is logged as a
+    warning."""
     done = scripted_run(
         tmp_path, {"models": {"planner-model": PLANNER_TURNS, "reader-model": READER_TURNS}}
     )
@@ -640,7 +642,7 @@ def test_a_call_repeated_past_the_repair_budget_fails_the_run(tmp_path):
     assert [OFFLINE_NOTICE] == run_lines(done.stderr)
 
 
-# -- RELIABILITY 3.3: keys and endpoints -------------------------------------------------------
+# -- docs/faults.md#keys-and-endpoints ---------------------------------------------------------
 
 
 @pytest.mark.parametrize("key", ["", "   ", "sk-abc\ndef"], ids=["empty", "blank", "newline"])
@@ -785,7 +787,7 @@ def test_serve_refuses_an_open_bind_and_a_port_in_use(served):
     assert [f"error[server.port]: 127.0.0.1:{port} already in use"] == lines(in_use.stderr)
 
 
-# -- Ctrl-C (RELIABILITY P5) -------------------------------------------------------------------
+# -- Ctrl-C (docs/faults.md#signals-and-processes) ---------------------------------------------
 
 SLOW_TOOLS = '''\
 """Tools that take long: one in a helper process, one that ignores cancellation."""
@@ -985,7 +987,7 @@ def test_a_second_ctrl_c_forces_the_exit(tmp_path, reaped):
 
 
 def test_an_internal_error_is_one_line_not_a_traceback(monkeypatch, capsys):
-    """A bug surfaces as one redacted error[internal] line and exit 4 (RELIABILITY G14)."""
+    """A bug surfaces as one redacted error[internal] line and exit 4 (docs/faults.md#bad-input)."""
     from orchestrator import cli
 
     def broken(args):
@@ -1000,7 +1002,7 @@ def test_an_internal_error_is_one_line_not_a_traceback(monkeypatch, capsys):
     assert "sk-secret" not in err
 
 
-# -- approval of destructive tools (RELIABILITY 3.2, last row) ---------------------------------
+# -- approval of destructive tools (docs/faults.md#approvals) ----------------------------------
 
 SHRED_TOOLS = '''\
 from pathlib import Path

@@ -188,3 +188,33 @@ def test_rewriting_wraps_long_lines_and_is_idempotent():
     compile(new, "x.py", "exec")
     assert new.splitlines()[-1] == "    return x"
     assert (new, []) == module.rewrite_python(new, "orchestrator/x.py")
+
+
+def test_code_and_tests_cite_docs_not_the_old_reference_documents():
+    """No comment or string of the code, the tests or the benchmarks cites the old reference
+    documents (spec sections, the reliability catalogue, the design notes): what they said
+    lives in docs/ now, and ``python tools/rewrite_refs.py`` rewrites any a merge brings back."""
+    module = rewriter()
+    left = {}
+    for path in module.files():
+        found = module.leftovers(path.read_text("utf-8"), path)
+        if found:
+            left[path.relative_to(ROOT).as_posix()] = found
+    assert {} == left
+
+
+def test_links_from_code_and_tests_to_docs_resolve():
+    """Every ``docs/PAGE.md#anchor`` the code, the tests or the benchmarks name is a page of
+    docs/ and a heading of that page."""
+    module = rewriter()
+    broken = []
+    for path in module.files():
+        if path.suffix != ".py":
+            continue
+        for page, anchor in re.findall(
+            r"docs/([\w.-]+\.md)(?:#([\w-]+))?", path.read_text("utf-8")
+        ):
+            target = DOCS / page
+            if not target.exists() or (anchor and anchor not in anchors(target)):
+                broken.append(f"{path.relative_to(ROOT)}: docs/{page}#{anchor}")
+    assert [] == broken

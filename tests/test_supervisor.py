@@ -1,4 +1,5 @@
-"""Supervisor semantics, case by case (RELIABILITY S1-S3; cases after OTP's supervisor_SUITE)."""
+"""Supervisor semantics, case by case (docs/faults.md#supervision; cases after OTP's
+supervisor_SUITE)."""
 
 from __future__ import annotations
 
@@ -241,15 +242,15 @@ async def test_a_permanent_child_that_keeps_exiting_normally_escalates_without_a
     assert ("a", 2, None) == (error.child, error.restarts, error.__cause__)
 
 
-# -- S1: restart intensity ------------------------------------------------------------------
+# -- docs/faults.md#supervision: restart intensity ------------------------------------------
 
 
 async def test_a_crash_loop_on_start_restarts_exactly_intensity_times_then_escalates(
     autojump_clock,
 ):
-    """S1: a child that crashes and then fails every start is restarted exactly 3 times
-    (intensity 3 in 30 s); the 4th failure stops the others in reverse order and raises
-    RestartLimitReached from the last failure."""
+    """docs/faults.md#supervision: a child that crashes and then fails every start is restarted
+    exactly 3 times (intensity 3 in 30 s); the 4th failure stops the others in reverse order and
+    raises RestartLimitReached from the last failure."""
     history, (a, b, c) = make_children("a", "b", "c")
     bus, events = recording_bus()
     sup = Supervisor("sup", [a.spec(), b.spec(), c.spec()], intensity=3, period=30, events=bus)
@@ -614,7 +615,7 @@ async def test_a_later_failure_postpones_a_pending_restart_batch(autojump_clock)
     )
 
 
-# -- S2/S3: shutdown and cancellation -------------------------------------------------------
+# -- docs/faults.md#supervision: shutdown and cancellation ----------------------------------
 
 
 async def test_shutdown_is_in_reverse_start_order_with_grace_then_cancellation(autojump_clock):
@@ -650,8 +651,9 @@ async def test_a_child_without_a_stop_request_is_cancelled_at_once():
 
 
 async def test_a_child_ignoring_cancellation_is_reported_and_shutdown_moves_on(autojump_clock):
-    """S2: after grace and cancel grace the child is reported as shutdown_timeout and the
-    next child is stopped; run() returns once the stubborn child finally ends."""
+    """docs/faults.md#supervision: after grace and cancel grace the child is reported as
+    shutdown_timeout and the next child is stopped; run() returns once the stubborn child finally
+    ends."""
     history, (a, c) = make_children("a", "c")
 
     async def stubborn(*, task_status: trio.TaskStatus[None]) -> None:
@@ -681,8 +683,9 @@ async def test_a_child_ignoring_cancellation_is_reported_and_shutdown_moves_on(a
 
 
 async def test_cancelling_run_mid_backoff_stops_in_order_and_never_restarts(autojump_clock):
-    """S3: cancelling the scope around run() while a restart waits for its backoff stops
-    the running children in reverse order, starts nothing, and Cancelled propagates."""
+    """docs/faults.md#supervision: cancelling the scope around run() while a restart waits for its
+    backoff stops the running children in reverse order, starts nothing, and Cancelled
+    propagates."""
     history, (a, b, c) = make_children("a", "b", "c")
     bus, events = recording_bus()
     sup = Supervisor("sup", [a.spec(), b.spec(), c.spec()], backoff=Backoff(5), events=bus)
@@ -701,8 +704,8 @@ async def test_cancelling_run_mid_backoff_stops_in_order_and_never_restarts(auto
 
 
 async def test_keyboard_interrupt_in_a_child_propagates_and_is_never_restarted(autojump_clock):
-    """S3: KeyboardInterrupt (any BaseException that is not an Exception) is not a failure;
-    it tears the supervisor down and propagates."""
+    """docs/faults.md#supervision: KeyboardInterrupt (any BaseException that is not an Exception) is
+    not a failure; it tears the supervisor down and propagates."""
 
     async def interrupted(*, task_status: trio.TaskStatus[None]) -> None:
         task_status.started()

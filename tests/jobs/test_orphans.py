@@ -1,5 +1,6 @@
-"""A stopped run leaves no tool process behind, even one a sync tool started (RELIABILITY P5,
-S4): the tool's worker thread is abandoned on cancellation, its child process is not."""
+"""A stopped run leaves no tool process behind, even one a sync tool started
+(docs/faults.md#signals-and-processes, docs/faults.md#tools-that-hang-or-fail): the tool's worker
+thread is abandoned on cancellation, its child process is not."""
 
 from __future__ import annotations
 
