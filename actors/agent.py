@@ -207,9 +207,9 @@ class AgentActor(Actor):
 
         Unlike the base actor, an agent does not finish its current task first. A run stops
         its agents once it has its answer (they are idle then), or on a budget, a failure or
-        a stop request, and then in-flight turns and tools must end at once (RELIABILITY P5)
-        rather than go on for a shutdown grace period. The asker of the cancelled task gets
-        ``ActorDead``.
+        a stop request, and then in-flight turns and tools must end at once
+        (docs/faults.md#signals-and-processes) rather than go on for a shutdown grace period. The
+        asker of the cancelled task gets ``ActorDead``.
         """
         super().stop()
         scope = self._task_scope

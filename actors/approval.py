@@ -1,4 +1,4 @@
-"""Approval of tools that act on the world (RELIABILITY 3.2 and the security checklist).
+"""Approval of tools that act on the world (docs/faults.md#approvals).
 
 A tool declares what calling it does (``side_effect``). Calls of ``destructive`` and
 ``external`` tools never run on the model's say-so alone: the agent's ``ToolExecutor`` asks

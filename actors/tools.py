@@ -34,10 +34,10 @@ A call of a ``destructive`` or ``external`` tool runs only once the executor's a
 said yes (see ``actors.approval``); without an approver it is denied.
 
 Sync tools run in a worker thread with ``abandon_on_cancel=True``: on timeout or
-cancellation the actor moves on at once (RELIABILITY S4) while the thread runs to its end in
-the background, holding its limiter slot; Python cannot kill a thread. Its side effects may
-still happen after the timeout output was sent, so treat a timed-out non-idempotent call as
-in doubt, and run tools that may hang for good out of process (S2).
+cancellation the actor moves on at once (docs/faults.md#tools-that-hang-or-fail) while the thread
+runs to its end in the background, holding its limiter slot; Python cannot kill a thread. Its side
+effects may still happen after the timeout output was sent, so treat a timed-out non-idempotent call
+as in doubt, and run tools that may hang for good out of process (docs/faults.md#supervision).
 
 Child processes: a call owns the processes it starts with :func:`run_process` (async),
 :func:`run_subprocess` or :func:`start_subprocess` (sync, from the tool's thread). Each child
@@ -1414,7 +1414,7 @@ class ToolExecutor:
         spec = ready.spec
         key, attempt = f"{self.agent}/{call.call_id}", 1
         if self.memory is not None and self.memory.call(call.call_id) is not None:
-            # Durable before the tool runs, unless it is read_only (RELIABILITY P1).
+            # Durable before the tool runs, unless it is read_only (docs/faults.md#crash-points).
             key, attempt = await self.memory.start_call(call.call_id, spec.side_effect)
             crash_point("before_tool")
         context = ToolContext(

@@ -688,8 +688,8 @@ async def _run_async(
                             with contextlib.suppress(OSError):  # a terminal that hung up
                                 print(f"\n{_STOP_SIGNALS[signum][0]}", file=sys.stderr)
                         else:
-                            # Exit now (RELIABILITY P5). Cancelling cannot cut the shutdown
-                            # short: it is shielded, and may be waiting on a tool that
+                            # Exit now (docs/faults.md#signals-and-processes). Cancelling cannot cut
+                            # the shutdown short: it is shielded, and may be waiting on a tool that
                             # ignores cancellation or on close handshakes.
                             with contextlib.suppress(OSError):
                                 print("forced stop", file=sys.stderr, flush=True)
@@ -947,7 +947,8 @@ def _main(argv: list[str] | None) -> int:
     except (SystemExit, GeneratorExit):
         raise
     except BaseException as exc:
-        # A bug, not a user error: one line by default (G14), the traceback with -v.
+        # A bug, not a user error: one line by default (docs/faults.md#bad-input), the traceback
+        # with -v.
         from orchestrator.core.logging import redact
 
         leaf = exc

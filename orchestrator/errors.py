@@ -90,7 +90,7 @@ class RemoteProtocolError(ProtocolError):
     """
 
 
-# Close codes after which the spec (section 3.2) says a reconnect is worth trying.
+# Close codes after which docs/recovery.md#lost-sockets says a reconnect is worth trying.
 RECOVERABLE_CLOSE_CODES = frozenset({1001, 1005, 1006, 1011, 1012, 1013, 1015})
 
 

@@ -21,7 +21,7 @@ os.environ["ORCHESTRATOR_STORE"] = os.path.join(_STORE_DIR, "jobs.db")
 atexit.register(shutil.rmtree, _STORE_DIR, ignore_errors=True)
 
 # A canary key that tests use as the credential and then look for in every artefact (logs,
-# traces, errors): finding it anywhere proves a leak (RELIABILITY G13).
+# traces, errors): finding it anywhere proves a leak (docs/faults.md#secrets).
 CANARY_KEY = "sk-canary-" + os.urandom(12).hex()
 
 settings.register_profile(

@@ -1,4 +1,5 @@
-"""The Actor base: mailbox loop, asks and replies, lifecycle hooks, dead actors (S6)."""
+"""The Actor base: mailbox loop, asks and replies, lifecycle hooks, dead actors
+(docs/faults.md#routing)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
-"""Approval of destructive and external tools (RELIABILITY 3.2, last row; security checklist).
+"""Approval of destructive and external tools (docs/faults.md#approvals).
 
 A call of such a tool never runs on the model's word alone: the executor asks its approver,
 a refusal (or no approver) is an ``approval_denied`` output, and every decision is an event.
 """
 
-# STYLE 7: asserts read ``expected == actual``, so the expected constant comes first.
+# docs/faults.md#test-hygiene: asserts read ``expected == actual``, so the expected constant comes
+# first.
 
 from __future__ import annotations
 
@@ -103,6 +104,9 @@ class Asked:
 
 
 async def test_without_an_approver_a_destructive_call_is_denied_not_run(registry):
+    """Without an approver a destructive call does not run: the model gets approval_denied
+    saying the tool needs an approval, and the bus sees one refused ToolApproval (by default)
+    and a failed ToolFinished."""
     bus = EventBus()
     seen: list[RuntimeEvent] = []
     bus.add_listener(seen.append)
@@ -132,6 +136,8 @@ async def test_without_an_approver_a_destructive_call_is_denied_not_run(registry
 async def test_an_approved_call_runs_and_the_approver_sees_the_request(
     registry, name, arguments, done
 ):
+    """A destructive or external call the approver allows runs and returns its output; the
+    approver was asked once with the agent, tool, call id, side effect and arguments."""
     approver = Asked(True)
     executor = registry.executor("janitor", approver=approver)
 
@@ -146,6 +152,8 @@ async def test_an_approved_call_runs_and_the_approver_sees_the_request(
 
 
 async def test_a_refusal_tells_the_model_why(registry):
+    """A refusal with a reason does not run the tool; the model's approval_denied output
+    carries the approver's reason."""
     approver = Asked(ApprovalDecision(False, "ops", "reports are kept for a year"))
     executor = registry.executor("janitor", approver=approver)
 
@@ -157,6 +165,8 @@ async def test_a_refusal_tells_the_model_why(registry):
 
 
 async def test_tools_that_need_no_approval_never_reach_the_approver(registry):
+    """A tool that is neither destructive nor external runs without the approver being
+    asked."""
     approver = Asked()
     executor = registry.executor("janitor", approver=approver)
 
@@ -178,6 +188,9 @@ async def test_invalid_arguments_are_refused_before_anyone_is_asked(registry):
 
 
 async def test_a_failing_approver_denies_the_call(registry):
+    """An approver that raises denies the call: the tool does not run and the output names the
+    approver's failure by its type only."""
+
     def broken(request: ApprovalRequest) -> bool:
         raise RuntimeError("policy service down")
 
@@ -193,6 +206,8 @@ async def test_a_failing_approver_denies_the_call(registry):
 
 
 async def test_an_approver_answering_nonsense_denies_the_call(registry):
+    """An approver answering something that is neither a bool nor an ApprovalDecision denies
+    the call."""
     executor = registry.executor("janitor", approver=lambda request: "yes")  # type: ignore[arg-type,return-value]
     item = await executor.execute(call("delete_report", '{"name": "weekly"}'))
 
@@ -201,6 +216,9 @@ async def test_an_approver_answering_nonsense_denies_the_call(registry):
 
 
 async def test_asking_again_after_refusals_is_bounded_by_the_repair_budget(registry):
+    """A model that keeps calling a refused tool is bounded by the repair budget: the third
+    refusal in a row raises ToolRepairBudgetExceeded with approval_denied, and the tool never
+    ran."""
     executor = registry.executor("janitor", approver=Asked(False, False, False), repair_budget=2)
     for call_id in ("c1", "c2"):
         await executor.execute(call("delete_report", '{"name": "weekly"}', call_id))
@@ -265,10 +283,14 @@ def request(agent: str = "janitor", tool_name: str = "delete_report") -> Approva
     ],
 )
 def test_patterns(pattern, agent, tool_name, expected):
+    """An approval pattern is 'tool' or 'agent:tool', with '*' and '?' matching any text; a
+    pattern matches a whole name, never a prefix of it."""
     assert expected == matches(pattern, agent, tool_name)
 
 
 async def test_policy_deny_wins_then_allow_then_the_fallback():
+    """A policy denies a call any deny pattern matches (naming the pattern), else allows one
+    an allow pattern matches, else asks its fallback, which alone is put to the person."""
     asked = Asked(ApprovalDecision(True, "person", "fine"))
     policy = ApprovalPolicy(
         allow=("janitor:*",), deny=("*:delete_report",), otherwise="ask", ask=asked
@@ -287,6 +309,8 @@ async def test_policy_deny_wins_then_allow_then_the_fallback():
 
 @pytest.mark.parametrize(("otherwise", "ask"), [("deny", Asked(True)), ("ask", None)])
 async def test_policy_without_anyone_to_ask_denies(otherwise, ask):
+    """A policy whose fallback is deny, or asks with nobody to ask, denies the call without
+    asking anyone."""
     decision = await ApprovalPolicy(otherwise=otherwise, ask=ask)(request())
     assert not decision.approved
     assert "was not approved" in decision.reason
@@ -337,6 +361,9 @@ def janitor_plan(approvals: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_approvals_are_validated_with_locations_and_suggestions():
+    """The plan's approval patterns are validated: an unknown agent or a tool no agent lists
+    is an error at its location with the closest name suggested, and a pattern that is not one
+    is plan.value."""
     report = check_plan(
         janitor_plan(
             {
@@ -357,6 +384,8 @@ def test_approvals_are_validated_with_locations_and_suggestions():
 
 
 def test_approvals_fields_are_checked_like_any_table():
+    """The [approvals] table refuses unknown fields (with a suggestion) and an otherwise that
+    is neither ask nor deny, like any table of a plan."""
     report = check_plan(janitor_plan({"allow": [], "otherwise": "maybe", "alow": []}))
     assert [
         "error[plan.schema]: $.approvals: unknown field 'alow' (did you mean 'allow'?)",
@@ -365,6 +394,8 @@ def test_approvals_fields_are_checked_like_any_table():
 
 
 def test_command_line_patterns_are_checked_against_the_plan():
+    """--approve patterns are checked against the plan like its own: one naming a tool no
+    agent lists is an error naming the option, with a suggestion."""
     plan = check_plan(janitor_plan({})).raise_for_errors()
     issues = check_approval_patterns(
         plan, ["janitor:delete_report", "delte_report"], source="--approve"
@@ -399,6 +430,8 @@ async def approvals_of(plan: Any, **options: Any) -> tuple[str, list[ToolApprova
 
 
 async def test_a_run_without_an_approver_denies_and_the_planner_hears_why(autojump_clock):
+    """A whole run with nobody to approve: the destructive tool never runs, the policy refused
+    it, and the planner's answer reports approval_denied."""
     answer, approvals = await approvals_of(cleanup())
 
     assert [] == DONE
@@ -407,6 +440,8 @@ async def test_a_run_without_an_approver_denies_and_the_planner_hears_why(autoju
 
 
 async def test_a_run_asks_the_callback_when_the_plan_does_not_decide(autojump_clock):
+    """A run whose plan neither allows nor denies the tool asks the approve callback once; the
+    approved call runs and its result reaches the answer."""
     asked = Asked(True)
     answer, approvals = await approvals_of(cleanup(), approve=asked)
 
@@ -418,6 +453,8 @@ async def test_a_run_asks_the_callback_when_the_plan_does_not_decide(autojump_cl
 
 
 async def test_the_plan_deny_list_wins_over_the_callback(autojump_clock):
+    """A call the plan denies is refused by the policy without asking the callback, even one
+    that would approve it."""
     asked = Asked(True)
     _, approvals = await approvals_of(cleanup(deny=["janitor:delete_*"]), approve=asked)
 
@@ -427,6 +464,8 @@ async def test_the_plan_deny_list_wins_over_the_callback(autojump_clock):
 
 
 async def test_the_plan_allow_list_runs_unasked(autojump_clock):
+    """A call the plan allows runs without asking the callback; the approval is recorded as
+    the policy's."""
     asked = Asked()
     _, approvals = await approvals_of(cleanup(allow=["delete_report"]), approve=asked)
 

@@ -1,4 +1,4 @@
-"""The canary key never leaves the process (RELIABILITY G13, issue 10 item 1).
+"""The canary key never leaves the process (docs/faults.md#secrets, issue 10 item 1).
 
 A live run uses the canary as its API key against ``orchestrator serve --token CANARY``
 (so the key really is sent and accepted), whose scripted model then quotes the key back:

@@ -1,5 +1,6 @@
 """``orchestrator run|validate|serve`` in subprocesses: output, exit codes and every bad input of
-RELIABILITY 3.1 (plan files), 3.2 (tool calls), 3.3 (keys and endpoints), and Ctrl-C (P5).
+docs/faults.md#plan-files, docs/faults.md#tool-calls-from-the-model,
+docs/faults.md#keys-and-endpoints, and Ctrl-C (docs/faults.md#signals-and-processes).
 
 Every command runs as ``python -m orchestrator.cli`` without ``OPENAI_API_KEY`` (unless a test
 sets one), so runs are offline on the embedded server. Waiting for a running command means
@@ -168,7 +169,7 @@ def test_python_dash_m_orchestrator_is_the_orchestrator_command():
     assert "the following arguments are required: COMMAND" in bare.stderr
 
 
-# -- RELIABILITY 3.1: plan files ---------------------------------------------------------------
+# -- docs/faults.md#plan-files -----------------------------------------------------------------
 
 STEPS: dict[str, Any] = {
     "name": "demo",
@@ -442,8 +443,8 @@ PLAN_ROWS = [
 
 @pytest.mark.parametrize(("name", "content", "expected"), PLAN_ROWS)
 def test_bad_plan_files_are_refused_before_anything_runs(tmp_path, name, content, expected):
-    """Each bad plan of RELIABILITY 3.1 gets its ``error[plan.*]`` lines and exit code 2, and
-    nothing starts: not even the offline notice is printed."""
+    """Each bad plan of docs/faults.md#plan-files gets its ``error[plan.*]`` lines and exit code 2,
+    and nothing starts: not even the offline notice is printed."""
     path = tmp_path / name
     if content is DIRECTORY:
         path.mkdir()
@@ -484,7 +485,7 @@ def test_unreachable_steps_are_a_warning_and_are_not_run(tmp_path):
     assert [("fetch", "completed")] == [(s["id"], s["status"]) for s in result["steps"]]
 
 
-# -- RELIABILITY 3.2: tool calls from the model, through the embedded server -------------------
+# -- docs/faults.md#tool-calls-from-the-model, through the embedded server ---------------------
 
 ROWS_PLAN = """\
 name: rows
@@ -564,13 +565,14 @@ def tool_outputs(report: dict[str, Any]) -> list[Any]:
 
 
 def refused(code: str, message: str, *, tool: str = "read_file", **extra: Any) -> dict[str, Any]:
-    """The output a refused call gets (RELIABILITY 3.2)."""
+    """The output a refused call gets (docs/faults.md#tool-calls-from-the-model)."""
     return {"error": code, "tool": tool, "message": message, **extra}
 
 
 def test_bad_tool_calls_are_answered_not_executed(tmp_path):
-    """Every bad call of RELIABILITY 3.2 is refused with an output that says why, the model
-    repairs its call, and the run completes; a refused tool is logged as a warning."""
+    """Every bad call of docs/faults.md#tool-calls-from-the-model is refused with an output that
+    says why, the model repairs its call, and the run completes; a refused tool is logged as a
+    warning."""
     done = scripted_run(
         tmp_path, {"models": {"planner-model": PLANNER_TURNS, "reader-model": READER_TURNS}}
     )
@@ -640,7 +642,7 @@ def test_a_call_repeated_past_the_repair_budget_fails_the_run(tmp_path):
     assert [OFFLINE_NOTICE] == run_lines(done.stderr)
 
 
-# -- RELIABILITY 3.3: keys and endpoints -------------------------------------------------------
+# -- docs/faults.md#keys-and-endpoints ---------------------------------------------------------
 
 
 @pytest.mark.parametrize("key", ["", "   ", "sk-abc\ndef"], ids=["empty", "blank", "newline"])
@@ -785,7 +787,7 @@ def test_serve_refuses_an_open_bind_and_a_port_in_use(served):
     assert [f"error[server.port]: 127.0.0.1:{port} already in use"] == lines(in_use.stderr)
 
 
-# -- Ctrl-C (RELIABILITY P5) -------------------------------------------------------------------
+# -- Ctrl-C (docs/faults.md#signals-and-processes) ---------------------------------------------
 
 SLOW_TOOLS = '''\
 """Tools that take long: one in a helper process, one that ignores cancellation."""
@@ -807,6 +809,10 @@ async def stubborn(rounds: int) -> str:
         await trio.sleep(300)
     return f"did {rounds} rounds"
 '''
+# The slow tools above hold on for 300 s; a command is given this long to exit after a
+# signal. A command that waited for its tool (instead of stopping it, or instead of obeying
+# the second Ctrl-C) therefore misses the deadline, however loaded the machine is.
+EXIT_DEADLINE = 30
 
 SLOW_PLAN = """\
 name = "slow"
@@ -901,10 +907,8 @@ def test_ctrl_c_stops_the_run_kills_tool_processes_and_prints_the_partial_result
     wait_until(trace_has(trace, "tool.started", "crunch"), "the tool call", process)
     wait_until(lambda: len(group_members(process.pid)) > 1, "the helper process", process)
 
-    interrupted = time.monotonic()
     process.send_signal(signal.SIGINT)
-    assert 130 == process.wait(timeout=20)
-    assert time.monotonic() - interrupted < 6  # within the shutdown grace and a second
+    assert 130 == process.wait(timeout=EXIT_DEADLINE)
 
     assert [] == group_members(process.pid)
     stderr = (tmp_path / "stderr").read_text()
@@ -912,7 +916,12 @@ def test_ctrl_c_stops_the_run_kills_tool_processes_and_prints_the_partial_result
     result = json.loads((tmp_path / "stdout").read_text())
     assert ("interrupted", "run.interrupted") == (result["status"], result["code"])
     cruncher = agent(result, "cruncher")
-    assert ["crunch"] == [i["name"] for i in cruncher["transcript"] if i["type"] == "function_call"]
+    # The call was cut, not waited for: it has no output and the trace no end for it.
+    assert [("function_call", "crunch")] == [
+        (item["type"], item.get("name")) for item in cruncher["transcript"][1:]
+    ]
+    assert not trace_has(trace, "tool.finished", "crunch")()
+    assert trace_has(trace, "run.finished", '"status":"interrupted"')()
     assert "Traceback" not in stderr
 
 
@@ -947,7 +956,7 @@ def test_ctrl_c_during_the_bugfix_tests_leaves_no_process_behind(tmp_path, reape
     wait_until(trace_has(trace, "tool.started", "run_tests"), "run_tests", process)
 
     process.send_signal(signal.SIGINT)
-    assert 130 == process.wait(timeout=20)
+    assert 130 == process.wait(timeout=EXIT_DEADLINE)
 
     assert [] == group_members(process.pid)
     assert [] == working_in(scratch.resolve())
@@ -968,17 +977,17 @@ def test_a_second_ctrl_c_forces_the_exit(tmp_path, reaped):
     process.send_signal(signal.SIGINT)
     wait_until(lambda: "stopping cleanly" in stderr.read_text(), "the first stop", process)
 
-    forced = time.monotonic()
     process.send_signal(signal.SIGINT)
-    assert 130 == process.wait(timeout=20)
-    assert time.monotonic() - forced < 3  # the tool would hold a clean stop for minutes
+    assert 130 == process.wait(timeout=EXIT_DEADLINE)
 
     assert "forced stop" in lines(stderr.read_text())
     assert "" == (tmp_path / "stdout").read_text()
+    # Forced: the run never got to finish (a clean stop ends the trace with run.finished).
+    assert not trace_has(trace, "run.finished", "")()
 
 
 def test_an_internal_error_is_one_line_not_a_traceback(monkeypatch, capsys):
-    """A bug surfaces as one redacted error[internal] line and exit 4 (RELIABILITY G14)."""
+    """A bug surfaces as one redacted error[internal] line and exit 4 (docs/faults.md#bad-input)."""
     from orchestrator import cli
 
     def broken(args):
@@ -993,7 +1002,7 @@ def test_an_internal_error_is_one_line_not_a_traceback(monkeypatch, capsys):
     assert "sk-secret" not in err
 
 
-# -- approval of destructive tools (RELIABILITY 3.2, last row) ---------------------------------
+# -- approval of destructive tools (docs/faults.md#approvals) ----------------------------------
 
 SHRED_TOOLS = '''\
 from pathlib import Path
@@ -1046,6 +1055,9 @@ def approvals_in(trace: Path) -> list[tuple[str, bool, str]]:
 
 
 def test_without_a_terminal_a_destructive_call_is_denied_and_journaled(tmp_path):
+    """With nobody at a terminal to ask, a destructive call is denied by the policy: nothing
+    is shredded, the trace records the refusal, and the model's output says how to allow it
+    (--approve)."""
     plan, trace = shred_plan(tmp_path), tmp_path / "trace.jsonl"
     done = orchestrator("run", plan, "--json", "--trace", trace, cwd=tmp_path)
 
@@ -1059,6 +1071,8 @@ def test_without_a_terminal_a_destructive_call_is_denied_and_journaled(tmp_path)
 
 
 def test_approve_lets_the_call_run(tmp_path):
+    """--approve agent:tool lets the matching destructive call run once without asking, and
+    the trace records it as approved by the policy."""
     plan, trace = shred_plan(tmp_path), tmp_path / "trace.jsonl"
     done = orchestrator("run", plan, "--approve", "clerk:shred", "--trace", trace, cwd=tmp_path)
 
@@ -1068,6 +1082,8 @@ def test_approve_lets_the_call_run(tmp_path):
 
 
 def test_bad_approve_patterns_are_usage_errors(tmp_path):
+    """--approve patterns naming an unknown agent or tool, or that are not patterns at all,
+    exit 2 with one error line each (and a suggestion) before anything runs."""
     plan = shred_plan(tmp_path)
     done = orchestrator(
         "run", plan, "--approve", "clark:shred", "--approve", "shread", "--approve", "a b",
@@ -1140,6 +1156,9 @@ def on_a_terminal(tmp_path: Path, plan: Path, answer: bytes | None) -> tuple[int
     [(b"y\n", 1, "shredded"), (b"\n", 0, "denied by the operator"), (b"no\n", 0, "denied")],
 )
 def test_on_a_terminal_the_operator_is_asked(tmp_path, answer, ran, output):
+    """On a terminal the operator is asked, with the agent, the tool, its class and the
+    arguments: y runs the call, an empty answer or no denies it, and the run completes either
+    way."""
     status, shown = on_a_terminal(tmp_path, shred_plan(tmp_path), answer)
 
     assert 0 == status

@@ -1,4 +1,5 @@
-"""The agent connection: turns, rotation before expiry, recovery after loss (RELIABILITY T1-T14)."""
+"""The agent connection: turns, rotation before expiry, recovery after loss
+(docs/recovery.md#the-matrix)."""
 
 from __future__ import annotations
 
@@ -133,7 +134,8 @@ async def test_second_concurrent_turn_is_refused_at_once(autojump_clock):
 
 async def test_ten_virtual_hours_rotate_at_turn_boundaries_without_expiry(autojump_clock):
     """With the real 3600 s limit, a 10-hour conversation rotates about ten times, only
-    between turns, and the server never has to send its expiry error (RELIABILITY G5)."""
+    between turns, and the server never has to send its expiry error
+    (docs/recovery.md#planned-rotation)."""
     config = ServerConfig(model="echo", max_connection_age=3600, seed=3)
     settings = ConnectionSettings(rotation_margin=300, warmup_lead=30)
     async with memory_agent(config, settings) as (server, connection, recorder):
@@ -177,7 +179,8 @@ async def test_without_rotation_every_expiry_is_recovered(autojump_clock):
 
 
 async def test_long_turn_is_never_cut_by_rotation(autojump_clock):
-    """A 10-minute turn straddling the rotation point finishes on its socket (T5)."""
+    """A 10-minute turn straddling the rotation point finishes on its socket
+    (docs/recovery.md#planned-rotation)."""
     config = ServerConfig(
         model="echo",
         max_connection_age=3600,
@@ -257,7 +260,8 @@ def _first_turn_events() -> int:
 
 @pytest.mark.parametrize("after_events", [0, 1, 4, _first_turn_events() - 1])
 async def test_abort_mid_turn_is_recovered_by_replay(autojump_clock, after_events):
-    """T1: a TCP abort (1006) after k events: reconnect, replay, exactly one answer."""
+    """docs/recovery.md#lost-sockets: a TCP abort (1006) after k events: reconnect, replay, exactly
+    one answer."""
     golden = await golden_transcript()
     config = ServerConfig(
         script=SCRIPT,
@@ -277,7 +281,8 @@ async def test_abort_mid_turn_is_recovered_by_replay(autojump_clock, after_event
 
 
 async def test_abort_after_completed_is_survived(autojump_clock):
-    """T1: the socket dies right after response.completed: that turn counts, the next replays."""
+    """docs/recovery.md#lost-sockets: the socket dies right after response.completed: that turn
+    counts, the next replays."""
     golden = await golden_transcript()
     config = ServerConfig(
         script=SCRIPT,
@@ -293,7 +298,8 @@ async def test_abort_after_completed_is_survived(autojump_clock):
 
 @pytest.mark.parametrize("code", [1001, 1005, 1011, 1012, 1013])
 async def test_recoverable_close_codes_mid_turn(autojump_clock, code):
-    """T2: closes with recoverable codes mid-stream reconnect and replay."""
+    """docs/recovery.md#lost-sockets: closes with recoverable codes mid-stream reconnect and
+    replay."""
     golden = await golden_transcript()
     config = ServerConfig(
         script=SCRIPT,
@@ -310,7 +316,8 @@ async def test_recoverable_close_codes_mid_turn(autojump_clock, code):
 
 @pytest.mark.parametrize("code", [1002, 1003, 1007, 1008, 4000])
 async def test_final_close_codes_fail_the_turn_naming_the_code(autojump_clock, code):
-    """T3: final close codes fail the turn with a typed error; no reconnect loop."""
+    """docs/recovery.md#final-close-codes: final close codes fail the turn with a typed error; no
+    reconnect loop."""
     config = ServerConfig(
         script=SCRIPT,
         seed=1,
@@ -327,7 +334,8 @@ async def test_final_close_codes_fail_the_turn_naming_the_code(autojump_clock, c
 
 
 async def test_clean_close_before_terminal_is_retried_once(autojump_clock):
-    """T3: a 1000 close before the terminal event gets one retry, a second fails the turn."""
+    """docs/recovery.md#final-close-codes: a 1000 close before the terminal event gets one retry, a
+    second fails the turn."""
     once = ServerConfig(
         script=SCRIPT, seed=1, faults=(Fault("close", code=1000, response=1, after_events=2),)
     )
@@ -348,7 +356,8 @@ async def test_clean_close_before_terminal_is_retried_once(autojump_clock):
 
 
 async def test_oversized_server_message_fails_with_1009(autojump_clock):
-    """T10: a message above max_message_size closes with 1009; not retried as is."""
+    """docs/recovery.md#final-close-codes: a message above max_message_size closes with 1009; not
+    retried as is."""
     settings = ConnectionSettings(max_message_size=64 * 1024)
     config = ServerConfig(
         script=SCRIPT,
@@ -363,7 +372,8 @@ async def test_oversized_server_message_fails_with_1009(autojump_clock):
 
 
 async def test_message_at_the_size_limit_passes(autojump_clock):
-    """T10: oversize(cap) itself is fine: only strictly larger messages are refused."""
+    """docs/recovery.md#final-close-codes: oversize(cap) itself is fine: only strictly larger
+    messages are refused."""
     settings = ConnectionSettings(max_message_size=64 * 1024)
     config = ServerConfig(
         script=SCRIPT,
@@ -376,7 +386,8 @@ async def test_message_at_the_size_limit_passes(autojump_clock):
 
 
 async def test_previous_response_not_found_replays_once_on_the_same_socket(autojump_clock):
-    """T6: a cache loss is recovered by one full replay on the same socket."""
+    """docs/recovery.md#lost-cache: a cache loss is recovered by one full replay on the same
+    socket."""
     golden = await golden_transcript()
     async with memory_agent(ServerConfig(script=SCRIPT, seed=1), FAST) as (
         server,
@@ -403,7 +414,8 @@ async def test_previous_response_not_found_replays_once_on_the_same_socket(autoj
 
 
 async def test_second_not_found_on_a_fresh_chain_fails_clearly(autojump_clock):
-    """T6: previous_response_not_found on the replayed chain too fails, without looping."""
+    """docs/recovery.md#lost-cache: previous_response_not_found on the replayed chain too fails,
+    without looping."""
     config = ServerConfig(
         script={"turns": [{"error": {"code": "previous_response_not_found", "status": 400}}]},
         model="scripted",
@@ -418,7 +430,8 @@ async def test_second_not_found_on_a_fresh_chain_fails_clearly(autojump_clock):
 
 @pytest.mark.parametrize("after_events", [0, 3])
 async def test_connection_limit_error_rotates_and_replays(autojump_clock, after_events):
-    """T4: websocket_connection_limit_reached at turn start or mid-turn: new socket, replay."""
+    """docs/recovery.md#expired-connections: websocket_connection_limit_reached at turn start or
+    mid-turn: new socket, replay."""
     golden = await golden_transcript()
     fault = Fault(
         "error",
@@ -441,7 +454,8 @@ async def test_connection_limit_error_rotates_and_replays(autojump_clock, after_
 
 
 async def test_connection_limit_on_every_fresh_socket_backs_off_then_fails(autojump_clock):
-    """T4: expiry reported again and again by fresh sockets backs off, then gives up."""
+    """docs/recovery.md#expired-connections: expiry reported again and again by fresh sockets backs
+    off, then gives up."""
     fault = Fault("error", error_code="websocket_connection_limit_reached", status=400, times=100)
     settings = ConnectionSettings(max_attempts=4, backoff_initial=1.0, backoff_max=8.0)
     async with memory_agent(ServerConfig(script=SCRIPT, seed=1, faults=(fault,)), settings) as (
@@ -458,7 +472,8 @@ async def test_connection_limit_on_every_fresh_socket_backs_off_then_fails(autoj
 
 
 async def test_stall_hits_the_idle_deadline_and_recovers(autojump_clock):
-    """T12: a silent server mid-stream is dropped after exactly idle_timeout, then replayed."""
+    """docs/recovery.md#silent-peers: a silent server mid-stream is dropped after exactly
+    idle_timeout, then replayed."""
     settings = ConnectionSettings(idle_timeout=30, ping_interval=None, backoff_initial=0.0001)
     config = ServerConfig(
         script=SCRIPT, seed=1, faults=(Fault("stall", connection=1, response=1, after_events=3),)
@@ -473,7 +488,8 @@ async def test_stall_hits_the_idle_deadline_and_recovers(autojump_clock):
 
 
 async def test_half_open_peer_is_detected_by_keepalive(autojump_clock):
-    """T13: a peer that stops answering pings is dropped within ping interval + timeout."""
+    """docs/recovery.md#silent-peers: a peer that stops answering pings is dropped within ping
+    interval + timeout."""
     settings = ConnectionSettings(
         idle_timeout=3600, ping_interval=20, ping_timeout=10, backoff_initial=0.0001
     )
@@ -493,7 +509,8 @@ async def test_half_open_peer_is_detected_by_keepalive(autojump_clock):
 
 @pytest.mark.parametrize("status", [401, 403])
 async def test_auth_rejection_fails_fast_without_retry(autojump_clock, status):
-    """T14: 401/403 at the handshake: a clear auth error and exactly one attempt."""
+    """docs/recovery.md#handshake-failures: 401/403 at the handshake: a clear auth error and exactly
+    one attempt."""
     fault = Fault("reject", status=status, error_code="invalid_api_key", times=10)
     async with memory_agent(ServerConfig(script=SCRIPT, faults=(fault,)), FAST) as (
         server,
@@ -508,7 +525,8 @@ async def test_auth_rejection_fails_fast_without_retry(autojump_clock, status):
 
 
 async def test_wrong_key_is_rejected_with_a_fingerprint_only(autojump_clock, canary_key):
-    """T14 / 3.3: a wrong key gets 401 and an error naming only its fingerprint."""
+    """docs/recovery.md#handshake-failures, docs/faults.md#keys-and-endpoints: a wrong key gets 401
+    and an error naming only its fingerprint."""
     async with memory_agent(token=canary_key) as (server, connection, _recorder):
         with pytest.raises(AuthenticationError) as caught:
             await connection.run_turn(scripted_session(), [MessageItem.user("hi")])
@@ -521,7 +539,8 @@ async def test_wrong_key_is_rejected_with_a_fingerprint_only(autojump_clock, can
 
 @pytest.mark.parametrize(("status", "retry_after"), [(503, None), (429, 7.0)])
 async def test_transient_handshake_failures_are_retried(autojump_clock, status, retry_after):
-    """T14: 5xx and 429 at the handshake are retried; Retry-After is honoured."""
+    """docs/recovery.md#handshake-failures: 5xx and 429 at the handshake are retried; Retry-After is
+    honoured."""
     fault = Fault("reject", status=status, retry_after=retry_after, times=2)
     async with memory_agent(ServerConfig(script=SCRIPT, faults=(fault,)), FAST) as (
         server,
@@ -539,7 +558,8 @@ async def test_transient_handshake_failures_are_retried(autojump_clock, status, 
 
 
 async def test_refused_connections_give_up_after_bounded_attempts(autojump_clock):
-    """T14: connection refused is retried with backoff, then the turn fails clearly."""
+    """docs/recovery.md#handshake-failures: connection refused is retried with backoff, then the
+    turn fails clearly."""
     attempts = 0
 
     async def refuse() -> trio.abc.Stream:
@@ -558,7 +578,8 @@ async def test_refused_connections_give_up_after_bounded_attempts(autojump_clock
 
 
 async def test_slow_handshake_times_out_and_is_retried(autojump_clock):
-    """T14: a handshake slower than connect_timeout is abandoned and retried."""
+    """docs/recovery.md#handshake-failures: a handshake slower than connect_timeout is abandoned and
+    retried."""
     fault = Fault("delay_handshake", duration=60, connection=1)
     settings = ConnectionSettings(connect_timeout=5, backoff_initial=0.0001)
     async with memory_agent(ServerConfig(script=SCRIPT, faults=(fault,)), settings) as (
@@ -576,7 +597,8 @@ async def test_slow_handshake_times_out_and_is_retried(autojump_clock):
 
 @pytest.mark.parametrize(("kind", "code"), [("error", "server_error"), ("fail", "server_error")])
 async def test_server_errors_are_retried_with_backoff(autojump_clock, kind, code):
-    """9.6: server_error (as an error event or response.failed) is retried from a replay."""
+    """docs/recovery.md#server-errors-and-rate-limits: server_error (as an error event or
+    response.failed) is retried from a replay."""
     golden = await golden_transcript()
     fault = Fault(kind, error_code=code, status=500, response=2, after_events=4)
     async with memory_agent(ServerConfig(script=SCRIPT, seed=1, faults=(fault,)), FAST) as (
@@ -591,7 +613,8 @@ async def test_server_errors_are_retried_with_backoff(autojump_clock, kind, code
 
 
 async def test_rate_limit_error_honours_retry_after(autojump_clock):
-    """9.6: a rate-limit error event waits retry-after seconds before retrying."""
+    """docs/recovery.md#server-errors-and-rate-limits: a rate-limit error event waits retry-after
+    seconds before retrying."""
     fault = Fault(
         "error", error_code="rate_limit_exceeded", status=429, retry_after=12.5, response=1
     )
@@ -642,8 +665,8 @@ async def test_request_errors_are_surfaced_with_status_and_code(autojump_clock):
 
 
 async def test_garbage_frame_fails_the_turn_and_drops_the_socket(autojump_clock):
-    """T8: one malformed frame fails the turn with RemoteProtocolError; nothing is committed
-    and the next turn runs on a fresh socket."""
+    """docs/recovery.md#malformed-and-unknown-events: one malformed frame fails the turn with
+    RemoteProtocolError; nothing is committed and the next turn runs on a fresh socket."""
     fault = Fault(
         "send_raw",
         payload='{"type": "response.output_text.delta", "oops',
@@ -665,7 +688,8 @@ async def test_garbage_frame_fails_the_turn_and_drops_the_socket(autojump_clock)
 
 
 async def test_unknown_events_are_ignored(autojump_clock):
-    """T9: an unknown event type mid-stream is skipped; the turn completes."""
+    """docs/recovery.md#malformed-and-unknown-events: an unknown event type mid-stream is skipped;
+    the turn completes."""
     fault = Fault(
         "send_raw",
         payload='{"type":"response.new_thing","sequence_number":3}',
@@ -764,7 +788,8 @@ def test_api_key_errors_never_echo_the_key(monkeypatch):
 
 
 async def test_canary_key_never_reaches_logs_events_or_reprs(autojump_clock, canary_key):
-    """G13: with the canary as the key, no log line, event, error or repr contains it."""
+    """docs/faults.md#secrets: with the canary as the key, no log line, event, error or repr
+    contains it."""
     config = ServerConfig(
         script=SCRIPT,
         seed=1,

@@ -1,4 +1,5 @@
-"""Random transport faults never lose, duplicate or half-execute anything (RELIABILITY G1).
+"""Random transport faults never lose, duplicate or half-execute anything
+(docs/faults.md#the-fault-campaign).
 
 A scripted conversation runs against the embedded server while the server injects faults
 (aborts, recoverable closes, stalls, half-open peers, cache loss, expiry, server errors,
@@ -120,8 +121,8 @@ def test_golden_run_is_fault_free():
 
 
 def test_seeded_fault_campaign():
-    """G1 (CI-fast): at least 2,000 injected faults over at least 200 seeded runs, with no lost
-    turn, no duplicated answer and no tool run from a partial stream."""
+    """docs/faults.md#the-fault-campaign (CI-fast): at least 2,000 injected faults over at least 200
+    seeded runs, with no lost turn, no duplicated answer and no tool run from a partial stream."""
     fired = 0
     for seed in range(200):
         outcome = run(_schedule(random.Random(seed)), seed)

@@ -1,6 +1,7 @@
 """Model settings in runs: an agent's own over the plan's [settings] over run()'s
 model_settings, sent verbatim; a forcing tool_choice on a task's first turn only; the
-settings the embedded server applies changing what a run does (DESIGN 6)."""
+settings the embedded server applies changing what a run does
+(docs/architecture.md#delegation-and-steps)."""
 
 from __future__ import annotations
 

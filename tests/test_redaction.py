@@ -1,6 +1,6 @@
 """Redaction (``orchestrator.core.redaction``) and where it applies: errors when they are made,
 events on the bus, log sinks (tracebacks included), the CLI's streams, and endpoint URLs
-that would carry a key (RELIABILITY G13 and section 4, "Secrets")."""
+that would carry a key (docs/faults.md#secrets)."""
 
 from __future__ import annotations
 

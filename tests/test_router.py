@@ -1,4 +1,5 @@
-"""The router: names and roles to mailboxes, ids, per-pair order, dead letters (S6)."""
+"""The router: names and roles to mailboxes, ids, per-pair order, dead letters
+(docs/faults.md#routing)."""
 
 from __future__ import annotations
 

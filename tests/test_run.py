@@ -1,4 +1,6 @@
-"""``orchestrator.run``: whole runs on the embedded server (DESIGN 1, 6, 8, 9; RELIABILITY S8).
+"""``orchestrator.run``: whole runs on the embedded server (docs/architecture.md#how-a-run-is-wired,
+docs/architecture.md#delegation-and-steps, docs/architecture.md#observing-a-run;
+docs/faults.md#budgets).
 
 Most runs go over in-memory streams (``transport="memory"``) under the ``autojump_clock``, so
 latency, wall-clock budgets and restart backoff cost no real time, and what overlaps is decided
@@ -340,7 +342,7 @@ async def test_independent_steps_overlap_and_a_step_sees_its_dependencies_result
     assert 10.0 == pytest.approx(result.duration)
 
 
-# -- budgets stop a run at exactly their limit (RELIABILITY S8) -------------------------------
+# -- budgets stop a run at exactly their limit (docs/faults.md#budgets) -----------------------
 
 
 def assert_stopped_by(result: RunResult, budget: str, reason: str) -> None:
@@ -501,7 +503,8 @@ async def test_stop_event_interrupts_the_run_with_partial_results(autojump_clock
 
 async def test_a_tool_called_wrongly_past_the_repair_budget_fails_the_run(autojump_clock):
     """A model that keeps sending invalid arguments gets told what is wrong twice; the third
-    invalid call ends the run as failed with ``tool.repair_budget`` (RELIABILITY 3.2)."""
+    invalid call ends the run as failed with ``tool.repair_budget``
+    (docs/faults.md#tool-calls-from-the-model)."""
     script = {
         "on_exhausted": "repeat_last",
         "turns": [{"function_calls": [{"name": "lookup", "arguments": {"town": "Lisbon"}}]}],
@@ -573,7 +576,7 @@ async def test_a_crashed_agent_restarts_with_its_session_and_the_run_completes(
 
 async def test_a_rejected_key_fails_the_run_without_leaking_it(canary_key):
     """A live run whose key the server refuses (HTTP 401) fails with ``auth.rejected``; the
-    result names the key by its fingerprint only (RELIABILITY 3.3)."""
+    result names the key by its fingerprint only (docs/faults.md#keys-and-endpoints)."""
     with trio.fail_after(20):
         async with open_local_server(token="the-right-token") as server:
             result = await run(

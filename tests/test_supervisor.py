@@ -1,4 +1,5 @@
-"""Supervisor semantics, case by case (RELIABILITY S1-S3; cases after OTP's supervisor_SUITE)."""
+"""Supervisor semantics, case by case (docs/faults.md#supervision; cases after OTP's
+supervisor_SUITE)."""
 
 from __future__ import annotations
 
@@ -54,8 +55,10 @@ class Child:
     history: list[tuple[str, str, float]]
     fail_starts: float = 0
     obey_stop: bool = True
+    starts: int = 0
     _wake: trio.Event = attrs.field(factory=trio.Event)
     _action: str = ""
+    _started: trio.Event = attrs.field(factory=trio.Event)
 
     async def start(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self.fail_starts > 0:
@@ -65,6 +68,9 @@ class Child:
         self._wake, self._action = trio.Event(), ""
         self._log("start")
         task_status.started()
+        self.starts += 1
+        self._started.set()
+        self._started = trio.Event()
         how = "cancelled"
         try:
             await self._wake.wait()
@@ -80,6 +86,13 @@ class Child:
     def _act(self, action: str) -> None:
         self._action = action
         self._wake.set()
+
+    async def wait_started(self, count: int) -> None:
+        """Wait until this child has started ``count`` times in all (restarts included),
+        however long the supervisor's backoff makes that take."""
+        with trio.fail_after(60):  # virtual seconds: a restart that never comes fails at once
+            while self.starts < count:
+                await self._started.wait()
 
     def crash(self) -> None:
         self._act("crash")
@@ -229,15 +242,15 @@ async def test_a_permanent_child_that_keeps_exiting_normally_escalates_without_a
     assert ("a", 2, None) == (error.child, error.restarts, error.__cause__)
 
 
-# -- S1: restart intensity ------------------------------------------------------------------
+# -- docs/faults.md#supervision: restart intensity ------------------------------------------
 
 
 async def test_a_crash_loop_on_start_restarts_exactly_intensity_times_then_escalates(
     autojump_clock,
 ):
-    """S1: a child that crashes and then fails every start is restarted exactly 3 times
-    (intensity 3 in 30 s); the 4th failure stops the others in reverse order and raises
-    RestartLimitReached from the last failure."""
+    """docs/faults.md#supervision: a child that crashes and then fails every start is restarted
+    exactly 3 times (intensity 3 in 30 s); the 4th failure stops the others in reverse order and
+    raises RestartLimitReached from the last failure."""
     history, (a, b, c) = make_children("a", "b", "c")
     bus, events = recording_bus()
     sup = Supervisor("sup", [a.spec(), b.spec(), c.spec()], intensity=3, period=30, events=bus)
@@ -381,7 +394,7 @@ async def test_a_temporary_child_is_never_restarted_and_is_forgotten(autojump_cl
         await trio.testing.wait_all_tasks_blocked()
         assert ("b",) == tuple(c.name for c in sup.statistics().children)
         b.crash()
-        await trio.sleep(1)
+        await b.wait_started(2)
         sup.stop()
     assert [
         ("start", "a"),
@@ -454,7 +467,7 @@ async def test_one_for_all_stops_the_others_in_reverse_order_and_starts_all_in_o
         await nursery.start(sup.run)
         history.clear()
         b.crash()
-        await trio.sleep(1)
+        await c.wait_started(2)  # the last of the group to start again
         sup.stop()
     assert [
         ("crash", "b"),
@@ -477,7 +490,7 @@ async def test_rest_for_one_restarts_the_failed_child_and_those_after_it(autojum
         await nursery.start(sup.run)
         history.clear()
         b.crash()
-        await trio.sleep(1)
+        await d.wait_started(2)  # the last of the rest to start again
         sup.stop()
     assert [
         ("crash", "b"),
@@ -503,7 +516,7 @@ async def test_one_for_all_retries_when_another_child_fails_to_restart(autojump_
         history.clear()
         b.fail_starts = 1
         a.crash()
-        await trio.sleep(10)
+        await b.wait_started(2)  # its first start in the group restart failed
         assert 2 == sup.statistics().restarts
         sup.stop()
     assert [
@@ -522,6 +535,7 @@ async def test_one_for_all_retries_when_another_child_fails_to_restart(autojump_
 async def test_an_exception_group_from_a_child_is_a_failure(autojump_clock):
     """A child whose own nursery fails raises an ExceptionGroup: an ordinary failure."""
     starts = 0
+    restarted = trio.Event()
 
     async def grouped(*, task_status: trio.TaskStatus[None]) -> None:
         nonlocal starts
@@ -530,13 +544,15 @@ async def test_an_exception_group_from_a_child_is_a_failure(autojump_clock):
         if starts == 1:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_raise, Crash("inside"))
+        restarted.set()
         await trio.sleep_forever()
 
     bus, events = recording_bus()
     sup = Supervisor("sup", [ChildSpec("g", grouped)], events=bus)
     async with trio.open_nursery() as nursery:
         await nursery.start(sup.run)
-        await trio.sleep(1)
+        with trio.fail_after(60):
+            await restarted.wait()
         sup.stop()
     assert 2 == starts
     assert ["ExceptionGroup"] == [e.error.split("(")[0] for e in of_type(events, ActorFailed)]
@@ -599,7 +615,7 @@ async def test_a_later_failure_postpones_a_pending_restart_batch(autojump_clock)
     )
 
 
-# -- S2/S3: shutdown and cancellation -------------------------------------------------------
+# -- docs/faults.md#supervision: shutdown and cancellation ----------------------------------
 
 
 async def test_shutdown_is_in_reverse_start_order_with_grace_then_cancellation(autojump_clock):
@@ -635,8 +651,9 @@ async def test_a_child_without_a_stop_request_is_cancelled_at_once():
 
 
 async def test_a_child_ignoring_cancellation_is_reported_and_shutdown_moves_on(autojump_clock):
-    """S2: after grace and cancel grace the child is reported as shutdown_timeout and the
-    next child is stopped; run() returns once the stubborn child finally ends."""
+    """docs/faults.md#supervision: after grace and cancel grace the child is reported as
+    shutdown_timeout and the next child is stopped; run() returns once the stubborn child finally
+    ends."""
     history, (a, c) = make_children("a", "c")
 
     async def stubborn(*, task_status: trio.TaskStatus[None]) -> None:
@@ -666,8 +683,9 @@ async def test_a_child_ignoring_cancellation_is_reported_and_shutdown_moves_on(a
 
 
 async def test_cancelling_run_mid_backoff_stops_in_order_and_never_restarts(autojump_clock):
-    """S3: cancelling the scope around run() while a restart waits for its backoff stops
-    the running children in reverse order, starts nothing, and Cancelled propagates."""
+    """docs/faults.md#supervision: cancelling the scope around run() while a restart waits for its
+    backoff stops the running children in reverse order, starts nothing, and Cancelled
+    propagates."""
     history, (a, b, c) = make_children("a", "b", "c")
     bus, events = recording_bus()
     sup = Supervisor("sup", [a.spec(), b.spec(), c.spec()], backoff=Backoff(5), events=bus)
@@ -686,8 +704,8 @@ async def test_cancelling_run_mid_backoff_stops_in_order_and_never_restarts(auto
 
 
 async def test_keyboard_interrupt_in_a_child_propagates_and_is_never_restarted(autojump_clock):
-    """S3: KeyboardInterrupt (any BaseException that is not an Exception) is not a failure;
-    it tears the supervisor down and propagates."""
+    """docs/faults.md#supervision: KeyboardInterrupt (any BaseException that is not an Exception) is
+    not a failure; it tears the supervisor down and propagates."""
 
     async def interrupted(*, task_status: trio.TaskStatus[None]) -> None:
         task_status.started()

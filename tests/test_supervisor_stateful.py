@@ -1,4 +1,5 @@
-"""RELIABILITY G7: a Hypothesis state machine checks the supervisor against a model of OTP.
+"""docs/faults.md#supervision: a Hypothesis state machine checks the supervisor against a model of
+OTP.
 
 Each example builds a supervisor with a random strategy, intensity, period, backoff and
 children (random restart types, with or without a stop request), then applies random

@@ -1,7 +1,8 @@
-"""No process outlives its owner (RELIABILITY S4, P5, P6, G4): a tool call owns the children
-it starts with ``actors.tools.run_process`` / ``run_subprocess`` / ``start_subprocess``, and
-``orchestrator run`` owns every process it started, grandchildren and orphans included,
-whether it ends by itself, by Ctrl-C, by SIGTERM or by a forced second Ctrl-C.
+"""No process outlives its owner (docs/faults.md#tools-that-hang-or-fail,
+docs/faults.md#signals-and-processes): a tool call owns the children it starts with
+``actors.tools.run_process`` / ``run_subprocess`` / ``start_subprocess``, and ``orchestrator run``
+owns every process it started, grandchildren and orphans included, whether it ends by itself, by
+Ctrl-C, by SIGTERM or by a forced second Ctrl-C.
 
 Processes are real; a process counts as gone once it no longer exists or is a zombie."""
 

@@ -1,10 +1,11 @@
-"""Tools: schemas from type hints, and every RELIABILITY 3.2 row for calls from the model.
+"""Tools: schemas from type hints, and every case of docs/faults.md#tool-calls-from-the-model.
 
 The model is untrusted: whatever it sends, the executor answers with a function_call_output
 (or, past the repair budget, ToolRepairBudgetExceeded), never with another exception.
 """
 
-# STYLE 7: asserts read ``expected == actual``, so the expected constant comes first.
+# docs/faults.md#test-hygiene: asserts read ``expected == actual``, so the expected constant comes
+# first.
 
 from __future__ import annotations
 
@@ -324,7 +325,7 @@ def test_resolve_tool_errors(path, message):
     assert message in str(caught.value)
 
 
-# -- executing calls: RELIABILITY 3.2 -----------------------------------------------------------
+# -- executing calls: docs/faults.md#tool-calls-from-the-model ----------------------------------
 
 
 async def test_a_valid_call_runs_and_returns_json(registry):
@@ -340,7 +341,8 @@ async def test_str_results_pass_through(registry):
 
 
 async def test_unknown_tool(registry):
-    """Row 'unknown tool': not executed; the output lists what this agent may call."""
+    """'unknown tool' (docs/faults.md#tool-calls-from-the-model): not executed; the output lists
+    what this agent may call."""
     executor = registry.executor("w", allowed={"add", "search"})
     item = await executor.execute(call("delete_everything"))
     assert {
@@ -352,7 +354,8 @@ async def test_unknown_tool(registry):
 
 
 async def test_tool_not_permitted_is_refused_and_logged(registry, warnings_logged):
-    """Row 'tool not allowed for this agent': not executed, warning with agent and tool."""
+    """'tool not allowed for this agent' (docs/faults.md#tool-calls-from-the-model): not executed,
+    warning with agent and tool."""
     executor = registry.executor("writer", allowed={"search"})
     outcome = await executor.run(call("boom", '{"x": 1}'))
     assert (False, "tool_not_permitted") == (outcome.ok, outcome.error)
@@ -372,7 +375,8 @@ async def test_tool_not_permitted_is_refused_and_logged(registry, warnings_logge
     ],
 )
 async def test_invalid_json(registry, arguments, message):
-    """Row 'arguments not valid JSON / truncated': msgspec's message, arguments not echoed."""
+    """'arguments not valid JSON / truncated' (docs/faults.md#tool-calls-from-the-model): msgspec's
+    message, arguments not echoed."""
     outcome = await registry.executor("w").run(call("search", arguments))
     assert {"error": "invalid_json", "tool": "search", "message": message} == error_of(outcome.item)
 
@@ -408,13 +412,15 @@ async def test_invalid_json_never_echoes_the_arguments(registry):
     ],
 )
 async def test_invalid_arguments_name_the_json_path(registry, arguments, message):
-    """Row 'arguments violate the schema': wrong type, missing, extra, range, enum, nested."""
+    """'arguments violate the schema' (docs/faults.md#tool-calls-from-the-model): wrong type,
+    missing, extra, range, enum, nested."""
     item = await registry.executor("w").execute(call("search", arguments))
     assert {"error": "invalid_arguments", "tool": "search", "message": message} == error_of(item)
 
 
 async def test_oversized_arguments_are_refused_before_decoding(registry):
-    """Row 'oversized arguments': over 64 KiB, the call is refused unread."""
+    """'oversized arguments' (docs/faults.md#tool-calls-from-the-model): over 64 KiB, the call is
+    refused unread."""
     arguments = '{"query": "' + "x" * (64 * 1024) + '"}'
     item = await registry.executor("w").execute(call("search", arguments))
     assert {
@@ -425,7 +431,8 @@ async def test_oversized_arguments_are_refused_before_decoding(registry):
 
 
 async def test_path_arguments_are_confined_to_the_workspace(registry, tmp_path):
-    """Row 'path arguments escaping the workspace': ../, absolute and symlinks are refused."""
+    """'path arguments escaping the workspace' (docs/faults.md#tool-calls-from-the-model): ../,
+    absolute and symlinks are refused."""
     workspace = tmp_path / "work"
     workspace.mkdir()
     (workspace / "notes.txt").write_text("inside")
@@ -453,7 +460,8 @@ def test_confine_helper(tmp_path):
 
 
 async def test_repair_budget_stops_repeated_invalid_calls(registry):
-    """Row 'same invalid call repeated > repair budget': the third raises tool.repair_budget."""
+    """'same invalid call repeated > repair budget' (docs/faults.md#tool-calls-from-the-model): the
+    third raises tool.repair_budget."""
     executor = registry.executor("w", repair_budget=2)
     first = await executor.execute(call("search", "{}", "c1"))
     second = await executor.execute(call("search", "{}", "c2"))
@@ -482,7 +490,8 @@ async def test_a_valid_call_resets_the_repair_count(registry):
 
 
 async def test_unknown_tools_count_toward_the_budget(registry):
-    """Row 'unknown tool' also counts toward the repair budget."""
+    """'unknown tool' (docs/faults.md#tool-calls-from-the-model) also counts toward the repair
+    budget."""
     executor = registry.executor("w", repair_budget=1)
     await executor.execute(call("ghost"))
     with pytest.raises(ToolRepairBudgetExceeded):
@@ -490,7 +499,8 @@ async def test_unknown_tools_count_toward_the_budget(registry):
 
 
 async def test_async_tool_timeout(registry, autojump_clock):
-    """Row S4 'tool hangs' (async): cancelled at the deadline, structured timeout output."""
+    """'tool hangs', async (docs/faults.md#tools-that-hang-or-fail): cancelled at the deadline,
+    structured timeout output."""
     registry.add(sleepy, name="sleepy_fast", timeout=2.5)
     outcome = await registry.executor("w").run(call("sleepy_fast"))
     assert {
@@ -502,7 +512,8 @@ async def test_async_tool_timeout(registry, autojump_clock):
 
 
 async def test_sync_tool_timeout_abandons_the_thread(autojump_clock):
-    """Row S4 (sync): a blocked thread is abandoned at the deadline; the actor moves on."""
+    """'tool hangs', sync (docs/faults.md#tools-that-hang-or-fail): a blocked thread is abandoned at
+    the deadline; the actor moves on."""
     release = threading.Event()
 
     def stuck() -> str:
@@ -520,7 +531,8 @@ async def test_sync_tool_timeout_abandons_the_thread(autojump_clock):
 
 
 async def test_tool_exception_becomes_a_redacted_error(registry):
-    """Row S5 'tool raises': type and message, no traceback, secrets redacted."""
+    """'tool raises' (docs/faults.md#tools-that-hang-or-fail): type and message, no traceback,
+    secrets redacted."""
     item = await registry.executor("w").execute(call("boom", '{"x": 7}'))
     assert {
         "error": "tool_failed",
@@ -531,7 +543,8 @@ async def test_tool_exception_becomes_a_redacted_error(registry):
 
 
 async def test_unencodable_output_is_an_error_result(registry):
-    """Row S5 'non-serializable data': a tool bug, reported to the model, not a crash."""
+    """'non-serializable data' (docs/faults.md#tools-that-hang-or-fail): a tool bug, reported to the
+    model, not a crash."""
     outcome = await registry.executor("w").run(call("unencodable"))
     assert "invalid_output" == outcome.error
     assert error_of(outcome.item)["message"].startswith(
@@ -540,7 +553,8 @@ async def test_unencodable_output_is_an_error_result(registry):
 
 
 async def test_huge_output_is_cut_with_a_marker(registry):
-    """Row S5 'huge output': capped in bytes at a character boundary, with a marker."""
+    """'huge output' (docs/faults.md#tools-that-hang-or-fail): capped in bytes at a character
+    boundary, with a marker."""
     outcome = await registry.executor("w").run(call("big", '{"n": 100000}'))
     assert isinstance(outcome.item.output, str)
     encoded = outcome.item.output.encode()

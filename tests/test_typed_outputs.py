@@ -1,5 +1,6 @@
 """Typed outputs in runs: text.format on the wire, the decoded value in RunResult.output, a
-worker's JSON reaching the planner, one repair turn, then OutputInvalid (DESIGN 6)."""
+worker's JSON reaching the planner, one repair turn, then OutputInvalid
+(docs/architecture.md#delegation-and-steps)."""
 
 from __future__ import annotations
 

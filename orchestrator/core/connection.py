@@ -5,7 +5,7 @@
 one ``response.create`` built by the agent's :class:`~orchestrator.core.session.Session`, streams
 the events to an optional observer as they arrive, and returns the assembled response, having
 committed it to the session. Whatever happens to the socket meanwhile is handled here
-(spec section 9, RELIABILITY T1-T14):
+(docs/protocol.md#how-the-client-uses-it, docs/recovery.md#the-matrix):
 
 * **Planned rotation, make-before-break.** Once a socket is ``max_age - margin - lead`` old,
   a background task opens a new socket and warms it with ``generate: false`` carrying the
@@ -99,7 +99,8 @@ __all__ = [
 DEFAULT_URL: Final = "wss://api.openai.com/v1/responses"
 USER_AGENT: Final = "orchestrator/0.1 (trio)"
 
-# Server-reported failures worth retrying (spec 9.6; openai-agents retries the first two).
+# Server-reported failures worth retrying (docs/recovery.md#server-errors-and-rate-limits;
+# openai-agents retries the first two).
 _RETRYABLE_CODES: Final = frozenset(
     {"server_error", "server_is_overloaded", "rate_limit_exceeded", "overloaded_error"}
 )
@@ -1047,8 +1048,8 @@ class Connection:
                         )
                     continue
                 if code == "response_already_in_flight":
-                    # Impossible from this client (RELIABILITY T7): the gateway and we disagree
-                    # about the socket's state, so stop trusting it.
+                    # Impossible from this client (docs/recovery.md#response-already-in-flight): the
+                    # gateway and we disagree about the socket's state, so stop trusting it.
                     self._log.error(
                         "server reports a response already in flight on socket {}", socket.id
                     )
@@ -1066,7 +1067,8 @@ class Connection:
                         result.retry_after,
                         result.to_exception(),
                     )
-                    # The failed continuation evicted its parent (spec 7.3): replay.
+                    # The failed continuation evicted its parent (docs/protocol.md#eviction):
+                    # replay.
                     session.forget_chain()
                     replay = True
                     continue

@@ -7,7 +7,8 @@ stay in production code where the crash tests need them (FoundationDB's "buggify
 failpoints of TiKV): a kill at a named moment is deterministic where a kill after a random
 delay is not.
 
-The points, in the order a turn passes them (see ``docs/durability.md``):
+The points, in the order a turn passes them (see
+``docs/architecture.md#how-a-durable-job-journals-a-turn``):
 
 ``job_accepted``       the job's first journal transaction committed
 ``request_sent``       a ``response.create`` left the socket

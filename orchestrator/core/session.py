@@ -4,7 +4,8 @@ The session keeps the complete local transcript (every item sent and every final
 item) and the id of the last response. A turn normally sends only the new items plus
 ``previous_response_id``; when the server no longer holds the chain (a new socket with
 ``store=false``, ``previous_response_not_found``) the session builds a full replay instead:
-the whole transcript plus the new items, as a new chain (spec 7.5). Nothing is lost either way.
+the whole transcript plus the new items, as a new chain (docs/protocol.md#on-a-new-socket). Nothing
+is lost either way.
 
 A turn is atomic: :meth:`Session.commit` is the only mutation and happens once a response
 completed, so a failed, cancelled or retried turn leaves the session exactly as it was.

@@ -1,11 +1,11 @@
 """A socket-free stand-in for an offline run of an example plan.
 
 The embedded server's ``generic`` policy answers every turn and the real ``ToolExecutor``
-runs the plan's tools, wired the way DESIGN section 6 describes: a worker receives its task
-as the user message; the planner receives the goal and has one ``delegate_to_<worker>(task)``
-tool per worker plus ``finish(answer)``; a step's task is rendered with the results of the
-steps it depends on. It checks that the examples make sense offline before the runtime
-(``orchestrator.run``) exists, and counts the model turns a run takes.
+runs the plan's tools, wired the way docs/architecture.md#delegation-and-steps describes: a worker
+receives its task as the user message; the planner receives the goal and has one
+``delegate_to_<worker>(task)`` tool per worker plus ``finish(answer)``; a step's task is rendered
+with the results of the steps it depends on. It checks that the examples make sense offline before
+the runtime (``orchestrator.run``) exists, and counts the model turns a run takes.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SIGKILL at every named crash point, then resume until done (RELIABILITY P1, G2).
+"""SIGKILL at every named crash point, then resume until done (docs/faults.md#crash-points).
 
 Each scenario runs the crash plan (tests/jobs/crashplan/) in a child process with
 ``ORCHESTRATOR_CRASH_AT=POINT:N``, so the process kills itself the N-th time it passes the
@@ -263,8 +263,9 @@ async def scenario(
 
 
 def test_the_campaign_kills_at_least_ten_points_fifty_times():
-    """The occurrences below add up to G2's floor: >= 10 points, >= 50 kills (each test of
-    this module fails unless every listed occurrence really killed the process)."""
+    """The occurrences below add up to the floor of docs/faults.md#crash-points: >= 10 points, >= 50
+    kills (each test of this module fails unless every listed occurrence really killed the
+    process)."""
     assert 10 <= len(OCCURRENCES)
     assert 50 <= sum(len(occurrences) for occurrences in OCCURRENCES.values())
 

@@ -91,6 +91,10 @@ def job(**fields: Any) -> JobRecord:
     ],
 )
 def test_who_may_claim_a_job(fields, alive, expected):
+    """A job whose owner is alive (or, on another host, whose lease has not expired) is
+    refused with JobRunning; a crashed job is claimed with its recovery count reset by
+    progress or grown without it, and dead at the third crash in a row; a clean stop claims
+    with a fresh count; a job that ended or waits for a person is not resumable."""
     record = job(**fields)
     if isinstance(expected, type):
         with pytest.raises(expected):
@@ -119,6 +123,8 @@ def test_who_may_claim_a_job(fields, alive, expected):
     ],
 )
 def test_retry_revives_failed_and_dead_jobs_with_a_fresh_count(status, alive, allowed):
+    """retry claims a failed, dead, interrupted or crashed job with a recovery count of 0, and
+    still refuses one that is running or that ended well."""
     record = job(status=status, recoveries=3, owner=OWNER if status == "running" else None)
     if allowed:
         assert ClaimDecision("running", 0) == decide_claim(
@@ -130,6 +136,8 @@ def test_retry_revives_failed_and_dead_jobs_with_a_fresh_count(status, alive, al
 
 
 def test_a_refusal_says_what_to_do_next():
+    """Each refusal names the next step: jobs retry for a dead job, jobs resolve for one that
+    needs attention, and the live owner (host:pid) of a running one."""
     with pytest.raises(JobNotResumable, match="orchestrator jobs retry j"):
         decide_claim(job(status="dead", owner=None), NOW, owner_alive=None)
     with pytest.raises(JobNotResumable, match="jobs resolve"):
@@ -196,12 +204,17 @@ PRINT = AgentPrint(role="worker", model="m", instructions="i", store=False, tool
     ],
 )
 def test_what_a_plan_change_means_for_a_resume(new_print, new_plan, started, blocking, budgets):
+    """Comparing the journaled plan with the one given to resume: a changed budget needs the
+    flag, a started step changed or an agent's model or tools changed block the resume, and a
+    step that never started may change or be added."""
     changes = plan_changes(plan(), new_plan, {"w": PRINT}, {"w": new_print}, started)
     assert blocking == changes.blocking
     assert budgets == changes.budgets
 
 
 def test_agents_added_or_removed_block_a_resume():
+    """An agent that disappeared from the plan or appeared in it blocks the resume, named in
+    the change list."""
     changes = plan_changes(plan(), plan(), {"w": PRINT}, {"x": PRINT}, set())
     assert ("agent 'w' was removed", "agent 'x' was added") == changes.blocking
 
@@ -221,6 +234,8 @@ def test_agents_added_or_removed_block_a_resume():
     ],
 )
 def test_what_happens_to_a_call_in_doubt(side_effect, action):
+    """A call found started without a result runs again when its tool is read_only,
+    idempotent_write or the runtime's own, and is parked for a person otherwise."""
     assert action == in_doubt_action(side_effect)
 
 
@@ -277,6 +292,8 @@ def record(seq: int, message: str, *, reply: str | None = None, calls: int = 0) 
 
 
 def test_only_started_calls_of_the_latest_turn_that_may_not_rerun_are_parked():
+    """Only calls of the latest turn that started, have no result and may not run again are
+    parked: not an earlier turn's, not a done or pending one, not an idempotent one."""
     calls = [
         call(1, "old", "started", "non_idempotent"),  # an earlier turn: answered since
         call(2, "done", "done", "non_idempotent", output="x"),
@@ -290,6 +307,9 @@ def test_only_started_calls_of_the_latest_turn_that_may_not_rerun_are_parked():
 
 
 def test_a_journal_rebuilds_transcript_usage_replies_and_the_open_turn():
+    """From the journal: the transcript in order with encrypted reasoning intact, the turn
+    count, last response id and token usage, the replies, and the latest turn's calls with
+    their state (the idempotent one in doubt, not parked)."""
     turns = [record(1, "m1", reply="first"), record(2, "m2", calls=2)]
     calls = [
         call(2, "c2_0", "done", "read_only", output="out", attempt=1),

@@ -253,6 +253,8 @@ async def test_a_changed_plan_is_refused_and_a_budget_change_needs_the_flag(tmp_
 
 
 async def test_a_finished_job_cannot_be_resumed(tmp_path, world):
+    """Resuming a job that completed is refused with JobNotResumable naming its status;
+    nothing runs again."""
     store = tmp_path / "jobs.db"
     await run_job(chain(), store, job_id="done")
     with pytest.raises(JobNotResumable, match="completed"):

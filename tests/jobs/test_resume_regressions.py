@@ -125,7 +125,7 @@ async def test_a_job_that_crashes_at_the_same_place_on_every_resume_goes_dead(tm
     """A job killed before its first new turn on every resume (a poison job) is ``dead`` at
     the third consecutive crash without progress, not resumed forever: a resume's own
     bookkeeping (its event, the tasks it delivers again) is not progress. ``jobs retry``
-    then runs it to the end (RELIABILITY P2, G3)."""
+    then runs it to the end (docs/faults.md#poison-jobs)."""
     plan = tmp_path / "plan.toml"
     plan.write_text(TWO_STEPS)
     store, ledger = tmp_path / "jobs.db", tmp_path / "ledger.db"

@@ -1,5 +1,6 @@
 """Resuming a job whose plan changed its model settings or an agent's output type: refused
-when it changes what the model does, allowed for billing and bookkeeping (DESIGN 11)."""
+when it changes what the model does, allowed for billing and bookkeeping
+(docs/architecture.md#how-a-durable-job-journals-a-turn)."""
 
 from __future__ import annotations
 

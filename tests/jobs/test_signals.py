@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM at seeded random moments (RELIABILITY P5, P6, G4).
+"""Ctrl-C and SIGTERM at seeded random moments (docs/faults.md#signals-and-processes).
 
 Each run starts the signal plan (tests/jobs/crashplan/signals.toml) as ``orchestrator run``
 in a process group of its own, like a shell job, and sends it SIGINT or SIGTERM at a moment

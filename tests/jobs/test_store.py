@@ -281,14 +281,18 @@ async def test_claim_runs_the_decision_on_the_current_row_with_the_store_clock(s
 
 
 async def test_list_filters_by_status_newest_first(store_spec):
+    """list() returns every job newest first (by creation time, then id), only those of the
+    given statuses when asked, and at most limit of them."""
     async with open_store(store_spec) as store:
         for n in range(3):
             claim = await store.create(new_job(f"j{n}"), OWNER)
             assert claim is not None
             if n == 1:
                 await store.write(claim, StatusWrite(status="completed", release=True))
-        all_jobs = [job.id for job in await store.list()]
-        assert ["j2", "j1", "j0"] == all_jobs or set(all_jobs) == {"j0", "j1", "j2"}
+        listed = await store.list()
+        assert {"j0", "j1", "j2"} == {job.id for job in listed}
+        # Newest first; jobs created within one tick of the store's clock in id order.
+        assert sorted(listed, key=lambda job: (-job.created_at, job.id)) == listed
         assert ["j1"] == [job.id for job in await store.list(["completed"])]
         assert 2 == len(await store.list(["running"], limit=5))
         assert 1 == len(await store.list(limit=1))
@@ -561,6 +565,9 @@ async def test_a_store_that_cannot_be_created_says_where(tmp_path: Path):
 
 
 async def test_the_schema_version_is_recorded_and_a_newer_one_refused(tmp_path: Path):
+    """A new store records its schema version; a store whose version is newer than this
+    program's is refused with StorageUnavailable instead of being written in a format it does
+    not know."""
     path = tmp_path / "jobs.db"
     async with open_store(path):
         pass

@@ -1,4 +1,4 @@
-"""Plan files: decoding, file-level errors (RELIABILITY 3.1 rows 1-4), equal plans per format."""
+"""Plan files: decoding, file-level errors (docs/faults.md#plan-files), equal plans per format."""
 
 from __future__ import annotations
 
@@ -83,7 +83,8 @@ def test_loading_accepts_a_str_path_and_a_utf8_bom(tmp_path):
 
 
 def test_too_large_is_checked_before_decoding(tmp_path):
-    """Row 'file > cap': a 1.5 MiB file is refused by size, though it is also malformed."""
+    """'file > cap' (docs/faults.md#plan-files): a 1.5 MiB file is refused by size, though it is
+    also malformed."""
     path = tmp_path / "x.toml"
     path.write_bytes(b"[" * (3 * 512 * 1024))
     issue = only_issue(path)
@@ -99,7 +100,8 @@ def test_too_large_just_over_the_cap_shows_bytes(tmp_path):
 
 
 def test_not_utf8_reports_the_byte_offset(tmp_path):
-    """Row 'not UTF-8': the message names the offset of the first bad byte."""
+    """'not UTF-8' (docs/faults.md#plan-files): the message names the offset of the first bad
+    byte."""
     path = tmp_path / "x.toml"
     path.write_bytes(b'name = "caf\xe9"\n')
     issue = only_issue(path)
@@ -107,8 +109,8 @@ def test_not_utf8_reports_the_byte_offset(tmp_path):
 
 
 def test_json_syntax_error_maps_the_byte_offset_to_line_and_column(tmp_path):
-    """Row 'syntax error' (JSON): msgspec's byte offset becomes line and column, and the
-    offending line is shown with a caret under the column."""
+    """'syntax error', JSON (docs/faults.md#plan-files): msgspec's byte offset becomes line and
+    column, and the offending line is shown with a caret under the column."""
     path = tmp_path / "x.json"
     path.write_text('{"name": "x",\n "agents": [1,],\n "steps": []}')
     issue = only_issue(path)
@@ -131,7 +133,8 @@ def test_truncated_json_points_at_the_end(tmp_path):
 
 
 def test_toml_syntax_error_has_line_and_column(tmp_path):
-    """Row 'syntax error' (TOML): tomllib's position is kept as line and column."""
+    """'syntax error', TOML (docs/faults.md#plan-files): tomllib's position is kept as line and
+    column."""
     path = tmp_path / "x.toml"
     path.write_text('name = "x"\nagents = ]\n')
     issue = only_issue(path)
@@ -141,7 +144,8 @@ def test_toml_syntax_error_has_line_and_column(tmp_path):
 
 
 def test_yaml_syntax_error_has_line_and_column(tmp_path):
-    """Row 'syntax error' (YAML): PyYAML's mark becomes a 1-based line and column."""
+    """'syntax error', YAML (docs/faults.md#plan-files): PyYAML's mark becomes a 1-based line and
+    column."""
     path = tmp_path / "x.yaml"
     path.write_text("name: x\nagents:\n  - name: a\n   role: b\n")
     issue = only_issue(path)
@@ -192,7 +196,8 @@ def test_yaml_python_tags_are_refused(tmp_path):
     ],
 )
 def test_deep_nesting_is_a_syntax_error(tmp_path, suffix, content):
-    """Row 'deep nesting': RecursionError or a parser depth limit becomes plan.syntax."""
+    """'deep nesting' (docs/faults.md#plan-files): RecursionError or a parser depth limit becomes
+    plan.syntax."""
     path = (tmp_path / "x").with_suffix(suffix)
     path.write_text(content)
     issue = only_issue(path)
@@ -200,7 +205,8 @@ def test_deep_nesting_is_a_syntax_error(tmp_path, suffix, content):
 
 
 def test_empty_file_is_reported_once(tmp_path):
-    """Row 'empty plan': a blank file gives one plan.empty issue, not a pile of schema errors."""
+    """'empty plan' (docs/faults.md#plan-files): a blank file gives one plan.empty issue, not a pile
+    of schema errors."""
     path = tmp_path / "x.yaml"
     path.write_text("\n  \n")
     assert f"error[plan.empty]: '{path}' is empty" == str(only_issue(path))
@@ -262,7 +268,8 @@ def test_plan_round_trips_through_json():
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads anything")
 def test_an_unreadable_file_is_named_with_the_reason(tmp_path):
-    """Row 'path unreadable': plan.not_found with 'permission denied', never a traceback."""
+    """'path unreadable' (docs/faults.md#plan-files): plan.not_found with 'permission denied', never
+    a traceback."""
     path = tmp_path / "plan.toml"
     path.write_text('name = "x"\n')
     path.chmod(0)

@@ -1,4 +1,5 @@
-"""Plan validation: RELIABILITY 3.1 rows from 'unknown field' on, each with its code and shape."""
+"""Plan validation: docs/faults.md#plan-files, from 'unknown field' on, each with its code and
+shape."""
 
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ def test_the_base_plan_is_valid():
 
 
 def test_unknown_field_suggests_the_closest_name():
-    """Row 'unknown field': location is the object, suggestion the closest valid name."""
+    """'unknown field' (docs/faults.md#plan-files): location is the object, suggestion the closest
+    valid name."""
     data = with_steps(step("a"), {"id": "b", "agnet": "writer", "agent": "writer", "task": "t"})
     assert [
         f"error[plan.schema]: {SOURCE}: $.steps[1]: unknown field 'agnet' (did you mean 'agent'?)"
@@ -87,13 +89,14 @@ def test_unknown_field_without_a_close_match_has_no_suggestion():
 
 
 def test_wrong_type_names_expected_and_actual():
-    """Row 'wrong type': expected str, got int, at the field."""
+    """'wrong type' (docs/faults.md#plan-files): expected str, got int, at the field."""
     data = with_steps({"id": "a", "agent": 5, "task": "t"})
     assert [f"error[plan.schema]: {SOURCE}: $.steps[0].agent: expected str, got int"] == lines(data)
 
 
 def test_missing_required_field():
-    """Row 'missing required field': reported at the object that lacks it."""
+    """'missing required field' (docs/faults.md#plan-files): reported at the object that lacks
+    it."""
     data = with_steps({"id": "a", "agent": "writer"})
     assert [f"error[plan.schema]: {SOURCE}: $.steps[0]: missing required field 'task'"] == lines(
         data
@@ -129,7 +132,7 @@ def test_enum_values_suggest_the_closest_choice():
 
 
 def test_empty_plan():
-    """Row 'empty plan / no steps': no agents and no steps is plan.empty."""
+    """'empty plan / no steps' (docs/faults.md#plan-files): no agents and no steps is plan.empty."""
     report = check({"name": "x"})
     assert [
         f"error[plan.empty]: {SOURCE}: $: plan defines no agents and no steps; "
@@ -138,7 +141,7 @@ def test_empty_plan():
 
 
 def test_duplicate_step_ids():
-    """Row 'duplicate step ids': both places are named."""
+    """'duplicate step ids' (docs/faults.md#plan-files): both places are named."""
     data = with_steps(step("a"), step("b"), step("fetch"), step("c"), step("d"), step("fetch"))
     assert [
         f"error[plan.duplicate]: {SOURCE}: $.steps[5]: step id 'fetch' defined twice "
@@ -147,7 +150,7 @@ def test_duplicate_step_ids():
 
 
 def test_duplicate_agent_names():
-    """Row 'duplicate agent names': counted, with every place."""
+    """'duplicate agent names' (docs/faults.md#plan-files): counted, with every place."""
     data = base()
     data["agents"] += [{"name": "writer"}, {"name": "writer"}]
     assert [
@@ -157,7 +160,8 @@ def test_duplicate_agent_names():
 
 
 def test_dependency_cycle_shows_its_path():
-    """Row 'cycle in the DAG': the cycle reads a → b → c → a ('→' = depends on)."""
+    """'cycle in the DAG' (docs/faults.md#plan-files): the cycle reads a → b → c → a ('→' = depends
+    on)."""
     data = with_steps(step("a", "b"), step("b", "c"), step("c", "a"))
     assert [
         f"error[plan.cycle]: {SOURCE}: $.steps[0].depends_on[0]: dependency cycle: "
@@ -173,7 +177,7 @@ def test_each_separate_cycle_is_reported():
 
 
 def test_self_dependency():
-    """Row 'self-dependency'."""
+    """'self-dependency' (docs/faults.md#plan-files)."""
     data = with_steps(step("a", "a"))
     assert [
         f"error[plan.cycle]: {SOURCE}: $.steps[0].depends_on[0]: step 'a' depends on itself"
@@ -181,7 +185,8 @@ def test_self_dependency():
 
 
 def test_dependency_on_unknown_step():
-    """Row 'dependency on unknown step', with a suggestion when one is close."""
+    """'dependency on unknown step' (docs/faults.md#plan-files), with a suggestion when one is
+    close."""
     data = with_steps(step("fetch"), step("b", "z"), step("c", "fech"))
     assert [
         f"error[plan.unknown_step]: {SOURCE}: $.steps[1].depends_on[0]: step 'b' depends on "
@@ -192,7 +197,7 @@ def test_dependency_on_unknown_step():
 
 
 def test_unknown_agent_lists_the_defined_agents():
-    """Row 'unknown agent reference'."""
+    """'unknown agent reference' (docs/faults.md#plan-files)."""
     data = with_steps(step("a"), step("b", agent="writer2"))
     assert [
         f"error[plan.unknown_agent]: {SOURCE}: $.steps[1].agent: step 'b' uses agent "
@@ -237,7 +242,8 @@ def test_agent_without_any_model():
 
 
 def test_tool_not_registered():
-    """Row 'tool not registered': a bare name must be defined under [tools]."""
+    """'tool not registered' (docs/faults.md#plan-files): a bare name must be defined under
+    [tools]."""
     data = base()
     data["agents"][1]["tools"] = ["shell"]
     assert [
@@ -248,7 +254,8 @@ def test_tool_not_registered():
 
 
 def test_tool_not_in_the_allow_list_is_never_imported():
-    """Row 'tool not allowed': with allowed_modules, other modules are refused unimported."""
+    """'tool not allowed' (docs/faults.md#plan-files): with allowed_modules, other modules are
+    refused unimported."""
     data = base()
     data["agents"][1]["tools"] = ["tests.plans.broken_tools:anything"]
     assert [
@@ -368,7 +375,7 @@ def test_the_same_tool_twice_in_one_agent():
     ],
 )
 def test_out_of_range_budgets(where, field, value, message):
-    """Row 'non-positive timeouts/budgets, limits above hard caps'."""
+    """'non-positive timeouts/budgets, limits above hard caps' (docs/faults.md#plan-files)."""
     data = base()
     data[where] = {field: value}
     (issue,) = check(data).issues
@@ -380,7 +387,7 @@ def test_out_of_range_budgets(where, field, value, message):
 
 
 def test_out_of_range_rendering_matches_the_catalogue():
-    """The rendered line reads like RELIABILITY's example."""
+    """The rendered line reads like the example in docs/faults.md#plan-files."""
     data = base()
     data["budgets"] = {"max_turns": 0}
     assert [f"error[plan.value]: {SOURCE}: $.budgets.max_turns: must be in 1..100000, got 0"] == (
@@ -408,7 +415,8 @@ def test_agent_limits_names_and_urls_are_checked():
 
 
 def test_unreachable_steps_are_a_warning():
-    """Row 'unreachable steps': steps final_step does not need are never scheduled."""
+    """'unreachable steps' (docs/faults.md#plan-files): steps final_step does not need are never
+    scheduled."""
     data = with_steps(step("a"), step("b"), step("x"), step("y", "x"))
     data["final_step"] = "b"
     report = check(data)
@@ -459,7 +467,8 @@ def test_workers_no_step_uses_are_a_warning_without_a_planner():
 
 
 def test_api_key_in_the_plan_is_reported_without_echoing_it(canary_key):
-    """Row 'API key inside the plan': found anywhere, never repeated in the message."""
+    """'API key inside the plan' (docs/faults.md#plan-files): found anywhere, never repeated in the
+    message."""
     data = base()
     data["agents"][0]["env"] = canary_key
     data["agents"][1]["instructions"] = f"Use Authorization: Bearer {canary_key[3:]}"

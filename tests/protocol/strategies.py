@@ -5,9 +5,10 @@ fields are always set, each optional field is set or left ``UNSET`` independentl
 example sets *any subset* of the optional fields. ``test_codec`` checks that these tables cover
 every field of every Struct, so a field added to ``events.py`` without a strategy fails a test.
 
-:func:`valid_streams` generates whole legal event sequences for one request (spec 5.3 to 5.6,
-6.1) together with the result they must assemble into and a :class:`Tag` per event that the
-reordering oracle of ``test_turn`` reasons about.
+:func:`valid_streams` generates whole legal event sequences for one request
+(docs/protocol.md#server-events, docs/protocol.md#the-error-event) together with the result they
+must assemble into and a :class:`Tag` per event that the reordering oracle of ``test_turn`` reasons
+about.
 """
 
 from __future__ import annotations
@@ -244,7 +245,7 @@ _define(
 )
 
 # --------------------------------------------------------------------------------------------
-# Client events (spec 4)
+# Client events (docs/protocol.md#client-events)
 # --------------------------------------------------------------------------------------------
 
 tool_choices = st.sampled_from(["auto", "none", "required"]) | st.fixed_dictionaries(
@@ -307,7 +308,7 @@ def unknown_events(known: frozenset[str]) -> st.SearchStrategy[UnknownEvent]:
 
 
 # --------------------------------------------------------------------------------------------
-# The response object and server events (spec 5, 6)
+# The response object and server events (docs/protocol.md#server-events, docs/protocol.md#errors)
 # --------------------------------------------------------------------------------------------
 
 _define(InputTokensDetails, {}, {"cached_tokens": counts, "cache_write_tokens": counts})
@@ -581,7 +582,8 @@ def _message_script(draw: st.DrawFn, number: int) -> _Script:
 
 
 def _function_call_script(draw: st.DrawFn, number: int) -> _Script:
-    """A function call whose JSON arguments arrive as deltas (spec 5.4)."""
+    """A function call whose JSON arguments arrive as deltas
+    (docs/protocol.md#a-function-call-answer)."""
     item_id = f"fc_{number}_" + draw(short_ascii)
     call_id = f"call_{number}_" + draw(short_ascii)
     name = draw(short_ascii)
@@ -689,7 +691,8 @@ OUTCOMES = ("completed", "failed", "incomplete", "error_before", "error_after")
 
 
 def _error_event(draw: st.DrawFn, sequence: int | UnsetType, lane: str | None) -> ErrorEvent:
-    """An ``error`` event in the nested shape (spec 6.1) or the legacy flat one."""
+    """An ``error`` event in the nested shape (docs/protocol.md#the-error-event) or the legacy flat
+    one."""
     code = draw(nullable(st.sampled_from(["previous_response_not_found", "server_error"])))
     message = draw(texts)
     param = draw(nullable(st.sampled_from(["previous_response_id", "input"])))
@@ -749,7 +752,8 @@ def expected_request_error(event: ErrorEvent, response_id: str | None) -> Reques
 
 
 def _merge(draw: st.DrawFn, scripts: list[_Script], interleave: bool) -> list[Template]:
-    """The item events in one order: item after item, or interleaved (spec 5.5 allows it)."""
+    """The item events in one order: item after item, or interleaved
+    (docs/protocol.md#event-order-rules allows it)."""
     if not interleave:
         return [template for script in scripts for template in script.templates]
     queues = [list(script.templates) for script in scripts]
@@ -838,7 +842,8 @@ def valid_streams(
     if extras:
         for _ in range(draw(st.integers(0, 2))):
             # Unknown events are ignored wherever they are; steering outcomes concern another
-            # request but take numbers from this response's sequence (spec 5.1, 5.9).
+            # request but take numbers from this response's sequence
+            # (docs/protocol.md#sequence-numbers-and-lanes, docs/protocol.md#steering).
             kind = draw(st.sampled_from(["unknown", "steer"]))
             position = draw(st.integers(0 if kind == "unknown" else 1, len(body)))
             body.insert(position, _extra(kind, response_id))
@@ -870,7 +875,8 @@ def valid_streams(
         )
 
     # The terminal output lists the finished items, or is left out (missing, null, []) so the
-    # assembler has to rebuild it from output_item.done (spec 5.5 item 6).
+    # assembler has to rebuild it from output_item.done (docs/protocol.md#event-order-rules,
+    # rule 6).
     fields: dict[str, Any] = {}
     how = draw(st.sampled_from(["listed", "listed", "missing", "null", "empty"]))
     if how != "missing":
@@ -909,7 +915,8 @@ def valid_streams(
 
 
 # --------------------------------------------------------------------------------------------
-# Hostile frames: structured mutations of valid ones (RELIABILITY T8, G9)
+# Hostile frames: structured mutations of valid ones (docs/recovery.md#malformed-and-unknown-events,
+# docs/faults.md#decoder-fuzzing)
 # --------------------------------------------------------------------------------------------
 
 
@@ -1034,7 +1041,8 @@ class Mutant:
 
 @st.composite
 def mutants(draw: st.DrawFn, trees: st.SearchStrategy[Any] = valid_frames) -> Mutant:
-    """A valid frame with one structured defect (the T8 list), as bytes or as text."""
+    """A valid frame with one structured defect (the defects of docs/faults.md#decoder-fuzzing), as
+    bytes or as text."""
     tree = draw(trees)
     kind = draw(
         st.sampled_from(

@@ -1,11 +1,13 @@
 """The codec: round trips, what the encoder sends, what the decoders accept and reject.
 
-The fuzz tests at the end carry the decoder robustness goal (RELIABILITY T8, T9, G9): every
-frame, however hostile, gives an event (or ``UnknownEvent``) or ``RemoteProtocolError``, and
-nothing else. Their ``max_examples`` add up to more than 10 000 examples per run.
+The fuzz tests at the end carry the decoder robustness goal
+(docs/recovery.md#malformed-and-unknown-events, docs/faults.md#decoder-fuzzing): every frame,
+however hostile, gives an event (or ``UnknownEvent``) or ``RemoteProtocolError``, and nothing else.
+Their ``max_examples`` add up to more than 10 000 examples per run.
 """
 
-# STYLE 7: asserts read ``expected == actual``, so the expected constant comes first.
+# docs/faults.md#test-hygiene: asserts read ``expected == actual``, so the expected constant comes
+# first.
 
 from __future__ import annotations
 
@@ -182,7 +184,8 @@ def test_stream_events_round_trip(stream: s.Stream) -> None:
 
 
 def test_null_output_decodes_as_no_items() -> None:
-    """A terminal ``output: null`` decodes as an empty item list (spec 5.5 item 6)."""
+    """A terminal ``output: null`` decodes as an empty item list
+    (docs/protocol.md#event-order-rules, rule 6)."""
     assert [] == decode_items(Raw(b"null"))
 
 
@@ -208,13 +211,14 @@ def test_encoder_never_sends_unset_fields(value: Any) -> None:
 
 
 def test_response_steer_sends_exactly_three_keys() -> None:
-    """response.steer is exactly ``type``, ``previous_response_id`` and ``input`` (spec 4.4)."""
+    """response.steer is exactly ``type``, ``previous_response_id`` and ``input``
+    (docs/protocol.md#steering)."""
     wire = msgspec.json.decode(encode(ResponseSteer(previous_response_id="resp_1", input="x")))
     assert {"type": "response.steer", "previous_response_id": "resp_1", "input": "x"} == wire
 
 
 # --------------------------------------------------------------------------------------------
-# Unknown types and fields (RELIABILITY T9)
+# Unknown types and fields (docs/recovery.md#malformed-and-unknown-events)
 # --------------------------------------------------------------------------------------------
 
 
@@ -234,7 +238,7 @@ def test_unknown_server_event_is_kept_and_reencoded_unchanged(event: UnknownEven
 @given(s.unknown_client_events)
 def test_unknown_client_event_is_kept_and_reencoded_unchanged(event: UnknownEvent) -> None:
     """An unknown client event type becomes UnknownEvent with its data (the server answers it
-    with ``unknown_event_type``, spec 6.4), re-encoded as is."""
+    with ``unknown_event_type``, docs/protocol.md#error-codes), re-encoded as is."""
     wire = encode(event)
     decoded = decode_client_event(wire)
     assert isinstance(decoded, UnknownEvent)
@@ -261,7 +265,7 @@ def test_client_event_types_are_unknown_to_the_server_decoder(client_type: str) 
 )
 def test_unknown_type_never_raises_whatever_its_fields(type_name: str, fields: Any) -> None:
     """``type`` decides first: an unknown type is kept even when its fields would be invalid
-    for every known event (T9's two-step decode)."""
+    for every known event (the two-step decode of docs/recovery.md#malformed-and-unknown-events)."""
     data = {**fields, "type": type_name}
     decoded = decode_server_event(encode(data))
     assert UnknownEvent(type_name, data) == decoded
@@ -274,7 +278,8 @@ def _with_extra_fields(wire: dict[str, Any], extra: dict[str, Any]) -> dict[str,
 @settings(max_examples=300)
 @given(s.server_events, s.json_objects)
 def test_unknown_fields_in_server_events_are_ignored(event: ServerEvent, extra: Any) -> None:
-    """Extra keys at the top of a known server event are tolerated and dropped (spec 5.1)."""
+    """Extra keys at the top of a known server event are tolerated and dropped
+    (docs/protocol.md#sequence-numbers-and-lanes)."""
     wire = msgspec.json.decode(encode(event))
     assert event == decode_server_event(encode(_with_extra_fields(wire, extra)))
 
@@ -314,7 +319,8 @@ def test_unknown_fields_nested_in_the_response_object_are_ignored() -> None:
 @settings(max_examples=200)
 @given(st.lists(s.structs(MessageItem), min_size=1, max_size=3), st.booleans())
 def test_short_form_messages_are_accepted(messages: list[MessageItem], steer: bool) -> None:
-    """Messages without ``type`` (openai-agents' short form, spec 4.2) decode as messages."""
+    """Messages without ``type`` (openai-agents' short form, docs/protocol.md#input-items) decode as
+    messages."""
     event: ClientEvent = (
         ResponseSteer(previous_response_id="resp_1", input=list(messages))
         if steer
@@ -337,7 +343,7 @@ def test_short_form_messages_are_accepted(messages: list[MessageItem], steer: bo
 )
 def test_unknown_input_items_are_kept_and_reencoded_verbatim(items: list[Any], data: Any) -> None:
     """Unknown item types in ``input`` are accepted, kept at their place and re-encoded byte
-    for byte, whatever the position of ``type`` in the object (spec 4.2)."""
+    for byte, whatever the position of ``type`` in the object (docs/protocol.md#input-items)."""
     wire_items = []
     for item in items:
         wired = msgspec.json.decode(encode(item))
@@ -361,7 +367,8 @@ def test_unknown_input_items_are_kept_and_reencoded_verbatim(items: list[Any], d
 
 
 # --------------------------------------------------------------------------------------------
-# Known types with bad fields are the peer's fault (T9: wrong field types -> ProtocolError)
+# Known types with bad fields are the peer's fault (docs/recovery.md#malformed-and-unknown-events:
+# wrong field types -> ProtocolError)
 # --------------------------------------------------------------------------------------------
 
 
@@ -401,7 +408,8 @@ def test_known_type_with_wrong_field_type_is_rejected(
     cls: type, field: str, wrong: Any, data: Any
 ) -> None:
     """A known event or item with a field of the wrong JSON type raises RemoteProtocolError
-    naming the type, instead of passing as unknown (T9)."""
+    naming the type, instead of passing as unknown
+    (docs/recovery.md#malformed-and-unknown-events)."""
     value = data.draw(s.structs(cls))
     wire = {**msgspec.json.decode(encode(value)), field: wrong}
     decode: Decoder
@@ -451,7 +459,8 @@ def test_malformed_shapes_are_rejected(frame: bytes, decoder: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Fuzz (T8, G9): events or RemoteProtocolError, nothing else. Budget: 11 900 examples.
+# Fuzz (docs/recovery.md#malformed-and-unknown-events, docs/faults.md#decoder-fuzzing): events or
+# RemoteProtocolError, nothing else. Budget: 11 900 examples.
 # --------------------------------------------------------------------------------------------
 
 JSONISH = st.text(alphabet='{}[]":,.-+0123456789eEtrufalsn \\ud8type', max_size=60)
@@ -513,10 +522,10 @@ def test_fuzz_random_json(value: Any) -> None:
 @settings(max_examples=2200)
 @given(s.mutants())
 def test_fuzz_mutated_valid_frames(mutant: s.Mutant) -> None:
-    """A real frame with one defect from the T8 list (dropped key, retyped value, truncation,
-    deep nesting, invalid UTF-8, lone surrogate, NaN, huge integer, trailing comma, duplicate
-    key, renamed type) gives a decoded value or RemoteProtocolError; the syntactically invalid
-    ones are rejected by every decoder."""
+    """A real frame with one defect from the defects of docs/faults.md#decoder-fuzzing (dropped key,
+    retyped value, truncation, deep nesting, invalid UTF-8, lone surrogate, NaN, huge integer,
+    trailing comma, duplicate key, renamed type) gives a decoded value or RemoteProtocolError; the
+    syntactically invalid ones are rejected by every decoder."""
     result = outcomes(mutant.data)
     if mutant.must_fail or mutant.depth >= sys.getrecursionlimit():
         assert {"rejected"} == set(result.values()), mutant.kind
@@ -568,8 +577,9 @@ def test_fuzz_deep_nesting(depth: int, opener: str, prefix: bytes) -> None:
     ],
 )
 def test_hostile_corpus_is_rejected(frame: bytes) -> None:
-    """The T8 corpus (NaN, trailing comma, invalid UTF-8, surrogates, 5000-digit integer,
-    trailing garbage, truncation, BOM) is rejected by every decoder."""
+    """The hostile corpus of docs/faults.md#decoder-fuzzing (NaN, trailing comma, invalid UTF-8,
+    surrogates, 5000-digit integer, trailing garbage, truncation, BOM) is rejected by every
+    decoder."""
     assert {"rejected"} == set(outcomes(frame).values())
 
 
@@ -599,7 +609,8 @@ def test_invalid_utf8_in_skipped_or_raw_parts_is_rejected(frame: bytes) -> None:
 
 
 def test_duplicate_keys_give_an_event_or_a_protocol_error() -> None:
-    """Duplicate keys (T8) are accepted (msgspec keeps the last value) or rejected, never crash."""
+    """Duplicate keys (docs/recovery.md#malformed-and-unknown-events) are accepted (msgspec keeps
+    the last value) or rejected, never crash."""
     outcomes(b'{"type":"x","type":"response.created"}')
     outcomes(b'{"type":"response.created","type":"x"}')
     event = decode_server_event(b'{"type":"x","a":1,"a":2}')

@@ -1,6 +1,8 @@
-"""ConnectionLifecycle: socket age, planned rotation and one turn in flight (spec 3.1, 9)."""
+"""ConnectionLifecycle: socket age, planned rotation and one turn in flight
+(docs/protocol.md#connection-age, docs/protocol.md#how-the-client-uses-it)."""
 
-# STYLE 7: asserts read ``expected == actual``, so the expected constant comes first.
+# docs/faults.md#test-hygiene: asserts read ``expected == actual``, so the expected constant comes
+# first.
 
 from __future__ import annotations
 
@@ -107,8 +109,9 @@ def test_rotation_precedes_expiry(
 
 
 def test_one_turn_in_flight() -> None:
-    """A second start_turn before end_turn is a caller bug (one response per socket, spec 9);
-    ending a turn makes room for the next and counts it."""
+    """A second start_turn before end_turn is a caller bug (one response per socket,
+    docs/protocol.md#how-the-client-uses-it); ending a turn makes room for the next and counts
+    it."""
     lifecycle = ConnectionLifecycle(opened_at=0.0)
     in_flight = [lifecycle.in_flight]
     lifecycle.start_turn()

@@ -1,11 +1,15 @@
-"""TurnAssembler: legal streams assemble, illegal ones are rejected (spec 5.5, 6.1; T11).
+"""TurnAssembler: legal streams assemble, illegal ones are rejected
+(docs/protocol.md#event-order-rules, docs/protocol.md#the-error-event;
+docs/recovery.md#malformed-and-unknown-events).
 
 The property tests feed generated legal streams (``strategies.valid_streams``) whole, event by
 event, through the codec, cut short and reordered. The table-driven tests name the invariant
-of spec 5.5 (items 1 to 7) that each hand-written stream breaks or exercises.
+of docs/protocol.md#event-order-rules (rules 1 to 7) that each hand-written stream breaks or
+exercises.
 """
 
-# STYLE 7: asserts read ``expected == actual``, so the expected constant comes first.
+# docs/faults.md#test-hygiene: asserts read ``expected == actual``, so the expected constant comes
+# first.
 
 from __future__ import annotations
 
@@ -160,7 +164,8 @@ def error_event(
 
 UNKNOWN = UnknownEvent("response.new_thing", {"type": "response.new_thing", "sequence_number": 9})
 
-# The canonical text answer of spec 5.3, without content_part events (spec 5.5 note).
+# The canonical text answer of docs/protocol.md#a-text-answer, without content_part events
+# (docs/protocol.md#a-text-answer: clients do not depend on them).
 TEXT_STREAM: list[Event] = [
     created(0),
     in_progress(1),
@@ -236,7 +241,7 @@ def test_recorded_stream_assembles_the_same(stream: Stream) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Truncated and reordered streams (T11)
+# Truncated and reordered streams (docs/recovery.md#malformed-and-unknown-events)
 # --------------------------------------------------------------------------------------------
 
 
@@ -244,8 +249,8 @@ def test_recorded_stream_assembles_the_same(stream: Stream) -> None:
 @given(s.valid_streams())
 def test_truncated_stream_is_rejected_by_finish(stream: Stream) -> None:
     """Every strict prefix of a legal stream is accepted event by event, but ``finish`` raises
-    RemoteProtocolError (no terminal event: spec 5.5 item 7) and leaves the assembler in
-    ERROR; ``assemble`` of the prefix raises too."""
+    RemoteProtocolError (no terminal event: docs/protocol.md#event-order-rules, rule 7) and leaves
+    the assembler in ERROR; ``assemble`` of the prefix raises too."""
     for cut in range(len(stream.events)):
         prefix = list(stream.events[:cut])
         assembler = TurnAssembler(stream_id=stream.stream_id)
@@ -263,15 +268,17 @@ def legal(events: list[Event], tags: list[Tag]) -> bool:
 
     Written from the rules, not from the assembler:
 
-    * spec 5.5 item 7: the terminal (completed/failed/incomplete/``error``) is the last event;
+    * docs/protocol.md#event-order-rules, rule 7: the terminal
+      (completed/failed/incomplete/``error``) is the last event;
     * item 1: ``response.created`` precedes every event that needs a running response
       (lifecycle, item and terminal events); ``error``, steering outcomes and unknown events
       do not need one;
     * item 3: per output index, ``output_item.added`` precedes its deltas and other content
       events; we also hold that they precede its ``output_item.done`` (a done item is final,
       item 6), so content after done is illegal;
-    * spec 5.1: the sequence numbers of the known events strictly increase (unknown events
-      are not checked: T9 ignores them entirely).
+    * docs/protocol.md#sequence-numbers-and-lanes: the sequence numbers of the known events strictly
+      increase (unknown events are not checked: docs/recovery.md#malformed-and-unknown-events
+      ignores them entirely).
 
     Item 5 (completed with unfinished items) cannot break on its own: in a legal stream
     every item is done before completed, and the terminal stays last.
@@ -348,8 +355,8 @@ def _check_reordered(stream: Stream, events: list[Event], tags: list[Tag]) -> No
 @given(s.valid_streams(), st.data())
 def test_swapping_two_events_is_rejected_by_sequence_numbers(stream: Stream, data: Any) -> None:
     """Swapping two events of a legal stream puts a higher sequence number first, which is
-    rejected (spec 5.1); only swaps involving unknown events with no known event in between
-    stay legal, and then assemble to the same result."""
+    rejected (docs/protocol.md#sequence-numbers-and-lanes); only swaps involving unknown events with
+    no known event in between stay legal, and then assemble to the same result."""
     events, tags = _swap(stream, data)
     _check_reordered(stream, events, tags)
 
@@ -358,8 +365,8 @@ def test_swapping_two_events_is_rejected_by_sequence_numbers(stream: Stream, dat
 @given(s.valid_streams(), st.data())
 def test_swapping_two_events_then_renumbering(stream: Stream, data: Any) -> None:
     """With sequence numbers rewritten to follow the new order, a swap is legal exactly when
-    the oracle's rules of spec 5.5 hold (it then assembles to the same result) and is
-    rejected with RemoteProtocolError otherwise."""
+    the oracle's rules of docs/protocol.md#event-order-rules hold (it then assembles to the same
+    result) and is rejected with RemoteProtocolError otherwise."""
     events, tags = _swap(stream, data)
     _check_reordered(stream, renumber(events), tags)
 
@@ -377,9 +384,10 @@ def test_every_swap_of_a_small_stream(stream: Stream) -> None:
 
 
 def test_oracle_agrees_with_the_canonical_stream() -> None:
-    """Sanity check of the oracle on the spec 5.3 stream: of the 21 swaps only two stay legal,
-    the two deltas (same type and index: the swap tests skip such pairs) and in_progress with
-    the first output_item.added (spec 5.5 does not order lifecycle and item events)."""
+    """Sanity check of the oracle on the docs/protocol.md#a-text-answer stream: of the 21 swaps only
+    two stay legal, the two deltas (same type and index: the swap tests skip such pairs) and
+    in_progress with the first output_item.added (docs/protocol.md#event-order-rules does not order
+    lifecycle and item events)."""
     tags = [
         Tag("created"),
         Tag("lifecycle"),
@@ -400,7 +408,8 @@ def test_oracle_agrees_with_the_canonical_stream() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Spec 5.5, invariant by invariant: streams whose last event breaks the invariant
+# docs/protocol.md#event-order-rules, invariant by invariant: streams whose last event breaks the
+# invariant
 # --------------------------------------------------------------------------------------------
 
 OTHER = "resp_other"
@@ -475,7 +484,7 @@ VIOLATIONS = [
         [created(0), added(1, 0, MSG_ADDED), added(2, 1, CALL_ADDED), completed(3, [MSG])],
         id="5-one-of-two-unfinished",
     ),
-    # Envelope (spec 5.1): lanes and sequence numbers.
+    # Envelope (docs/protocol.md#sequence-numbers-and-lanes): lanes and sequence numbers.
     pytest.param([created(0, lane="main")], id="lane-on-default-lane"),
     pytest.param([created(0), added(1, 0, MSG_ADDED, lane="main")], id="lane-mid-stream"),
     pytest.param([created(0), in_progress(0)], id="sequence-repeated"),
@@ -490,8 +499,9 @@ VIOLATIONS = [
 
 @pytest.mark.parametrize("events", VIOLATIONS)
 def test_ordering_violation_is_rejected(events: list[Event]) -> None:
-    """Each stream breaks the spec 5.5 invariant (or 5.1 envelope rule) its id names, with its
-    last event: receive raises RemoteProtocolError there and the assembler is in ERROR."""
+    """Each stream breaks the docs/protocol.md#event-order-rules invariant (or an envelope rule of
+    docs/protocol.md#sequence-numbers-and-lanes) its id names, with its last event: receive raises
+    RemoteProtocolError there and the assembler is in ERROR."""
     assembler = feed(events)
     with pytest.raises(RemoteProtocolError):
         assembler.receive(events[-1])
@@ -510,8 +520,9 @@ NAMED_LANE_VIOLATIONS = [
 
 @pytest.mark.parametrize("events", NAMED_LANE_VIOLATIONS)
 def test_named_lane_violation_is_rejected(events: list[Event]) -> None:
-    """On lane ``main`` every event carries ``stream_id: "main"`` (spec 5.1), except
-    connection-scoped errors, which carry none."""
+    """On lane ``main`` every event carries ``stream_id: "main"``
+    (docs/protocol.md#sequence-numbers-and-lanes), except connection-scoped errors, which carry
+    none."""
     assembler = feed(events, stream_id="main")
     with pytest.raises(RemoteProtocolError):
         assembler.receive(events[-1])
@@ -549,9 +560,10 @@ AFTER_TERMINAL = [
 
 @pytest.mark.parametrize("events", AFTER_TERMINAL)
 def test_events_after_the_terminal_event(events: list[Event]) -> None:
-    """Spec 5.5 item 7: after the terminal event (or ``error``) nothing of the request follows.
-    ``assemble`` rejects the stream with RemoteProtocolError; fed one by one, the extra event
-    is a caller bug (LocalProtocolError): the caller must stop at the returned result."""
+    """docs/protocol.md#event-order-rules, rule 7: after the terminal event (or ``error``) nothing
+    of the request follows. ``assemble`` rejects the stream with RemoteProtocolError; fed one by
+    one, the extra event is a caller bug (LocalProtocolError): the caller must stop at the returned
+    result."""
     with pytest.raises(RemoteProtocolError):
         assemble(events)
     assembler = TurnAssembler()
@@ -568,8 +580,8 @@ def test_events_after_the_terminal_event(events: list[Event]) -> None:
 
 
 def test_canonical_text_stream() -> None:
-    """The spec 5.3 stream (without content_part events, which clients must not depend on)
-    assembles into the completed response, its text and usage."""
+    """The docs/protocol.md#a-text-answer stream (without content_part events, which clients must
+    not depend on) assembles into the completed response, its text and usage."""
     result = assemble(TEXT_STREAM)
     assert (
         Response(
@@ -590,8 +602,8 @@ def test_canonical_text_stream() -> None:
 
 @pytest.mark.parametrize("status", ["failed", "incomplete"])
 def test_failed_or_incomplete_may_leave_items_unfinished(status: str) -> None:
-    """Spec 5.5 item 5 binds response.completed only: failed and incomplete may end with an
-    item still open; their error / incomplete_details are carried."""
+    """docs/protocol.md#event-order-rules, rule 5 binds response.completed only: failed and
+    incomplete may end with an item still open; their error / incomplete_details are carried."""
     terminal = failed(3, []) if status == "failed" else incomplete(3, [])
     result = assemble([created(0), added(1, 0, MSG_ADDED), delta(2, 0, "H"), terminal])
     assert isinstance(result, Response)
@@ -604,8 +616,8 @@ def test_failed_or_incomplete_may_leave_items_unfinished(status: str) -> None:
 
 
 def test_unfinished_item_listed_in_terminal_output_may_complete() -> None:
-    """Spec 5.5 item 5: an item never done but present (compatible id) in the terminal output
-    lets the response complete; the output is the terminal's."""
+    """docs/protocol.md#event-order-rules, rule 5: an item never done but present (compatible id) in
+    the terminal output lets the response complete; the output is the terminal's."""
     result = assemble([created(0), added(1, 0, MSG_ADDED), delta(2, 0, "Hi"), completed(3, [MSG])])
     assert isinstance(result, Response)
     assert (MSG,) == result.output
@@ -615,8 +627,8 @@ def test_unfinished_item_listed_in_terminal_output_may_complete() -> None:
     "output", [None, msgspec.Raw(b"null"), msgspec.Raw(b"[]")], ids=["missing", "null", "empty"]
 )
 def test_omitted_terminal_output_is_rebuilt_from_done_items(output: msgspec.Raw | None) -> None:
-    """Spec 5.5 item 6: a terminal without output is rebuilt from output_item.done, in
-    output_index order even when the items finished in another order."""
+    """docs/protocol.md#event-order-rules, rule 6: a terminal without output is rebuilt from
+    output_item.done, in output_index order even when the items finished in another order."""
     fields: dict[str, Any] = {} if output is None else {"output": output}
     events: list[Event] = [
         created(0),
@@ -642,7 +654,8 @@ def test_terminal_output_wins_over_done_items() -> None:
 
 
 def test_warm_up_response_has_no_output() -> None:
-    """Spec 5.7: generate=false gives created, in_progress, completed with ``output: []``."""
+    """docs/protocol.md#warm-ups: generate=false gives created, in_progress, completed with
+    ``output: []``."""
     result = assemble([created(0), in_progress(1), completed(2, [])])
     assert isinstance(result, Response)
     assert () == result.output
@@ -650,7 +663,8 @@ def test_warm_up_response_has_no_output() -> None:
 
 
 def test_unknown_events_are_counted_and_ignored() -> None:
-    """T9: unknown event types, before created and mid-stream, are counted and skipped."""
+    """docs/recovery.md#malformed-and-unknown-events: unknown event types, before created and
+    mid-stream, are counted and skipped."""
     events: list[Event] = [UNKNOWN, *TEXT_STREAM[:3], UNKNOWN, *TEXT_STREAM[3:]]
     assembler = feed(events)
     result = assembler.receive(events[-1])
@@ -661,7 +675,7 @@ def test_unknown_events_are_counted_and_ignored() -> None:
 
 
 def test_steering_outcomes_do_not_end_the_request() -> None:
-    """Spec 5.9: steer events concern another request; they never end this one."""
+    """docs/protocol.md#steering: steer events concern another request; they never end this one."""
     steer = SteerInfo(id="steer_1", previous_response_id=RID)
     error = ErrorDetail(type="invalid_request_error", code="response_not_active", message="no")
     events: list[Event] = [
@@ -676,13 +690,15 @@ def test_steering_outcomes_do_not_end_the_request() -> None:
 
 
 def test_sequence_numbers_may_have_gaps() -> None:
-    """Only strict increase is required (numbers are not contiguous across lanes, 5.1)."""
+    """Only strict increase is required (numbers are not contiguous across lanes,
+    docs/protocol.md#sequence-numbers-and-lanes)."""
     result = assemble([created(3), in_progress(10), completed(11, [])])
     assert isinstance(result, Response)
 
 
 def test_interleaved_items_assemble() -> None:
-    """Spec 5.5 does not forbid items to overlap: a call streams while a message does."""
+    """docs/protocol.md#event-order-rules does not forbid items to overlap: a call streams while a
+    message does."""
     events: list[Event] = [
         created(0),
         added(1, 0, MSG_ADDED),
@@ -702,7 +718,7 @@ def test_interleaved_items_assemble() -> None:
 
 def test_named_lane_stream_assembles() -> None:
     """On a named lane every event carries its stream_id; a connection-scoped error (no
-    stream_id) still ends the request (spec 6.1)."""
+    stream_id) still ends the request (docs/protocol.md#the-error-event)."""
     lane = "main"
     events: list[Event] = [
         created(0, lane=lane),
@@ -724,7 +740,7 @@ def test_reasoning_item_round_trips_through_the_stream() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# error events: RequestError (spec 6.1)
+# error events: RequestError (docs/protocol.md#the-error-event)
 # --------------------------------------------------------------------------------------------
 
 
@@ -782,7 +798,8 @@ def test_retry_after_from_error_headers(value: str, expected: float | None) -> N
 
 def test_flat_error_shape_and_codex_aliases() -> None:
     """The legacy flat shape (code/message/param at top level) with Codex's ``status_code``
-    and top-level ``headers`` gives the same RequestError fields (spec 6.1)."""
+    and top-level ``headers`` gives the same RequestError fields
+    (docs/protocol.md#the-error-event)."""
     event = ErrorEvent(
         code="rate_limit_exceeded",
         message="Slow down.",
@@ -820,7 +837,8 @@ def test_request_error_to_exception() -> None:
 
 
 def test_error_without_detail_fields() -> None:
-    """Clients accept an error missing ``type``, ``code`` and ``param`` (spec 6.1)."""
+    """Clients accept an error missing ``type``, ``code`` and ``param``
+    (docs/protocol.md#the-error-event)."""
     result = assemble([ErrorEvent(error=ErrorDetail(message="limit"), status=400)])
     assert RequestError(code=None, message="limit", status=400) == result
 

@@ -1,4 +1,5 @@
-"""The response cache and continuation (spec 7, 6.2, 5.7; MUST 5 and 6)."""
+"""The response cache and continuation (docs/protocol.md#the-connection-local-cache,
+docs/protocol.md#error-codes, docs/protocol.md#warm-ups, docs/protocol.md#lanes-and-limits)."""
 
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ def _id(events: list[dict[str, Any]]) -> str:
 
 
 def _assert_not_found(event: dict[str, Any], parent: str, stream_id: str | None = None) -> None:
-    """Spec 6.2, exactly: 400, invalid_request_error, param previous_response_id, the
-    service's message, stream_id echoed only for a named lane, no sequence number."""
+    """docs/protocol.md#error-codes, exactly: 400, invalid_request_error, param
+    previous_response_id, the service's message, stream_id echoed only for a named lane, no sequence
+    number."""
     assert_error(
         event, 400, "previous_response_not_found", "previous_response_id", stream_id=stream_id
     )
@@ -61,12 +63,13 @@ async def _answer(client, parent: list[dict[str, Any]], store: bool, **fields: A
     )
 
 
-# -- the table of spec 7.2 ---------------------------------------------------------------------
+# -- the table of docs/protocol.md#continuing-a-chain ------------------------------------------
 
 
 @STORES
 async def test_latest_response_of_the_same_lane_continues(store):
-    """7.2 row 1: the lane's latest response continues, from the cache, either store mode."""
+    """docs/protocol.md#continuing-a-chain, row 1: the lane's latest response continues, from the
+    cache, either store mode."""
     server = _server()
     async with memory_client(server) as client:
         with trio.fail_after(10):
@@ -79,8 +82,8 @@ async def test_latest_response_of_the_same_lane_continues(store):
 
 @STORES
 async def test_latest_response_of_another_lane_forks(store):
-    """7.2 row 2: the latest response of another lane can be continued (a fork), and the
-    source lane can still continue from it afterwards."""
+    """docs/protocol.md#continuing-a-chain, row 2: the latest response of another lane can be
+    continued (a fork), and the source lane can still continue from it afterwards."""
     server = _server()
     async with memory_client(server) as client:
         with trio.fail_after(10):
@@ -94,8 +97,8 @@ async def test_latest_response_of_another_lane_forks(store):
 
 @STORES
 async def test_older_response_needs_the_store(store):
-    """7.2 row 3: a response that is no longer any lane's latest continues only with
-    ``store: true`` (hydrated from the store)."""
+    """docs/protocol.md#continuing-a-chain, row 3: a response that is no longer any lane's latest
+    continues only with ``store: true`` (hydrated from the store)."""
     server = _server()
     async with memory_client(server) as client:
         with trio.fail_after(10):
@@ -112,8 +115,9 @@ async def test_older_response_needs_the_store(store):
 
 @STORES
 async def test_response_of_another_connection_needs_the_store(store):
-    """7.2 row 4 / MUST 5: ``store: true`` responses are usable from any connection;
-    ``store: false`` ones die with their socket."""
+    """docs/protocol.md#continuing-a-chain, row 4 / docs/protocol.md#the-connection-local-cache:
+    ``store: true`` responses are usable from any connection; ``store: false`` ones die with their
+    socket."""
     server = _server()
     with trio.fail_after(10):
         async with memory_client(server) as one:
@@ -129,8 +133,9 @@ async def test_response_of_another_connection_needs_the_store(store):
 
 @STORES
 async def test_warm_up_is_continued_like_any_response(store):
-    """7.2 row 5 / spec 5.7: ``generate: false`` sends created, in_progress, completed with
-    ``output: []`` and ``output_tokens: 0``; its id continues like any response."""
+    """docs/protocol.md#continuing-a-chain, row 5 / docs/protocol.md#warm-ups: ``generate: false``
+    sends created, in_progress, completed with ``output: []`` and ``output_tokens: 0``; its id
+    continues like any response."""
     server = _server()
     async with memory_client(server) as client:
         with trio.fail_after(10):
@@ -158,8 +163,9 @@ async def test_warm_up_is_continued_like_any_response(store):
 @STORES
 @pytest.mark.parametrize("stream_id", [None, "named"])
 async def test_unknown_id_is_not_found(store, stream_id):
-    """7.2 row 6 / spec 6.2: an id that never existed gets ``previous_response_not_found``,
-    with the lane's stream_id when the lane is named."""
+    """docs/protocol.md#continuing-a-chain, row 6 / docs/protocol.md#error-codes: an id that never
+    existed gets ``previous_response_not_found``, with the lane's stream_id when the lane is
+    named."""
     lane = {} if stream_id is None else {"stream_id": stream_id}
     async with memory_client(_server()) as client:
         with trio.fail_after(10):
@@ -170,12 +176,12 @@ async def test_unknown_id_is_not_found(store, stream_id):
     _assert_not_found(events[0], "resp_nope", stream_id)
 
 
-# -- eviction (spec 7.3) -----------------------------------------------------------------------
+# -- eviction (docs/protocol.md#eviction) ------------------------------------------------------
 
 
 async def test_failed_continuation_on_the_same_lane_evicts_the_parent():
-    """7.3: a 4xx on a same-lane continuation evicts the parent; with ``store: false`` the
-    corrected retry then gets ``previous_response_not_found``."""
+    """docs/protocol.md#eviction: a 4xx on a same-lane continuation evicts the parent; with
+    ``store: false`` the corrected retry then gets ``previous_response_not_found``."""
     async with memory_client(_server()) as client:
         with trio.fail_after(10):
             first = await _calls(client, False)
@@ -186,7 +192,8 @@ async def test_failed_continuation_on_the_same_lane_evicts_the_parent():
 
 
 async def test_failed_cross_lane_fork_keeps_the_parent():
-    """7.3: a fork that errors keeps the shared parent, so the source lane goes on."""
+    """docs/protocol.md#eviction: a fork that errors keeps the shared parent, so the source lane
+    goes on."""
     async with memory_client(_server()) as client:
         with trio.fail_after(10):
             first = await _calls(client, False, stream_id="source")
@@ -199,8 +206,8 @@ async def test_failed_cross_lane_fork_keeps_the_parent():
 
 
 async def test_new_response_replaces_the_lane_slot():
-    """7.3: a new chain on a lane replaces its latest response; with ``store: false`` the
-    old one is gone, the new one continues."""
+    """docs/protocol.md#eviction: a new chain on a lane replaces its latest response; with
+    ``store: false`` the old one is gone, the new one continues."""
     async with memory_client(_server()) as client:
         with trio.fail_after(10):
             first = await _calls(client, False, stream_id="a")
@@ -212,7 +219,8 @@ async def test_new_response_replaces_the_lane_slot():
 
 
 async def test_continuation_advances_the_slot_past_the_parent():
-    """7.3: once a continuation starts, its parent is no longer the lane's latest."""
+    """docs/protocol.md#eviction: once a continuation starts, its parent is no longer the lane's
+    latest."""
     async with memory_client(_server()) as client:
         with trio.fail_after(10):
             first = await _calls(client, False)
@@ -222,8 +230,8 @@ async def test_continuation_advances_the_slot_past_the_parent():
 
 
 async def test_failed_response_evicts_its_parent():
-    """7.3 [LOCAL]: a continuation ending in ``response.failed`` evicts the parent, like a
-    5xx, and a failed response cannot be continued."""
+    """docs/protocol.md#eviction (the embedded server's choice): a continuation ending in
+    ``response.failed`` evicts the parent, like a 5xx, and a failed response cannot be continued."""
     server = _server(faults=(Fault("fail", response=2, after_events=2),))
     async with memory_client(server) as client:
         with trio.fail_after(10):
@@ -239,8 +247,8 @@ async def test_failed_response_evicts_its_parent():
 
 
 async def test_dangling_function_call_output_is_refused():
-    """Spec 4.2 [LOCAL]: an output whose call_id matches no call in the effective context is
-    a 400 with param ``input``, also without a parent."""
+    """docs/protocol.md#input-items (the embedded server's choice): an output whose call_id matches
+    no call in the effective context is a 400 with param ``input``, also without a parent."""
     async with memory_client(_server()) as client:
         with trio.fail_after(10):
             events = await client.turn(
@@ -252,8 +260,8 @@ async def test_dangling_function_call_output_is_refused():
 
 
 async def test_continuation_missing_a_tool_output_is_refused_and_evicts():
-    """Spec 4.2: continuing without an output for every call is a 400 with param ``input``
-    and evicts the parent (7.3)."""
+    """docs/protocol.md#input-items: continuing without an output for every call is a 400 with param
+    ``input`` and evicts the parent (docs/protocol.md#eviction)."""
     async with memory_client(_server()) as client:
         with trio.fail_after(10):
             first = await _calls(client, False)
@@ -272,14 +280,15 @@ async def test_missing_tool_outputs_can_be_allowed():
     assert "response.completed" == events[-1]["type"]
 
 
-# -- forks (spec 7.4) --------------------------------------------------------------------------
+# -- forks (docs/protocol.md#forks) ------------------------------------------------------------
 
 
 async def test_fork_waiting_in_a_queue_loses_its_parent_when_the_source_advances(
     autojump_clock,
 ):
-    """7.4: with ``store: false`` a fork needs its parent cached when it *starts*; if the
-    source lane advances while the fork waits behind a busy lane, the fork fails."""
+    """docs/protocol.md#forks: with ``store: false`` a fork needs its parent cached when it
+    *starts*; if the source lane advances while the fork waits behind a busy lane, the fork
+    fails."""
     server = _server(latency=LatencyModel(time_to_first_token=10))
     async with memory_client(server) as client:
         with trio.fail_after(100):
@@ -304,8 +313,8 @@ async def test_fork_waiting_in_a_queue_loses_its_parent_when_the_source_advances
 
 
 async def test_fork_that_started_survives_the_source_advancing(autojump_clock):
-    """7.4 barrier: once the fork reported ``response.in_progress``, the source lane may
-    advance and both complete."""
+    """docs/protocol.md#forks, the barrier: once the fork reported ``response.in_progress``, the
+    source lane may advance and both complete."""
     server = _server(latency=LatencyModel(time_to_first_token=10))
     async with memory_client(server) as client:
         with trio.fail_after(100):

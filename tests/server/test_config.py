@@ -1,5 +1,5 @@
-"""Configuration of the embedded server (RELIABILITY 3.3 rows server.auth, server.port,
-config.value)."""
+"""Configuration of the embedded server (docs/faults.md#keys-and-endpoints: server.auth,
+server.port, config.value)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from orchestrator.errors import ConfigurationError
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7", "example.com"])
 def test_non_loopback_host_without_a_token_is_refused(host):
-    """RELIABILITY 3.3: binding a non-loopback address without a token: server.auth."""
+    """docs/faults.md#keys-and-endpoints: binding a non-loopback address without a token:
+    server.auth."""
     with pytest.raises(ConfigurationError) as caught:
         ServerConfig(host=host)
     assert "server.auth" == caught.value.code
@@ -26,7 +27,8 @@ def test_loopback_hosts_need_no_token(host):
 
 
 async def test_port_in_use_is_a_server_port_error():
-    """RELIABILITY 3.3: a port already in use: server.port naming host and port."""
+    """docs/faults.md#keys-and-endpoints: a port already in use: server.port naming host and
+    port."""
     async with open_local_server() as running:
         with pytest.raises(ConfigurationError) as caught:
             async with open_local_server(port=running.port):
@@ -63,7 +65,8 @@ async def test_running_server_urls_and_token():
     ],
 )
 def test_out_of_range_settings_are_refused(options):
-    """RELIABILITY 3.3 config.value: limits out of range are refused at construction."""
+    """docs/faults.md#keys-and-endpoints config.value: limits out of range are refused at
+    construction."""
     with pytest.raises(ConfigurationError):
         ServerConfig(**options)
 

@@ -1,5 +1,6 @@
-"""The events of a response (spec 5.1-5.6; MUST 3, 4, 8): exact sequences, numbering, ids,
-full response objects, usage, and where ``stream_id`` appears."""
+"""The events of a response (docs/protocol.md#server-events,
+docs/protocol.md#sequence-numbers-and-lanes, docs/protocol.md#the-error-event): exact sequences,
+numbering, ids, full response objects, usage, and where ``stream_id`` appears."""
 
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ def _history(turns: int) -> list[dict[str, Any]]:
 
 
 def _assert_envelope(events: list[dict[str, Any]], stream_id: str | None = None) -> None:
-    """Spec 5.1/5.5: numbers from 0 and contiguous, one response id, stream_id rules."""
+    """docs/protocol.md#sequence-numbers-and-lanes, docs/protocol.md#event-order-rules: numbers from
+    0 and contiguous, one response id, stream_id rules."""
     assert list(range(len(events))) == [event["sequence_number"] for event in events]
     assert "response.created" == events[0]["type"]
     ids = {event["response"]["id"] for event in events if "response" in event}
@@ -79,13 +81,14 @@ def _assert_envelope(events: list[dict[str, Any]], stream_id: str | None = None)
             assert RESPONSE_KEYS <= event["response"].keys()
             usage = event["response"]["usage"]
             if event["type"] in ("response.created", "response.in_progress"):
-                assert usage is None  # usage only in terminal events (spec 5.6)
+                # usage only in terminal events (docs/protocol.md#terminal-events-and-usage)
+                assert usage is None
             elif event["type"] != "response.failed":
                 assert usage is not None
 
 
 async def test_text_answer_sequence():
-    """Spec 5.3: the exact canonical sequence of a plain text answer."""
+    """docs/protocol.md#a-text-answer: the exact canonical sequence of a plain text answer."""
     async with memory_client(_server()) as client:
         with trio.fail_after(10):
             events = await client.turn(model=SCRIPTED, input="go", instructions="Be terse.")
@@ -138,7 +141,8 @@ async def test_text_answer_sequence():
 
 
 async def test_parallel_function_calls_sequence():
-    """Spec 5.4: steps 4-7 per call at consecutive output indexes, then completed."""
+    """docs/protocol.md#a-function-call-answer: steps 1 to 4 for each call at consecutive output
+    indexes, then completed."""
     async with memory_client(_server()) as client:
         with trio.fail_after(10):
             events = await client.turn(model=SCRIPTED, input=_history(1), tools=[LOOKUP_TOOL])
@@ -190,7 +194,8 @@ async def test_parallel_function_calls_sequence():
 
 
 async def test_reasoning_item_comes_first():
-    """Spec 5.3 step 3: a reasoning item at output_index 0, the message at 1."""
+    """docs/protocol.md#a-text-answer, step 3: a reasoning item at output_index 0, the message at
+    1."""
     async with memory_client(_server()) as client:
         with trio.fail_after(10):
             events = await client.turn(model=SCRIPTED, input=_history(2))
@@ -222,8 +227,9 @@ async def test_reasoning_item_comes_first():
 
 
 async def test_incomplete_response_marks_the_cut_off_message_incomplete():
-    """Spec 5.2/5.6: ``response.incomplete`` carries the reason, usage and output so far; the
-    message that was cut off has status ``incomplete`` in output_item.done and the output."""
+    """docs/protocol.md#the-response-object, docs/protocol.md#terminal-events-and-usage:
+    ``response.incomplete`` carries the reason, usage and output so far; the message that was cut
+    off has status ``incomplete`` in output_item.done and the output."""
     async with memory_client(_server()) as client:
         with trio.fail_after(10):
             events = await client.turn(model=SCRIPTED, input=_history(3))
@@ -240,8 +246,8 @@ async def test_incomplete_response_marks_the_cut_off_message_incomplete():
 
 
 async def test_failed_response():
-    """Spec 5.6: ``response.failed`` with ``response.error`` ends the request; the socket
-    stays usable."""
+    """docs/protocol.md#terminal-events-and-usage: ``response.failed`` with ``response.error`` ends
+    the request; the socket stays usable."""
     async with memory_client(_server()) as client:
         with trio.fail_after(10):
             events = await client.turn(model=SCRIPTED, input=_history(4))
@@ -257,8 +263,8 @@ async def test_failed_response():
 
 
 async def test_scripted_error_event_ends_the_request_with_a_sequence_number():
-    """Spec 6.1: an error raised by a running stream carries its sequence number, the
-    status's error type, and all four keys."""
+    """docs/protocol.md#the-error-event: an error raised by a running stream carries its sequence
+    number, the status's error type, and all four keys."""
     async with memory_client(_server()) as client:
         with trio.fail_after(10):
             events = await client.turn(model=SCRIPTED, input=_history(5), stream_id="lane-1")
@@ -269,7 +275,8 @@ async def test_scripted_error_event_ends_the_request_with_a_sequence_number():
 
 
 async def test_named_lane_events_all_carry_stream_id():
-    """MUST 4: every event of a named-lane response carries its ``stream_id``."""
+    """docs/protocol.md#sequence-numbers-and-lanes: every event of a named-lane response carries its
+    ``stream_id``."""
     async with memory_client(_server()) as client:
         with trio.fail_after(10):
             events = await client.turn(model=SCRIPTED, input=_history(1), stream_id="main")
@@ -277,7 +284,8 @@ async def test_named_lane_events_all_carry_stream_id():
 
 
 async def test_default_lane_events_have_no_stream_id_key():
-    """Spec 5.1: on the default lane the key is omitted entirely, never null."""
+    """docs/protocol.md#sequence-numbers-and-lanes: on the default lane the key is omitted entirely,
+    never null."""
     async with memory_client(_server()) as client:
         with trio.fail_after(10):
             events = await client.turn(model=SCRIPTED, input=_history(1))
@@ -285,7 +293,8 @@ async def test_default_lane_events_have_no_stream_id_key():
 
 
 async def test_numbering_restarts_for_every_response():
-    """Spec 5.1: sequence_number is per response, from 0, even on one lane."""
+    """docs/protocol.md#sequence-numbers-and-lanes: sequence_number is per response, from 0, even on
+    one lane."""
     async with memory_client(_server()) as client:
         with trio.fail_after(10):
             first = await client.turn(model=SCRIPTED, input="go", tools=[LOOKUP_TOOL])
@@ -295,7 +304,8 @@ async def test_numbering_restarts_for_every_response():
 
 
 async def test_request_settings_are_echoed():
-    """Spec 5.2: the response object echoes the request's settings, defaults otherwise."""
+    """docs/protocol.md#the-response-object: the response object echoes the request's settings,
+    defaults otherwise."""
     async with memory_client(_server()) as client:
         with trio.fail_after(10):
             events = await client.turn(
@@ -334,7 +344,8 @@ async def test_request_settings_are_echoed():
 
 
 async def test_connection_scoped_errors_carry_no_stream_id():
-    """Spec 5.1/6.2: ``invalid_stream_id`` is connection-scoped: no ``stream_id`` key."""
+    """docs/protocol.md#sequence-numbers-and-lanes, docs/protocol.md#error-codes:
+    ``invalid_stream_id`` is connection-scoped: no ``stream_id`` key."""
     async with memory_client(_server()) as client:
         with trio.fail_after(10):
             await client.create(input="hi", stream_id="bad id!")
@@ -343,8 +354,8 @@ async def test_connection_scoped_errors_carry_no_stream_id():
 
 @pytest.mark.parametrize("store", [True, False])
 async def test_tool_round_trip_continues_by_id(store):
-    """Spec 5.4: a response ending with calls is completed; the next create sends only the
-    outputs with previous_response_id."""
+    """docs/protocol.md#a-function-call-answer: a response ending with calls is completed; the next
+    create sends only the outputs with previous_response_id."""
     async with memory_client(_server()) as client:
         with trio.fail_after(10):
             first = await client.turn(

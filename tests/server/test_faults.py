@@ -1,4 +1,4 @@
-"""Fault injection (spec 10 SHOULD; RELIABILITY 2.1 "nemesis"): each fault fires exactly
+"""Fault injection (docs/faults.md#fault-injection): each fault fires exactly
 after ``after_events`` events of the matching response, seen from a raw client."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The upgrade (spec 2, section 10 MUST 1; RELIABILITY 3.4 rows 1-2), over real TCP."""
+"""The upgrade (docs/protocol.md#handshake; docs/faults.md#clients-of-the-embedded-server), over
+real TCP."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ async def _rejected(running, path="/v1/responses", headers=None) -> HttpAnswer:
 
 @pytest.mark.parametrize("path", ["/v1/responses", "/responses", "/v1/responses?x=1"])
 async def test_both_paths_are_served(path):
-    """MUST 1: /v1/responses (the SDK's URL for base_url .../v1) and /responses upgrade."""
+    """docs/protocol.md#handshake: /v1/responses (the SDK's URL for base_url .../v1) and /responses
+    upgrade."""
     async with open_local_server(seed=1) as running:
         with trio.fail_after(10):
             async with loopback_client(running, path=path) as client:
@@ -29,7 +31,8 @@ async def test_both_paths_are_served(path):
 
 @pytest.mark.parametrize("path", ["/", "/v1/chat", "/v1/responses/extra"])
 async def test_other_paths_get_404_with_a_json_error_body(path):
-    """MUST 1: an unknown path is refused at the handshake with 404 and a JSON error body."""
+    """docs/protocol.md#handshake: an unknown path is refused at the handshake with 404 and a JSON
+    error body."""
     async with open_local_server() as running:
         with trio.fail_after(10):
             rejected = await _rejected(running, path=path)
@@ -53,7 +56,8 @@ async def test_other_paths_get_404_with_a_json_error_body(path):
     ids=["missing", "wrong", "not-bearer", "empty"],
 )
 async def test_bad_bearer_is_refused_with_401_before_the_upgrade(headers):
-    """Spec 2.3 / RELIABILITY 3.4: HTTP 401 with the exact JSON body, never a 101."""
+    """docs/protocol.md#refused-handshakes / docs/faults.md#clients-of-the-embedded-server: HTTP 401
+    with the exact JSON body, never a 101."""
     async with open_local_server(token="the-token") as running:
         with trio.fail_after(10):
             rejected = await _rejected(running, headers=headers)
@@ -81,7 +85,8 @@ async def test_bearer_scheme_is_case_insensitive():
 
 
 async def test_disallowed_origin_gets_403():
-    """RELIABILITY 3.4: a browser Origin not on the allow-list is refused with 403 (CSWSH)."""
+    """docs/faults.md#clients-of-the-embedded-server: a browser Origin not on the allow-list is
+    refused with 403 (CSWSH)."""
     async with open_local_server(allowed_origins=frozenset({"http://ok.example"})) as running:
         evil = [*auth(running.token), (b"origin", b"http://evil.example")]
         good = [*auth(running.token), (b"origin", b"http://ok.example")]
@@ -97,7 +102,8 @@ async def test_disallowed_origin_gets_403():
 
 
 async def test_unknown_headers_are_ignored():
-    """MUST 1: every header the server does not understand (SDK, Codex, beta) is ignored."""
+    """docs/protocol.md#handshake: every header the server does not understand (SDK, Codex, beta) is
+    ignored."""
     async with open_local_server() as running:
         headers = [
             *auth(running.token),
@@ -114,7 +120,8 @@ async def test_unknown_headers_are_ignored():
 
 
 async def test_no_subprotocol_is_selected():
-    """Spec 2.1: the server never picks a subprotocol, even when one is offered."""
+    """docs/protocol.md#handshake: the server never picks a subprotocol, even when one is
+    offered."""
     async with open_local_server() as running:
         with trio.fail_after(10):
             async with loopback_client(running, subprotocols=["chat", "json"]) as client:

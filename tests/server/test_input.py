@@ -1,5 +1,7 @@
-"""What the server accepts and refuses in client messages (spec 4, 6.4; MUST 2 and 8;
-RELIABILITY 3.4 rows 3-4), over real TCP with JSON written by hand."""
+"""What the server accepts and refuses in client messages (docs/protocol.md#client-events,
+docs/protocol.md#error-codes; docs/protocol.md#creating-a-response,
+docs/protocol.md#the-error-event; docs/faults.md#clients-of-the-embedded-server), over real TCP with
+JSON written by hand."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ async def _still_serves(client) -> None:
 
 @pytest.mark.parametrize("frame", ["{not json", "", "[1, 2", '{"type": "response.create"'])
 async def test_invalid_json_is_an_error_and_the_socket_stays_open(client, frame):
-    """Spec 6.4: non-JSON text gets ``invalid_json`` (400) and the connection survives."""
+    """docs/protocol.md#error-codes: non-JSON text gets ``invalid_json`` (400) and the connection
+    survives."""
     with trio.fail_after(10):
         await client.send(frame)
         assert_error(await client.receive(), 400, "invalid_json")
@@ -44,7 +47,8 @@ async def test_json_that_is_not_an_object_is_an_error(client, frame):
 
 @pytest.mark.parametrize("kind", ["response.cancel", "session.update", "response.done"])
 async def test_unknown_client_event_type(client, kind):
-    """Spec 6.4: an unknown ``type`` gets ``unknown_event_type`` with param ``type``."""
+    """docs/protocol.md#error-codes: an unknown ``type`` gets ``unknown_event_type`` with param
+    ``type``."""
     with trio.fail_after(10):
         await client.send({"type": kind, "model": ECHO})
         assert_error(await client.receive(), 400, "unknown_event_type", "type")
@@ -63,8 +67,8 @@ async def test_missing_type_is_refused(client):
 
 
 async def test_missing_model(client):
-    """RELIABILITY 3.4: a create without ``model`` gets ``missing_required_parameter``,
-    param ``model``."""
+    """docs/faults.md#clients-of-the-embedded-server: a create without ``model`` gets
+    ``missing_required_parameter``, param ``model``."""
     with trio.fail_after(10):
         await client.send({"type": "response.create", "input": "hi"})
         assert_error(await client.receive(), 400, "missing_required_parameter", "model")
@@ -72,7 +76,8 @@ async def test_missing_model(client):
 
 
 async def test_missing_model_on_a_named_lane_echoes_the_lane(client):
-    """Spec 5.1: a request-scoped error of a named lane carries its ``stream_id``."""
+    """docs/protocol.md#sequence-numbers-and-lanes: a request-scoped error of a named lane carries
+    its ``stream_id``."""
     with trio.fail_after(10):
         await client.send({"type": "response.create", "input": "hi", "stream_id": "a"})
         assert_error(
@@ -94,7 +99,8 @@ async def test_missing_model_on_a_named_lane_echoes_the_lane(client):
     ],
 )
 async def test_wrong_field_type_names_the_field(client, field, value):
-    """Spec 6.4: a schema violation gets ``invalid_value`` with the field as param."""
+    """docs/protocol.md#error-codes: a schema violation gets ``invalid_value`` with the field as
+    param."""
     with trio.fail_after(10):
         await client.send({"type": "response.create", "model": ECHO, "input": "x", field: value})
         assert_error(await client.receive(), 400, "invalid_value", field)
@@ -111,9 +117,9 @@ async def test_wrong_type_inside_an_input_item_names_input(client):
 
 
 async def test_create_without_input_is_accepted(client):
-    """Spec 4.1: every field but ``type`` is optional at the schema level; a create with only
-    instructions and tools (a warm-up) needs no ``input``. (RELIABILITY 3.4's "missing
-    input" defers to the contract: only a missing ``model`` is refused.)"""
+    """docs/protocol.md#creating-a-response: every field but ``type`` is optional at the schema
+    level; a create with only instructions and tools (a warm-up) needs no ``input``.
+    (docs/faults.md#clients-of-the-embedded-server: only a missing ``model`` is refused.)"""
     with trio.fail_after(10):
         events = await client.turn(instructions="Prepare.", tools=[LOOKUP_TOOL], generate=False)
     assert "response.completed" == events[-1]["type"]
@@ -121,7 +127,8 @@ async def test_create_without_input_is_accepted(client):
 
 
 async def test_background_true_is_rejected(client):
-    """Spec 4.1: ``background: true`` is not supported over WebSocket: param background."""
+    """docs/protocol.md#creating-a-response: ``background: true`` is not supported over WebSocket:
+    param background."""
     with trio.fail_after(10):
         await client.send({"type": "response.create", "model": ECHO, "background": True})
         assert_error(await client.receive(), 400, "invalid_value", "background")
@@ -130,14 +137,16 @@ async def test_background_true_is_rejected(client):
 
 
 async def test_previous_response_id_with_conversation_is_rejected(client):
-    """Spec 4.1: ``previous_response_id`` cannot be combined with ``conversation``."""
+    """docs/protocol.md#creating-a-response: ``previous_response_id`` cannot be combined with
+    ``conversation``."""
     with trio.fail_after(10):
         await client.create(input="hi", previous_response_id="resp_x", conversation="conv_1")
         assert_error(await client.receive(), 400, "invalid_value", "conversation")
 
 
 async def test_stream_true_and_unknown_keys_are_ignored(client):
-    """Spec 4.1: ``stream: true``, ``stream_options`` and keys of other backends are ignored."""
+    """docs/protocol.md#creating-a-response: ``stream: true``, ``stream_options`` and keys of other
+    backends are ignored."""
     with trio.fail_after(10):
         events = await client.turn(
             input="hi",
@@ -154,7 +163,8 @@ async def test_stream_true_and_unknown_keys_are_ignored(client):
 
 
 async def test_short_form_messages_and_string_content_are_accepted(client):
-    """Spec 4.2: messages without ``type`` and with string content are valid input."""
+    """docs/protocol.md#input-items: messages without ``type`` and with string content are valid
+    input."""
     with trio.fail_after(10):
         events = await client.turn(
             input=[
@@ -166,14 +176,15 @@ async def test_short_form_messages_and_string_content_are_accepted(client):
 
 
 async def test_string_input_is_one_user_message(client):
-    """Spec 4.2: a plain string ``input`` is one user message."""
+    """docs/protocol.md#input-items: a plain string ``input`` is one user message."""
     with trio.fail_after(10):
         events = await client.turn(input="plain string")
     assert "plain string" == events[-1]["response"]["output"][0]["content"][0]["text"]
 
 
 async def test_unknown_item_types_in_replayed_input_are_accepted(client, running):
-    """Spec 4.2: unknown item types in replayed history are opaque context, not errors."""
+    """docs/protocol.md#input-items: unknown item types in replayed history are opaque context, not
+    errors."""
     history = [
         {"type": "web_search_call", "id": "ws_1", "status": "completed"},
         {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "abc"},
@@ -200,7 +211,8 @@ async def test_unknown_item_types_in_replayed_input_are_accepted(client, running
 
 
 async def test_replayed_function_call_pairs_are_accepted(client):
-    """Spec 7.5: full replay with function_call + function_call_output pairs, no parent."""
+    """docs/protocol.md#on-a-new-socket: full replay with function_call + function_call_output
+    pairs, no parent."""
     history = [
         user("weather?"),
         {
@@ -217,7 +229,8 @@ async def test_replayed_function_call_pairs_are_accepted(client):
 
 
 async def test_binary_frame_with_json_is_accepted(client):
-    """Spec 2.4 [LOCAL]: a binary frame holding UTF-8 JSON is decoded like a text frame."""
+    """docs/protocol.md#frames-sizes-and-keepalive (the embedded server's choice): a binary frame
+    holding UTF-8 JSON is decoded like a text frame."""
     with trio.fail_after(10):
         await client.send(
             json.dumps({"type": "response.create", "model": ECHO, "input": "bin"}).encode()
@@ -230,8 +243,8 @@ async def test_binary_frame_with_json_is_accepted(client):
     "frame", [b"\xff\xfe\x00garbage", b'{"type": "response.create", "model": "\xff"}']
 )
 async def test_binary_garbage_is_an_error_event(client, frame):
-    """Spec 2.4 / RELIABILITY 3.4: a binary frame that is not UTF-8 JSON gets an error event
-    and the connection survives."""
+    """docs/protocol.md#frames-sizes-and-keepalive / docs/faults.md#clients-of-the-embedded-server:
+    a binary frame that is not UTF-8 JSON gets an error event and the connection survives."""
     with trio.fail_after(10):
         await client.send(frame)
         event = await client.receive()
@@ -242,8 +255,8 @@ async def test_binary_garbage_is_an_error_event(client, frame):
 
 
 async def test_steer_on_a_local_model_fails_with_steering_not_supported(client, running):
-    """Spec 4.4 [LOCAL]: steering an active response of a local model answers
-    ``response.steer.failed``; an unknown target gets ``response_not_found``."""
+    """docs/protocol.md#steering (the embedded server's choice): steering an active response of a
+    local model answers ``response.steer.failed``; an unknown target gets ``response_not_found``."""
     with trio.fail_after(10):
         await client.send(
             {"type": "response.steer", "previous_response_id": "resp_nope", "input": "more"}
@@ -256,8 +269,8 @@ async def test_steer_on_a_local_model_fails_with_steering_not_supported(client, 
 
 
 async def test_function_tools_with_newer_fields_are_tolerated(client):
-    """Spec 4.3: unknown tool fields (``defer_loading``, ``output_schema``) are tolerated and
-    the tools are echoed as sent."""
+    """docs/protocol.md#function-tools: unknown tool fields (``defer_loading``, ``output_schema``)
+    are tolerated and the tools are echoed as sent."""
     tool = {**LOOKUP_TOOL, "defer_loading": False, "output_schema": {"type": "string"}}
     with trio.fail_after(10):
         events = await client.turn(model="local-generic", input="Lisbon please", tools=[tool])

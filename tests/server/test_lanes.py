@@ -1,5 +1,5 @@
-"""Lanes (spec 8, MUST 6): FIFO inside a lane, concurrency across lanes, the 16-active and
-32-name caps, invalid ids, strict single flight. In memory, under trio's MockClock."""
+"""Lanes (docs/protocol.md#lanes-and-limits): FIFO inside a lane, concurrency across lanes, the
+16-active and 32-name caps, invalid ids, strict single flight. In memory, under trio's MockClock."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ async def _collect(client, terminals: int) -> list[tuple[float, dict[str, Any]]]
 
 
 async def test_second_create_on_a_busy_lane_waits_its_turn(autojump_clock):
-    """Spec 8: requests on one lane run FIFO and never overlap; the second is answered after
-    the first's terminal event."""
+    """docs/protocol.md#lanes-and-limits: requests on one lane run FIFO and never overlap; the
+    second is answered after the first's terminal event."""
     server = _server(latency=LatencyModel(time_to_first_token=5))
     async with memory_client(server) as client:
         with trio.fail_after(60):
@@ -61,7 +61,8 @@ async def test_second_create_on_a_busy_lane_waits_its_turn(autojump_clock):
 
 
 async def test_lanes_run_concurrently_and_interleave(autojump_clock):
-    """Spec 8: different lanes run at once; with paced output their events interleave."""
+    """docs/protocol.md#lanes-and-limits: different lanes run at once; with paced output their
+    events interleave."""
     server = _server(latency=LatencyModel(tokens_per_second=1))
     async with memory_client(server) as client:
         with trio.fail_after(60):
@@ -87,8 +88,8 @@ async def test_lanes_run_concurrently_and_interleave(autojump_clock):
 
 
 async def test_at_most_16_responses_are_active_per_connection(autojump_clock):
-    """Spec 8: the 17th create (on its own lane) is accepted but starts only when one of the
-    16 running responses finishes."""
+    """docs/protocol.md#lanes-and-limits: the 17th create (on its own lane) is accepted but starts
+    only when one of the 16 running responses finishes."""
     server = _server(latency=LatencyModel(time_to_first_token=10))
     async with memory_client(server) as client:
         with trio.fail_after(60):
@@ -102,7 +103,8 @@ async def test_at_most_16_responses_are_active_per_connection(autojump_clock):
 
 
 async def test_active_cap_is_configurable(autojump_clock):
-    """Spec 8 [LOCAL]: ``max_active_responses`` sets the cap."""
+    """docs/protocol.md#lanes-and-limits (the embedded server's choice): ``max_active_responses``
+    sets the cap."""
     server = _server(max_active_responses=2, latency=LatencyModel(time_to_first_token=10))
     async with memory_client(server) as client:
         with trio.fail_after(60):
@@ -113,9 +115,9 @@ async def test_active_cap_is_configurable(autojump_clock):
 
 
 async def test_33rd_named_lane_is_refused(autojump_clock):
-    """Spec 8 / 6.2: 32 distinct stream ids per connection; the 33rd gets
-    ``websocket_stream_limit_reached`` carrying the rejected id; existing lanes and the
-    default lane keep working."""
+    """docs/protocol.md#lanes-and-limits, docs/protocol.md#error-codes: 32 distinct stream ids per
+    connection; the 33rd gets ``websocket_stream_limit_reached`` carrying the rejected id; existing
+    lanes and the default lane keep working."""
     server = _server()
     async with memory_client(server) as client:
         with trio.fail_after(60):
@@ -137,7 +139,8 @@ async def test_33rd_named_lane_is_refused(autojump_clock):
 
 
 async def test_named_lane_cap_is_configurable(autojump_clock):
-    """Spec 8 [LOCAL]: ``max_named_lanes`` sets the cap (the default lane never counts)."""
+    """docs/protocol.md#lanes-and-limits (the embedded server's choice): ``max_named_lanes`` sets
+    the cap (the default lane never counts)."""
     server = _server(max_named_lanes=1)
     async with memory_client(server) as client:
         with trio.fail_after(60):
@@ -158,8 +161,8 @@ async def test_named_lane_cap_is_configurable(autojump_clock):
     ids=["empty", "space", "slash", "unicode", "257"],
 )
 async def test_invalid_stream_id(autojump_clock, stream_id):
-    """Spec 6.2: not 1-256 chars of [A-Za-z0-9_.-] gets ``invalid_stream_id``, without
-    ``stream_id`` (the id is invalid), and does not use up a lane."""
+    """docs/protocol.md#error-codes: not 1-256 chars of [A-Za-z0-9_.-] gets ``invalid_stream_id``,
+    without ``stream_id`` (the id is invalid), and does not use up a lane."""
     server = _server(max_named_lanes=1)
     async with memory_client(server) as client:
         with trio.fail_after(60):
@@ -170,7 +173,8 @@ async def test_invalid_stream_id(autojump_clock, stream_id):
 
 
 async def test_longest_valid_stream_id_is_accepted(autojump_clock):
-    """Spec 4.1: 256 characters of the allowed alphabet is a valid lane id."""
+    """docs/protocol.md#creating-a-response: 256 characters of the allowed alphabet is a valid lane
+    id."""
     lane = ("Az09_.-" * 40)[:256]
     async with memory_client(_server()) as client:
         with trio.fail_after(60):
@@ -180,8 +184,8 @@ async def test_longest_valid_stream_id_is_accepted(autojump_clock):
 
 @pytest.mark.parametrize("stream_id", [None, "main"])
 async def test_strict_single_flight_refuses_a_second_create(autojump_clock, stream_id):
-    """Spec 6.4: in ``strict_single_flight`` mode a create on a busy lane gets 409
-    ``response_already_in_flight`` (with the lane's ``stream_id``) and the running response
+    """docs/protocol.md#error-codes: in ``strict_single_flight`` mode a create on a busy lane gets
+    409 ``response_already_in_flight`` (with the lane's ``stream_id``) and the running response
     completes untouched."""
     server = _server(strict_single_flight=True, latency=LatencyModel(time_to_first_token=5))
     lane = {} if stream_id is None else {"stream_id": stream_id}
@@ -200,7 +204,7 @@ async def test_strict_single_flight_refuses_a_second_create(autojump_clock, stre
 
 
 async def test_strict_single_flight_allows_other_lanes(autojump_clock):
-    """Spec 6.4: strict single flight is per lane: another lane runs at once."""
+    """docs/protocol.md#error-codes: strict single flight is per lane: another lane runs at once."""
     server = _server(strict_single_flight=True, latency=LatencyModel(time_to_first_token=5))
     async with memory_client(server) as client:
         with trio.fail_after(60):

@@ -1,5 +1,6 @@
-"""Connection lifetime, size limit, keepalive and isolation (spec 3.1, 2.4, 6.5; MUST 7, 9;
-RELIABILITY 3.4 rows 3, 7, 8)."""
+"""Connection lifetime, size limit, keepalive and isolation (docs/protocol.md#connection-age,
+docs/protocol.md#frames-sizes-and-keepalive, docs/protocol.md#close-codes;
+docs/faults.md#clients-of-the-embedded-server)."""
 
 from __future__ import annotations
 
@@ -34,18 +35,18 @@ def _server(**options: Any) -> LocalServer:
 
 
 def _assert_limit(event: dict[str, Any]) -> None:
-    """Spec 6.2: the connection limit error is connection-scoped, param null."""
+    """docs/protocol.md#error-codes: the connection limit error is connection-scoped, param null."""
     assert_error(event, 400, "websocket_connection_limit_reached", None)
     assert LIMIT_MESSAGE == event["error"]["message"]
 
 
-# -- the age limit (spec 3.1) ------------------------------------------------------------------
+# -- the age limit (docs/protocol.md#connection-age) -------------------------------------------
 
 
 @pytest.mark.parametrize("code", [1000, 1001])
 async def test_idle_connection_expires_with_the_error_then_a_close(autojump_clock, code):
-    """Spec 3.1 [LOCAL]: at the limit an idle connection gets the error, then close
-    ``expiry_close_code``."""
+    """docs/protocol.md#connection-age (the embedded server's choice): at the limit an idle
+    connection gets the error, then close ``expiry_close_code``."""
     server = _server(max_connection_age=60, expiry_close_code=code)
     async with memory_client(server) as client:
         with trio.fail_after(120):
@@ -57,8 +58,8 @@ async def test_idle_connection_expires_with_the_error_then_a_close(autojump_cloc
 
 
 async def test_expiry_without_a_close_keeps_refusing_creates(autojump_clock):
-    """Spec 3.1 [LOCAL]: with ``expiry_close_code=None`` the socket stays open and every
-    later create gets the same error."""
+    """docs/protocol.md#connection-age (the embedded server's choice): with
+    ``expiry_close_code=None`` the socket stays open and every later create gets the same error."""
     server = _server(max_connection_age=60, expiry_close_code=None)
     async with memory_client(server) as client:
         with trio.fail_after(120):
@@ -72,7 +73,8 @@ async def test_expiry_without_a_close_keeps_refusing_creates(autojump_clock):
 
 
 async def test_response_in_flight_finishes_before_the_expiry(autojump_clock):
-    """Spec 3.1 [LOCAL]: a response running at the limit finishes; then error and close."""
+    """docs/protocol.md#connection-age (the embedded server's choice): a response running at the
+    limit finishes; then error and close."""
     server = _server(max_connection_age=10, latency=LatencyModel(time_to_first_token=15))
     async with memory_client(server) as client:
         with trio.fail_after(120):
@@ -86,7 +88,8 @@ async def test_response_in_flight_finishes_before_the_expiry(autojump_clock):
 
 
 async def test_queued_create_after_expiry_gets_the_error(autojump_clock):
-    """Spec 3.1: a create that starts after the limit is refused with the limit error."""
+    """docs/protocol.md#connection-age: a create that starts after the limit is refused with the
+    limit error."""
     server = _server(
         max_connection_age=10, expiry_close_code=None, latency=LatencyModel(time_to_first_token=15)
     )
@@ -114,7 +117,7 @@ async def test_expire_fault_reaches_the_limit_now(autojump_clock):
     assert 1 == server.statistics().faults_fired
 
 
-# -- size limit and keepalive (spec 2.4, 6.5) --------------------------------------------------
+# -- size limit and keepalive (docs/protocol.md#frames-sizes-and-keepalive) --------------------
 
 
 def _create_of_size(size: int) -> str:
@@ -123,8 +126,9 @@ def _create_of_size(size: int) -> str:
 
 
 async def test_oversized_message_closes_with_1009(autojump_clock):
-    """Spec 2.4/6.5: a message above max_message_size closes the socket with 1009 and no
-    error event; one exactly at the limit is served."""
+    """docs/protocol.md#frames-sizes-and-keepalive, docs/protocol.md#close-codes: a message above
+    max_message_size closes the socket with 1009 and no error event; one exactly at the limit is
+    served."""
     server = _server(max_message_size=4096)
     async with memory_client(server) as client:
         with trio.fail_after(60):
@@ -173,7 +177,8 @@ async def test_oversized_fragmented_message_closes_with_1009():
 
 
 async def test_ping_is_answered_while_a_response_streams(autojump_clock):
-    """Spec 2.4 / MUST 9: pings are answered at once, even during a paced response."""
+    """docs/protocol.md#frames-sizes-and-keepalive: pings are answered at once, even during a paced
+    response."""
     server = _server(latency=LatencyModel(tokens_per_second=0.1))
     async with memory_client(server) as client:
         with trio.fail_after(120):
@@ -187,7 +192,7 @@ async def test_ping_is_answered_while_a_response_streams(autojump_clock):
 
 
 async def test_ping_is_answered_over_tcp():
-    """MUST 9 over real TCP: a ping gets its pong."""
+    """docs/protocol.md#frames-sizes-and-keepalive over real TCP: a ping gets its pong."""
     async with open_local_server() as running, loopback_client(running) as client:
         with trio.fail_after(10):
             await client.ws.ping()
@@ -208,12 +213,12 @@ async def test_client_close_is_answered(autojump_clock):
     assert 0 == server.statistics().connections_active
 
 
-# -- isolation (RELIABILITY 3.4 last row) ------------------------------------------------------
+# -- isolation (docs/faults.md#clients-of-the-embedded-server) ---------------------------------
 
 
 async def test_failing_handler_closes_only_its_connection_with_1011(monkeypatch):
-    """RELIABILITY 3.4: an unexpected error in one connection closes it with 1011; another
-    connection, mid-response, is unaffected; the statistics count it."""
+    """docs/faults.md#clients-of-the-embedded-server: an unexpected error in one connection closes
+    it with 1011; another connection, mid-response, is unaffected; the statistics count it."""
     original = EchoPolicy.respond
 
     def respond(self, request):
@@ -272,23 +277,24 @@ async def test_statistics_count_the_traffic(autojump_clock):
 
 
 async def test_server_shutdown_closes_with_1001_at_once():
-    """Spec 3.2 [LOCAL]: when the server stops, a connected client gets close 1001 and the
-    closing handshake completes at once (no close_timeout wait)."""
+    """docs/protocol.md#close-codes (the embedded server's choice): when the server stops, a
+    connected client gets close 1001 and the closing handshake completes at once (no close_timeout
+    wait)."""
     server_scope = trio.CancelScope()
 
     async def run_server(*, task_status: Any) -> None:
         with server_scope:
             await serve_local_server(ServerConfig(close_timeout=30), task_status=task_status)
 
+    # The deadline is a third of close_timeout: a server that waited out its close timeout
+    # instead of completing the handshake would miss it.
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             running = await nursery.start(run_server)
             async with loopback_client(running) as client:
                 await client.turn(input="x")
-                started = trio.current_time()
                 server_scope.cancel()
                 assert 1001 == await client.closed()
-        assert trio.current_time() - started < 5
 
 
 async def test_a_connection_cancelled_as_it_is_accepted_ends_at_once():

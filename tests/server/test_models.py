@@ -1,5 +1,5 @@
-"""The local models (spec 10 MUST 10): generic tool arguments valid against any schema a
-tool can have, summaries and terminal tools; scripted turns from JSON and YAML files;
+"""The local models (docs/protocol.md#determinism-and-latency): generic tool arguments valid against
+any schema a tool can have, summaries and terminal tools; scripted turns from JSON and YAML files;
 echo."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Determinism and the latency model (spec 10 MUST 10), under trio's MockClock."""
+"""Determinism and the latency model (docs/protocol.md#determinism-and-latency), under trio's
+MockClock."""
 
 from __future__ import annotations
 
@@ -51,8 +52,8 @@ def _without_clock(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def test_same_seed_gives_the_same_ids_and_outputs():
-    """MUST 10: with a seed, two runs produce identical events (ids included), connection
-    by connection."""
+    """docs/protocol.md#determinism-and-latency: with a seed, two runs produce identical events (ids
+    included), connection by connection."""
     one = await _conversation(seed=7)
     two = await _conversation(seed=7)
     assert _without_clock(one) == _without_clock(two)

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 TERMINAL: Final = frozenset(
     {"response.completed", "response.failed", "response.incomplete", "error"}
 )
-# Every key of a response object (spec 5.2): the server sends the full set, null where unset.
+# Every key of a response object (docs/protocol.md#the-response-object): the server sends the full
+# set, null where unset.
 RESPONSE_KEYS: Final = frozenset(
     {
         "id",
@@ -102,7 +103,7 @@ class Client:
 
     async def receive(self) -> dict[str, Any]:
         message = await self.ws.get_message()
-        assert isinstance(message, str), "servers send text frames only (spec 2.4)"
+        assert isinstance(message, str), "servers send text frames only (docs/protocol.md)"
         event: dict[str, Any] = json.loads(message)
         self.received.append(event)
         return event
@@ -230,7 +231,8 @@ def assert_error(
     stream_id: str | None = None,
     error_type: str = "invalid_request_error",
 ) -> None:
-    """An ``error`` event with every key of spec 6.1, and ``stream_id`` only if expected."""
+    """An ``error`` event with every key of docs/protocol.md#the-error-event, and ``stream_id`` only
+    if expected."""
     assert "error" == event["type"]
     assert status == event["status"]
     detail = event["error"]

@@ -1,6 +1,7 @@
 """Encoding and decoding of wire messages. Decoders are built once, here.
 
-The contract (spec 5.1, RELIABILITY T8/T9):
+The contract (docs/protocol.md#sequence-numbers-and-lanes,
+docs/recovery.md#malformed-and-unknown-events):
 
 * ``decode_server_event`` / ``decode_client_event`` return a typed event, or an
   :class:`UnknownEvent` for a well-formed object whose ``type`` is not known. Everything else
@@ -152,7 +153,7 @@ def decode_client_event(data: str | bytes) -> ClientEvent | UnknownEvent:
     """Decode one client message (used by the embedded server).
 
     Accepts the short message form without ``type`` and unknown item types in ``input``
-    (spec 4.2), which the typed fast path cannot.
+    (docs/protocol.md#input-items), which the typed fast path cannot.
 
     Raises:
         RemoteProtocolError: the frame is not a well-formed client event; the message carries

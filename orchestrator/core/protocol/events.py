@@ -1,10 +1,11 @@
-"""Typed wire shapes of the Responses API WebSocket mode (spec sections 4 to 6).
+"""Typed wire shapes of the Responses API WebSocket mode (docs/protocol.md).
 
 Every client and server message is one JSON object tagged by ``type``. Both directions are
 msgspec Structs so the hot path never builds dicts:
 
 * Optional fields default to ``UNSET`` and ``UNSET`` is never encoded, so the encoder sends
-  exactly the fields the caller set (spec 4.1: the server applies *its* defaults otherwise).
+  exactly the fields the caller set (docs/protocol.md#creating-a-response: the server applies *its*
+  defaults otherwise).
 * Fields the service always sends (``error: null`` in a response object) default to ``None``
   and are encoded, because the official SDK's models require the keys.
 * Decoding tolerates unknown fields. Unknown event and item *types* are kept as
@@ -84,7 +85,8 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------
-# Items (spec 4.2 and 5.2): the same shapes travel as input and as output.
+# Items (docs/protocol.md#input-items, docs/protocol.md#the-response-object): the same shapes travel
+# as input and as output.
 # --------------------------------------------------------------------------------------------
 
 
@@ -169,7 +171,7 @@ class SummaryPart(Struct, frozen=True, kw_only=True):
 
 
 class ReasoningItem(_Item, tag="reasoning", frozen=True, kw_only=True):
-    """A reasoning item; replay it only from ``output_item.done`` (spec 4.2)."""
+    """A reasoning item; replay it only from ``output_item.done`` (docs/protocol.md#input-items)."""
 
     id: str | UnsetType = UNSET
     summary: list[SummaryPart] = msgspec.field(default_factory=list)
@@ -230,7 +232,7 @@ ITEM_TYPES: Final = frozenset(
 
 
 # --------------------------------------------------------------------------------------------
-# Tools and request settings (spec 4.1, 4.3)
+# Tools and request settings (docs/protocol.md#creating-a-response, docs/protocol.md#function-tools)
 # --------------------------------------------------------------------------------------------
 
 
@@ -263,7 +265,7 @@ class ReasoningConfig(Struct, frozen=True, kw_only=True):
 
 
 # --------------------------------------------------------------------------------------------
-# Client events (spec 4)
+# Client events (docs/protocol.md#client-events)
 # --------------------------------------------------------------------------------------------
 
 
@@ -321,7 +323,7 @@ CLIENT_EVENT_TYPES: Final = frozenset({"response.create", "response.steer"})
 
 
 # --------------------------------------------------------------------------------------------
-# The response object (spec 5.2)
+# The response object (docs/protocol.md#the-response-object)
 # --------------------------------------------------------------------------------------------
 
 
@@ -400,7 +402,7 @@ class ResponseObject(Struct, frozen=True, kw_only=True):
 
 
 # --------------------------------------------------------------------------------------------
-# Server events (spec 5.3, 5.4, 5.6, 5.8, 5.9, 6)
+# Server events (docs/protocol.md#server-events, docs/protocol.md#errors)
 # --------------------------------------------------------------------------------------------
 
 
@@ -525,7 +527,8 @@ class FunctionCallArgumentsDone(
     item_id: str
     output_index: int
     arguments: str
-    # Older API docs list ``name`` here; send it, never rely on it (spec 5.3).
+    # Older API docs list ``name`` here; send it, never rely on it
+    # (docs/protocol.md#a-function-call-answer).
     name: str | UnsetType = UNSET
 
 
@@ -622,7 +625,7 @@ class SteerFailed(ServerEvent, tag="response.steer.failed", frozen=True, kw_only
 
 
 class ErrorEvent(ServerEvent, tag="error", frozen=True, kw_only=True):
-    """An ``error`` event (spec 6.1).
+    """An ``error`` event (docs/protocol.md#the-error-event).
 
     ``error`` is the nested shape the service sends. The flat pre-2026-08 shape (``code``,
     ``message``, ``param`` at top level) and Codex's ``status_code``/``headers`` aliases are

@@ -2,7 +2,8 @@
 
 The server closes a connection at ``max_age`` (60 minutes on the real service). The client
 rotates at the first turn boundary once the socket is ``max_age - margin`` old, so a planned
-rotation never cuts a turn (spec 3.1, 9.7). Only the trio glue reads the clock.
+rotation never cuts a turn (docs/protocol.md#connection-age, docs/recovery.md#planned-rotation).
+Only the trio glue reads the clock.
 """
 
 from __future__ import annotations

@@ -3,12 +3,13 @@
 Sans-I/O, in the manner of h11: feed events with :meth:`TurnAssembler.receive`; it returns
 ``None`` until the request ends, then a :class:`Response` (``response.completed``,
 ``.failed`` or ``.incomplete``) or a :class:`RequestError` (an ``error`` event, which is that
-request's terminal event, spec 6.1).
+request's terminal event, docs/protocol.md#the-error-event).
 
-It enforces the ordering invariants of spec 5.5 and raises :class:`RemoteProtocolError` on a
-violation; after that the assembler stays in ``ERROR`` and the stream must be abandoned
-(RELIABILITY T11: the turn fails and the socket is dropped). Unknown event types are counted
-and otherwise ignored (T9).
+It enforces the ordering invariants of docs/protocol.md#event-order-rules and raises
+:class:`RemoteProtocolError` on a violation; after that the assembler stays in ``ERROR`` and the
+stream must be abandoned (docs/recovery.md#malformed-and-unknown-events: the turn fails and the
+socket is dropped). Unknown event types are counted and otherwise ignored
+(docs/recovery.md#malformed-and-unknown-events).
 """
 
 from __future__ import annotations
@@ -265,7 +266,8 @@ class TurnAssembler:
                 raise self._violation(f"event for lane {stream_id!r} on the default lane")
         elif stream_id != self.stream_id:
             if isinstance(event, ErrorEvent) and isinstance(stream_id, UnsetType):
-                return  # connection-scoped errors carry no stream_id (spec 6.1)
+                # connection-scoped errors carry no stream_id (docs/protocol.md#the-error-event)
+                return
             raise self._violation(f"event for lane {stream_id!r} on lane {self.stream_id!r}")
         sequence = getattr(event, "sequence_number", None)
         if type(sequence) is int:
@@ -398,7 +400,8 @@ class TurnAssembler:
                     f"response.completed with unfinished output items at {unfinished}"
                 )
         if not output and self._done_items:
-            # The SDK rebuilds an omitted terminal output from output_item.done (spec 5.5.6).
+            # The SDK rebuilds an omitted terminal output from output_item.done
+            # (docs/protocol.md#event-order-rules, rule 6).
             output = [self._done_items[index] for index in sorted(self._done_items)]
         self.state = TurnState.DONE
         return Response(

@@ -560,8 +560,8 @@ def _error_body(status: int, code: str, message: str) -> bytes:
 class _Request:
     create: ResponseCreate
     lane: str | None
-    # The tools exactly as the client sent them: echoed in the response object (spec 4.3)
-    # without decoding and re-encoding them every turn.
+    # The tools exactly as the client sent them: echoed in the response object
+    # (docs/protocol.md#function-tools) without decoding and re-encoding them every turn.
     tools_raw: msgspec.Raw
     size: int  # of the message, counted against max_request_bytes until the response ends
 
@@ -1073,8 +1073,8 @@ class _ServerConnection:
         stream = _ResponseStream(self, self._responses, stream_id)
         response_id = self._ids.response()
         if parent is not None and parent_lane is lane:
-            # The lane's slot moves on to the new response (spec 7.3): with store=false the
-            # parent is gone for good once this response starts.
+            # The lane's slot moves on to the new response (docs/protocol.md#eviction): with
+            # store=false the parent is gone for good once this response starts.
             lane.latest = None
         self._active_responses[response_id] = stream
         try:
@@ -1526,9 +1526,9 @@ def error_type(status: int) -> str:
     """The ``error.type`` for an HTTP status, the one rule for every error the server builds.
 
     5xx is ``server_error``; 429 is ``requests``, the rate-limit class the HTTP API sends with
-    ``rate_limit_exceeded`` (spec 6.1 "rate-limit classes"; the SDK maps errors by status
-    and never reads the type); every other status is ``invalid_request_error``, including
-    401 (spec 2.3) and 409 (spec 6.4).
+    ``rate_limit_exceeded`` (docs/protocol.md#the-error-event "rate-limit classes"; the SDK maps
+    errors by status and never reads the type); every other status is ``invalid_request_error``,
+    including 401 (docs/protocol.md#refused-handshakes) and 409 (docs/protocol.md#error-codes).
     """
     if status >= 500:
         return "server_error"

@@ -41,7 +41,7 @@ _UNSENDABLE_CLOSE_CODES = frozenset({1006, 1015})
 
 @attrs.frozen
 class Fault:
-    """One injected fault (the "nemesis" of RELIABILITY 2.1).
+    """One injected fault (the "nemesis" of docs/faults.md#fault-injection).
 
     Matching: ``connection`` is the 1-based index of the connection in the server's life
     (``None``: any connection); ``response`` is the 1-based index of the response on that
@@ -133,11 +133,14 @@ class ServerConfig:
             ``None`` picks by model name (names containing ``echo`` or ``scripted`` choose
             those policies, anything else is ``generic``).
         script: the scripted policy's turns: a path to a JSON/YAML file or the decoded data.
-        max_connection_age: seconds before ``websocket_connection_limit_reached`` (spec 3.1).
+        max_connection_age: seconds before ``websocket_connection_limit_reached``
+            (docs/protocol.md#connection-age).
         expiry_close_code: close code sent after the expiry error; ``None`` leaves it open.
         max_message_size: incoming message limit, enforced with close 1009.
-        max_active_responses: responses running at once per connection (spec 8).
-        max_named_lanes: distinct ``stream_id`` values per connection (spec 8).
+        max_active_responses: responses running at once per connection
+            (docs/protocol.md#lanes-and-limits).
+        max_named_lanes: distinct ``stream_id`` values per connection
+            (docs/protocol.md#lanes-and-limits).
         max_queued_requests: creates waiting on one lane; more get 429
             ``too_many_queued_requests``.
         max_request_bytes: bytes of creates one connection holds at once, waiting or

@@ -1,9 +1,9 @@
 """Response state of the embedded server: cached responses, the lane slots, the store, ids.
 
-Spec section 7: each lane of a connection keeps its latest response in a connection-local
-cache (that is what ``previous_response_id`` continues from, with ``store`` true or false);
-responses created with ``store: true`` are also kept in a process-wide store usable from any
-connection. A response knows its parent, so its full context is the chain of inputs and
+docs/protocol.md#the-connection-local-cache: each lane of a connection keeps its latest response in
+a connection-local cache (that is what ``previous_response_id`` continues from, with ``store`` true
+or false); responses created with ``store: true`` are also kept in a process-wide store usable from
+any connection. A response knows its parent, so its full context is the chain of inputs and
 outputs from the root.
 """
 
