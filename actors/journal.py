@@ -31,7 +31,7 @@ import msgspec
 
 from orchestrator.core import rules
 from orchestrator.core.protocol.events import Item
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import CallsParked
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -61,24 +61,6 @@ RERUNNABLE: Final = rules.RERUNNABLE
 # The side effect recorded for the runtime's own calls (delegations, finish): they are
 # idempotent by construction (a delegation is a message with a stable id).
 RUNTIME_CALL: Final = "runtime"
-
-
-class CallsParked(OrchestratorError):
-    """Calls were found in doubt whose tools may not run twice: a person must decide.
-
-    Attributes:
-        calls: the parked calls.
-    """
-
-    code: Final = "job.needs_attention"
-
-    def __init__(self, calls: Sequence[CallEntry]) -> None:
-        self.calls = tuple(calls)
-        listing = ", ".join(f"{c.agent}:{c.name} ({c.call_id})" for c in calls)
-        super().__init__(
-            f"{len(calls)} tool call(s) may or may not have run and cannot safely run again: "
-            f"{listing}"
-        )
 
 
 class CallEntry(msgspec.Struct, kw_only=True):

@@ -84,7 +84,14 @@ from orchestrator.core.protocol.events import (
 )
 from orchestrator.core.redaction import redact
 from orchestrator.core.rules import NEEDS_APPROVAL, ImportPathError, SideEffect, resolve_import
-from orchestrator.errors import ToolArgumentsInvalid, ToolError, ToolTimedOut
+from orchestrator.errors import (
+    ArgumentsRejected,
+    PathOutsideWorkspace,
+    ToolCallEnded,
+    ToolDefinitionError,
+    ToolRepairBudgetExceeded,
+    ToolTimedOut,
+)
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",
@@ -148,84 +155,6 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 # -- errors ------------------------------------------------------------------------------------
-
-
-class ToolDefinitionError(ToolError):
-    """A callable cannot be a tool (no type hints, unsupported type, bad name or path).
-
-    Raised while building tools, before any run: a mistake in the tool or the plan, which
-    ``orchestrator validate`` reports as ``plan.tool``.
-
-    Attributes:
-        parameter: the offending parameter, when one is to blame.
-        suggestion: what to write instead, when there is a clear fix.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        tool: str,
-        call_id: str | None = None,
-        parameter: str | None = None,
-        suggestion: str | None = None,
-    ) -> None:
-        self.parameter = parameter
-        self.suggestion = suggestion
-        super().__init__(message, tool=tool, call_id=call_id)
-
-
-class ArgumentsRejected(ToolArgumentsInvalid):
-    """The model's arguments cannot be used; ``code`` says why (see ``MODEL_MISTAKES``)."""
-
-    def __init__(self, code: str, message: str, *, tool: str, call_id: str | None = None) -> None:
-        self.code = code
-        super().__init__(message, tool=tool, call_id=call_id)
-
-
-class ToolRepairBudgetExceeded(ToolError):
-    """The model kept calling a tool wrongly past the repair budget: stop the turn.
-
-    Attributes:
-        code: ``tool.repair_budget``, for the CLI's ``error[...]`` line.
-        attempts: consecutive invalid calls of ``tool``.
-        budget: how many were allowed.
-        error: the last error code (``invalid_arguments``...).
-        outputs: the outputs of the calls just executed, in call order, in case the
-            runtime wants to journal or send them.
-    """
-
-    code: Final = "tool.repair_budget"
-
-    def __init__(
-        self,
-        *,
-        tool: str,
-        call_id: str | None,
-        attempts: int,
-        budget: int,
-        error: str,
-        outputs: tuple[FunctionCallOutputItem, ...],
-    ) -> None:
-        self.attempts = attempts
-        self.budget = budget
-        self.error = error
-        self.outputs = outputs
-        super().__init__(
-            f"error[tool.repair_budget]: tool {tool!r} was called wrongly {attempts} times "
-            f"in a row (repair budget {budget}); last error: {error}",
-            tool=tool,
-            call_id=call_id,
-        )
-
-
-class PathOutsideWorkspace(ValueError):
-    """A path argument resolves outside the workspace. Raised by ``confine``."""
-
-
-class ToolCallEnded(ToolError):
-    """A tool tried to start a child process after its call ended (timed out or cancelled):
-    the child was killed at once. Raised in the tool's abandoned thread, read by no one."""
 
 
 # -- declaring tools ---------------------------------------------------------------------------

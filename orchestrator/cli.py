@@ -24,7 +24,7 @@ from typing import Any, Final, NoReturn, TypeVar
 import msgspec
 import trio
 
-from orchestrator.errors import ConfigurationError, PlanError
+from orchestrator.errors import ConfigurationError, InternalError, PlanError
 
 _E = TypeVar("_E", bound=BaseException)
 
@@ -956,8 +956,9 @@ def _main(argv: list[str] | None) -> int:
             leaf = leaf.exceptions[0]
         if isinstance(leaf, KeyboardInterrupt):
             return EXIT_INTERRUPTED
+        what = str(leaf) if isinstance(leaf, InternalError) else f"{type(leaf).__name__}: {leaf}"
         print(
-            f"error[internal]: {type(leaf).__name__}: {redact(str(leaf))} "
+            f"error[internal]: {redact(what)} "
             "(this is a bug in orchestrator; please report it, with -v for the traceback)",
             file=sys.stderr,
         )

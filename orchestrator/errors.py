@@ -14,27 +14,48 @@ The tree:
     ├── TurnFailed                                 a turn could not be completed, with the cause
     ├── ConfigurationError(ValueError)             bad settings (URL, limits, key)
     ├── PlanError(ValueError)                      a plan file or plan object is invalid
-    ├── ToolError(tool, call_id) ── ToolArgumentsInvalid / ToolTimedOut
+    ├── ToolError(tool, call_id)
+    │   ├── ToolArgumentsInvalid ── ArgumentsRejected(code)   the model's arguments
+    │   ├── ToolTimedOut / ToolCallEnded
+    │   ├── ToolDefinitionError                    a callable that cannot be a tool
+    │   └── ToolRepairBudgetExceeded               the same mistake once too often
+    ├── PathOutsideWorkspace(ValueError)           confine() refused a path
     ├── BudgetExceeded(budget, limit, used)
+    ├── OutputError(ValueError) / OutputMismatch   an output type that cannot be used /
+    │                                              a text that is not of it
     ├── OutputInvalid(agent, output, error)         an answer not of the declared output type
+    ├── StepsFailed(failed)                        steps of a run failed for good
     ├── ActorDead(name) / DeliveryTimeout / UnknownRecipient
     ├── RestartLimitReached(child, restarts, window)
     ├── JobError(code)                              a durable job cannot do what was asked
     │   ├── JobNotFound / JobNotResumable / JobRunning / PlanDiverged
+    │   ├── CallsParked(calls)                     calls in doubt: a person must decide
     │   └── JournalError                            its journal cannot be written: it stops
     │       ├── StorageUnavailable                  disk full, read-only, database down
     │       └── JobLost                             another owner took the job (fenced out)
     └── InternalError                               a bug in this project
+
+Each error says what it is with ``code``, a machine-readable name in our namespace
+(``tool.repair_budget``, ``job.lost``...), which the runner and the command line report as
+they are. Two classes carry the peer's code under that name instead: ``ConnectionLost.code``
+is the WebSocket close code, ``ServerError.code`` the service's error code.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from orchestrator.core.redaction import redact
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "ActorDead",
+    "ArgumentsRejected",
     "AuthenticationError",
     "BudgetExceeded",
+    "CallsParked",
     "ConfigurationError",
     "ConnectionLost",
     "DeliveryTimeout",
@@ -48,16 +69,23 @@ __all__ = [
     "JournalError",
     "LocalProtocolError",
     "OrchestratorError",
+    "OutputError",
     "OutputInvalid",
+    "OutputMismatch",
+    "PathOutsideWorkspace",
     "PlanDiverged",
     "PlanError",
     "ProtocolError",
     "RemoteProtocolError",
     "RestartLimitReached",
     "ServerError",
+    "StepsFailed",
     "StorageUnavailable",
     "ToolArgumentsInvalid",
+    "ToolCallEnded",
+    "ToolDefinitionError",
     "ToolError",
+    "ToolRepairBudgetExceeded",
     "ToolTimedOut",
     "TurnFailed",
     "UnknownRecipient",
@@ -68,8 +96,10 @@ class OrchestratorError(Exception):
     """Base class of every error this project raises on purpose.
 
     Text arguments are redacted on the way in, so ``str``, ``repr`` and ``args`` never hold
-    a credential.
+    a credential. ``code`` names the error for machines (see the module docstring).
     """
+
+    code: Any = "run.failed"
 
     def __init__(self, *args: object) -> None:
         super().__init__(*(redact(arg) if isinstance(arg, str) else arg for arg in args))
@@ -123,7 +153,13 @@ class HandshakeRejected(OrchestratorError):
 
 
 class AuthenticationError(HandshakeRejected):
-    """The server rejected the credentials (HTTP 401 or 403). Retrying cannot help."""
+    """The server rejected the credentials (HTTP 401 or 403). Retrying cannot help.
+
+    ``code``: ``auth.rejected`` (401) or ``auth.forbidden`` (403)."""
+
+    @property
+    def code(self) -> str:
+        return "auth.rejected" if self.status == 401 else "auth.forbidden"
 
 
 class ServerError(OrchestratorError):
@@ -198,11 +234,135 @@ class ToolTimedOut(ToolError):
     """A tool did not finish within its deadline."""
 
 
+class ArgumentsRejected(ToolArgumentsInvalid):
+    """The model's arguments cannot be used; ``code`` says why (``invalid_json``,
+    ``invalid_arguments``, ``arguments_too_large``...), as the model's output names it."""
+
+    def __init__(self, code: str, message: str, *, tool: str, call_id: str | None = None) -> None:
+        self.code = code
+        super().__init__(message, tool=tool, call_id=call_id)
+
+
+class ToolCallEnded(ToolError):
+    """A tool tried to start a child process after its call ended (timed out or cancelled):
+    the child was killed at once. Raised in the tool's abandoned thread, read by no one."""
+
+
+class ToolDefinitionError(ToolError):
+    """A callable cannot be a tool (no type hints, unsupported type, bad name or path).
+
+    Raised while building tools, before any run: a mistake in the tool or the plan, which
+    ``orchestrator validate`` reports as ``plan.tool``.
+
+    Attributes:
+        parameter: the offending parameter, when one is to blame.
+        suggestion: what to write instead, when there is a clear fix.
+    """
+
+    code = "plan.tool"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tool: str,
+        call_id: str | None = None,
+        parameter: str | None = None,
+        suggestion: str | None = None,
+    ) -> None:
+        self.parameter = parameter
+        self.suggestion = suggestion
+        super().__init__(message, tool=tool, call_id=call_id)
+
+
+class ToolRepairBudgetExceeded(ToolError):
+    """The model kept calling a tool wrongly past the repair budget: stop the turn.
+
+    Attributes:
+        attempts: consecutive invalid calls of ``tool``.
+        budget: how many were allowed.
+        error: the last error code (``invalid_arguments``...).
+        outputs: the ``function_call_output`` items of the calls just executed, in call
+            order, in case the runtime wants to journal or send them.
+    """
+
+    code = "tool.repair_budget"
+
+    def __init__(
+        self,
+        *,
+        tool: str,
+        call_id: str | None,
+        attempts: int,
+        budget: int,
+        error: str,
+        outputs: tuple[Any, ...],
+    ) -> None:
+        self.attempts = attempts
+        self.budget = budget
+        self.error = error
+        self.outputs = outputs
+        super().__init__(
+            f"error[tool.repair_budget]: tool {tool!r} was called wrongly {attempts} times "
+            f"in a row (repair budget {budget}); last error: {error}",
+            tool=tool,
+            call_id=call_id,
+        )
+
+
+class PathOutsideWorkspace(OrchestratorError, ValueError):
+    """A path argument resolves outside the workspace. Raised by ``confine``."""
+
+    code = "tool.path_outside_workspace"
+
+
+class OutputError(OrchestratorError, ValueError):
+    """An output declaration that cannot be used: a type path that does not import, a type
+    msgspec cannot describe, a schema keyword that is not understood.
+
+    Attributes:
+        location: where in the schema (``.properties.price``), ``""`` for the whole.
+        message: what is wrong.
+        suggestion: how to fix it, or None.
+    """
+
+    code = "plan.output"
+
+    def __init__(self, message: str, location: str = "", suggestion: str | None = None) -> None:
+        super().__init__(f"{location}: {message}" if location else message)
+        self.location = location
+        self.message = message
+        self.suggestion = suggestion
+
+
+class OutputMismatch(OrchestratorError, ValueError):
+    """The model's text is not JSON of the declared output.
+
+    ``str()`` says where and why (``$.price: expected int, got str``): the repair turn
+    sends it to the model as it is.
+    """
+
+    code = "output.invalid"
+
+
+class StepsFailed(OrchestratorError):
+    """Steps of a run failed for good (their agents crashed on them, asked again, crashed
+    again). ``failed``: their reports."""
+
+    code = "run.step_failed"
+
+    def __init__(self, failed: Sequence[Any]) -> None:
+        self.failed = list(failed)
+        names = ", ".join(f"{report.id} ({report.error})" for report in self.failed)
+        super().__init__(f"steps failed: {names}")
+
+
 class BudgetExceeded(OrchestratorError):
     """A budget (turns, tokens, wall-clock...) was reached."""
 
     def __init__(self, budget: str, limit: float, used: float, *, scope: str = "run") -> None:
         self.budget = budget
+        self.code = f"budget.{budget}"
         self.limit = limit
         self.used = used
         self.scope = scope
@@ -267,10 +427,13 @@ class UnknownRecipient(OrchestratorError, LookupError):
 
 
 class RestartLimitReached(OrchestratorError):
-    """A supervisor saw more restarts than its intensity allows and gave up.
+    """A supervisor saw more restarts than its intensity allows and gave up (code
+    ``run.restart_limit``).
 
     Raised *from* the last failure, so ``__cause__`` holds the chain of exit reasons.
     """
+
+    code = "run.restart_limit"
 
     def __init__(
         self, child: str, restarts: int, window: float, *, supervisor: str = "root"
@@ -299,6 +462,24 @@ class JobNotFound(JobError):
     """No job with this id in the store."""
 
     code = "job.not_found"
+
+
+class CallsParked(JobError):
+    """Calls were found in doubt whose tools may not run twice: a person must decide.
+
+    Attributes:
+        calls: the parked calls (``actors.journal.CallEntry``).
+    """
+
+    code = "job.needs_attention"
+
+    def __init__(self, calls: Sequence[Any]) -> None:
+        self.calls = tuple(calls)
+        listing = ", ".join(f"{c.agent}:{c.name} ({c.call_id})" for c in self.calls)
+        super().__init__(
+            f"{len(self.calls)} tool call(s) may or may not have run and cannot safely run "
+            f"again: {listing}"
+        )
 
 
 class JobNotResumable(JobError):

@@ -38,7 +38,7 @@ from loguru import logger
 
 from actors.agent import AgentActor, Task, TaskResult
 from actors.approval import ApprovalPolicy, Approver
-from actors.journal import AgentMemory, CallsParked, MessageEntry
+from actors.journal import AgentMemory, MessageEntry
 from actors.planner import PlannerActor, WorkerInfo, delegation_tools
 from actors.tools import ToolRegistry, ToolRepairBudgetExceeded, check_definition
 from actors.worker import WorkerActor
@@ -72,18 +72,19 @@ from orchestrator.core.session import ModelSettings, Session
 from orchestrator.core.supervisor import Backoff, Supervisor
 from orchestrator.errors import (
     ActorDead,
-    AuthenticationError,
     BudgetExceeded,
+    CallsParked,
     ConfigurationError,
-    JobError,
+    ConnectionLost,
+    InternalError,
     JobLost,
     JobNotResumable,
     JournalError,
     OrchestratorError,
-    OutputInvalid,
     PlanDiverged,
     PlanError,
-    RestartLimitReached,
+    ServerError,
+    StepsFailed,
 )
 from orchestrator.jobs.journal import Journal, clamp_wall_clock
 from orchestrator.jobs.model import (
@@ -932,6 +933,9 @@ async def _run_job_or_record(plan: Plan, goal: str | None, **options: Any) -> Ru
                 code="run.interrupted" if cancelled else "run.internal",
                 active_seconds=holder[0].active_seconds(),
             )
+        if isinstance(exc, Exception) and not isinstance(exc, OrchestratorError):
+            # Not a refusal nor a failure the run reports: a bug in this project.
+            raise InternalError(f"{type(exc).__name__}: {exc}") from exc
         raise
     finally:
         DRIVEN.discard(job_id)
@@ -1562,7 +1566,7 @@ async def _run_steps(
         bus.remove_listener(on_task)
     failed = [report for report in reports.values() if report.status == "failed"]
     if failed:
-        raise _StepsFailed(failed)
+        raise StepsFailed(failed)
     budget.check()
     finals = result_steps(plan)
     return "\n\n".join(results[step.id] for step in finals if step.id in results)
@@ -1580,30 +1584,11 @@ def _with_dependencies(task: str, step: Any, results: Mapping[str, str]) -> str:
     return "\n".join(lines)
 
 
-class _StepsFailed(OrchestratorError):
-    def __init__(self, failed: list[StepReport]) -> None:
-        self.failed = failed
-        names = ", ".join(f"{report.id} ({report.error})" for report in failed)
-        super().__init__(f"steps failed: {names}")
-
-
 def _code_of(error: BaseException) -> str:
-    if isinstance(error, BudgetExceeded):
-        return f"budget.{error.budget}"
-    if isinstance(error, ToolRepairBudgetExceeded):
-        return "tool.repair_budget"
-    if isinstance(error, OutputInvalid):
-        return error.code
-    if isinstance(error, AuthenticationError):
-        return "auth.rejected" if error.status == 401 else "auth.forbidden"
-    if isinstance(error, ConfigurationError | JobError):
-        return error.code
-    if isinstance(error, CallsParked):
-        return CallsParked.code
-    if isinstance(error, RestartLimitReached):
-        return "run.restart_limit"
-    if isinstance(error, _StepsFailed):
-        return "run.step_failed"
+    """The code a failed run reports: the error's own, except for the two errors whose
+    ``code`` is the peer's (a close code, the service's error code)."""
+    if isinstance(error, OrchestratorError) and not isinstance(error, ConnectionLost | ServerError):
+        return str(error.code)
     return "run.failed"
 
 

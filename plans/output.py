@@ -44,6 +44,7 @@ import attrs
 import msgspec
 
 from orchestrator.core.rules import IMPORT_PATH, ImportPathError, resolve_import
+from orchestrator.errors import OutputError, OutputMismatch
 
 __all__ = [
     "OutputError",
@@ -111,31 +112,6 @@ _SCALARS: Final[Mapping[str, Any]] = {
     "boolean": bool,
     "null": type(None),
 }
-
-
-class OutputError(ValueError):
-    """An output declaration that cannot be used: a type path that does not import, a type
-    msgspec cannot describe, a schema keyword that is not understood.
-
-    Attributes:
-        location: where in the schema (``.properties.price``), ``""`` for the whole.
-        message: what is wrong.
-        suggestion: how to fix it, or None.
-    """
-
-    def __init__(self, message: str, location: str = "", suggestion: str | None = None) -> None:
-        super().__init__(f"{location}: {message}" if location else message)
-        self.location = location
-        self.message = message
-        self.suggestion = suggestion
-
-
-class OutputMismatch(ValueError):
-    """The model's text is not JSON of the declared output.
-
-    ``str()`` says where and why (``$.price: expected int, got str``): the repair turn
-    sends it to the model as it is.
-    """
 
 
 @attrs.frozen(eq=False)

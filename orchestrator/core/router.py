@@ -37,7 +37,13 @@ import trio
 from loguru import logger
 
 from orchestrator.core.observe import DeadLetter, EventBus, MessageRouted
-from orchestrator.errors import ActorDead, DeliveryTimeout, UnknownRecipient
+from orchestrator.errors import (
+    ActorDead,
+    ConfigurationError,
+    DeliveryTimeout,
+    LocalProtocolError,
+    UnknownRecipient,
+)
 
 __all__ = [
     "DEFAULT_DEAD_LETTER_LIMIT",
@@ -88,7 +94,7 @@ class ReplyHandle:
             RuntimeError: the ask was already answered (a bug in the recipient).
         """
         if self._event.is_set():
-            raise RuntimeError("this ask was already answered")
+            raise LocalProtocolError("this ask was already answered")
         self._value = value
         self._event.set()
 
@@ -99,7 +105,7 @@ class ReplyHandle:
             RuntimeError: the ask was already answered (a bug in the recipient).
         """
         if self._event.is_set():
-            raise RuntimeError("this ask was already answered")
+            raise LocalProtocolError("this ask was already answered")
         self._error = error
         self._event.set()
 
@@ -160,7 +166,9 @@ class Mailbox:
             ValueError: ``capacity`` is not a positive integer (an unbounded mailbox is a bug).
         """
         if capacity < 1 or math.isinf(capacity):
-            raise ValueError(f"mailbox capacity must be a positive integer, got {capacity!r}")
+            raise ConfigurationError(
+                f"mailbox capacity must be a positive integer, got {capacity!r}"
+            )
         send, receive = trio.open_memory_channel[Envelope](capacity)
         return cls(name, capacity, send, receive, on_dead_letter)
 
@@ -283,9 +291,11 @@ class Router:
 
     def __attrs_post_init__(self) -> None:
         if self.delivery_timeout < 0:
-            raise ValueError(f"delivery_timeout must be >= 0, got {self.delivery_timeout}")
+            raise ConfigurationError(f"delivery_timeout must be >= 0, got {self.delivery_timeout}")
         if self.dead_letter_limit < 0:
-            raise ValueError(f"dead_letter_limit must be >= 0, got {self.dead_letter_limit}")
+            raise ConfigurationError(
+                f"dead_letter_limit must be >= 0, got {self.dead_letter_limit}"
+            )
         self._dead_letters = deque(maxlen=self.dead_letter_limit)
 
     # -- registration ----------------------------------------------------------------------
@@ -303,7 +313,7 @@ class Router:
         """
         current = self._mailboxes.get(name)
         if current is not None and not current.closed:
-            raise ValueError(f"an actor named {name!r} is already running on this router")
+            raise ConfigurationError(f"an actor named {name!r} is already running on this router")
         mailbox = Mailbox.open(name, capacity, self._record_dead_letter)
         self._mailboxes[name] = mailbox
         self._roles[name] = role

@@ -56,7 +56,7 @@ from orchestrator.core.observe import (
     EventBus,
     RuntimeEvent,
 )
-from orchestrator.errors import RestartLimitReached
+from orchestrator.errors import ConfigurationError, RestartLimitReached
 
 if TYPE_CHECKING:
     # loguru's Logger type exists only in its stubs; attrs never evaluates annotations.
@@ -102,7 +102,7 @@ class StartFunction(Protocol):
 
 def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not value >= 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+        raise ConfigurationError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
 @attrs.frozen
@@ -164,7 +164,7 @@ def _as_specs(children: Iterable[ChildSpec | SupportsChildSpec]) -> tuple[ChildS
     seen: set[str] = set()
     for spec in specs:
         if spec.name in seen:
-            raise ValueError(f"two children are named {spec.name!r}; names must be unique")
+            raise ConfigurationError(f"two children are named {spec.name!r}; names must be unique")
         seen.add(spec.name)
     return specs
 

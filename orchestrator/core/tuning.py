@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
+from orchestrator.errors import ConfigurationError
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -89,7 +91,7 @@ def gc_policy(
             cyclic garbage would then grow without bound).
     """
     if young_threshold < 1:
-        raise ValueError(f"young_threshold must be >= 1, got {young_threshold}")
+        raise ConfigurationError(f"young_threshold must be >= 1, got {young_threshold}")
     saved = gc.get_threshold()
     policy = GcPolicy(young_threshold, saved)
     gc.set_threshold(young_threshold, saved[1], saved[2])

@@ -94,11 +94,11 @@ class Worker:
 
     def __attrs_post_init__(self) -> None:
         if self.slots < 1:
-            raise ValueError(f"a worker needs at least one slot, got {self.slots}")
+            raise ConfigurationError(f"a worker needs at least one slot, got {self.slots}")
         if not self.queues:
-            raise ValueError("a worker needs at least one queue")
+            raise ConfigurationError("a worker needs at least one queue")
         if not self.poll > 0:
-            raise ValueError(f"poll must be positive, got {self.poll}")
+            raise ConfigurationError(f"poll must be positive, got {self.poll}")
         self._log = logger.bind(worker=self.owner.label)
 
     def statistics(self) -> WorkerStatistics:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import attrs
 
-from orchestrator.errors import LocalProtocolError
+from orchestrator.errors import ConfigurationError, LocalProtocolError
 
 __all__ = ["DEFAULT_MAX_AGE", "DEFAULT_ROTATION_MARGIN", "ConnectionLifecycle"]
 
@@ -36,9 +36,9 @@ class ConnectionLifecycle:
 
     def __attrs_post_init__(self) -> None:
         if not self.max_age > 0:  # also rejects NaN, which would never expire
-            raise ValueError(f"max_age must be positive, got {self.max_age}")
+            raise ConfigurationError(f"max_age must be positive, got {self.max_age}")
         if self.margin is not None and not 0 <= self.margin < self.max_age:
-            raise ValueError(f"margin must be in [0, max_age), got {self.margin}")
+            raise ConfigurationError(f"margin must be in [0, max_age), got {self.margin}")
 
     @property
     def in_flight(self) -> bool:
