@@ -270,10 +270,10 @@ def bench_cancel(server: Any, directory: Path, repeat: int) -> dict[str, Any]:
 
 
 async def _rollout(plan: Path, store: Any) -> tuple[float, int]:
-    from orchestrator.runner import run
+    from orchestrator.runner import RunSettings, run
 
     began = time.perf_counter()
-    result = await run(plan, None, store=store, offline=True)
+    result = await run(plan, None, store=store, settings=RunSettings(offline=True))
     assert result.status == "completed", result.reason
     return time.perf_counter() - began, result.usage.turns
 

@@ -6,12 +6,12 @@ The everyday API, importable from here::
 
     result = await orchestrator.run("orchestrator/examples/trip/plan.toml")
 
-running plans (``run``, ``submit``, ``RunResult``...), plans (``Plan``, ``PlanBuilder``,
-``load_plan``...), tools (``tool``, ``ToolContext``...), approvals, jobs (``open_jobs``,
-``Jobs``), observing (``EventBus``), settings, and every error. The building blocks a run is
-made of (connections, sessions, the router, the supervisor, actors, the embedded server, job
-stores) are one level down, in :mod:`orchestrator.lowlevel`, as trio keeps its own in
-``trio.lowlevel``.
+running plans (``run``, ``RunSettings``, ``submit``, ``RunResult``...), plans (``Plan``,
+``PlanBuilder``, ``load_plan``...), tools (``tool``, ``ToolContext``...), approvals, jobs
+(``open_jobs``, ``Jobs``), observing (``EventBus``), settings, and every error. The building
+blocks a run is made of (connections, sessions, the router, the supervisor, actors, the
+embedded server, job stores) are one level down, in :mod:`orchestrator.lowlevel`, as trio
+keeps its own in ``trio.lowlevel``.
 
 Errors are imported eagerly (they import nothing); everything else on first use.
 """
@@ -87,9 +87,11 @@ if TYPE_CHECKING:
     from .jobs import Jobs as Jobs, open_jobs as open_jobs
     from .runner import (
         AgentReport as AgentReport,
+        EmbeddedServer as EmbeddedServer,
         FailureReport as FailureReport,
         ParkedCall as ParkedCall,
         RunResult as RunResult,
+        RunSettings as RunSettings,
         StepReport as StepReport,
         run as run,
         submit as submit,
@@ -107,6 +109,8 @@ _LAZY: dict[str, str] = {
     "run": "orchestrator.runner",
     "submit": "orchestrator.runner",
     "RunResult": "orchestrator.runner",
+    "RunSettings": "orchestrator.runner",
+    "EmbeddedServer": "orchestrator.runner",
     "AgentReport": "orchestrator.runner",
     "StepReport": "orchestrator.runner",
     "FailureReport": "orchestrator.runner",

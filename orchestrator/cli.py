@@ -550,14 +550,22 @@ def _run(args: argparse.Namespace, spared: set[int]) -> int:
         job_id = args.job_id or new_job_id(plan.name)
         print(f"job {job_id}", file=sys.stderr)
 
+    from orchestrator.core.connection import ConnectionSettings
+    from orchestrator.runner import EmbeddedServer, RunSettings
+
+    settings = RunSettings(
+        api_key=key,
+        base_url=args.base_url,
+        offline=offline,
+        connection=ConnectionSettings(allow_insecure=args.allow_insecure),
+    )
+
     async def invoke(run: Any, common: dict[str, Any]) -> Any:
         return await run(
             plan,
             args.goal,
-            api_key=key,
-            base_url=args.base_url,
-            offline=offline,
-            server_options=server_options,
+            settings=settings,
+            embedded=EmbeddedServer(config=server_options or {}),
             store=None if args.no_journal else _store_spec(args),
             job_id=job_id,
             options={"local": local},
@@ -648,12 +656,11 @@ async def _run_async(
     """Run (or resume) a job with the live view, signals, trace and report.
 
     ``invoke(run, common)`` calls ``orchestrator.run`` with its own arguments plus
-    ``common`` (events, stop, connection settings, approve).
+    ``common`` (events, stop, approve).
     """
     from rich.console import Console
 
     from actors.approval import ApprovalPolicy
-    from orchestrator.core.connection import ConnectionSettings
     from orchestrator.core.observe import EventBus
     from orchestrator.core.processes import stop_descendants
     from orchestrator.display import LiveView, render_report
@@ -710,17 +717,7 @@ async def _run_async(
                             await view.refresh(console)
 
                     nursery.start_soon(show)
-                result = await invoke(
-                    run,
-                    {
-                        "events": bus,
-                        "stop": stop,
-                        "connection_settings": ConnectionSettings(
-                            allow_insecure=args.allow_insecure
-                        ),
-                        "approve": approve,
-                    },
-                )
+                result = await invoke(run, {"events": bus, "stop": stop, "approve": approve})
                 results.append(result)
                 live_scope.cancel()
                 nursery.cancel_scope.cancel()

@@ -27,6 +27,7 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -124,14 +125,16 @@ from plans import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping
+    from collections.abc import AsyncIterator
 
 __all__ = [
     "DEFAULT_STORE",
     "AgentReport",
+    "EmbeddedServer",
     "FailureReport",
     "ParkedCall",
     "RunResult",
+    "RunSettings",
     "RunStatus",
     "StepReport",
     "run",
@@ -625,31 +628,74 @@ async def _endpoint(
         yield _Endpoint(running.url, running.token, "embedded")
 
 
+@attrs.frozen(kw_only=True)
+class RunSettings:
+    """How a run reaches its model and copes with trouble; every field has a default.
+
+    Attributes:
+        api_key: the service key; default ``OPENAI_API_KEY``. Without any key the run uses
+            the embedded server in-process (unless ``offline=False``).
+        base_url: a compatible endpoint (``https://host/v1`` or ``wss://host/v1/responses``);
+            default the plan's ``settings.base_url``, then the service.
+        offline: force the embedded server (True) or the network (False).
+        connection: every agent's connection settings (timeouts, sizes, rotation, backoff).
+        model: per-turn model settings for every agent (reasoning, temperature...), under the
+            plan's own ``[settings]`` and each agent's.
+        restart_intensity, restart_period: the supervisor's restart limit.
+        max_recoveries: consecutive crashes without progress after which a job is ``dead``
+            instead of resumed.
+        allow_budget_change: accept a resume with a plan whose budgets differ (the way to
+            give a job that ran out of budget more of it).
+        requeue_on_stop: a job stopped by ``stop`` (or by cancelling the caller) goes back
+            to the queue, released, for another worker to take at once, instead of ending
+            ``interrupted`` (a worker shutting down; the result still says ``interrupted``).
+    """
+
+    api_key: str | Secret | None = attrs.field(default=None, repr=False)
+    base_url: str | None = None
+    offline: bool | None = None
+    connection: ConnectionSettings = attrs.field(factory=ConnectionSettings)
+    model: ModelSettings | None = None
+    restart_intensity: int = 3
+    restart_period: float = 60.0
+    max_recoveries: int = DEFAULT_MAX_RECOVERIES
+    allow_budget_change: bool = False
+    requeue_on_stop: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class EmbeddedServer:
+    """The embedded server an offline run starts in-process.
+
+    Attributes:
+        config: its settings, as ``ServerConfig`` fields (``model``, ``script``, ``seed``,
+            ``latency``, ``faults``, ``max_connection_age``...).
+        transport: how the agents reach it: loopback ``tcp`` (real sockets), or ``memory``
+            (in-memory streams: no file descriptors, and trio's ``MockClock`` drives both
+            sides; for tests and simulations).
+    """
+
+    config: Mapping[str, Any] = attrs.field(factory=dict)
+    transport: Literal["tcp", "memory"] = "tcp"
+
+
+Observer = EventBus | Callable[[RuntimeEvent], object]
+
+
 async def run(
     plan: Plan | str | os.PathLike[str] | None = None,
     goal: str | None = None,
     *,
-    api_key: str | Secret | None = None,
-    base_url: str | None = None,
-    offline: bool | None = None,
-    events: EventBus | None = None,
-    observer: Callable[[RuntimeEvent], object] | None = None,
+    settings: RunSettings | None = None,
+    embedded: EmbeddedServer | None = None,
+    events: Observer | None = None,
     stop: trio.Event | None = None,
-    connection_settings: ConnectionSettings | None = None,
-    server_options: Mapping[str, Any] | None = None,
-    restart_intensity: int = 3,
-    restart_period: float = 60.0,
-    transport: Literal["tcp", "memory"] = "tcp",
     approve: Approver | None = None,
     store: StoreSpec = DEFAULT_STORE,
     job_id: str | None = None,
     resume: str | None = None,
-    allow_budget_change: bool = False,
-    max_recoveries: int = DEFAULT_MAX_RECOVERIES,
-    options: Mapping[str, object] | None = None,
     claim: Claim | None = None,
-    model_settings: ModelSettings | None = None,
-    requeue_on_stop: bool = False,
+    options: Mapping[str, object] | None = None,
 ) -> RunResult:
     """Run a plan to its answer, inside the caller's trio program, as a durable job.
 
@@ -657,20 +703,11 @@ async def run(
         plan: a :class:`~plans.Plan`, or the path of a TOML/YAML/JSON plan file. Optional
             with ``resume`` (the journaled plan is used).
         goal: what to achieve; defaults to the plan's ``goal``.
-        api_key: the service key; default ``OPENAI_API_KEY``. Without any key the run uses
-            the embedded server in-process (unless ``offline=False``).
-        base_url: a compatible endpoint (``https://host/v1`` or ``wss://host/v1/responses``);
-            default the plan's ``settings.base_url``, then the service.
-        offline: force the embedded server (True) or the network (False).
-        events: a bus to publish runtime events on (subscribe to it to watch the run).
-        observer: a callable receiving every runtime event, synchronously.
+        settings: how to reach the model and cope with trouble (:class:`RunSettings`).
+        embedded: the embedded server of an offline run (:class:`EmbeddedServer`).
+        events: how to watch the run: an :class:`EventBus` (subscribe to it) or a callable
+            given every runtime event as it happens.
         stop: set this event to stop the run cleanly; the result is ``interrupted``.
-        connection_settings: transport settings for every agent.
-        server_options: ``ServerConfig`` fields for the embedded server (offline runs).
-        restart_intensity, restart_period: the supervisor's restart limit.
-        transport: how an offline run reaches the embedded server: loopback ``tcp`` (real
-            sockets) or ``memory`` (in-memory streams: no file descriptors, and trio's
-            ``MockClock`` drives both sides, for tests and simulations).
         approve: asked about each call of a ``destructive`` or ``external`` tool that the
             plan's ``[approvals]`` neither allow nor deny (and ``otherwise = "ask"``): a
             callable taking an ``ApprovalRequest`` and returning ``bool`` or an
@@ -682,19 +719,12 @@ async def run(
             ``None`` for a run without a journal (it cannot be resumed).
         job_id: the new job's id (default: generated from the plan's name and the time).
         resume: continue this job instead of starting one (``plan`` may then be omitted;
-            a plan given must match the journaled one, see ``allow_budget_change``).
-        allow_budget_change: accept a resume with a plan whose budgets differ (the way to
-            give a job that ran out of budget more of it).
-        max_recoveries: consecutive crashes without progress after which the job is
-            ``dead`` instead of resumed.
-        options: extra JSON-able facts kept with a new job (the CLI keeps its offline
-            settings there to resume with the same ones).
+            a plan given must match the journaled one, see
+            ``RunSettings.allow_budget_change``).
         claim: with ``resume``: the claim this process already holds on the job (a worker
             that claimed it from the queue); the job is run under it, not claimed again.
-        model_settings: per-turn settings for every agent (reasoning, temperature...).
-        requeue_on_stop: a job stopped by ``stop`` (or by cancelling the caller) goes back
-            to the queue, released, for another worker to take at once, instead of ending
-            ``interrupted`` (a worker shutting down; the result still says ``interrupted``).
+        options: extra JSON-able facts kept with a new job (the CLI keeps its offline
+            settings there to resume with the same ones).
 
     Returns:
         The :class:`RunResult`, also when a budget, a stop request or a failure ended the run.
@@ -707,10 +737,17 @@ async def run(
         JobError: ``resume`` cannot continue the job (``JobNotFound``, ``JobRunning``,
             ``JobNotResumable``, ``PlanDiverged``), or ``job_id`` exists; nothing ran.
         StorageUnavailable: the store cannot be opened or written when the job starts.
+        InternalError: a bug in this project (chained to what went wrong).
 
     Everything that goes wrong once the run started (a rejected key, an unknown model, a
     crashed agent, a budget) is in the returned result's ``status``, ``code`` and ``reason``.
     """
+    settings = settings if settings is not None else RunSettings()
+    embedded = embedded if embedded is not None else EmbeddedServer()
+    offline, model_settings = settings.offline, settings.model
+    bus = events if isinstance(events, EventBus) else EventBus()
+    if events is not None and not isinstance(events, EventBus):
+        bus.add_listener(events)
     async with _open_job_store(store) as job_store:
         if resume is not None:
             if job_store is None:
@@ -739,31 +776,20 @@ async def run(
                 offline = bool(job_options["offline"])
             if model_settings is None and "model_settings" in job_options:
                 model_settings = _journaled_settings(job_options["model_settings"], resume)
-        _check_fd_budget(len(plan_obj.agents), offline, api_key, transport)
+        _check_fd_budget(len(plan_obj.agents), offline, settings.api_key, embedded.transport)
         return await _run_job_or_record(
             plan_obj,
             goal,
             job_store=job_store,
             journaled=journaled,
             job_id=resume or job_id or new_job_id(plan_obj.name),
-            api_key=api_key,
-            base_url=base_url,
-            offline=offline,
-            events=events,
-            observer=observer,
+            settings=attrs.evolve(settings, offline=offline, model=model_settings),
+            embedded=embedded,
+            events=bus,
             stop=stop,
-            settings=connection_settings or ConnectionSettings(),
-            server_options=server_options,
-            intensity=restart_intensity,
-            period=restart_period,
-            transport=transport,
             approve=approve,
-            allow_budget_change=allow_budget_change,
-            max_recoveries=max_recoveries,
             options=dict(options or {}),
             claim=claim,
-            model_settings=model_settings,
-            requeue_on_stop=requeue_on_stop,
         )
 
 
@@ -948,32 +974,22 @@ async def _run_job(
     job_store: JobStore | None,
     journaled: JobJournal | None,
     job_id: str,
-    api_key: str | Secret | None,
-    base_url: str | None,
-    offline: bool | None,
-    events: EventBus | None,
-    observer: Callable[[RuntimeEvent], object] | None,
+    settings: RunSettings,
+    embedded: EmbeddedServer,
+    events: EventBus,
     stop: trio.Event | None,
-    settings: ConnectionSettings,
-    server_options: Mapping[str, Any] | None,
-    intensity: int,
-    period: float,
-    transport: Literal["tcp", "memory"],
     approve: Approver | None,
-    allow_budget_change: bool,
-    max_recoveries: int,
     options: dict[str, object],
     holder: list[_JobRun],
     claim: Claim | None,
-    model_settings: ModelSettings | None,
-    requeue_on_stop: bool = False,
 ) -> RunResult:
-    bus = events if events is not None else EventBus()
-    if observer is not None:
-        bus.add_listener(observer)
-    url_option = base_url or plan.settings.base_url
+    """One process's part of a job; ``settings`` has ``offline`` and ``model`` resolved
+    (from the journal on a resume)."""
+    bus = events
+    api_key, connection = settings.api_key, settings.connection
+    url_option = settings.base_url or plan.settings.base_url
     started_wall = time.time()
-    job_run = _JobRun(started=trio.current_time(), requeue_on_stop=requeue_on_stop)
+    job_run = _JobRun(started=trio.current_time(), requeue_on_stop=settings.requeue_on_stop)
     holder.append(job_run)
     run_scope = trio.CancelScope()
     budget = BudgetTracker(
@@ -987,13 +1003,13 @@ async def _run_job(
     failure: BaseException | None = None
     interrupted = False
     parked: list[ParkedCall] = []
-    offline = _resolve_offline(api_key, offline)
+    offline = _resolve_offline(api_key, settings.offline)
     label = "embedded"
     if not offline:
         # A missing or malformed key, or a URL carrying credentials, is refused before a job
         # is recorded; the key is known to the redactor from here on.
         resolve_api_key(api_key)
-        label = resolve_endpoint(url_option, allow_insecure=settings.allow_insecure).url
+        label = resolve_endpoint(url_option, allow_insecure=connection.allow_insecure).url
     endpoints: list[_Endpoint] = []
 
     @asynccontextmanager
@@ -1002,12 +1018,12 @@ async def _run_job(
         async with open_connection(
             endpoint.url,
             endpoint.key,
-            settings=settings,
+            settings=connection,
             agent=agent,
             events=bus,
             connector=endpoint.connector,
-        ) as connection:
-            yield connection
+        ) as opened:
+            yield opened
 
     team = _build_team(
         plan,
@@ -1015,8 +1031,8 @@ async def _run_job(
         budget=budget,
         bus=bus,
         registry=registry,
-        intensity=intensity,
-        period=period,
+        intensity=settings.restart_intensity,
+        period=settings.restart_period,
         approver=ApprovalPolicy(
             allow=plan.approvals.allow,
             deny=plan.approvals.deny,
@@ -1024,7 +1040,7 @@ async def _run_job(
             ask=approve,
         ),
         job=job_id,
-        model_settings=model_settings,
+        model_settings=settings.model,
     )
     done_steps: dict[str, str] = {}
     if job_store is not None:
@@ -1035,8 +1051,8 @@ async def _run_job(
                 journaled,
                 plan,
                 prints,
-                allow_budget_change=allow_budget_change,
-                max_recoveries=max_recoveries,
+                allow_budget_change=settings.allow_budget_change,
+                max_recoveries=settings.max_recoveries,
                 claim=claim,
             )
             if isinstance(outcome, list):  # parked: nothing runs
@@ -1084,7 +1100,7 @@ async def _run_job(
             assert journaled is not None
             _record_answered_steps(journal, journaled, plan, done_steps)
     async with _endpoint(
-        api_key, url_option, offline, server_options, transport, settings.allow_insecure
+        api_key, url_option, offline, embedded.config, embedded.transport, connection.allow_insecure
     ) as endpoint:
         endpoints.append(endpoint)
         wall_clock = clamp_wall_clock(plan.budgets.wall_clock, job_run.spent_before)

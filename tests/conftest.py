@@ -6,9 +6,13 @@ import atexit
 import os
 import shutil
 import tempfile
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 # Tests never talk to the real service: a key inherited from the developer's shell would
 # switch runs from the embedded server to the network.
@@ -36,3 +40,15 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 @pytest.fixture
 def canary_key() -> str:
     return CANARY_KEY
+
+
+@pytest.fixture(autouse=True)
+def _registered_secrets_stay_in_their_test() -> Iterator[None]:
+    """Secrets a test registers (some are random, from hypothesis) are forgotten after it:
+    left registered, an 8-character fragment of one can turn up in a later test's plan and
+    be refused there as a pasted secret."""
+    from orchestrator.core import redaction
+
+    saved = redaction._known
+    yield
+    redaction._known = saved

@@ -22,7 +22,7 @@ from actors.approval import ApprovalDecision, ApprovalPolicy, ApprovalRequest, m
 from actors.tools import ToolRegistry, ToolRepairBudgetExceeded, ToolSpec, tool
 from orchestrator.core.observe import EventBus, RuntimeEvent, ToolApproval, ToolFinished
 from orchestrator.core.protocol.events import FunctionCallItem, FunctionCallOutputItem
-from orchestrator.runner import run
+from orchestrator.runner import EmbeddedServer, run
 from plans import PlanBuilder, check_approval_patterns, check_plan
 
 # What the tools below did, in order: a denied call must leave no trace here.
@@ -424,7 +424,13 @@ async def approvals_of(plan: Any, **options: Any) -> tuple[str, list[ToolApprova
     seen: list[RuntimeEvent] = []
     with trio.fail_after(60):
         # No journal: its writer thread and the autojump clock do not mix (tests/jobs).
-        result = await run(plan, transport="memory", observer=seen.append, store=None, **options)
+        result = await run(
+            plan,
+            events=seen.append,
+            embedded=EmbeddedServer(transport="memory"),
+            store=None,
+            **options,
+        )
     assert "completed" == result.status
     return result.answer or "", [e for e in seen if isinstance(e, ToolApproval)]
 

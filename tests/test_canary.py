@@ -26,7 +26,7 @@ import orchestrator
 import orchestrator.lowlevel
 from orchestrator.core.logging import PACKAGES
 from orchestrator.errors import ConfigurationError
-from orchestrator.runner import run
+from orchestrator.runner import RunSettings, run
 from tests.conftest import CANARY_KEY
 from tests.test_cli import CLI, environment, wait_until
 
@@ -290,15 +290,15 @@ async def test_the_python_api_never_shows_the_key(workdir, log_lines, monkeypatc
         ) as server:
             result = await run(
                 workdir / "leaky.toml",
-                api_key=CANARY_KEY,
-                base_url=server.url,
-                observer=events.append,
+                events=events.append,
+                settings=RunSettings(api_key=CANARY_KEY, base_url=server.url),
             )
             with pytest.raises(ConfigurationError) as refused:
                 await run(
                     workdir / "leaky.toml",
-                    api_key=CANARY_KEY,
-                    base_url=f"{server.url}?api_key={CANARY_KEY}",
+                    settings=RunSettings(
+                        api_key=CANARY_KEY, base_url=f"{server.url}?api_key={CANARY_KEY}"
+                    ),
                 )
 
     assert ("failed", server.url) == (result.status, result.endpoint)

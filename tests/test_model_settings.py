@@ -14,7 +14,7 @@ import trio
 from orchestrator.core.observe import ToolStarted, TurnFinished
 from orchestrator.core.protocol.events import MessageItem, ReasoningConfig
 from orchestrator.core.session import ModelSettings
-from orchestrator.runner import RunResult, _team_for_fingerprints, run
+from orchestrator.runner import EmbeddedServer, RunResult, _team_for_fingerprints, run
 from orchestrator.testing import capture_logs
 from plans import Plan, PlanBuilder
 
@@ -45,7 +45,7 @@ async def forecast(city: str, days: int = 3) -> str:
 async def run_memory(plan: Plan, **options: Any) -> RunResult:
     options.setdefault("store", None)
     with trio.fail_after(3600):
-        return await run(plan, transport="memory", **options)
+        return await run(plan, embedded=EmbeddedServer(transport="memory"), **options)
 
 
 def wire(plan: Plan, agent: str, model_settings: ModelSettings | None = None) -> dict[str, Any]:
@@ -131,7 +131,7 @@ async def test_a_named_tool_choice_forces_the_first_turn_of_each_task_only(autoj
         elif isinstance(event, ToolStarted):
             started.append((event.tool, turns))
 
-    result = await run_memory(plan, observer=watch)
+    result = await run_memory(plan, events=watch)
     assert "completed" == result.status, result.reason
     assert [("lookup", 1), ("forecast", 2)] == started
     assert 3 == result.agent("both").turns

@@ -42,6 +42,8 @@ EXPECTED = {
     "UnknownRecipient",
     # running plans
     "run",
+    "RunSettings",
+    "EmbeddedServer",
     "RunResult",
     "AgentReport",
     "StepReport",

@@ -31,7 +31,7 @@ from orchestrator.errors import (
     ServerError,
     TurnFailed,
 )
-from orchestrator.runner import run
+from orchestrator.runner import RunSettings, run
 from plans import plan_from_dict
 
 
@@ -342,5 +342,10 @@ async def test_run_refuses_a_key_in_the_url_before_connecting():
         }
     )
     with pytest.raises(ConfigurationError, match="credentials in the URL's query") as caught:
-        await run(plan, api_key=custom_key(), base_url="https://gw.example/v1?api_key=abc123")
+        await run(
+            plan,
+            settings=RunSettings(
+                api_key=custom_key(), base_url="https://gw.example/v1?api_key=abc123"
+            ),
+        )
     assert "config.url" == caught.value.code

@@ -36,12 +36,12 @@ from orchestrator.core.observe import (
 from orchestrator.core.protocol.events import FunctionCallItem, FunctionCallOutputItem, MessageItem
 from orchestrator.core.server import LatencyModel, open_local_server
 from orchestrator.errors import PlanError
-from orchestrator.runner import RunResult, run
+from orchestrator.runner import EmbeddedServer, RunResult, RunSettings, run
 from plans import Budget, Plan, PlanBuilder, load_plan
 from tests.helpers import Recorder
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "orchestrator" / "examples"
 GOAL = "What is the weather in Lisbon?"
@@ -115,7 +115,13 @@ def team_plan(*, goal: str | None = GOAL) -> Plan:
     )
 
 
-async def run_memory(plan: Plan | str, goal: str | None = None, **options: Any) -> RunResult:
+async def run_memory(
+    plan: Plan | str,
+    goal: str | None = None,
+    *,
+    server: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> RunResult:
     """``run`` over in-memory streams, bounded in (virtual) time.
 
     Without a journal: its writer thread and the autojump clock do not mix (waiting on a
@@ -124,7 +130,8 @@ async def run_memory(plan: Plan | str, goal: str | None = None, **options: Any) 
     """
     options.setdefault("store", None)
     with trio.fail_after(3600):
-        return await run(plan, goal, transport="memory", **options)
+        embedded = EmbeddedServer(config=server or {}, transport="memory")
+        return await run(plan, goal, embedded=embedded, **options)
 
 
 def kinds(transcript: Sequence[Any]) -> list[str]:
@@ -157,7 +164,7 @@ async def test_trip_example_runs_to_an_itinerary_over_tcp():
     workers once, each searches its data, and the answer quotes what they found."""
     recorder = Recorder()
     with trio.fail_after(30):
-        result = await run(f"{EXAMPLES}/trip/plan.toml", observer=recorder)
+        result = await run(f"{EXAMPLES}/trip/plan.toml", events=recorder)
 
     assert "completed" == result.status
     assert (None, None) == (result.code, result.reason)
@@ -232,7 +239,7 @@ async def test_longrun_example_runs_its_125_steps_to_the_network_report():
     answer is the final step's result, the network scorecard."""
     plan = load_plan(f"{EXAMPLES}/longrun/plan.json")
     with trio.fail_after(60):
-        result = await run(plan, transport="memory")
+        result = await run(plan, embedded=EmbeddedServer(transport="memory"))
 
     assert "completed" == result.status
     assert "steps" == result.mode
@@ -261,8 +268,8 @@ async def test_parallel_delegations_overlap(autojump_clock):
     recorder = Recorder()
     result = await run_memory(
         team_plan(),
-        observer=recorder,
-        server_options={"latency": LatencyModel(time_to_first_token=1.0)},
+        events=recorder,
+        server={"latency": LatencyModel(time_to_first_token=1.0)},
     )
     events = recorder.events
 
@@ -316,8 +323,8 @@ async def test_independent_steps_overlap_and_a_step_sees_its_dependencies_result
     recorder = Recorder()
     result = await run_memory(
         plan,
-        observer=recorder,
-        server_options={"latency": LatencyModel(time_to_first_token=5.0)},
+        events=recorder,
+        server={"latency": LatencyModel(time_to_first_token=5.0)},
     )
     events = recorder.events
 
@@ -360,8 +367,8 @@ async def test_run_max_turns_allows_exactly_that_many_turns(autojump_clock):
     recorder = Recorder()
     result = await run_memory(
         looping_plan(budgets={"max_turns": 5}),
-        observer=recorder,
-        server_options={"script": LOOPING},
+        events=recorder,
+        server={"script": LOOPING},
     )
 
     assert_stopped_by(result, "max_turns", "run budget max_turns reached: used 5 of 5")
@@ -381,8 +388,8 @@ async def test_agent_max_turns_allows_exactly_that_many_turns(autojump_clock):
     recorder = Recorder()
     result = await run_memory(
         looping_plan(limits=Budget(max_turns=3)),
-        observer=recorder,
-        server_options={"script": LOOPING},
+        events=recorder,
+        server={"script": LOOPING},
     )
 
     assert_stopped_by(result, "max_turns", "agent looper budget max_turns reached: used 3 of 3")
@@ -405,8 +412,8 @@ async def test_run_max_tokens_stops_after_the_turn_that_reached_it(autojump_cloc
     recorder = Recorder()
     result = await run_memory(
         looping_plan(budgets={"max_tokens": 400}),
-        observer=recorder,
-        server_options={"script": LOOPING},
+        events=recorder,
+        server={"script": LOOPING},
     )
     finished = of(recorder.events, TurnFinished)
 
@@ -423,8 +430,8 @@ async def test_agent_max_tokens_stops_after_the_turn_that_reached_it(autojump_cl
     recorder = Recorder()
     result = await run_memory(
         looping_plan(limits=Budget(max_tokens=300)),
-        observer=recorder,
-        server_options={"script": LOOPING},
+        events=recorder,
+        server={"script": LOOPING},
     )
     finished = of(recorder.events, TurnFinished)
 
@@ -442,8 +449,8 @@ async def test_run_wall_clock_stops_the_run_at_its_deadline(autojump_clock):
     recorder = Recorder()
     result = await run_memory(
         looping_plan(budgets={"wall_clock": 25}),
-        observer=recorder,
-        server_options={"script": LOOPING, "latency": LatencyModel(time_to_first_token=10)},
+        events=recorder,
+        server={"script": LOOPING, "latency": LatencyModel(time_to_first_token=10)},
     )
 
     assert_stopped_by(result, "wall_clock", "run budget wall_clock reached: used 25 of 25")
@@ -458,8 +465,8 @@ async def test_agent_wall_clock_stops_the_run_at_the_agents_deadline(autojump_cl
     recorder = Recorder()
     result = await run_memory(
         looping_plan(limits=Budget(wall_clock=25)),
-        observer=recorder,
-        server_options={"script": LOOPING, "latency": LatencyModel(time_to_first_token=10)},
+        events=recorder,
+        server={"script": LOOPING, "latency": LatencyModel(time_to_first_token=10)},
     )
 
     assert_stopped_by(result, "wall_clock", "agent looper budget wall_clock reached: used 25 of 25")
@@ -485,9 +492,9 @@ async def test_stop_event_interrupts_the_run_with_partial_results(autojump_clock
 
     result = await run_memory(
         looping_plan(),
-        observer=watch,
+        events=watch,
+        server={"script": LOOPING, "latency": LatencyModel(time_to_first_token=1)},
         stop=stop,
-        server_options={"script": LOOPING, "latency": LatencyModel(time_to_first_token=1)},
     )
 
     assert "interrupted" == result.status
@@ -510,7 +517,7 @@ async def test_a_tool_called_wrongly_past_the_repair_budget_fails_the_run(autoju
         "turns": [{"function_calls": [{"name": "lookup", "arguments": {"town": "Lisbon"}}]}],
     }
     recorder = Recorder()
-    result = await run_memory(looping_plan(), observer=recorder, server_options={"script": script})
+    result = await run_memory(looping_plan(), events=recorder, server={"script": script})
 
     assert "failed" == result.status
     assert "tool.repair_budget" == result.code
@@ -548,7 +555,7 @@ async def test_a_crashed_agent_restarts_with_its_session_and_the_run_completes(
         ]
     }
     recorder = Recorder()
-    result = await run_memory(looping_plan(), observer=recorder, server_options={"script": script})
+    result = await run_memory(looping_plan(), events=recorder, server={"script": script})
 
     assert "completed" == result.status
     assert "Lisbon and Porto are sunny." == result.answer
@@ -580,7 +587,8 @@ async def test_a_rejected_key_fails_the_run_without_leaking_it(canary_key):
     with trio.fail_after(20):
         async with open_local_server(token="the-right-token") as server:
             result = await run(
-                looping_plan(), api_key=canary_key, base_url=server.url, offline=False
+                looping_plan(),
+                settings=RunSettings(api_key=canary_key, base_url=server.url, offline=False),
             )
 
     assert "failed" == result.status
@@ -668,13 +676,14 @@ async def test_result_json_has_the_documented_shape(autojump_clock):
     }
 
 
-async def test_observer_and_event_bus_subscribers_see_the_same_events(autojump_clock):
-    """A run publishes its events to the ``events`` bus (listeners and subscribers) and to
-    the ``observer``, in the same order."""
+async def test_listeners_and_subscribers_of_the_events_bus_see_the_same_events(autojump_clock):
+    """A run publishes its events to the ``events`` bus: every listener and every subscriber
+    sees all of them, in the same order."""
     bus = EventBus()
     from_bus: list[RuntimeEvent] = []
     bus.add_listener(from_bus.append)
     observed: list[RuntimeEvent] = []
+    bus.add_listener(observed.append)
     subscribed: list[RuntimeEvent] = []
 
     async with trio.open_nursery() as nursery, bus.subscribe(max_buffer=10_000) as channel:
@@ -684,7 +693,7 @@ async def test_observer_and_event_bus_subscribers_see_the_same_events(autojump_c
                 subscribed.append(event)
 
         nursery.start_soon(drain)
-        result = await run_memory(team_plan(), events=bus, observer=observed.append)
+        result = await run_memory(team_plan(), events=bus)
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
 
@@ -708,7 +717,11 @@ async def test_a_plan_without_goal_or_steps_is_refused_before_anything_starts():
     """No goal given and none in a plan without steps: ``PlanError``, and no event at all."""
     observed: list[RuntimeEvent] = []
     with pytest.raises(PlanError, match="has no goal"):
-        await run(team_plan(goal=None), transport="memory", observer=observed.append)
+        await run(
+            team_plan(goal=None),
+            events=observed.append,
+            embedded=EmbeddedServer(transport="memory"),
+        )
     assert [] == observed
 
 

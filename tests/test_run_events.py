@@ -35,11 +35,13 @@ from orchestrator.core.observe import (
 from orchestrator.core.protocol.events import FunctionCallOutputItem
 from orchestrator.core.server import LatencyModel
 from orchestrator.errors import PlanError
-from orchestrator.runner import RunResult, run
+from orchestrator.runner import EmbeddedServer, RunResult, run
 from plans import Budget, PlanBuilder
 from tests.helpers import Recorder
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from plans import Plan
 
 GOAL = "What is the weather in Lisbon?"
@@ -60,10 +62,17 @@ def untyped(city):  # the mistake under test: no type hint
     return city
 
 
-async def run_memory(plan: Plan | str, goal: str | None = None, **options: Any) -> RunResult:
+async def run_memory(
+    plan: Plan | str,
+    goal: str | None = None,
+    *,
+    server: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> RunResult:
     with trio.fail_after(3600):
         # No journal: its writer thread and the autojump clock do not mix (tests/jobs).
-        return await run(plan, goal, transport="memory", store=None, **options)
+        embedded = EmbeddedServer(config=server or {}, transport="memory")
+        return await run(plan, goal, embedded=embedded, store=None, **options)
 
 
 def team_plan() -> Plan:
@@ -99,8 +108,8 @@ async def test_a_delegate_run_reports_its_start_delegations_tools_turns_and_end(
     recorder = Recorder()
     result = await run_memory(
         team_plan(),
-        observer=recorder,
-        server_options={"latency": LatencyModel(time_to_first_token=1.0)},
+        events=recorder,
+        server={"latency": LatencyModel(time_to_first_token=1.0)},
     )
     events = recorder.events
 
@@ -162,8 +171,8 @@ async def test_a_steps_run_reports_each_step_queued_taken_up_and_finished(autoju
     recorder = Recorder()
     result = await run_memory(
         chain_plan(3),
-        observer=recorder,
-        server_options={"latency": LatencyModel(time_to_first_token=2.0)},
+        events=recorder,
+        server={"latency": LatencyModel(time_to_first_token=2.0)},
     )
 
     assert "completed" == result.status
@@ -193,9 +202,9 @@ async def test_an_interrupted_run_says_which_steps_completed_were_cut_or_never_s
 
     result = await run_memory(
         chain_plan(6),
-        observer=watch,
+        events=watch,
+        server={"latency": LatencyModel(time_to_first_token=1.0)},
         stop=stop,
-        server_options={"latency": LatencyModel(time_to_first_token=1.0)},
     )
 
     assert "interrupted" == result.status
@@ -220,7 +229,7 @@ async def test_agents_report_where_their_time_went(autojump_clock):
     """``busy`` is the time an agent spent on its tasks, ``model_time`` the part of it in
     model turns: for a worker, its two turns (1 s each) and its tool (0.5 s)."""
     result = await run_memory(
-        team_plan(), server_options={"latency": LatencyModel(time_to_first_token=1.0)}
+        team_plan(), server={"latency": LatencyModel(time_to_first_token=1.0)}
     )
 
     north = result.agent("north")
@@ -242,9 +251,7 @@ async def test_a_model_the_service_does_not_have_ends_the_run_as_model_not_found
     }
     plan = PlanBuilder("typo", goal=GOAL, model="gpt-5-mimi").planner("boss").worker("w").build()
     recorder = Recorder()
-    result = await run_memory(
-        plan, observer=recorder, server_options={"model": "scripted", "script": script}
-    )
+    result = await run_memory(plan, events=recorder, server={"model": "scripted", "script": script})
 
     assert ("failed", "model.not_found") == (result.status, result.code)
     assert (
@@ -271,7 +278,7 @@ async def test_a_tool_without_type_hints_is_a_plan_error_before_anything_starts(
         target = str(path)
     recorder = Recorder()
     with pytest.raises(PlanError) as caught:
-        await run_memory(target, observer=recorder)
+        await run_memory(target, events=recorder)
 
     message = str(caught.value)
     assert "error[plan.tool]" in message
@@ -297,7 +304,7 @@ async def test_a_step_waiting_for_its_busy_agent_counts_its_wait_apart(autojump_
     """A step's ``duration`` is the time its agent worked on it; the time it spent queued
     behind another step on the same agent is ``waited``."""
     result = await run_memory(
-        two_independent_steps(), server_options={"latency": LatencyModel(time_to_first_token=3.0)}
+        two_independent_steps(), server={"latency": LatencyModel(time_to_first_token=3.0)}
     )
 
     # Both are sent at once; whichever the agent takes first, the other waits for it.
@@ -317,9 +324,9 @@ async def test_a_step_still_queued_when_the_run_stops_never_started(autojump_clo
 
     result = await run_memory(
         two_independent_steps(),
-        observer=watch,
+        events=watch,
+        server={"latency": LatencyModel(time_to_first_token=3.0)},
         stop=stop,
-        server_options={"latency": LatencyModel(time_to_first_token=3.0)},
     )
 
     statuses = {step.id: step.status for step in result.steps}

@@ -126,7 +126,7 @@ async def test_a_team_larger_than_the_fd_limit_is_refused_before_starting():
     import pytest
 
     from orchestrator.errors import ConfigurationError
-    from orchestrator.runner import run
+    from orchestrator.runner import RunSettings, run
     from plans import PlanBuilder
 
     builder = PlanBuilder("crowd", goal="hello", model="echo").planner("boss")
@@ -139,7 +139,7 @@ async def test_a_team_larger_than_the_fd_limit_is_refused_before_starting():
         with pytest.raises(
             ConfigurationError, match="201 agents need about 466 open files"
         ) as caught:
-            await run(plan, offline=True)
+            await run(plan, settings=RunSettings(offline=True))
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert "config.fd_limit" == caught.value.code

@@ -5,7 +5,7 @@ worker's JSON reaching the planner, one repair turn, then OutputInvalid
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import pytest
@@ -13,8 +13,11 @@ import trio
 
 from actors.agent import AgentActor
 from orchestrator.core.protocol.events import FunctionCallOutputItem, MessageItem
-from orchestrator.runner import RunResult, _team_for_fingerprints, run
+from orchestrator.runner import EmbeddedServer, RunResult, _team_for_fingerprints, run
 from plans import Plan, PlanBuilder
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 class Weather(msgspec.Struct, frozen=True):
@@ -46,10 +49,13 @@ async def weather(city: str) -> str:
     return json.dumps({"city": city, "high_c": 24.5, "conditions": ["sunny", "breezy"]})
 
 
-async def run_memory(plan: Plan, **options: Any) -> RunResult:
+async def run_memory(
+    plan: Plan, *, server: Mapping[str, Any] | None = None, **options: Any
+) -> RunResult:
     options.setdefault("store", None)
     with trio.fail_after(3600):
-        return await run(plan, transport="memory", **options)
+        embedded = EmbeddedServer(config=server or {}, transport="memory")
+        return await run(plan, embedded=embedded, **options)
 
 
 def steps_plan(model: str = "gpt-5-mini", output: Any = Weather) -> Plan:
@@ -129,7 +135,7 @@ async def test_a_typed_worker_reaches_the_planner_as_json_and_the_planner_answer
 
 
 def scripted(*texts: str) -> dict[str, Any]:
-    return {"server_options": {"script": {"turns": [{"text": text} for text in texts]}}}
+    return {"server": {"script": {"turns": [{"text": text} for text in texts]}}}
 
 
 async def test_one_repair_turn_carries_the_validation_error(autojump_clock):
@@ -195,7 +201,7 @@ async def test_a_typed_finish_that_does_not_match_gets_its_error_as_the_call_out
         .worker("meteo", tools=[weather])
         .build()
     )
-    result = await run_memory(plan, server_options={"script": script})
+    result = await run_memory(plan, server={"script": script})
     assert "completed" == result.status, result.reason
     assert Outlook("Sunny.", ["Faro"], "low") == result.output
     refused = next(

@@ -34,7 +34,11 @@ if TYPE_CHECKING:
     import os
     from collections.abc import AsyncIterator, Sequence
 
-    from orchestrator.runner import RunResult
+    import trio
+
+    from actors.approval import Approver
+    from orchestrator.runner import EmbeddedServer, Observer, RunResult, RunSettings
+    from plans import Plan
 
 __all__ = ["JobView", "Jobs", "effective_status", "open_jobs", "parse_duration"]
 
@@ -158,15 +162,47 @@ class Jobs:
             steps_total=steps_total,
         )
 
-    async def resume(self, job_id: str, **options: Any) -> RunResult:
-        """Continue a job (see ``orchestrator.run``'s ``resume``); options as for ``run``."""
+    async def resume(
+        self,
+        job_id: str,
+        plan: Plan | str | os.PathLike[str] | None = None,
+        *,
+        settings: RunSettings | None = None,
+        embedded: EmbeddedServer | None = None,
+        events: Observer | None = None,
+        stop: trio.Event | None = None,
+        approve: Approver | None = None,
+    ) -> RunResult:
+        """Continue a job: ``orchestrator.run(plan, resume=job_id, ...)`` on this store.
+
+        ``plan`` defaults to the journaled one; the other arguments are ``run()``'s.
+        """
         from orchestrator.runner import run
 
-        return await run(options.pop("plan", None), resume=job_id, store=self.store, **options)
+        return await run(
+            plan,
+            resume=job_id,
+            store=self.store,
+            settings=settings,
+            embedded=embedded,
+            events=events,
+            stop=stop,
+            approve=approve,
+        )
 
-    async def retry(self, job_id: str, **options: Any) -> RunResult:
+    async def retry(
+        self,
+        job_id: str,
+        plan: Plan | str | os.PathLike[str] | None = None,
+        *,
+        settings: RunSettings | None = None,
+        embedded: EmbeddedServer | None = None,
+        events: Observer | None = None,
+        stop: trio.Event | None = None,
+        approve: Approver | None = None,
+    ) -> RunResult:
         """Run a ``failed`` or ``dead`` job again from its journal, with a fresh count of
-        recoveries (what completed stays completed)."""
+        recoveries (what completed stays completed); arguments as for :meth:`resume`."""
         job = await self.store.get(job_id)
         if job.status not in ("failed", "dead", "interrupted", "budget_exceeded"):
             if job.status in ("completed", "partial", "cancelled"):
@@ -200,7 +236,15 @@ class Jobs:
             sql.insert_event(cursor, dialect, job_id, "retried", f"was {current.status}")
 
         await self.store.command(revive)
-        return await self.resume(job_id, **options)
+        return await self.resume(
+            job_id,
+            plan,
+            settings=settings,
+            embedded=embedded,
+            events=events,
+            stop=stop,
+            approve=approve,
+        )
 
     async def cancel(self, job_id: str) -> tuple[JobRecord, bool]:
         """Cancel a job. A job its owner drives is asked to stop (at once when the owner is

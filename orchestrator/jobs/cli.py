@@ -431,16 +431,24 @@ def _continue_owned(args: argparse.Namespace, spared: set[int], retry: bool) -> 
             server_options = _local_options(options.get("local")) if offline else None
             print(f"{'retrying' if retry else 'resuming'} job {record.id}", file=sys.stderr)
 
+            from orchestrator.core.connection import ConnectionSettings
+            from orchestrator.runner import EmbeddedServer, RunSettings
+
+            settings = RunSettings(
+                api_key=key,
+                base_url=base_url,
+                offline=offline,
+                connection=ConnectionSettings(allow_insecure=args.allow_insecure),
+                allow_budget_change=args.allow_budget_change,
+            )
+
             async def invoke(run: Any, common: dict[str, Any]) -> Any:
                 method = jobs.retry if retry else jobs.resume
                 return await method(
                     record.id,
                     plan=plan,
-                    api_key=key,
-                    base_url=base_url,
-                    offline=offline,
-                    server_options=server_options,
-                    allow_budget_change=args.allow_budget_change,
+                    settings=settings,
+                    embedded=EmbeddedServer(config=server_options or {}),
                     **common,
                 )
 
@@ -618,12 +626,16 @@ def _worker(args: argparse.Namespace) -> int:
             resolve_endpoint(args.base_url, allow_insecure=args.allow_insecure)
         except ConfigurationError as exc:
             _fail(exc.code, str(exc))
+    from orchestrator.runner import EmbeddedServer, RunSettings
+
     run_options: dict[str, Any] = {
-        "api_key": key,
-        "base_url": args.base_url,
-        "offline": True if offline else None,
-        "server_options": _server_options(args, "instant") if offline else None,
-        "connection_settings": ConnectionSettings(allow_insecure=args.allow_insecure),
+        "settings": RunSettings(
+            api_key=key,
+            base_url=args.base_url,
+            offline=True if offline else None,
+            connection=ConnectionSettings(allow_insecure=args.allow_insecure),
+        ),
+        "embedded": EmbeddedServer(config=_server_options(args, "instant")) if offline else None,
         "approve": ApprovalPolicy(allow=tuple(args.approve)),
     }
 

@@ -70,8 +70,9 @@ class Worker:
         slots: sockets this worker may hold: one per agent of each job it runs.
         queues: the queues it takes jobs from.
         poll: seconds between looks at the queue when nothing wakes it.
-        run_options: passed to ``orchestrator.run`` for every job (``api_key``,
-            ``offline``, ``server_options``, ``connection_settings``, ``approve``...).
+        run_options: passed to ``orchestrator.run`` for every job (``settings``, a
+            ``RunSettings``; ``embedded``; ``approve``...); its ``settings`` get this
+            worker's ``max_recoveries`` and hand jobs back to the queue when it stops.
         max_recoveries: crashes without progress after which a job is ``dead``.
         owner: who this worker is in the store (default: this process).
     """
@@ -199,20 +200,23 @@ class Worker:
     # -- running -------------------------------------------------------------------------------
 
     async def _run(self, record: JobRecord, claim: Claim, stop: trio.Event, needs: int) -> None:
-        from orchestrator.runner import run
+        from orchestrator.runner import RunSettings, run
 
         log = self._log.bind(job=record.id)
         try:
             try:
+                options = dict(self.run_options)
+                settings = options.pop("settings", None) or RunSettings()
                 result = await run(
                     None,
                     resume=record.id,
                     claim=claim,
                     store=self.store,
                     stop=stop,
-                    requeue_on_stop=True,
-                    max_recoveries=self.max_recoveries,
-                    **self.run_options,
+                    settings=attrs.evolve(
+                        settings, requeue_on_stop=True, max_recoveries=self.max_recoveries
+                    ),
+                    **options,
                 )
             except (JobError, PlanError, ConfigurationError) as exc:
                 # Refused before it ran (its plan or tools cannot be loaded here): say so in

@@ -8,7 +8,7 @@ import trio
 from orchestrator.core.protocol.events import FunctionCallOutputItem
 from orchestrator.examples.triage import tools
 from orchestrator.examples.triage.outputs import AccountSummary, Ticket, TriageReport
-from orchestrator.runner import run
+from orchestrator.runner import EmbeddedServer, run
 from plans import load_plan
 
 from .test_plans import PLANS
@@ -42,7 +42,7 @@ async def test_the_team_answers_a_typed_report_offline():
     """Offline, the lead's answer is a TriageReport built from the workers' typed answers,
     which reached it as JSON. (Real clock: the tools are sync, run in worker threads.)"""
     with trio.fail_after(60):
-        result = await run(PLAN, store=None, transport="memory")
+        result = await run(PLAN, store=None, embedded=EmbeddedServer(transport="memory"))
     assert "completed" == result.status, result.reason
     report = result.output
     assert isinstance(report, TriageReport)

@@ -8,7 +8,7 @@ for the outside world) keyed by their idempotency key, so "applied twice" is vis
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import msgspec
@@ -24,8 +24,11 @@ from orchestrator.core.session import ModelSettings
 from orchestrator.errors import JobNotResumable, PlanDiverged
 from orchestrator.jobs import open_jobs
 from orchestrator.jobs.store import open_store
-from orchestrator.runner import RunResult, run
+from orchestrator.runner import EmbeddedServer, RunResult, RunSettings, run
 from plans import Plan, PlanBuilder
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 @attrs.define
@@ -120,9 +123,12 @@ def chain(*, max_turns: int | None = None, task: str = "Visit Lisbon.") -> Plan:
     return builder.build()
 
 
-async def run_job(plan: Plan | None, store: Any, **options: Any) -> RunResult:
+async def run_job(
+    plan: Plan | None, store: Any, *, server: Mapping[str, Any] | None = None, **options: Any
+) -> RunResult:
     with trio.fail_after(30):
-        return await run(plan, store=store, transport="memory", **options)
+        embedded = EmbeddedServer(config=server or {}, transport="memory")
+        return await run(plan, store=store, embedded=embedded, **options)
 
 
 async def golden(store: Any) -> RunResult:
@@ -168,7 +174,7 @@ async def test_a_stopped_job_resumes_to_the_answer_of_an_uninterrupted_run(tmp_p
         None,
         store,
         resume="tour",
-        observer=lambda e: turns.append((e.agent, e.turn)) if isinstance(e, TurnStarted) else None,
+        events=lambda e: turns.append((e.agent, e.turn)) if isinstance(e, TurnStarted) else None,
     )
     assert "completed" == resumed.status
     assert resumed.resumed
@@ -248,7 +254,12 @@ async def test_a_changed_plan_is_refused_and_a_budget_change_needs_the_flag(tmp_
         await run_job(chain(task="Visit Coimbra."), store, resume="diverge")
     with pytest.raises(PlanDiverged, match=r"budgets differ.*allow_budget_change"):
         await run_job(chain(max_turns=500), store, resume="diverge")
-    resumed = await run_job(chain(max_turns=500), store, resume="diverge", allow_budget_change=True)
+    resumed = await run_job(
+        chain(max_turns=500),
+        store,
+        resume="diverge",
+        settings=RunSettings(allow_budget_change=True),
+    )
     assert "completed" == resumed.status
 
 
@@ -282,7 +293,7 @@ async def test_a_store_that_refuses_writes_pauses_the_job_before_the_tool(tmp_pa
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(break_store)
-            paused = await run_job(chain(), store, observer=watch, job_id="paused")
+            paused = await run_job(chain(), store, events=watch, job_id="paused")
             nursery.cancel_scope.cancel()
         assert ("interrupted", "job.storage_unavailable") == (paused.status, paused.code)
         assert "readonly" in (paused.reason or "")
@@ -321,7 +332,7 @@ async def test_jobs_cancel_stops_a_running_job(tmp_path, world):
                 assert record.cancel_requested
 
             nursery.start_soon(cancel_when_inside)
-            result = await run_job(chain(), store, observer=watch, job_id="cancel-me")
+            result = await run_job(chain(), store, events=watch, job_id="cancel-me")
         assert ("cancelled", "job.cancelled") == (result.status, result.code)
         assert "cancelled" == (await store.get("cancel-me")).status
 
@@ -352,8 +363,7 @@ async def test_a_turn_failing_for_good_after_a_tool_never_runs_it_again(
     plan = PlanBuilder("one", goal="Send from Faro.", model="gpt-5-mini")
     plan.worker("sender", tools=[send])
     plan.step("c", agent="sender", task="Send from Faro.")
-    options: dict[str, Any] = {"server_options": {"faults": (FAULTS[fault],)}}
-    result = await run_job(plan.build(), store, **options)
+    result = await run_job(plan.build(), store, server={"faults": (FAULTS[fault],)})
     assert "completed" == result.status, result.reason
     assert [("send", 1)] == [(name, attempt) for name, _, attempt in world.applied]
     sender = result.agent("sender")
@@ -415,7 +425,10 @@ async def test_encrypted_reasoning_survives_a_resume(tmp_path, world):
     plan.step("s", agent="saver", task="Save Porto.")
     world.stop, world.stop_in = trio.Event(), "save"
     settings = ModelSettings(reasoning=ReasoningConfig(effort="low"))
-    options: dict[str, Any] = {"server_options": {"script": script}, "model_settings": settings}
+    options: dict[str, Any] = {
+        "server": {"script": script},
+        "settings": RunSettings(model=settings),
+    }
     store = tmp_path / "jobs.db"
     first = await run_job(plan.build(), store, stop=world.stop, job_id="think", **options)
     assert "interrupted" == first.status
@@ -443,7 +456,7 @@ async def test_a_fresh_context_agent_resumes_with_its_latest_task_only(tmp_path,
         if isinstance(event, ToolStarted) and event.tool == "send":
             world.stop_in = "lookup"  # the next lookup is step d's
 
-    first = await run_job(chain(), store, stop=world.stop, observer=arm, job_id="fresh")
+    first = await run_job(chain(), store, stop=world.stop, events=arm, job_id="fresh")
     assert "interrupted" == first.status
     resumed = await run_job(None, store, resume="fresh")
     assert "completed" == resumed.status

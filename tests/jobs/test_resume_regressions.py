@@ -13,7 +13,7 @@ from orchestrator.core.protocol.codec import encode
 from orchestrator.core.protocol.events import FunctionCallItem, MessageItem
 from orchestrator.jobs.model import JobJournal, JobRecord, TurnRecord
 from orchestrator.jobs.resume import rebuild
-from orchestrator.runner import run
+from orchestrator.runner import EmbeddedServer, run
 from tests.jobs.crashplan.harness import command, environment, read_journal
 
 if TYPE_CHECKING:
@@ -95,7 +95,9 @@ async def test_a_step_answered_before_the_kill_is_recorded_completed_on_resume(t
     plan.write_text(TWO_STEPS)
     store = tmp_path / "jobs.db"
     with trio.fail_after(30):
-        first = await run(plan, store=store, job_id="twosteps", transport="memory")
+        first = await run(
+            plan, store=store, job_id="twosteps", embedded=EmbeddedServer(transport="memory")
+        )
     assert "completed" == first.status
     # The journal as the kill left it: the last step's answer is in its turn, its record
     # still says started, and the job's owner is gone.
@@ -110,7 +112,9 @@ async def test_a_step_answered_before_the_kill_is_recorded_completed_on_resume(t
         )
 
     with trio.fail_after(30):
-        resumed = await run(resume="twosteps", store=store, transport="memory")
+        resumed = await run(
+            resume="twosteps", store=store, embedded=EmbeddedServer(transport="memory")
+        )
 
     assert ("completed", first.answer) == (resumed.status, resumed.answer)
     journal = read_journal(store, "twosteps")

@@ -13,7 +13,7 @@ import trio
 from orchestrator.core.observe import TurnFinished
 from orchestrator.core.session import ModelSettings
 from orchestrator.errors import PlanDiverged
-from orchestrator.runner import RunResult, run
+from orchestrator.runner import EmbeddedServer, RunResult, RunSettings, run
 from plans import Plan, PlanBuilder
 
 
@@ -62,8 +62,8 @@ async def interrupted(store: Any, job: str, **options: Any) -> RunResult:
             store=store,
             job_id=job,
             stop=stop,
-            observer=after_first_turn,
-            transport="memory",
+            events=after_first_turn,
+            embedded=EmbeddedServer(transport="memory"),
             **options,
         )
     assert "interrupted" == result.status
@@ -72,7 +72,9 @@ async def interrupted(store: Any, job: str, **options: Any) -> RunResult:
 
 async def resume(store: Any, job: str, given: Plan | None, **options: Any) -> RunResult:
     with trio.fail_after(30):
-        return await run(given, store=store, resume=job, transport="memory", **options)
+        return await run(
+            given, store=store, resume=job, embedded=EmbeddedServer(transport="memory"), **options
+        )
 
 
 async def test_changed_settings_or_output_refuse_the_resume(tmp_path):
@@ -108,8 +110,8 @@ async def test_run_model_settings_are_kept_with_the_job(tmp_path):
     a resume with other ones is refused."""
     store = tmp_path / "jobs.db"
     settings = ModelSettings(temperature=0.3)
-    await interrupted(store, "j", model_settings=settings)
+    await interrupted(store, "j", settings=RunSettings(model=settings))
     with pytest.raises(PlanDiverged, match="model settings changed"):
-        await resume(store, "j", None, model_settings=ModelSettings(temperature=1.0))
+        await resume(store, "j", None, settings=RunSettings(model=ModelSettings(temperature=1.0)))
     result = await resume(store, "j", None)
     assert "completed" == result.status, result.reason

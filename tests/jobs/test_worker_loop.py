@@ -17,7 +17,7 @@ from orchestrator.jobs.journal import Journal
 from orchestrator.jobs.model import Owner
 from orchestrator.jobs.store import open_store
 from orchestrator.jobs.worker import Worker
-from orchestrator.runner import submit
+from orchestrator.runner import EmbeddedServer, RunSettings, submit
 from plans import plan_from_dict
 from tests.jobs.conftest import new_job, wait_until
 
@@ -40,7 +40,7 @@ PLAN = plan_from_dict(
         ],
     }
 )
-IN_MEMORY = {"transport": "memory", "offline": True}
+IN_MEMORY = {"embedded": EmbeddedServer(transport="memory"), "settings": RunSettings(offline=True)}
 
 
 async def statuses(store: JobStore) -> dict[str, str]:
@@ -76,7 +76,12 @@ async def test_a_worker_runs_queued_jobs_within_its_slots(store_spec):
 async def test_stopping_a_worker_hands_its_running_job_back(store_spec):
     """``stop()`` interrupts the running job where it is and releases it to the queue in
     the same write (status ``queued``, no owner, no lease); the worker then returns."""
-    slow = {**IN_MEMORY, "server_options": {"latency": LatencyModel(time_to_first_token=30.0)}}
+    slow = {
+        **IN_MEMORY,
+        "embedded": EmbeddedServer(
+            config={"latency": LatencyModel(time_to_first_token=30.0)}, transport="memory"
+        ),
+    }
     async with open_store(store_spec) as store:
         await submit(PLAN, "Guest", store=store, job_id="slow")
         worker = Worker(store, slots=2, poll=0.1, run_options=slow)

@@ -26,7 +26,7 @@ import trio
 from orchestrator.jobs.api import Jobs
 from orchestrator.jobs.model import FINAL
 from orchestrator.jobs.store import open_store
-from orchestrator.runner import run, submit
+from orchestrator.runner import EmbeddedServer, RunSettings, run, submit
 from tests.jobs.conftest import wait_until
 from tests.jobs.worker_tools import EFFECTS_ENV
 
@@ -186,7 +186,13 @@ async def fault_free_answers(
     answers: dict[str, str | None] = {}
 
     async def one(name: str) -> None:
-        result = await run(plan, goal_of(name), store=None, transport="memory", offline=True)
+        result = await run(
+            plan,
+            goal_of(name),
+            store=None,
+            settings=RunSettings(offline=True),
+            embedded=EmbeddedServer(transport="memory"),
+        )
         answers[name] = result.answer
 
     async with trio.open_nursery() as nursery:
