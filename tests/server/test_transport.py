@@ -3,7 +3,13 @@ leave in one write, backpressure bounds the buffer, protocol violations close th
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import json
+import re
+import sys
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -220,3 +226,32 @@ async def test_giving_up_drops_unsent_messages_but_keeps_the_101_and_closes_with
     assert (1008, "client not reading: test") == (close.code, close.reason)
     assert ["client not reading: test"] == reasons
     assert (1008, "server") == (transport.close_code, transport.closed_by)
+
+
+def test_the_servers_third_party_imports_are_declared_dependencies():
+    """Issue 14 item 8: every distribution the server's modules import (wsproto for its
+    transport, trio, attrs, msgspec, loguru...) is a declared dependency in pyproject.toml,
+    so an install never works only by way of another package's requirements."""
+    root = Path(__file__).resolve().parents[2]
+    declared = {
+        re.split(r"[^A-Za-z0-9._-]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+        for requirement in tomllib.loads((root / "pyproject.toml").read_text())["project"][
+            "dependencies"
+        ]
+    }
+    modules: set[str] = set()
+    for path in (root / "orchestrator" / "server").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    third_party = modules - set(sys.stdlib_module_names) - {"orchestrator", "actors", "plans"}
+    distributions = importlib.metadata.packages_distributions()
+    used = {
+        name.lower().replace("_", "-")
+        for module in third_party
+        for name in distributions.get(module, [module])
+    }
+    assert "wsproto" in used
+    assert set() == used - declared
