@@ -79,6 +79,7 @@ from orchestrator.observe import (
 from orchestrator.protocol.codec import decode_server_event, encode_text
 from orchestrator.protocol.lifecycle import ConnectionLifecycle
 from orchestrator.protocol.recovery import (
+    Backoff,
     Fail,
     Failed,
     Lost,
@@ -1058,40 +1059,37 @@ class Connection:
         if isinstance(decision, Fail):
             self._failures += 1
             if decision.gave_up is not None:
-                self._log.warning(
-                    "giving up after {} attempts: {}", decision.gave_up, decision.reason
-                )
-                if self._observed:
-                    self._emit(
-                        ConnectionFailed(
-                            time=trio.current_time(),
-                            agent=self.agent,
-                            reason=decision.reason,
-                            attempts=decision.gave_up,
-                        )
-                    )
+                self._report_gave_up(decision.gave_up, decision.reason)
             raise decision.error from decision.cause
-        wait = decision.wait
-        if wait is not None:
-            self._log.info(
-                "attempt {} failed ({}); retrying in {:.2f} s",
-                wait.attempt,
-                wait.reason,
-                wait.delay,
-            )
-            if self._observed:
-                self._emit(
-                    ConnectionReconnecting(
-                        time=trio.current_time(),
-                        agent=self.agent,
-                        attempt=wait.attempt,
-                        delay=wait.delay,
-                        reason=wait.reason,
-                        code=wait.code,
-                    )
-                )
-            await trio.sleep(wait.delay)
+        if decision.wait is not None:
+            await self._back_off(decision.wait)
         return decision.replay
+
+    def _report_gave_up(self, attempts: int, reason: str) -> None:
+        self._log.warning("giving up after {} attempts: {}", attempts, reason)
+        if self._observed:
+            self._emit(
+                ConnectionFailed(
+                    time=trio.current_time(), agent=self.agent, reason=reason, attempts=attempts
+                )
+            )
+
+    async def _back_off(self, wait: Backoff) -> None:
+        self._log.info(
+            "attempt {} failed ({}); retrying in {:.2f} s", wait.attempt, wait.reason, wait.delay
+        )
+        if self._observed:
+            self._emit(
+                ConnectionReconnecting(
+                    time=trio.current_time(),
+                    agent=self.agent,
+                    attempt=wait.attempt,
+                    delay=wait.delay,
+                    reason=wait.reason,
+                    code=wait.code,
+                )
+            )
+        await trio.sleep(wait.delay)
 
     def _abandon(
         self, on_event: Callable[[Any], object] | None, reason: str, *, turn: int, attempt: int
