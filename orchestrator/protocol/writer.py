@@ -231,13 +231,25 @@ class ResponseWriter:
 
     def completed(self, usage: Usage, *, completed_at: float) -> Draft:
         """``response.completed`` with the output so far and ``usage``."""
-        final = self._final("completed", usage, completed_at=completed_at)
+        self._check_open()
+        final = msgspec.structs.replace(
+            self.response,
+            status="completed",
+            completed_at=completed_at,
+            output=raw(self.output),
+            usage=usage,
+        )
         return Draft(partial(ResponseCompleted, response=final), ends=True)
 
     def incomplete(self, usage: Usage, reason: str) -> Draft:
         """``response.incomplete`` (e.g. ``max_output_tokens``) with the output so far."""
-        final = self._final(
-            "incomplete", usage, incomplete_details=IncompleteDetails(reason=reason)
+        self._check_open()
+        final = msgspec.structs.replace(
+            self.response,
+            status="incomplete",
+            incomplete_details=IncompleteDetails(reason=reason),
+            output=raw(self.output),
+            usage=usage,
         )
         return Draft(partial(ResponseIncomplete, response=final), ends=True)
 
@@ -409,12 +421,6 @@ class ResponseWriter:
     def _check_open(self) -> None:
         if self._ended:
             raise LocalProtocolError(f"response {self.response.id} has already ended")
-
-    def _final(self, status: str, usage: Usage, **fields: Any) -> ResponseObject:
-        self._check_open()
-        return msgspec.structs.replace(
-            self.response, status=status, output=raw(self.output), usage=usage, **fields
-        )
 
 
 # -- the response object and errors --------------------------------------------------------------
