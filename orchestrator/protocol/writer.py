@@ -1,11 +1,11 @@
 """ResponseWriter: a model's reply in, the exact ordered server events of one response out.
 
 The server's half of :mod:`orchestrator.protocol.turn`, sans-I/O in the same way: it never
-sends, sleeps or reads a clock. It produces *drafts*, events complete but for their
-``sequence_number``; the glue decides when each leaves (a latency model may wait before a
-delta, an injected fault may fire first) and :meth:`ResponseWriter.take` numbers it at that
-moment, so the events of one response reach the socket numbered 0, 1, 2... in order even
-when other senders (a steer answer) take numbers in between.
+sends, sleeps or reads a clock. It produces *drafts*: the typed event Structs, complete but for
+their ``sequence_number``. The glue decides when each leaves (a latency model may wait before
+a delta, an injected fault may fire first) and :meth:`ResponseWriter.take` numbers it at
+that moment, so the events of one response reach the socket numbered 0, 1, 2... in order
+even when other senders (a steer answer) take numbers in between.
 
 The sequence of a response (spec 5.3 to 5.6)::
 
@@ -27,8 +27,7 @@ Every lifecycle event carries the response object of ``response.created`` (one
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from functools import partial
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import attrs
 import msgspec
@@ -75,8 +74,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 __all__ = [
+    "DELTAS",
+    "DRAFT",
     "Call",
-    "Draft",
     "ItemIds",
     "Part",
     "Reasoning",
@@ -136,17 +136,16 @@ class Call:
 Part = Reasoning | Text | Call
 
 
-@attrs.frozen(slots=True)
-class Draft:
-    """One event of a response, complete but for its ``sequence_number`` and ``stream_id``.
-
-    ``paced`` marks a delta: a model's output, which a latency model spaces out in time.
-    ``ends`` marks the event that ends the response (terminal, or an ``error``).
-    """
-
-    build: Callable[..., ServerEvent]
-    paced: bool = False
-    ends: bool = False
+#: The ``sequence_number`` of a draft: :meth:`ResponseWriter.take` gives the real one.
+DRAFT: Final = -1
+#: The deltas: a model's output, which a latency model spaces out in time.
+DELTAS: Final[frozenset[type[ServerEvent]]] = frozenset(
+    {OutputTextDelta, FunctionCallArgumentsDelta, ReasoningSummaryTextDelta}
+)
+_ENDINGS: Final[frozenset[type[ServerEvent]]] = frozenset(
+    {ResponseCompleted, ResponseIncomplete, ResponseFailed, ErrorEvent}
+)
+E = TypeVar("E", bound=ServerEvent)
 
 
 # -- the writer ------------------------------------------------------------------------------------
@@ -155,6 +154,10 @@ class Draft:
 @attrs.define(eq=False)
 class ResponseWriter:
     """The events of one response, in order, numbered as the glue takes them.
+
+    Every method but :meth:`take` returns *drafts*: the events with ``sequence_number``
+    :data:`DRAFT`. A draft left untaken was never sent (a fault may end the response in
+    its place).
 
     Args:
         response: the response object ``response.created`` announces (status
@@ -169,7 +172,7 @@ class ResponseWriter:
     ids: ItemIds
     stream_id: str | UnsetType = UNSET
     seal: Callable[[str, str], str] | None = None
-    #: The number the next event gets (so also how many have been taken).
+    #: The number the next event gets (so also how many have been numbered).
     sequence: int = 0
     #: The output items finished so far (``output_item.done`` drafted), in order.
     output: list[Item] = attrs.field(factory=list)
@@ -187,34 +190,37 @@ class ResponseWriter:
         self.sequence = number + 1
         return number
 
-    def take(self, draft: Draft) -> ServerEvent:
-        """The drafted event, numbered now: call it right before sending.
-
-        A draft left untaken was never sent: a fault may end the response in its place.
+    def take(self, draft: E) -> E:
+        """The draft, numbered now: call it right before sending.
 
         Raises:
             LocalProtocolError: the response has already ended (a glue bug).
         """
-        self._check_open()
-        if draft.ends:
+        if self._ended:
+            raise LocalProtocolError(f"response {self.response.id} has already ended")
+        if type(draft) in _ENDINGS:
             self._ended = True
-        return draft.build(sequence_number=self.next_sequence(), stream_id=self.stream_id)
+        number = self.sequence
+        self.sequence = number + 1
+        return msgspec.structs.replace(draft, sequence_number=number)
 
     # -- the sequence -----------------------------------------------------------------------------
 
-    def opening(self) -> tuple[Draft, Draft]:
+    def opening(self) -> tuple[ResponseCreated, ResponseInProgress]:
         """``response.created`` and ``response.in_progress``."""
-        response = self.response
+        response, lane = self.response, self.stream_id
         return (
-            Draft(partial(ResponseCreated, response=response)),
-            Draft(partial(ResponseInProgress, response=response)),
+            ResponseCreated(sequence_number=DRAFT, stream_id=lane, response=response),
+            ResponseInProgress(sequence_number=DRAFT, stream_id=lane, response=response),
         )
 
-    def created(self) -> Draft:
+    def created(self) -> ResponseCreated:
         """``response.created`` alone (a response that fails before it began must exist)."""
-        return Draft(partial(ResponseCreated, response=self.response))
+        return ResponseCreated(
+            sequence_number=DRAFT, stream_id=self.stream_id, response=self.response
+        )
 
-    def items(self, parts: Iterable[Part]) -> Iterator[Draft]:
+    def items(self, parts: Iterable[Part]) -> Iterator[ServerEvent]:
         """The events of each output item, in order; each item's id is drawn on reaching it.
 
         Raises:
@@ -229,7 +235,7 @@ class ResponseWriter:
             else:
                 yield from self._call(part)
 
-    def completed(self, usage: Usage, *, completed_at: float) -> Draft:
+    def completed(self, usage: Usage, *, completed_at: float) -> ResponseCompleted:
         """``response.completed`` with the output so far and ``usage``."""
         self._check_open()
         final = msgspec.structs.replace(
@@ -239,9 +245,9 @@ class ResponseWriter:
             output=raw(self.output),
             usage=usage,
         )
-        return Draft(partial(ResponseCompleted, response=final), ends=True)
+        return ResponseCompleted(sequence_number=DRAFT, stream_id=self.stream_id, response=final)
 
-    def incomplete(self, usage: Usage, reason: str) -> Draft:
+    def incomplete(self, usage: Usage, reason: str) -> ResponseIncomplete:
         """``response.incomplete`` (e.g. ``max_output_tokens``) with the output so far."""
         self._check_open()
         final = msgspec.structs.replace(
@@ -251,7 +257,7 @@ class ResponseWriter:
             output=raw(self.output),
             usage=usage,
         )
-        return Draft(partial(ResponseIncomplete, response=final), ends=True)
+        return ResponseIncomplete(sequence_number=DRAFT, stream_id=self.stream_id, response=final)
 
     def failed(
         self,
@@ -260,7 +266,7 @@ class ResponseWriter:
         *,
         usage: Usage | None = None,
         output: Sequence[Item] = (),
-    ) -> Draft:
+    ) -> ResponseFailed:
         """``response.failed`` with ``response.error`` set (``output``: what was produced)."""
         self._check_open()
         final = msgspec.structs.replace(
@@ -270,60 +276,56 @@ class ResponseWriter:
             usage=usage,
             error=ResponseError(code=code, message=message or "The model failed to respond."),
         )
-        return Draft(partial(ResponseFailed, response=final), ends=True)
+        return ResponseFailed(sequence_number=DRAFT, stream_id=self.stream_id, response=final)
 
-    def error(self, status: int, code: str | None, message: str) -> Draft:
+    def error(self, status: int, code: str | None, message: str) -> ErrorEvent:
         """A request-scoped ``error`` event that ends this response (spec 6.1)."""
         self._check_open()
-        detail = ErrorDetail(type=error_type(status), code=code, message=message, param=None)
-        return Draft(partial(ErrorEvent, status=status, error=detail), ends=True)
+        return error_event(status, code, message, stream_id=self.stream_id, sequence_number=DRAFT)
 
     # -- items ------------------------------------------------------------------------------------
 
-    def _reasoning(self, part: Reasoning) -> Iterator[Draft]:
-        index = len(self.output)
+    def _reasoning(self, part: Reasoning) -> Iterator[ServerEvent]:
+        index, lane = len(self.output), self.stream_id
         item_id = self.ids.reasoning()
         summary = part.summary
         added = ReasoningItem(id=item_id, summary=[], status="in_progress")
-        yield Draft(partial(OutputItemAdded, output_index=index, item=raw(added)))
-        yield Draft(
-            partial(
-                ReasoningSummaryPartAdded,
-                item_id=item_id,
-                output_index=index,
-                summary_index=0,
-                part=SummaryPart(text=""),
-            )
+        yield OutputItemAdded(
+            sequence_number=DRAFT, stream_id=lane, output_index=index, item=raw(added)
+        )
+        yield ReasoningSummaryPartAdded(
+            sequence_number=DRAFT,
+            stream_id=lane,
+            item_id=item_id,
+            output_index=index,
+            summary_index=0,
+            part=SummaryPart(text=""),
         )
         for piece in part.deltas:
             self.output_tokens += 1
-            yield Draft(
-                partial(
-                    ReasoningSummaryTextDelta,
-                    item_id=item_id,
-                    output_index=index,
-                    summary_index=0,
-                    delta=piece,
-                ),
-                paced=True,
-            )
-        yield Draft(
-            partial(
-                ReasoningSummaryTextDone,
+            yield ReasoningSummaryTextDelta(
+                sequence_number=DRAFT,
+                stream_id=lane,
                 item_id=item_id,
                 output_index=index,
                 summary_index=0,
-                text=summary,
+                delta=piece,
             )
+        yield ReasoningSummaryTextDone(
+            sequence_number=DRAFT,
+            stream_id=lane,
+            item_id=item_id,
+            output_index=index,
+            summary_index=0,
+            text=summary,
         )
-        yield Draft(
-            partial(
-                ReasoningSummaryPartDone,
-                item_id=item_id,
-                output_index=index,
-                summary_index=0,
-                part=SummaryPart(text=summary),
-            )
+        yield ReasoningSummaryPartDone(
+            sequence_number=DRAFT,
+            stream_id=lane,
+            item_id=item_id,
+            output_index=index,
+            summary_index=0,
+            part=SummaryPart(text=summary),
         )
         done = ReasoningItem(
             id=item_id,
@@ -331,47 +333,52 @@ class ResponseWriter:
             status="completed",
             encrypted_content=self.seal(item_id, summary) if self.seal is not None else UNSET,
         )
-        yield Draft(partial(OutputItemDone, output_index=index, item=raw(done)))
+        yield OutputItemDone(
+            sequence_number=DRAFT, stream_id=lane, output_index=index, item=raw(done)
+        )
         self.output.append(done)
 
-    def _message(self, part: Text) -> Iterator[Draft]:
-        index = len(self.output)
+    def _message(self, part: Text) -> Iterator[ServerEvent]:
+        index, lane = len(self.output), self.stream_id
         item_id = self.ids.message()
         text = part.text
         added = MessageItem(id=item_id, role="assistant", status="in_progress", content=[])
-        yield Draft(partial(OutputItemAdded, output_index=index, item=raw(added)))
-        yield Draft(
-            partial(
-                ContentPartAdded,
-                item_id=item_id,
-                output_index=index,
-                content_index=0,
-                part=ContentPart.output_text(""),
-            )
+        yield OutputItemAdded(
+            sequence_number=DRAFT, stream_id=lane, output_index=index, item=raw(added)
+        )
+        yield ContentPartAdded(
+            sequence_number=DRAFT,
+            stream_id=lane,
+            item_id=item_id,
+            output_index=index,
+            content_index=0,
+            part=ContentPart.output_text(""),
         )
         for piece in part.deltas:
             self.output_tokens += 1
-            yield Draft(
-                partial(
-                    OutputTextDelta,
-                    item_id=item_id,
-                    output_index=index,
-                    content_index=0,
-                    delta=piece,
-                ),
-                paced=True,
-            )
-        yield Draft(
-            partial(OutputTextDone, item_id=item_id, output_index=index, content_index=0, text=text)
-        )
-        yield Draft(
-            partial(
-                ContentPartDone,
+            yield OutputTextDelta(
+                sequence_number=DRAFT,
+                stream_id=lane,
                 item_id=item_id,
                 output_index=index,
                 content_index=0,
-                part=ContentPart.output_text(text),
+                delta=piece,
             )
+        yield OutputTextDone(
+            sequence_number=DRAFT,
+            stream_id=lane,
+            item_id=item_id,
+            output_index=index,
+            content_index=0,
+            text=text,
+        )
+        yield ContentPartDone(
+            sequence_number=DRAFT,
+            stream_id=lane,
+            item_id=item_id,
+            output_index=index,
+            content_index=0,
+            part=ContentPart.output_text(text),
         )
         done = MessageItem(
             id=item_id,
@@ -379,41 +386,47 @@ class ResponseWriter:
             status="completed" if part.complete else "incomplete",
             content=[ContentPart.output_text(text)],
         )
-        yield Draft(partial(OutputItemDone, output_index=index, item=raw(done)))
+        yield OutputItemDone(
+            sequence_number=DRAFT, stream_id=lane, output_index=index, item=raw(done)
+        )
         self.output.append(done)
 
-    def _call(self, part: Call) -> Iterator[Draft]:
-        index = len(self.output)
+    def _call(self, part: Call) -> Iterator[ServerEvent]:
+        index, lane = len(self.output), self.stream_id
         item_id = self.ids.function_call()
         call_id = self.ids.call()
         name, arguments = part.name, part.arguments
         added = FunctionCallItem(
             id=item_id, call_id=call_id, name=name, arguments="", status="in_progress"
         )
-        yield Draft(partial(OutputItemAdded, output_index=index, item=raw(added)))
+        yield OutputItemAdded(
+            sequence_number=DRAFT, stream_id=lane, output_index=index, item=raw(added)
+        )
         # A call costs at least one output token, even with empty arguments.
         self.output_tokens += 1
         for number, piece in enumerate(part.deltas):
             self.output_tokens += number > 0
-            yield Draft(
-                partial(
-                    FunctionCallArgumentsDelta, item_id=item_id, output_index=index, delta=piece
-                ),
-                paced=True,
-            )
-        yield Draft(
-            partial(
-                FunctionCallArgumentsDone,
+            yield FunctionCallArgumentsDelta(
+                sequence_number=DRAFT,
+                stream_id=lane,
                 item_id=item_id,
                 output_index=index,
-                arguments=arguments,
-                name=name,
+                delta=piece,
             )
+        yield FunctionCallArgumentsDone(
+            sequence_number=DRAFT,
+            stream_id=lane,
+            item_id=item_id,
+            output_index=index,
+            arguments=arguments,
+            name=name,
         )
         done = FunctionCallItem(
             id=item_id, call_id=call_id, name=name, arguments=arguments, status="completed"
         )
-        yield Draft(partial(OutputItemDone, output_index=index, item=raw(done)))
+        yield OutputItemDone(
+            sequence_number=DRAFT, stream_id=lane, output_index=index, item=raw(done)
+        )
         self.output.append(done)
 
     # -- helpers ----------------------------------------------------------------------------------

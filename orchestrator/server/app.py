@@ -55,8 +55,8 @@ from orchestrator.protocol.events import (
     Usage,
 )
 from orchestrator.protocol.writer import (
+    DELTAS,
     Call,
-    Draft,
     Part,
     Reasoning,
     ResponseWriter,
@@ -582,7 +582,7 @@ class _ResponseStream:
         """How many events of this response have been numbered."""
         return self.writer.sequence
 
-    async def emit(self, draft: Draft) -> None:
+    async def emit(self, draft: ServerEvent) -> None:
         """Send the next event of this response, after firing the faults due before it.
 
         Checkpoints only when it has to wait (a fault, or backpressure): the events of a
@@ -599,7 +599,7 @@ class _ResponseStream:
         # answer, say) reach the socket in sequence order.
         connection.send(self.writer.take(draft))
 
-    def send_now(self, draft: Draft) -> None:
+    def send_now(self, draft: ServerEvent) -> None:
         """Send an event at once: no fault hook, no backpressure wait."""
         self.connection.send(self.writer.take(draft))
 
@@ -1152,7 +1152,7 @@ class _ServerConnection:
         # add every wake-up's lateness to the turn (tens of ms per turn with many streams).
         due = trio.current_time()
         for draft in stream.writer.items(parts):
-            if draft.paced and pace:
+            if pace and type(draft) in DELTAS:
                 due += pace
                 await trio.sleep_until(due)
             await stream.emit(draft)

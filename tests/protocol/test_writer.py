@@ -30,8 +30,9 @@ from orchestrator.protocol.events import (
 )
 from orchestrator.protocol.turn import RequestError, Response, TurnAssembler
 from orchestrator.protocol.writer import (
+    DELTAS,
+    DRAFT,
     Call,
-    Draft,
     Part,
     Reasoning,
     ResponseWriter,
@@ -165,13 +166,24 @@ def test_ids_are_drawn_as_each_item_is_reached():
     assert ["msg_0", "fc_1", "call_2"] == ids.asked
 
 
-def test_deltas_are_paced_and_nothing_else_is():
-    """Only deltas are marked paced: a latency model waits before those alone."""
+def test_deltas_are_the_paced_events():
+    """DELTAS (what a latency model spaces out) are exactly the three delta event types."""
     writer = _writer()
     drafts = [*writer.opening(), *writer.items(PARTS.values())]
-    paced = [_tag(writer.take(draft)) for draft in drafts if draft.paced]
+    paced = [_tag(draft) for draft in drafts if type(draft) in DELTAS]
     assert 6 == len(paced)
-    assert all(tag.endswith(".delta") for tag in paced)
+    assert {_tag(d) for d in drafts if _tag(d).endswith(".delta")} == set(paced)
+
+
+def test_drafts_are_unnumbered_until_taken():
+    """A draft carries DRAFT as its number and already its lane; take() returns a numbered
+    copy and leaves the draft as it was."""
+    writer = _writer(stream_id="lane-1")
+    created, _ = writer.opening()
+    assert (DRAFT, "lane-1") == (created.sequence_number, created.stream_id)
+    taken = writer.take(created)
+    assert (0, "lane-1", DRAFT) == (taken.sequence_number, taken.stream_id, created.sequence_number)
+    assert msgspec.structs.replace(created, sequence_number=0) == taken
 
 
 def test_stream_id_is_on_every_event_of_a_named_lane_only():
@@ -187,9 +199,9 @@ def test_numbers_taken_outside_the_drafts_keep_the_sequence_whole():
     """A number taken for a steer answer in between is skipped by the response's events."""
     writer = _writer()
     created, in_progress = writer.opening()
-    assert 0 == writer.take(created).sequence_number  # type: ignore[attr-defined]
+    assert 0 == writer.take(created).sequence_number
     assert 1 == writer.next_sequence()
-    assert 2 == writer.take(in_progress).sequence_number  # type: ignore[attr-defined]
+    assert 2 == writer.take(in_progress).sequence_number
 
 
 def test_lifecycle_events_share_one_response_object():
@@ -217,7 +229,8 @@ def test_incomplete_response_ends_with_the_cut_off_message():
     _take(writer, writer.items([Text("Cut off here", ["Cut ", "off ", "here"], complete=False)]))
     event = writer.take(writer.incomplete(USAGE, "max_output_tokens"))
     assert "response.incomplete" == _tag(event)
-    response = event.response  # type: ignore[attr-defined]
+    response = event.response
+    assert response.incomplete_details is not None
     assert "max_output_tokens" == response.incomplete_details.reason
     [message] = writer.output
     assert isinstance(message, MessageItem)
@@ -231,7 +244,8 @@ def test_failed_response_says_why():
     _take(writer, writer.opening())
     _take(writer, writer.items([PARTS["message"]]))
     event = writer.take(writer.failed("server_error", None, usage=USAGE))
-    response = event.response  # type: ignore[attr-defined]
+    response = event.response
+    assert response.error is not None
     assert ("failed", "server_error", "The model failed to respond.") == (
         response.status,
         response.error.code,
@@ -389,7 +403,7 @@ def test_assembler_rebuilds_what_the_writer_wrote(parts, lane, ending):
         if _tag(event) == "response.output_text.delta":
             streamed.append(event.delta)  # type: ignore[attr-defined]
         assert "".join(streamed) == assembler.text
-    ending_draft: Draft
+    ending_draft: ServerEvent
     if ending == "completed":
         ending_draft = writer.completed(USAGE, completed_at=2.0)
     elif ending == "incomplete":
