@@ -7,6 +7,7 @@ import msgspec
 import pytest
 import trio
 import trio.testing
+import trio_websocket
 
 from orchestrator.core.connection import (
     AttemptAbandoned,
@@ -21,17 +22,23 @@ from orchestrator.core.observe import (
     ConnectionOpened,
     ConnectionReconnecting,
     ConnectionRotated,
+    EventBus,
     TranscriptReplayed,
     TurnFinished,
     TurnStarted,
     WarmupFinished,
 )
+from orchestrator.core.protocol.codec import decode_client_event, encode_text, raw
 from orchestrator.core.protocol.events import (
+    ContentPart,
     FunctionCallItem,
     FunctionCallOutputItem,
     MessageItem,
     OutputTextDelta,
+    ResponseCompleted,
     ResponseCreate,
+    ResponseCreated,
+    ResponseObject,
 )
 from orchestrator.core.server import (
     Fault,
@@ -850,3 +857,73 @@ async def test_explicit_warm_up_prepares_the_chain(autojump_clock):
     assert "now" == response.text
     assert 1 == server.statistics().warmups
     assert 1 == len(recorder.of(WarmupFinished))
+
+
+# -- error shapes of HTTP gateways (issue 15 item 3) ---------------------------------------------
+
+
+def _answer(create: ResponseCreate, number: int) -> list[str]:
+    """What a terse gateway sends: the string-shaped error for any continuation, else a
+    created and a completed text response."""
+    if isinstance(create.previous_response_id, str):
+        return ['{"type":"error","error":"Invalid previous_response_id."}']
+    response_id = f"resp_{number}"
+    base = ResponseObject(id=response_id, created_at=0, status="in_progress", model="m")
+    answer = MessageItem(
+        id=f"msg_{number}",
+        role="assistant",
+        status="completed",
+        content=[ContentPart.output_text("ok")],
+    )
+    done = msgspec.structs.replace(base, status="completed", output=raw([answer]))
+    return [
+        encode_text(ResponseCreated(sequence_number=0, response=base)),
+        encode_text(ResponseCompleted(sequence_number=1, response=done)),
+    ]
+
+
+async def test_gateway_string_error_without_code_replays_once(autojump_clock):
+    """A gateway's ``{"error": "Invalid previous_response_id."}`` (no code, error a string)
+    is a lost chain: the turn replays the transcript once, on the same socket."""
+    creates: list[ResponseCreate] = []
+    sockets: list[int] = []
+
+    async def gateway(stream: trio.abc.Stream) -> None:
+        async with trio.open_nursery() as nursery:
+            request = await trio_websocket.wrap_server_stream(nursery, stream)
+            ws = await request.accept()
+            while True:
+                try:
+                    message = await ws.get_message()
+                except trio_websocket.ConnectionClosed:
+                    return
+                create = decode_client_event(message)
+                assert isinstance(create, ResponseCreate)
+                creates.append(create)
+                for frame in _answer(create, len(creates)):
+                    await ws.send_message(frame)
+
+    async with trio.open_nursery() as nursery:
+
+        async def connect() -> trio.abc.Stream:
+            client, server_side = trio.testing.memory_stream_pair()
+            sockets.append(len(sockets) + 1)
+            nursery.start_soon(gateway, server_side)
+            return client
+
+        recorder = Recorder()
+        bus = EventBus()
+        bus.add_listener(recorder)
+        with trio.fail_after(10):
+            async with open_connection(
+                LOCAL_URL, "sk-gateway-test-key", connector=connect, events=bus
+            ) as connection:
+                session = Session(model="m")
+                await connection.run_turn(session, [MessageItem.user("first")])
+                response = await connection.run_turn(session, [MessageItem.user("second")])
+        nursery.cancel_scope.cancel()
+    assert "ok" == response.text
+    assert [1] == sockets
+    assert ["resp_1", msgspec.UNSET] == [create.previous_response_id for create in creates[1:]]
+    assert ["first", "ok", "second"] == [item.text for item in creates[2].input]  # type: ignore[union-attr]
+    assert 1 == len(recorder.of(TranscriptReplayed))

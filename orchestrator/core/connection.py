@@ -12,10 +12,12 @@ committed it to the session. Whatever happens to the socket meanwhile is handled
   transcript. The next turn boundary switches to it and continues from the warm-up's id, so
   no turn is cut and the first turn on the new socket pays no extra latency. From
   ``max_age - margin`` on, the old socket is never used for a new turn.
-* **Recovery.** ``previous_response_not_found`` replays the transcript as a new chain on the
-  same socket, once. ``websocket_connection_limit_reached``, recoverable close codes, network
-  errors, missed pings and the idle deadline between events drop the socket and re-issue the
-  turn from a full replay on a new one, after a jittered exponential backoff with bounded
+* **Recovery.** What to do after a failed attempt is decided by the sans-I/O
+  :class:`~orchestrator.core.protocol.recovery.TurnRecovery`; this module only carries it out.
+  ``previous_response_not_found`` replays the transcript as a new chain on the same socket,
+  once. ``websocket_connection_limit_reached``, recoverable close codes, network errors,
+  missed pings and the idle deadline between events drop the socket and re-issue the turn
+  from a full replay on a new one, after a jittered exponential backoff with bounded
   attempts. Partial output of a lost turn is discarded: only a terminal event commits.
 * **Failing clearly.** 401/403 at the handshake raise :class:`AuthenticationError` at once;
   1009 and other final close codes raise :class:`ConnectionLost` naming the code; errors the
@@ -33,6 +35,7 @@ import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -66,6 +69,19 @@ from orchestrator.core.observe import (
 )
 from orchestrator.core.protocol.codec import decode_server_event, encode_text
 from orchestrator.core.protocol.lifecycle import ConnectionLifecycle
+from orchestrator.core.protocol.recovery import (
+    Backoff,
+    Fail,
+    Failed,
+    Lost,
+    Outcome,
+    RecoveryPolicy,
+    Refused,
+    Rejected,
+    Retry,
+    TurnRecovery,
+    Unreachable,
+)
 from orchestrator.core.protocol.turn import RequestError, Response, TurnAssembler
 from orchestrator.core.redaction import is_secret_name, looks_secret, redact
 from orchestrator.core.session import Session
@@ -99,13 +115,6 @@ __all__ = [
 DEFAULT_URL: Final = "wss://api.openai.com/v1/responses"
 USER_AGENT: Final = "orchestrator/0.1 (trio)"
 
-# Server-reported failures worth retrying (docs/recovery.md#server-errors-and-rate-limits;
-# openai-agents retries the first two).
-_RETRYABLE_CODES: Final = frozenset(
-    {"server_error", "server_is_overloaded", "rate_limit_exceeded", "overloaded_error"}
-)
-# A socket that reports expiry this soon after opening did not expire: back off instead.
-_FRESH_SOCKET_AGE: Final = 5.0
 # Backoff jitter of connections given no rng of their own. One generator for all: a
 # Mersenne Twister holds 2.5 KB of state, a tenth of an idle agent's memory.
 _JITTER: Final = random.Random()
@@ -407,9 +416,14 @@ class Connection:
     _bytes_received: int = attrs.field(default=0, init=False)
     _events_received: int = attrs.field(default=0, init=False)
     _log: Any = attrs.field(init=False, repr=False)
+    _policy: RecoveryPolicy = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self._log = logger.bind(agent=self.agent)
+        settings = self.settings
+        self._policy = RecoveryPolicy(
+            settings.max_attempts, settings.backoff_initial, settings.backoff_max
+        )
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -465,7 +479,7 @@ class Connection:
         self._busy = True
         self._session = session
         try:
-            socket = await self._socket_for_turn(session, [0])
+            socket = await self._socket_for_turn(session, self._policy.start(self.agent))
             covers = session.snapshot_length()
             request = session.warmup(socket=socket.id)
             response_id = await self._warm(socket, request)
@@ -691,7 +705,7 @@ class Connection:
         margin = self.settings.rotation_margin
         return None if margin is None else self.settings.max_age - margin
 
-    async def _socket_for_turn(self, session: Session, failures: list[int]) -> _Socket:
+    async def _socket_for_turn(self, session: Session, recovery: TurnRecovery) -> _Socket:
         standby = self._standby
         if standby is not None:
             if standby.socket.usable:
@@ -709,13 +723,13 @@ class Connection:
                     return self._switch(session, self._standby)
             old = current
             self._current = None
-            socket = await self._connect(session, "rotation", failures)
+            socket = await self._connect("rotation", recovery)
             self._rotations += 1
             self._nursery.start_soon(self._close_socket, old, "rotated")
             return socket
         if current is not None:
             await self._discard(current, current.dead_reason or "closed by peer")
-        return await self._connect(session, "reconnect" if self._socket_count else "open", failures)
+        return await self._connect("reconnect" if self._socket_count else "open", recovery)
 
     def _switch(self, session: Session | None, standby: _Standby) -> _Socket:
         """Make the warm standby the current socket; close the old one in the background."""
@@ -747,71 +761,22 @@ class Connection:
         self._schedule_rotation()
         return standby.socket
 
-    async def _connect(self, session: Session | None, reason: str, failures: list[int]) -> _Socket:
-        """Open a socket, retrying with backoff. ``failures`` is the turn's shared budget."""
+    async def _connect(self, reason: str, recovery: TurnRecovery) -> _Socket:
+        """Open a socket, retrying as ``recovery`` (the turn's, with its shared budget) decides."""
         while True:
             try:
                 socket = await self._open_socket(reason)
-            except AuthenticationError:
-                self._failures += 1
-                raise
-            except HandshakeRejected as exc:
-                if exc.status not in (0, 408, 429) and exc.status < 500:
-                    self._failures += 1
-                    raise
-                await self._back_off(failures, f"handshake: {exc}", None, exc.retry_after, exc)
-                continue
+            except HandshakeRejected as exc:  # AuthenticationError included
+                outcome: Outcome = Refused.of(exc)
             except ConnectionLost as exc:
-                await self._back_off(failures, str(exc), exc.code, None, exc)
-                continue
-            if reason != "open":
-                self._reconnects += 1
-            self._current = socket
-            self._schedule_rotation()
-            return socket
-
-    async def _back_off(
-        self,
-        failures: list[int],
-        reason: str,
-        code: int | None,
-        retry_after: float | None,
-        cause: BaseException | None = None,
-    ) -> None:
-        failures[0] += 1
-        attempt = failures[0]
-        if attempt >= self.settings.max_attempts:
-            self._failures += 1
-            self._log.warning("giving up after {} attempts: {}", attempt, reason)
-            if self._observed:
-                self._emit(
-                    ConnectionFailed(
-                        time=trio.current_time(), agent=self.agent, reason=reason, attempts=attempt
-                    )
-                )
-            raise TurnFailed(f"{self.agent}: gave up after {attempt} attempts: {reason}") from cause
-        delay = retry_after if retry_after is not None else self._backoff_delay(attempt)
-        self._log.info("attempt {} failed ({}); retrying in {:.2f} s", attempt, reason, delay)
-        if self._observed:
-            self._emit(
-                ConnectionReconnecting(
-                    time=trio.current_time(),
-                    agent=self.agent,
-                    attempt=attempt,
-                    delay=delay,
-                    reason=reason,
-                    code=code,
-                )
-            )
-        await trio.sleep(delay)
-
-    def _backoff_delay(self, attempt: int) -> float:
-        """Jittered exponential backoff; the first retry is spread over [0, initial]."""
-        initial, cap = self.settings.backoff_initial, self.settings.backoff_max
-        if attempt <= 1:
-            return self._rng.uniform(0.0, initial)
-        ceiling: float = min(cap, initial * 2 ** (attempt - 1))
-        return ceiling * self._rng.uniform(0.5, 1.0)
+                outcome = Unreachable(exc)
+            else:
+                if reason != "open":
+                    self._reconnects += 1
+                self._current = socket
+                self._schedule_rotation()
+                return socket
+            await self._follow(recovery.decide(outcome, self._rng))
 
     # -- planned rotation -----------------------------------------------------------------------
 
@@ -970,147 +935,164 @@ class Connection:
         new_items: tuple[Item, ...],
         on_event: Callable[[Any], object] | None,
     ) -> Response:
-        failures = [0]
-        replayed_for_not_found = False
-        replay = False
-        closed_normally = False
+        recovery = self._policy.start(self.agent)
         turn = session.turns + 1
         started = trio.current_time()
-        attempt = 0
+        replay = False
         while True:
-            attempt += 1
-            socket = await self._socket_for_turn(session, failures)
+            recovery.begin()
+            socket = await self._socket_for_turn(session, recovery)
             request = session.request(new_items, socket=socket.id, replay=replay)
-            if request.replay and len(session):
-                self._replays += 1
-                reason = "replay requested" if replay else "socket does not hold the chain"
-                self._log.info(
-                    "replaying {} items on socket {} ({})", len(session), socket.id, reason
-                )
-                if self._observed:
-                    self._emit(
-                        TranscriptReplayed(
-                            time=trio.current_time(),
-                            agent=self.agent,
-                            reason=reason,
-                            items=len(session),
-                        )
-                    )
-            replay = False
-            if self._observed:
-                self._emit(
-                    TurnStarted(
-                        time=trio.current_time(),
-                        agent=self.agent,
-                        turn=turn,
-                        connection=socket.id,
-                        new_items=len(new_items),
-                    )
-                )
+            self._starting(session, request, socket, turn, replay, len(new_items))
             try:
                 result = await self._exchange(socket, request.create, on_event)
             except _Lost as lost:
-                error = lost.error
-                await self._discard(socket, error.reason or f"close code {error.code}")
-                if not lost.sent and socket.lifecycle.age(trio.current_time()) >= _FRESH_SOCKET_AGE:
-                    continue  # an old socket was already gone: just take a fresh one
-                self._abandon(on_event, str(error), turn, attempt)
-                if error.code == 1000 and not closed_normally:
-                    closed_normally = True  # one retry for a clean close before the terminal
-                elif not error.retryable:
-                    self._failures += 1
-                    raise error from None
-                await self._back_off(failures, str(error), error.code, None, error)
-                continue
+                age = socket.lifecycle.age(trio.current_time())
+                outcome: Outcome = Lost(lost.error, request_sent=lost.sent, connection_age=age)
             except BaseException:
                 # Protocol garbage, cancellation, anything: the socket's stream is no longer
                 # trustworthy, and the session has not changed.
                 await self._discard(socket, "turn abandoned")
                 raise
-            if isinstance(result, RequestError):
-                code = result.code
-                if code == "previous_response_not_found":
-                    self._abandon(on_event, "previous_response_not_found", turn, attempt)
-                    if request.replay or replayed_for_not_found:
-                        self._failures += 1
-                        raise result.to_exception()
-                    replayed_for_not_found = True
-                    session.forget_chain()
-                    replay = True
-                    continue
-                if code == "websocket_connection_limit_reached":
-                    self._abandon(on_event, "connection limit reached", turn, attempt)
+            else:
+                if isinstance(result, RequestError):
                     age = socket.lifecycle.age(trio.current_time())
-                    await self._discard(socket, "expired (websocket_connection_limit_reached)")
-                    if age < _FRESH_SOCKET_AGE:
-                        await self._back_off(
-                            failures, "expiry reported by a fresh socket", None, None
-                        )
-                    continue
-                if code == "response_already_in_flight":
-                    # Impossible from this client (docs/recovery.md#response-already-in-flight): the
-                    # gateway and we disagree about the socket's state, so stop trusting it.
-                    self._log.error(
-                        "server reports a response already in flight on socket {}", socket.id
-                    )
-                    self._abandon(on_event, "response_already_in_flight", turn, attempt)
-                    await self._discard(socket, "response_already_in_flight")
-                    await self._back_off(failures, "response_already_in_flight", None, None)
-                    continue
-                if _retryable(code, result.status):
-                    self._abandon(on_event, f"server error {code}", turn, attempt)
-                    self._retries += 1
-                    await self._back_off(
-                        failures,
-                        f"server error {code}",
-                        None,
-                        result.retry_after,
-                        result.to_exception(),
-                    )
-                    # The failed continuation evicted its parent (docs/protocol.md#eviction):
-                    # replay.
-                    session.forget_chain()
-                    replay = True
-                    continue
-                self._failures += 1
-                raise result.to_exception()
-            if result.status == "failed":
-                code = result.error.code if result.error else None
-                if _retryable(code, None):
-                    self._abandon(on_event, f"response failed: {code}", turn, attempt)
-                    self._retries += 1
-                    await self._back_off(failures, f"response failed: {code}", None, None)
-                    session.forget_chain()
-                    replay = True
-                    continue
-                self._failures += 1
-                raise ServerError(
-                    code,
-                    result.error.message if result.error else "response failed",
-                    status=None,
-                )
-            session.commit(request, result, socket=socket.id)
-            self._turns += 1
+                    outcome = Rejected(result, replayed=request.replay, connection_age=age)
+                elif result.status == "failed":
+                    outcome = Failed.of(result)
+                else:
+                    self._finished(session, request, result, socket, turn, started)
+                    return result
+            decision = recovery.decide(outcome, self._rng)
+            abandon = partial(self._abandon, on_event, turn=turn, attempt=recovery.attempts)
+            replay = await self._follow(decision, socket, abandon)
+            if replay:
+                session.forget_chain()
+
+    def _starting(
+        self,
+        session: Session,
+        request: TurnRequest,
+        socket: _Socket,
+        turn: int,
+        replay: bool,
+        new_items: int,
+    ) -> None:
+        """Count and report an attempt about to be sent."""
+        if request.replay and len(session):
+            self._replays += 1
+            reason = "replay requested" if replay else "socket does not hold the chain"
+            self._log.info("replaying {} items on socket {} ({})", len(session), socket.id, reason)
             if self._observed:
-                usage = result.usage
                 self._emit(
-                    TurnFinished(
+                    TranscriptReplayed(
                         time=trio.current_time(),
                         agent=self.agent,
-                        turn=turn,
-                        status=result.status,
-                        response_id=result.id,
-                        duration=trio.current_time() - started,
-                        input_tokens=usage.input_tokens if usage else 0,
-                        output_tokens=usage.output_tokens if usage else 0,
-                        function_calls=len(result.function_calls),
-                        text=capped(result.text),
+                        reason=reason,
+                        items=len(session),
                     )
                 )
-            return result
+        if self._observed:
+            self._emit(
+                TurnStarted(
+                    time=trio.current_time(),
+                    agent=self.agent,
+                    turn=turn,
+                    connection=socket.id,
+                    new_items=new_items,
+                )
+            )
+
+    def _finished(
+        self,
+        session: Session,
+        request: TurnRequest,
+        result: Response,
+        socket: _Socket,
+        turn: int,
+        started: float,
+    ) -> None:
+        """Commit a turn's response and report it."""
+        session.commit(request, result, socket=socket.id)
+        self._turns += 1
+        if self._observed:
+            usage = result.usage
+            self._emit(
+                TurnFinished(
+                    time=trio.current_time(),
+                    agent=self.agent,
+                    turn=turn,
+                    status=result.status,
+                    response_id=result.id,
+                    duration=trio.current_time() - started,
+                    input_tokens=usage.input_tokens if usage else 0,
+                    output_tokens=usage.output_tokens if usage else 0,
+                    function_calls=len(result.function_calls),
+                    text=capped(result.text),
+                )
+            )
+
+    async def _follow(
+        self,
+        decision: Retry | Fail,
+        socket: _Socket | None = None,
+        abandon: Callable[[str], None] | None = None,
+    ) -> bool:
+        """Carry out a recovery decision: drop the socket, report, then fail or wait.
+
+        ``abandon`` tells the turn's observers that the attempt's output is void.
+
+        Returns:
+            Whether the next attempt replays the whole transcript.
+
+        Raises:
+            OrchestratorError: the decision's error, when it is to fail.
+        """
+        if decision.drop is not None and socket is not None:
+            await self._discard(socket, decision.drop)
+        if decision.anomaly is not None:
+            self._log.error("{} on socket {}", decision.anomaly, socket.id if socket else None)
+        if decision.abandon is not None and abandon is not None:
+            abandon(decision.abandon)
+        if decision.server_retry:
+            self._retries += 1
+        if isinstance(decision, Fail):
+            self._failures += 1
+            if decision.gave_up is not None:
+                self._report_gave_up(decision.gave_up, decision.reason)
+            raise decision.error from decision.cause
+        if decision.wait is not None:
+            await self._back_off(decision.wait)
+        return decision.replay
+
+    def _report_gave_up(self, attempts: int, reason: str) -> None:
+        self._log.warning("giving up after {} attempts: {}", attempts, reason)
+        if self._observed:
+            self._emit(
+                ConnectionFailed(
+                    time=trio.current_time(), agent=self.agent, reason=reason, attempts=attempts
+                )
+            )
+
+    async def _back_off(self, wait: Backoff) -> None:
+        self._log.info(
+            "attempt {} failed ({}); retrying in {:.2f} s", wait.attempt, wait.reason, wait.delay
+        )
+        if self._observed:
+            self._emit(
+                ConnectionReconnecting(
+                    time=trio.current_time(),
+                    agent=self.agent,
+                    attempt=wait.attempt,
+                    delay=wait.delay,
+                    reason=wait.reason,
+                    code=wait.code,
+                )
+            )
+        await trio.sleep(wait.delay)
 
     def _abandon(
-        self, on_event: Callable[[Any], object] | None, reason: str, turn: int, attempt: int
+        self, on_event: Callable[[Any], object] | None, reason: str, *, turn: int, attempt: int
     ) -> None:
         if on_event is not None:
             on_event(AttemptAbandoned(reason))
@@ -1124,12 +1106,6 @@ class Connection:
                     reason=reason,
                 )
             )
-
-
-def _retryable(code: str | None, status: int | None) -> bool:
-    if code in _RETRYABLE_CODES:
-        return True
-    return code is None and status is not None and (status >= 500 or status == 429)
 
 
 def _lost_from(exc: ConnectionClosed, socket: _Socket) -> ConnectionLost:

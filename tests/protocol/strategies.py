@@ -691,8 +691,8 @@ OUTCOMES = ("completed", "failed", "incomplete", "error_before", "error_after")
 
 
 def _error_event(draw: st.DrawFn, sequence: int | UnsetType, lane: str | None) -> ErrorEvent:
-    """An ``error`` event in the nested shape (docs/protocol.md#the-error-event) or the legacy flat
-    one."""
+    """An ``error`` event in the nested shape (docs/protocol.md#the-error-event), the legacy
+    flat one, or the gateways' shape whose ``error`` is only the message."""
     code = draw(nullable(st.sampled_from(["previous_response_not_found", "server_error"])))
     message = draw(texts)
     param = draw(nullable(st.sampled_from(["previous_response_id", "input"])))
@@ -706,7 +706,8 @@ def _error_event(draw: st.DrawFn, sequence: int | UnsetType, lane: str | None) -
     status = draw(st.sampled_from([400, 404, 429, 500]))
     # A request-scoped error on a named lane echoes it; a connection-scoped one carries none.
     stream_id = UNSET if lane is None else draw(st.just(lane) | st.just(UNSET))
-    if draw(st.booleans()):
+    shape = draw(st.sampled_from(["nested", "flat", "string"]))
+    if shape == "nested":
         error_type = draw(st.just(UNSET) | st.just("invalid_request_error"))
         detail = ErrorDetail(
             message=message, type=error_type, code=code, param=param, headers=headers
@@ -715,8 +716,9 @@ def _error_event(draw: st.DrawFn, sequence: int | UnsetType, lane: str | None) -
             error=detail, status=status, sequence_number=sequence, stream_id=stream_id
         )
     return ErrorEvent(
+        error=message if shape == "string" else UNSET,
         code=code,
-        message=message,
+        message=UNSET if shape == "string" else message,
         param=param,
         status_code=status,
         headers=headers,
@@ -736,7 +738,10 @@ def expected_request_error(event: ErrorEvent, response_id: str | None) -> Reques
         message, error_type, status = nested.message, nested.type, event.status
     else:
         headers, param, code = event.headers, event.param, event.code
-        message = event.message if isinstance(event.message, str) else ""
+        if isinstance(event.error, str):
+            message = event.error
+        else:
+            message = event.message if isinstance(event.message, str) else ""
         error_type, status = UNSET, event.status_code
     if isinstance(headers, UnsetType):
         headers = event.headers if isinstance(event.headers, dict) else {}

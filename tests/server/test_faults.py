@@ -91,16 +91,19 @@ async def test_error_fault_before_created_is_an_admission_error(autojump_clock):
     assert "sequence_number" not in events[0]
 
 
-@pytest.mark.parametrize("after_events", [0, 3])
+@pytest.mark.parametrize("after_events", [0, 3, 8])
 async def test_fail_fault_ends_with_response_failed(autojump_clock, after_events):
     """Fault ``fail``: ``response.failed`` with the code; a response that had not started
-    is announced first (created before failed)."""
+    is announced first (created before failed); one due right before the terminal event
+    (8) fails the response instead of completing it."""
     server = _server(Fault("fail", error_code="server_error", after_events=after_events))
     async with memory_client(server) as client:
         with trio.fail_after(60):
             events = await client.turn(input="x")
     assert "response.created" == events[0]["type"]
     assert "response.failed" == events[-1]["type"]
+    assert "response.completed" not in types_of(events)
+    assert max(after_events, 1) + 1 == len(events)
     assert list(range(len(events))) == [e["sequence_number"] for e in events]
     assert "server_error" == events[-1]["response"]["error"]["code"]
     assert events[0]["response"]["created_at"] == events[-1]["response"]["created_at"]

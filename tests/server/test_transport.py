@@ -3,7 +3,13 @@ leave in one write, backpressure bounds the buffer, protocol violations close th
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import json
+import re
+import sys
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -220,3 +226,51 @@ async def test_giving_up_drops_unsent_messages_but_keeps_the_101_and_closes_with
     assert (1008, "client not reading: test") == (close.code, close.reason)
     assert ["client not reading: test"] == reasons
     assert (1008, "server") == (transport.close_code, transport.closed_by)
+
+
+def _distributions_imported(root: Path, folder: str) -> set[str]:
+    """The third-party distributions the modules under ``folder`` import."""
+    modules: set[str] = set()
+    for path in (root / folder).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    third_party = modules - set(sys.stdlib_module_names) - {"orchestrator", "actors", "plans"}
+    distributions = importlib.metadata.packages_distributions()
+    return {
+        name.lower().replace("_", "-")
+        for module in third_party
+        for name in distributions.get(module, [module])
+    }
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {
+        re.split(r"[^A-Za-z0-9._-]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+        for requirement in requirements
+    }
+
+
+def test_the_servers_third_party_imports_are_declared_dependencies():
+    """Every distribution the embedded server imports (wsproto for its transport, trio,
+    attrs, msgspec, loguru...) is a required dependency in pyproject.toml, and every one the
+    product imports anywhere is required or in an extra: an install never works only by way
+    of another package's requirements."""
+    root = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    required = _requirement_names(project["dependencies"])
+    extras = {
+        name
+        for group in project["optional-dependencies"].values()
+        for name in _requirement_names(group)
+    }
+    server = _distributions_imported(root, "orchestrator/core/server")
+    assert "wsproto" in server
+    assert set() == server - required
+    product = set().union(
+        *(_distributions_imported(root, folder) for folder in ("orchestrator", "actors", "plans"))
+    )
+    assert {"trio", "msgspec", "psycopg"} <= product
+    assert set() == product - required - extras

@@ -1,4 +1,5 @@
-"""Sans-I/O core of the Responses API WebSocket protocol: events, codec, turn assembly.
+"""Sans-I/O core of the Responses API WebSocket protocol: events, codec, turn assembly,
+the recovery decisions of a turn, and the server's response writer.
 
 Nothing here does I/O, reads a clock or configures logging; ``orchestrator.core.connection`` and
 ``orchestrator.core.server`` are the glue that does.
@@ -15,6 +16,7 @@ from .codec import (
 from .events import *  # noqa: F403 - events.__all__ is the wire vocabulary
 from .events import __all__ as _events_all
 from .lifecycle import ConnectionLifecycle as ConnectionLifecycle
+from .recovery import RecoveryPolicy as RecoveryPolicy, TurnRecovery as TurnRecovery
 from .turn import (
     RequestError as RequestError,
     Response as Response,
@@ -22,13 +24,17 @@ from .turn import (
     TurnState as TurnState,
     assemble as assemble,
 )
+from .writer import ResponseWriter as ResponseWriter
 
 __all__ = [
     *_events_all,
     "ConnectionLifecycle",
+    "RecoveryPolicy",
     "RequestError",
     "Response",
+    "ResponseWriter",
     "TurnAssembler",
+    "TurnRecovery",
     "TurnState",
     "assemble",
     "decode_client_event",

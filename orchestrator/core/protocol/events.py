@@ -628,11 +628,12 @@ class ErrorEvent(ServerEvent, tag="error", frozen=True, kw_only=True):
     """An ``error`` event (docs/protocol.md#the-error-event).
 
     ``error`` is the nested shape the service sends. The flat pre-2026-08 shape (``code``,
-    ``message``, ``param`` at top level) and Codex's ``status_code``/``headers`` aliases are
-    accepted too; use :meth:`detail` to read whichever arrived.
+    ``message``, ``param`` at top level), an ``error`` that is only a message string (some
+    HTTP gateways) and Codex's ``status_code``/``headers`` aliases are accepted too; use
+    :meth:`detail` to read whichever arrived.
     """
 
-    error: ErrorDetail | UnsetType = UNSET
+    error: ErrorDetail | str | UnsetType = UNSET
     status: int | UnsetType | None = UNSET
     sequence_number: int | UnsetType = UNSET
     # Tolerated legacy / gateway shapes, never sent by the embedded server.
@@ -644,14 +645,15 @@ class ErrorEvent(ServerEvent, tag="error", frozen=True, kw_only=True):
 
     def detail(self) -> ErrorDetail:
         """The error detail, whichever shape the server used."""
-        if not isinstance(self.error, UnsetType):
-            return self.error
-        return ErrorDetail(
-            message=self.message if isinstance(self.message, str) else "",
-            code=self.code,
-            param=self.param,
-            headers=self.headers,
-        )
+        error = self.error
+        if isinstance(error, ErrorDetail):
+            return error
+        if isinstance(error, str):
+            # {"error": "message"}: the message is nested, anything else sits at the top.
+            message = error
+        else:
+            message = self.message if isinstance(self.message, str) else ""
+        return ErrorDetail(message=message, code=self.code, param=self.param, headers=self.headers)
 
     @property
     def code_value(self) -> str | None:

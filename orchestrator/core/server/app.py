@@ -9,6 +9,10 @@ one read loop and one buffered writer per connection): the events a response pro
 between two checkpoints leave in one write. Sending an event is therefore synchronous
 (:meth:`_ServerConnection.send`); producers await only for pacing, faults and backpressure.
 
+What to answer is decided by pure code: a request's checks in :mod:`.checks`, the ordered
+events of a response in :class:`~orchestrator.core.protocol.writer.ResponseWriter`. This module
+is the trio glue around them: sockets, lanes, the latency model's pacing and injected faults.
+
 The server accepts any trio stream (:meth:`LocalServer.handle_stream`), so the same code
 serves real TCP (:func:`open_local_server`, ``orchestrator serve``) and in-memory stream pairs
 driven by trio's MockClock in tests.
@@ -33,48 +37,47 @@ import trio
 from loguru import logger
 from msgspec import UNSET, UnsetType
 
-from orchestrator.core.protocol.codec import DECODE_ERRORS, decode_client_event, encode, raw
+from orchestrator.core.protocol.codec import decode_client_event, encode
 from orchestrator.core.protocol.events import (
     ClientEvent,
-    ContentPart,
-    ContentPartAdded,
-    ContentPartDone,
     ErrorDetail,
     ErrorEvent,
-    FunctionCallArgumentsDelta,
-    FunctionCallArgumentsDone,
-    FunctionCallItem,
-    IncompleteDetails,
     InputTokensDetails,
     Item,
     MessageItem,
-    OutputItemAdded,
-    OutputItemDone,
-    OutputTextDelta,
-    OutputTextDone,
-    ReasoningItem,
-    ReasoningSummaryPartAdded,
-    ReasoningSummaryPartDone,
-    ReasoningSummaryTextDelta,
-    ReasoningSummaryTextDone,
-    ResponseCompleted,
     ResponseCreate,
-    ResponseCreated,
-    ResponseError,
-    ResponseFailed,
-    ResponseIncomplete,
-    ResponseInProgress,
-    ResponseObject,
     ResponseSteer,
     ServerEvent,
     SteerFailed,
     SteerInfo,
-    SummaryPart,
     UnknownEvent,
     Usage,
 )
+from orchestrator.core.protocol.writer import (
+    DELTAS,
+    Call,
+    Part,
+    Reasoning,
+    ResponseWriter,
+    Text,
+    error_event,
+    error_type,
+    response_object,
+)
 from orchestrator.errors import ConfigurationError, RemoteProtocolError
 
+from .checks import (
+    EXPIRED,
+    LIMIT_MESSAGE,
+    QUEUE_FULL,
+    Refusal,
+    check_continuation,
+    check_create,
+    check_lane,
+    check_message,
+    check_tool_outputs,
+    unknown_event,
+)
 from .config import Fault, ServerConfig
 from .models import (
     ModelReply,
@@ -89,11 +92,11 @@ from .models import (
     select_policy,
     split_arguments,
 )
-from .state import CachedResponse, IdFactory, ResponseStore, call_ids_in
+from .state import CachedResponse, IdFactory, ResponseStore
 from .transport import ServerWebSocket, TransportClosed, peer_name
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
 __all__ = [
     "LocalServer",
@@ -104,15 +107,7 @@ __all__ = [
 ]
 
 RESPONSES_PATHS: Final = frozenset({"/v1/responses", "/responses"})
-LIMIT_MESSAGE: Final = (
-    "Responses websocket connection limit reached (60 minutes). Create a new websocket "
-    "connection to continue."
-)
-_LANE_ID_CHARS: Final = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
-)
 _RECORD_LIMIT: Final = 100_000
-_any_json: Final = msgspec.json.Decoder()
 _NO_TOOLS: Final = msgspec.Raw(b"[]")
 _QUEUE_SIZE: Final = 256
 
@@ -577,22 +572,18 @@ class _Lane:
 
 @attrs.define(eq=False)
 class _ResponseStream:
-    """Sending the events of one response: sequence numbers, stream_id, fault hooks."""
+    """Sending the events of one response: its writer's drafts, after the fault hooks."""
 
     connection: _ServerConnection
     index: int
-    stream_id: str | UnsetType
-    sequence: int = 0
-    # The response object of ``response.created``: every lifecycle event of one response
-    # carries it (created_at included), the terminal one with its outcome replaced.
-    base: ResponseObject | None = None
+    writer: ResponseWriter
 
-    def next_sequence(self) -> int:
-        number = self.sequence
-        self.sequence += 1
-        return number
+    @property
+    def sequence(self) -> int:
+        """How many events of this response have been numbered."""
+        return self.writer.sequence
 
-    async def emit(self, event_type: Any, **fields: Any) -> None:
+    async def emit(self, draft: ServerEvent) -> None:
         """Send the next event of this response, after firing the faults due before it.
 
         Checkpoints only when it has to wait (a fault, or backpressure): the events of a
@@ -607,10 +598,11 @@ class _ResponseStream:
             await connection.transport.wait_writable()
         # No checkpoint between numbering and sending: events of concurrent senders (a steer
         # answer, say) reach the socket in sequence order.
-        event: ServerEvent = event_type(
-            sequence_number=self.next_sequence(), stream_id=self.stream_id, **fields
-        )
-        connection.send(event)
+        connection.send(self.writer.take(draft))
+
+    def send_now(self, draft: ServerEvent) -> None:
+        """Send an event at once: no fault hook, no backpressure wait."""
+        self.connection.send(self.writer.take(draft))
 
 
 @attrs.define(eq=False)
@@ -708,29 +700,16 @@ class _ServerConnection:
             )
         self.transport.send_text(payload)
 
-    def send_error(
-        self,
-        status: int,
-        code: str | None,
-        message: str,
-        *,
-        param: str | None = None,
-        stream_id: str | UnsetType = UNSET,
-        sequence_number: int | UnsetType = UNSET,
-        headers: dict[str, str] | UnsetType = UNSET,
-    ) -> None:
+    def refuse(self, refusal: Refusal, stream_id: str | UnsetType = UNSET) -> None:
+        """Answer with the ``error`` event a check decided on (``stream_id``: the create's
+        lane, echoed when the refusal concerns it)."""
         self.send(
-            ErrorEvent(
-                status=status,
-                error=ErrorDetail(
-                    type=error_type(status),
-                    code=code,
-                    message=message,
-                    param=param,
-                    headers=headers,
-                ),
-                stream_id=stream_id,
-                sequence_number=sequence_number,
+            error_event(
+                refusal.status,
+                refusal.code,
+                refusal.message,
+                param=refusal.param,
+                stream_id=stream_id if refusal.lane else UNSET,
             )
         )
 
@@ -778,14 +757,17 @@ class _ServerConnection:
                 headers = {"retry-after": str(fault.retry_after)}
             connection_scoped = fault.error_code == "websocket_connection_limit_reached"
             default_message = LIMIT_MESSAGE if connection_scoped else "injected error"
-            self.send_error(
-                fault.status,
-                fault.error_code,
-                fault.message or default_message,
-                stream_id=UNSET if connection_scoped else stream.stream_id,
-                # Before response.created the error is an admission error: no sequence number.
-                sequence_number=stream.next_sequence() if stream.sequence else UNSET,
-                headers=headers,
+            writer = stream.writer
+            self.send(
+                error_event(
+                    fault.status,
+                    fault.error_code,
+                    fault.message or default_message,
+                    stream_id=UNSET if connection_scoped else writer.stream_id,
+                    # Before response.created the error is an admission error: no number.
+                    sequence_number=writer.next_sequence() if writer.sequence else UNSET,
+                    headers=headers,
+                )
             )
             raise _EndResponse(evict=True)
         elif kind == "fail":
@@ -812,7 +794,7 @@ class _ServerConnection:
         self._expired = True
         self.counters.expiries += 1
         await self._idle.wait()
-        self.send_error(400, "websocket_connection_limit_reached", LIMIT_MESSAGE)
+        self.refuse(EXPIRED)
         code = self.server.config.expiry_close_code
         if code is not None:
             # The handshake completes in _serve's aclose, after this connection's tasks.
@@ -837,7 +819,7 @@ class _ServerConnection:
         try:
             event = decode_client_event(message)
         except RemoteProtocolError as exc:
-            self._on_bad_message(message, exc)
+            self.refuse(check_message(message, exc))
             return
         if self.server.config.record_messages and len(self.server.received) < _RECORD_LIMIT:
             self.server.received.append((self.index, event))
@@ -846,119 +828,32 @@ class _ServerConnection:
         elif isinstance(event, ResponseSteer):
             self._on_steer(event)
         elif isinstance(event, UnknownEvent):
-            self.send_error(
-                400,
-                "unknown_event_type",
-                f"Unknown client event type {event.type!r}; expected 'response.create' or "
-                "'response.steer'.",
-                param="type",
-            )
-
-    def _on_bad_message(self, message: str | bytes, exc: RemoteProtocolError) -> None:
-        text = str(exc)
-        try:
-            obj = _any_json.decode(message)
-        except DECODE_ERRORS:
-            self.send_error(400, "invalid_json", f"Invalid JSON message: {text}")
-            return
-        if not isinstance(obj, dict):
-            self.send_error(
-                400, "invalid_value", f"A client event is a JSON object, not {type(obj).__name__}."
-            )
-            return
-        if "type" not in obj:
-            self.send_error(
-                400,
-                "missing_required_parameter",
-                "Missing required parameter: 'type'.",
-                param="type",
-            )
-            return
-        param, code = _param_from(text)
-        self.send_error(400, code, f"Invalid client event: {text}", param=param)
+            self.refuse(unknown_event(event))
 
     def _on_create(self, create: ResponseCreate, tools_raw: msgspec.Raw, size: int) -> None:
-        config = self.server.config
         stream_id = create.stream_id
-        if isinstance(stream_id, str) and not _valid_lane_id(stream_id):
-            self.send_error(
-                400,
-                "invalid_stream_id",
-                "stream_id must be 1 to 256 characters of [A-Za-z0-9_.-].",
-                param="stream_id",
-            )
-            return
         lane_key = stream_id if isinstance(stream_id, str) else None
-        if create.background is True:
-            self.send_error(
-                400,
-                "invalid_value",
-                "background responses are not supported over WebSocket.",
-                param="background",
-                stream_id=stream_id,
-            )
-            return
-        if not isinstance(create.model, str) or not create.model:
-            self.send_error(
-                400,
-                "missing_required_parameter",
-                "Missing required parameter: 'model'.",
-                param="model",
-                stream_id=stream_id,
-            )
-            return
-        if isinstance(create.conversation, str | dict) and isinstance(
-            create.previous_response_id, str
-        ):
-            self.send_error(
-                400,
-                "invalid_value",
-                "previous_response_id cannot be combined with conversation.",
-                param="conversation",
-                stream_id=stream_id,
-            )
-            return
         lane = self._lanes.get(lane_key)
-        if lane is None:
-            if lane_key is not None and self._named_lanes >= config.max_named_lanes:
-                self.send_error(
-                    400,
-                    "websocket_stream_limit_reached",
-                    f"This connection already uses {config.max_named_lanes} stream ids.",
-                    param="stream_id",
-                    stream_id=stream_id,
-                )
-                return
-            lane = self._open_lane(lane_key)
-        if config.strict_single_flight and lane.busy:
-            self.send_error(
-                409,
-                "response_already_in_flight",
-                "A response is already in flight on this lane; wait for its terminal event.",
-                stream_id=stream_id,
-            )
-            return
         held = self.request_bytes
-        if held and held + size > config.max_request_bytes:
-            self.send_error(
-                429,
-                "too_many_queued_requests",
-                f"This connection already holds {held} bytes of requests and this one has "
-                f"{size} (limit {config.max_request_bytes}); wait for a response to finish.",
-                stream_id=stream_id,
-            )
+        refusal = check_create(create) or check_lane(
+            self.server.config,
+            new_named_lane=lane is None and lane_key is not None,
+            named_lanes=self._named_lanes,
+            lane_busy=lane is not None and lane.busy > 0,
+            held=held,
+            size=size,
+        )
+        if refusal is not None:
+            self.refuse(refusal, stream_id)
             return
+        if lane is None:
+            lane = self._open_lane(lane_key)
         self._mark_busy(lane)
         try:
             lane.send.send_nowait(_Request(create, lane_key, tools_raw, size))
         except trio.WouldBlock:
             self._mark_done(lane)
-            self.send_error(
-                429,
-                "too_many_queued_requests",
-                "Too many queued responses on this lane.",
-                stream_id=stream_id,
-            )
+            self.refuse(QUEUE_FULL, stream_id)
             return
         self.queued_requests += 1
         self.request_bytes = held = held + size
@@ -994,16 +889,16 @@ class _ServerConnection:
             if stream is not None
             else "The target response is not active on this connection."
         )
-        sequence = stream.next_sequence() if stream is not None else 0
+        writer = stream.writer if stream is not None else None
         self.send(
             SteerFailed(
-                sequence_number=sequence,
+                sequence_number=writer.next_sequence() if writer is not None else 0,
                 error=ErrorDetail(type="invalid_request_error", code=code, message=message),
                 steer=SteerInfo(
                     previous_response_id=steer.previous_response_id,
                     input=msgspec.to_builtins(steer.input, enc_hook=_builtins_hook),
                 ),
-                stream_id=stream.stream_id if stream is not None else UNSET,
+                stream_id=writer.stream_id if writer is not None else UNSET,
             )
         )
 
@@ -1041,222 +936,93 @@ class _ServerConnection:
     async def _process(self, create: ResponseCreate, lane: _Lane, tools_raw: msgspec.Raw) -> None:
         stream_id = create.stream_id
         if self._expired:
-            self.send_error(400, "websocket_connection_limit_reached", LIMIT_MESSAGE)
+            self.refuse(EXPIRED)
             return
         parent: CachedResponse | None = None
         parent_lane: _Lane | None = None
         previous = create.previous_response_id
         if isinstance(previous, str):
             parent, parent_lane = self._lookup(previous)
-            if parent is None or parent.status == "failed":
+            refusal = check_continuation(previous, parent)
+            if refusal is not None:
                 self._evict(previous, lane)
-                self.send_error(
-                    400,
-                    "previous_response_not_found",
-                    f"Previous response with id '{previous}' not found.",
-                    param="previous_response_id",
-                    stream_id=stream_id,
-                )
+                self.refuse(refusal, stream_id)
                 return
             if parent_lane is not None:
                 self.counters.cache_hits += 1
             else:
                 self.counters.store_hydrations += 1
         new_input = _input_items(create.input)
-        problem = self._check_tool_outputs(parent, new_input)
-        if problem is not None:
+        refusal = check_tool_outputs(
+            parent, new_input, require_all=self.server.config.require_tool_outputs
+        )
+        if refusal is not None:
             if parent is not None and parent_lane is lane:
                 self._evict(parent.id, lane)
-            self.send_error(400, "invalid_value", problem, param="input", stream_id=stream_id)
+            self.refuse(refusal, stream_id)
             return
         self._responses += 1
-        stream = _ResponseStream(self, self._responses, stream_id)
         response_id = self._ids.response()
+        # Every lifecycle event of the response carries this object (created_at included),
+        # the terminal one with its outcome filled in.
+        writer = ResponseWriter(
+            response_object(create, response_id, created_at=int(time.time()), tools=tools_raw),
+            self._ids,
+            stream_id,
+            seal=_opaque
+            if isinstance(create.include, list) and "reasoning.encrypted_content" in create.include
+            else None,
+        )
+        stream = _ResponseStream(self, self._responses, writer)
         if parent is not None and parent_lane is lane:
             # The lane's slot moves on to the new response (docs/protocol.md#eviction): with
             # store=false the parent is gone for good once this response starts.
             lane.latest = None
         self._active_responses[response_id] = stream
         try:
-            await self._generate(
-                create,
-                lane,
-                stream,
-                response_id,
-                parent,
-                parent_lane,
-                new_input,
-                tools_raw,
-            )
+            await self._generate(create, lane, stream, parent, parent_lane, new_input)
         except _EndResponse as end:
             if end.evict and parent is not None and parent_lane is lane:
                 self._evict(parent.id, lane)
             if end.failed is not None:
                 # Reached only from a "fail" fault before the terminal event was sent. A
                 # response must exist before it can fail: announce it first if needed.
-                base = stream.base
-                if base is None:
-                    base = stream.base = self._response_object(
-                        create,
-                        response_id,
-                        status="in_progress",
-                        created_at=int(time.time()),
-                        tools_raw=tools_raw,
-                    )
-                if stream.sequence == 0:
-                    self.send(
-                        ResponseCreated(
-                            sequence_number=stream.next_sequence(),
-                            response=base,
-                            stream_id=stream.stream_id,
-                        )
-                    )
-                self._send_failed(base, stream, end.failed, end.message)
+                if writer.sequence == 0:
+                    stream.send_now(writer.created())
+                self._send_failed(stream, end.failed, end.message)
         finally:
             self._active_responses.pop(response_id, None)
-
-    def _check_tool_outputs(
-        self, parent: CachedResponse | None, new_input: list[Item]
-    ) -> str | None:
-        calls, outputs = call_ids_in(new_input)
-        for call_id in sorted(outputs - calls):
-            if parent is None or not parent.has_call(call_id):
-                return f"No tool call found for function call output with call_id '{call_id}'."
-        if self.server.config.require_tool_outputs and parent is not None:
-            missing = sorted(parent.pending_call_ids() - outputs)
-            if missing:
-                return f"No tool output found for function call '{missing[0]}'."
-        return None
-
-    def _response_object(
-        self,
-        create: ResponseCreate,
-        response_id: str,
-        *,
-        status: str,
-        created_at: float,
-        output: list[Item] | None = None,
-        usage: Usage | None = None,
-        error: ResponseError | None = None,
-        incomplete: IncompleteDetails | None = None,
-        tools_raw: msgspec.Raw,
-    ) -> ResponseObject:
-        return ResponseObject(
-            id=response_id,
-            created_at=created_at,
-            status=status,
-            model=create.model if isinstance(create.model, str) else "",
-            output=raw(output or []),
-            tools=tools_raw,
-            tool_choice=_or(create.tool_choice, "auto"),
-            parallel_tool_calls=_or(create.parallel_tool_calls, True) is not False,
-            completed_at=int(time.time()) if status == "completed" else None,
-            error=error,
-            incomplete_details=incomplete,
-            instructions=_or(create.instructions, None),
-            previous_response_id=_or(create.previous_response_id, None),
-            metadata=_or(create.metadata, None) or {},
-            usage=usage,
-            store=_or(create.store, True) is not False,
-            temperature=_or(create.temperature, 1.0),
-            top_p=_or(create.top_p, 1.0),
-            max_output_tokens=_or(create.max_output_tokens, None),
-            max_tool_calls=_or(create.max_tool_calls, None),
-            reasoning=_or(create.reasoning, None),
-            text=_or(create.text, None) or {"format": {"type": "text"}},
-            truncation=_or(create.truncation, "disabled"),
-            service_tier=_or(create.service_tier, "default"),
-            prompt_cache_key=_or(create.prompt_cache_key, None),
-            safety_identifier=_or(create.safety_identifier, None),
-            user=_or(create.user, None),
-            background=False,
-            top_logprobs=_or(create.top_logprobs, None),
-        )
 
     async def _generate(
         self,
         create: ResponseCreate,
         lane: _Lane,
         stream: _ResponseStream,
-        response_id: str,
         parent: CachedResponse | None,
         parent_lane: _Lane | None,
         new_input: list[Item],
-        tools_raw: msgspec.Raw,
     ) -> None:
-        config = self.server.config
-        latency = config.latency
-        tools = tuple(create.tools) if isinstance(create.tools, list) else ()
-        store = create.store is not False
-        # Built once: created, in_progress and the terminal event share it (the terminal one
-        # with its status, output and usage replaced), created_at included.
-        base = stream.base = self._response_object(
-            create,
-            response_id,
-            status="in_progress",
-            created_at=int(time.time()),
-            tools_raw=tools_raw,
-        )
+        writer = stream.writer
         self.counters.responses_started += 1
-        await stream.emit(ResponseCreated, response=base)
-        await stream.emit(ResponseInProgress, response=base)
-        instructions = create.instructions if isinstance(create.instructions, str) else ""
-        prefix_tokens = count_tokens(instructions) + (-(-len(tools_raw) // 4) if tools else 0)
-        input_tokens = sum(count_tokens(item_text(item)) for item in new_input)
-        parent_tokens = parent.context_tokens if parent is not None else 0
-        cached = parent_tokens + prefix_tokens if parent_lane is not None else 0
-        total_input = parent_tokens + prefix_tokens + input_tokens
-        uncached = total_input - cached
-        generate = create.generate is not False
-        if not latency.is_zero:
-            delay = uncached * latency.seconds_per_input_token
-            if generate:
-                delay += latency.time_to_first_token
-            if delay:
-                await trio.sleep(delay)
-        output: list[Item] = []
-        output_tokens = 0
+        for draft in writer.opening():
+            await stream.emit(draft)
+        total_input, cached = await self._read_input(
+            create, writer.response.tools, parent, parent_lane, new_input
+        )
         reply = ModelReply()
         context: tuple[Item, ...] | None = None
-        if generate:
-            parent_context = parent.context() if parent is not None else ()
-            context = (*parent_context, *new_input)
-            request = ModelRequest(
-                model=base.model,
-                instructions=instructions or None,
-                tools=tools,
-                context=context,
-                parallel_tool_calls=create.parallel_tool_calls is not False,
-                tool_choice=_or(create.tool_choice, "auto"),
-                text_format=_text_format(create.text),
-                max_tool_calls=_or(create.max_tool_calls, None),
-            )
-            reply = limit_output(
-                self.server.policy_for(base.model).respond(request),
-                _or(create.max_output_tokens, None),
-            )
+        if create.generate is not False:
+            context = (*(parent.context() if parent is not None else ()), *new_input)
+            reply = self._respond(create, context)
             if reply.error is not None:
-                await stream.emit(
-                    ErrorEvent,
-                    status=reply.error_status,
-                    error=ErrorDetail(
-                        type=error_type(reply.error_status),
-                        code=reply.error,
-                        message=reply.message or "scripted error",
-                        param=None,
-                    ),
-                )
+                message = reply.message or "scripted error"
+                await stream.emit(writer.error(reply.error_status, reply.error, message))
                 raise _EndResponse(evict=True)
-            output_tokens = await self._stream_output(
-                reply,
-                stream,
-                output,
-                latency.tokens_per_second,
-                encrypt=isinstance(create.include, list)
-                and "reasoning.encrypted_content" in create.include,
-            )
+            tokens_per_second = self.server.config.latency.tokens_per_second
+            await self._stream_output(stream, _parts(reply), tokens_per_second)
         else:
             self.counters.warmups += 1
+        output_tokens = writer.output_tokens
         usage = Usage(
             input_tokens=total_input,
             input_tokens_details=InputTokensDetails(cached_tokens=cached, cache_write_tokens=0),
@@ -1264,243 +1030,149 @@ class _ServerConnection:
             total_tokens=total_input + output_tokens,
         )
         if reply.failed is not None:
-            self._send_failed(base, stream, reply.failed, reply.message, output=output, usage=usage)
+            self._send_failed(stream, reply.failed, reply.message, usage=usage, output=True)
             raise _EndResponse(evict=True)
         if reply.incomplete is not None:
-            final = msgspec.structs.replace(
-                base,
-                status="incomplete",
-                output=raw(output),
-                usage=usage,
-                incomplete_details=IncompleteDetails(reason=reply.incomplete),
-            )
-            await stream.emit(ResponseIncomplete, response=final)
-            self.counters.responses_incomplete += 1
             status = "incomplete"
+            await stream.emit(writer.incomplete(usage, reply.incomplete))
+            self.counters.responses_incomplete += 1
         else:
-            final = msgspec.structs.replace(
-                base,
-                status="completed",
-                completed_at=int(time.time()),
-                output=raw(output),
-                usage=usage,
-            )
-            await stream.emit(ResponseCompleted, response=final)
-            self.counters.responses_completed += 1
             status = "completed"
+            await stream.emit(writer.completed(usage, completed_at=int(time.time())))
+            self.counters.responses_completed += 1
         self.log.debug(
             "connection {} response {} {}: {} input tokens ({} cached), {} output tokens",
             self.index,
-            response_id,
+            writer.response.id,
             status,
             total_input,
             cached,
             output_tokens,
         )
-        output_items = tuple(output)
-        cached_response = CachedResponse.create(
-            response_id,
-            parent,
-            tuple(new_input),
-            output_items,
-            status,
-            store=store,
-            tokens=input_tokens + sum(count_tokens(item_text(item)) for item in output_items),
-            context=(*context, *output_items) if context is not None else None,
-        )
-        lane.latest = cached_response
-        if store:
-            self.server._store.put(cached_response)
+        self._remember(lane, stream, parent, new_input, status, total_input, context)
         # A fault may be due right after the terminal event ("completed, then the socket died").
         if self.server._faults:
             await self.before_event(stream, ended=True)
 
+    async def _read_input(
+        self,
+        create: ResponseCreate,
+        tools_raw: msgspec.Raw,
+        parent: CachedResponse | None,
+        parent_lane: _Lane | None,
+        new_input: list[Item],
+    ) -> tuple[int, int]:
+        """Count the input tokens and take the latency model's time to read the uncached
+        ones (and to the first token); returns the input tokens and the cached ones."""
+        latency = self.server.config.latency
+        instructions = create.instructions if isinstance(create.instructions, str) else ""
+        tools_bytes = len(tools_raw) if isinstance(create.tools, list) and create.tools else 0
+        prefix_tokens = count_tokens(instructions) + -(-tools_bytes // 4)
+        input_tokens = sum(count_tokens(item_text(item)) for item in new_input)
+        parent_tokens = parent.context_tokens if parent is not None else 0
+        cached = parent_tokens + prefix_tokens if parent_lane is not None else 0
+        total_input = parent_tokens + prefix_tokens + input_tokens
+        if not latency.is_zero:
+            delay = (total_input - cached) * latency.seconds_per_input_token
+            if create.generate is not False:
+                delay += latency.time_to_first_token
+            if delay:
+                await trio.sleep(delay)
+        return total_input, cached
+
+    def _respond(self, create: ResponseCreate, context: tuple[Item, ...]) -> ModelReply:
+        """Ask the local model the create names for its reply."""
+        model = create.model if isinstance(create.model, str) else ""
+        request = ModelRequest(
+            model=model,
+            instructions=(create.instructions if isinstance(create.instructions, str) else "")
+            or None,
+            tools=tuple(create.tools) if isinstance(create.tools, list) else (),
+            context=context,
+            parallel_tool_calls=create.parallel_tool_calls is not False,
+            tool_choice=_or(create.tool_choice, "auto"),
+            text_format=_text_format(create.text),
+            max_tool_calls=_or(create.max_tool_calls, None),
+        )
+        return limit_output(
+            self.server.policy_for(model).respond(request), _or(create.max_output_tokens, None)
+        )
+
+    def _remember(
+        self,
+        lane: _Lane,
+        stream: _ResponseStream,
+        parent: CachedResponse | None,
+        new_input: list[Item],
+        status: str,
+        input_tokens: int,
+        context: tuple[Item, ...] | None,
+    ) -> None:
+        """Keep a finished response as its lane's latest (and in the store with store=true)."""
+        writer = stream.writer
+        output_items = tuple(writer.output)
+        cached_response = CachedResponse.create(
+            writer.response.id,
+            parent,
+            tuple(new_input),
+            output_items,
+            status,
+            store=writer.response.store is not False,
+            tokens=input_tokens + sum(count_tokens(item_text(item)) for item in output_items),
+            context=(*context, *output_items) if context is not None else None,
+        )
+        lane.latest = cached_response
+        if cached_response.store:
+            self.server._store.put(cached_response)
+
     def _send_failed(
         self,
-        base: ResponseObject,
         stream: _ResponseStream,
         code: str,
         message: str | None,
         *,
-        output: list[Item] | None = None,
         usage: Usage | None = None,
+        output: bool = False,
     ) -> None:
-        """End ``stream`` with ``response.failed`` (``base``: its response.created object)."""
-        final = msgspec.structs.replace(
-            base,
-            status="failed",
-            output=raw(output or []),
-            usage=usage,
-            error=ResponseError(code=code, message=message or "The model failed to respond."),
-        )
+        """End ``stream`` with ``response.failed`` (``output``: with what it produced)."""
+        writer = stream.writer
         self.counters.responses_failed += 1
         self.log.debug(
             "connection {} response {} failed: {} ({} input tokens, {} output tokens)",
             self.index,
-            base.id,
+            writer.response.id,
             code,
             usage.input_tokens if usage is not None else 0,
             usage.output_tokens if usage is not None else 0,
         )
-        stream.connection.send(
-            ResponseFailed(
-                sequence_number=stream.next_sequence(), response=final, stream_id=stream.stream_id
-            )
-        )
+        failed = writer.failed(code, message, usage=usage, output=writer.output if output else ())
+        stream.send_now(failed)
 
     async def _stream_output(
-        self,
-        reply: ModelReply,
-        stream: _ResponseStream,
-        output: list[Item],
-        tokens_per_second: float | None,
-        *,
-        encrypt: bool = False,
-    ) -> int:
-        """Stream ``reply``'s items; ``encrypt``: reasoning items carry ``encrypted_content``
-        (what ``include: ["reasoning.encrypted_content"]`` asks of the service, so that a
-        ``store: false`` client can replay them)."""
+        self, stream: _ResponseStream, parts: Iterable[Part], tokens_per_second: float | None
+    ) -> None:
+        """Send the events of the reply's output items, deltas paced at ``tokens_per_second``."""
         pace = 1.0 / tokens_per_second if tokens_per_second else 0.0
         # Deltas are due at fixed times from the first one: sleeping `pace` after each would
         # add every wake-up's lateness to the turn (tens of ms per turn with many streams).
         due = trio.current_time()
+        for draft in stream.writer.items(parts):
+            if pace and type(draft) in DELTAS:
+                due += pace
+                await trio.sleep_until(due)
+            await stream.emit(draft)
 
-        async def deltas_of(event_type: Any, pieces: Iterable[str], **fields: Any) -> int:
-            """Emit one delta event per piece, paced; returns how many were sent."""
-            nonlocal due
-            count = 0
-            for piece in pieces:
-                if pace:
-                    due += pace
-                    await trio.sleep_until(due)
-                await stream.emit(event_type, delta=piece, **fields)
-                count += 1
-            return count
 
-        tokens = 0
-        if reply.reasoning:
-            index = len(output)
-            item_id = self._ids.reasoning()
-            summary = reply.reasoning
-            await stream.emit(
-                OutputItemAdded,
-                output_index=index,
-                item=raw(
-                    ReasoningItem(id=item_id, summary=[], status="in_progress"),
-                ),
-            )
-            await stream.emit(
-                ReasoningSummaryPartAdded,
-                item_id=item_id,
-                output_index=index,
-                summary_index=0,
-                part=SummaryPart(text=""),
-            )
-            tokens += await deltas_of(
-                ReasoningSummaryTextDelta,
-                iter_text(summary),
-                item_id=item_id,
-                output_index=index,
-                summary_index=0,
-            )
-            await stream.emit(
-                ReasoningSummaryTextDone,
-                item_id=item_id,
-                output_index=index,
-                summary_index=0,
-                text=summary,
-            )
-            await stream.emit(
-                ReasoningSummaryPartDone,
-                item_id=item_id,
-                output_index=index,
-                summary_index=0,
-                part=SummaryPart(text=summary),
-            )
-            done_reasoning = ReasoningItem(
-                id=item_id,
-                summary=[SummaryPart(text=summary)],
-                status="completed",
-                encrypted_content=_opaque(item_id, summary) if encrypt else msgspec.UNSET,
-            )
-            await stream.emit(OutputItemDone, output_index=index, item=raw(done_reasoning))
-            output.append(done_reasoning)
-        if reply.text is not None:
-            index = len(output)
-            item_id = self._ids.message()
-            text = reply.text
-            deltas = reply.text_deltas if reply.text_deltas is not None else iter_text(text)
-            await stream.emit(
-                OutputItemAdded,
-                output_index=index,
-                item=raw(
-                    MessageItem(id=item_id, role="assistant", status="in_progress", content=[]),
-                ),
-            )
-            await stream.emit(
-                ContentPartAdded,
-                item_id=item_id,
-                output_index=index,
-                content_index=0,
-                part=ContentPart.output_text(""),
-            )
-            tokens += await deltas_of(
-                OutputTextDelta, deltas, item_id=item_id, output_index=index, content_index=0
-            )
-            await stream.emit(
-                OutputTextDone, item_id=item_id, output_index=index, content_index=0, text=text
-            )
-            await stream.emit(
-                ContentPartDone,
-                item_id=item_id,
-                output_index=index,
-                content_index=0,
-                part=ContentPart.output_text(text),
-            )
-            message = MessageItem(
-                id=item_id,
-                role="assistant",
-                # The message of an incomplete response is the one that was cut off.
-                status="incomplete" if reply.incomplete is not None else "completed",
-                content=[ContentPart.output_text(text)],
-            )
-            await stream.emit(OutputItemDone, output_index=index, item=raw(message))
-            output.append(message)
-        for call in reply.calls:
-            index = len(output)
-            item_id = self._ids.function_call()
-            call_id = self._ids.call()
-            name = call.name
-            arguments = call.arguments
-            await stream.emit(
-                OutputItemAdded,
-                output_index=index,
-                item=raw(
-                    FunctionCallItem(
-                        id=item_id, call_id=call_id, name=name, arguments="", status="in_progress"
-                    ),
-                ),
-            )
-            pieces = split_arguments(arguments, call.deltas)
-            tokens += max(
-                1,
-                await deltas_of(
-                    FunctionCallArgumentsDelta, pieces, item_id=item_id, output_index=index
-                ),
-            )
-            await stream.emit(
-                FunctionCallArgumentsDone,
-                item_id=item_id,
-                output_index=index,
-                arguments=arguments,
-                name=name,
-            )
-            function_call = FunctionCallItem(
-                id=item_id, call_id=call_id, name=name, arguments=arguments, status="completed"
-            )
-            await stream.emit(OutputItemDone, output_index=index, item=raw(function_call))
-            output.append(function_call)
-        return tokens
+def _parts(reply: ModelReply) -> Iterator[Part]:
+    """The output items of a model's reply, in the order they are streamed."""
+    if reply.reasoning:
+        yield Reasoning(reply.reasoning, iter_text(reply.reasoning))
+    if reply.text is not None:
+        deltas = reply.text_deltas if reply.text_deltas is not None else iter_text(reply.text)
+        # The message of an incomplete response is the one that was cut off.
+        yield Text(reply.text, deltas, complete=reply.incomplete is None)
+    for call in reply.calls:
+        yield Call(call.name, call.arguments, split_arguments(call.arguments, call.deltas))
 
 
 class _EndResponse(Exception):
@@ -1520,21 +1192,6 @@ async def _shielded(scope: trio.CancelScope, function: Callable[[], Awaitable[ob
     ``scope.cancel()`` (also when that comes before this task first runs)."""
     with scope:
         await function()
-
-
-def error_type(status: int) -> str:
-    """The ``error.type`` for an HTTP status, the one rule for every error the server builds.
-
-    5xx is ``server_error``; 429 is ``requests``, the rate-limit class the HTTP API sends with
-    ``rate_limit_exceeded`` (docs/protocol.md#the-error-event "rate-limit classes"; the SDK maps
-    errors by status and never reads the type); every other status is ``invalid_request_error``,
-    including 401 (docs/protocol.md#refused-handshakes) and 409 (docs/protocol.md#error-codes).
-    """
-    if status >= 500:
-        return "server_error"
-    if status == 429:
-        return "requests"
-    return "invalid_request_error"
 
 
 def _text_format(text: Any) -> dict[str, Any] | None:
@@ -1563,10 +1220,6 @@ def _tools_of(create: ResponseCreate, message: str | bytes) -> msgspec.Raw:
     return _tools_decoder.decode(message).tools.copy()
 
 
-def _valid_lane_id(value: str) -> bool:
-    return 1 <= len(value) <= 256 and all(c in _LANE_ID_CHARS for c in value)
-
-
 def _input_count(value: str | list[Item] | UnsetType) -> int:
     if isinstance(value, str):
         return 1
@@ -1586,18 +1239,6 @@ def _builtins_hook(obj: Any) -> Any:
     if isinstance(data, dict):
         return data
     raise NotImplementedError
-
-
-def _param_from(text: str) -> tuple[str | None, str]:
-    """``param`` and error code for a schema violation message from msgspec."""
-    code = "missing_required_parameter" if "missing required field" in text else "invalid_value"
-    marker = "at `$."
-    start = text.find(marker)
-    if start == -1:
-        field = text.rsplit("`", 2)[-2] if text.count("`") >= 2 else None
-        return field, code
-    path = text[start + len(marker) :].split("`", 1)[0]
-    return path.split("[", 1)[0].split(".", 1)[0] or None, code
 
 
 def _random_token() -> str:
