@@ -28,7 +28,6 @@ committed it to the session. Whatever happens to the socket meanwhile is handled
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import random
@@ -84,6 +83,7 @@ from orchestrator.core.protocol.recovery import (
 )
 from orchestrator.core.protocol.turn import RequestError, Response, TurnAssembler
 from orchestrator.core.redaction import is_secret_name, looks_secret, redact
+from orchestrator.core.rules import is_loopback, retry_after_seconds
 from orchestrator.core.session import Session
 from orchestrator.errors import (
     AuthenticationError,
@@ -197,15 +197,6 @@ class Endpoint:
     secure: bool
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def resolve_endpoint(url: str | None = None, *, allow_insecure: bool = False) -> Endpoint:
     """Turn a WebSocket URL or an SDK-style base URL into the ``/responses`` endpoint.
 
@@ -257,7 +248,7 @@ def resolve_endpoint(url: str | None = None, *, allow_insecure: bool = False) ->
         )
     host = hostname
     secure = scheme == "wss"
-    if not secure and not allow_insecure and not _is_loopback(host):
+    if not secure and not allow_insecure and not is_loopback(host):
         raise ConfigurationError(
             f"refusing ws:// to remote host {host}; use wss:// or allow_insecure "
             "(--allow-insecure)",
@@ -633,7 +624,7 @@ class Connection:
                 f"server {what} (HTTP {status}) for {self.endpoint.url}; key fingerprint "
                 f"{self._api_key.fingerprint}",
             )
-        retry_after = _seconds(headers.get("retry-after"))
+        retry_after = retry_after_seconds(headers.get("retry-after"))
         return HandshakeRejected(
             status,
             f"WebSocket handshake refused with HTTP {status} by {self.endpoint.url}: {body}",
@@ -1126,17 +1117,6 @@ def _first(group: BaseExceptionGroup[Any], kind: type[Any]) -> Any:
         elif isinstance(exc, kind):
             return exc
     return None
-
-
-def _seconds(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    # "inf" or "1e999" would make the backoff sleep forever.
-    return seconds if 0 <= seconds < 86_400 else None
 
 
 @asynccontextmanager

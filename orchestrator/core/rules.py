@@ -19,6 +19,7 @@ import difflib
 import importlib
 import ipaddress
 import json
+import math
 import os
 import pkgutil
 import re
@@ -181,14 +182,15 @@ MAX_RETRY_AFTER: Final = 300.0
 def retry_after_seconds(value: str | float | None) -> float | None:
     """A ``Retry-After`` (or ``retry_after``) value in seconds, capped at
     :data:`MAX_RETRY_AFTER`; ``None`` when absent or not a finite non-negative number (an
-    HTTP date is not understood: the caller's own backoff applies)."""
+    HTTP date is not understood either): the caller's own backoff applies."""
     if value is None:
         return None
     try:
         seconds = float(value)
     except (TypeError, ValueError):
         return None
-    if seconds != seconds or seconds < 0:  # NaN, negative
+    # float() also parses "inf", "nan" and "1e999": garbage, not an instruction to wait.
+    if not math.isfinite(seconds) or seconds < 0:
         return None
     return min(seconds, MAX_RETRY_AFTER)
 

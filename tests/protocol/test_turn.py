@@ -776,6 +776,8 @@ def test_error_after_created_names_the_response() -> None:
         ("1.5", 1.5),
         ("0", 0.0),
         ("20", 20.0),
+        ("300", 300.0),
+        ("86400", 300.0),  # capped: a server cannot park a client for a day
         ("soon", None),
         ("-3", None),
         ("", None),

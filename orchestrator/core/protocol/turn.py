@@ -15,12 +15,12 @@ socket is dropped). Unknown event types are counted and otherwise ignored
 from __future__ import annotations
 
 import enum
-import math
 from typing import TYPE_CHECKING, Any
 
 import attrs
 from msgspec import UnsetType
 
+from orchestrator.core.rules import retry_after_seconds
 from orchestrator.errors import LocalProtocolError, RemoteProtocolError, ServerError
 
 from .codec import decode_item, decode_items
@@ -137,16 +137,7 @@ class RequestError:
     @property
     def retry_after(self) -> float | None:
         """Seconds from a ``retry-after`` header, when the server sent one."""
-        value = self.headers.get("retry-after")
-        if value is None:
-            return None
-        try:
-            seconds = float(value)
-        except ValueError:
-            return None
-        # float() also parses "inf", "nan" and "1e999": a caller that honours an infinite
-        # delay would wait forever.
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+        return retry_after_seconds(self.headers.get("retry-after"))
 
     def to_exception(self) -> ServerError:
         return ServerError(

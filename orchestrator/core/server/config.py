@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 
+from orchestrator.core.rules import is_loopback
 from orchestrator.errors import ConfigurationError
 
 __all__ = ["Fault", "FaultKind", "LatencyModel", "ServerConfig"]
@@ -112,15 +112,6 @@ class LatencyModel:
         )
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 @attrs.frozen
 class ServerConfig:
     """Everything the embedded server can be told.
@@ -194,7 +185,7 @@ class ServerConfig:
     close_timeout: float = 5.0
 
     def __attrs_post_init__(self) -> None:
-        if not _is_loopback(self.host) and not self.token:
+        if not is_loopback(self.host) and not self.token:
             raise ConfigurationError(
                 f"binding {self.host} requires a token (--token): the server would accept "
                 "anyone on the network",
