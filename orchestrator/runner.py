@@ -66,7 +66,7 @@ from orchestrator.core.observe import (
     capped,
 )
 from orchestrator.core.protocol.codec import encode
-from orchestrator.core.protocol.events import Item, ReasoningConfig
+from orchestrator.core.protocol.events import HostedTool, Item, ReasoningConfig
 from orchestrator.core.router import Router
 from orchestrator.core.session import ModelSettings, Session
 from orchestrator.core.supervisor import Backoff, Supervisor
@@ -500,11 +500,18 @@ def _fingerprints(team: _Team) -> dict[str, AgentPrint]:
     prints: dict[str, AgentPrint] = {}
     for name, actor in team.actors.items():
         session = actor.session
-        tools = {
-            str(tool.name): f"{actor.side_effect_of(str(tool.name))}:"
-            + hashlib.sha256(encode(tool)).hexdigest()[:16]
-            for tool in session.tools
-        }
+        tools: dict[str, str] = {}
+        for tool in session.tools:
+            if isinstance(tool, HostedTool):
+                # Hosted tools by what the plan wrote (never a header taken from the
+                # environment): the service runs them, so they have no side-effect class.
+                key = f"hosted:{tool.type}:{tool.label.get('server_label', '')}"
+                tools[key] = "hosted:" + hashlib.sha256(encode(tool.label)).hexdigest()[:16]
+                continue
+            tools[str(tool.name)] = (
+                f"{actor.side_effect_of(str(tool.name))}:"
+                + hashlib.sha256(encode(tool)).hexdigest()[:16]
+            )
         output = actor.output
         prints[name] = AgentPrint(
             role=actor.role or "worker",

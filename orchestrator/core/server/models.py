@@ -38,6 +38,7 @@ from orchestrator.core.protocol.events import (
     MessageItem,
     ReasoningItem,
     Tool,
+    ToolDefinition,
     UnknownItem,
 )
 from orchestrator.errors import ConfigurationError
@@ -138,7 +139,7 @@ class ModelRequest:
 
     model: str
     instructions: str | None
-    tools: tuple[Tool, ...]
+    tools: tuple[ToolDefinition, ...]
     context: tuple[Item, ...]
     parallel_tool_calls: bool = True
     tool_choice: Any = "auto"
@@ -280,7 +281,10 @@ class GenericPolicy(Policy):
         offered = [
             tool
             for tool in request.tools
-            if tool.type == "function" and isinstance(tool.name, str) and tool.name
+            if isinstance(tool, Tool)
+            and tool.type == "function"
+            and isinstance(tool.name, str)
+            and tool.name
         ]
         choice = request.tool_choice
         forced = choice == "required"
