@@ -71,11 +71,13 @@ from orchestrator.core.protocol.events import (
     SteerInfo,
     SummaryPart,
     UnknownEvent,
+    UnknownItem,
     Usage,
 )
 from orchestrator.errors import ConfigurationError, RemoteProtocolError
 
 from .config import Fault, ServerConfig
+from .hosted import check_tools
 from .models import (
     ModelReply,
     ModelRequest,
@@ -86,6 +88,7 @@ from .models import (
     iter_text,
     limit_output,
     load_script,
+    respond_with_hosted,
     select_policy,
     split_arguments,
 )
@@ -1062,6 +1065,16 @@ class _ServerConnection:
                 self.counters.cache_hits += 1
             else:
                 self.counters.store_hydrations += 1
+        unsupported = check_tools(create.tools if isinstance(create.tools, list) else ())
+        if unsupported is not None:
+            self.send_error(
+                400,
+                unsupported.code,
+                unsupported.message,
+                param=unsupported.param,
+                stream_id=stream_id,
+            )
+            return
         new_input = _input_items(create.input)
         problem = self._check_tool_outputs(parent, new_input)
         if problem is not None:
@@ -1231,10 +1244,10 @@ class _ServerConnection:
                 text_format=_text_format(create.text),
                 max_tool_calls=_or(create.max_tool_calls, None),
             )
-            reply = limit_output(
-                self.server.policy_for(base.model).respond(request),
-                _or(create.max_output_tokens, None),
+            hosted, reply = respond_with_hosted(
+                self.server.policy_for(base.model), request, self._ids.item
             )
+            reply = limit_output(reply, _or(create.max_output_tokens, None))
             if reply.error is not None:
                 await stream.emit(
                     ErrorEvent,
@@ -1247,6 +1260,18 @@ class _ServerConnection:
                     ),
                 )
                 raise _EndResponse(evict=True)
+            for item in hosted:  # the service's own tools ran first, inside this response
+                assert isinstance(item, UnknownItem)
+                index = len(output)
+                await stream.emit(
+                    OutputItemAdded,
+                    output_index=index,
+                    item=raw(
+                        {**item.data, "status": "in_progress"} if "status" in item.data else item
+                    ),
+                )
+                await stream.emit(OutputItemDone, output_index=index, item=raw(item))
+                output.append(item)
             output_tokens = await self._stream_output(
                 reply,
                 stream,
