@@ -238,8 +238,7 @@ class McpServerConnection:
                             try:
                                 await self._lost.wait()
                             finally:
-                                self._client = None
-                                self._connected = trio.Event()
+                                self._drop(client)
                         why = self._exit_reason()
                     except Exception as exc:
                         why = _describe(exc)
@@ -275,26 +274,36 @@ class McpServerConnection:
         from mcp import MCPError
         from mcp_types import CONNECTION_CLOSED
 
-        while self._client is None:
+        while self._client is None or self._lost.is_set():
+            if self._client is not None:
+                self._drop(self._client)  # lost, and its task has not noticed yet
             await self._connected.wait()
         client: Client = self._client
-        lost = self._lost
         self.calls += 1
         try:
             return await client.call_tool(tool, arguments)
         except MCPError as exc:
             if exc.code == CONNECTION_CLOSED:
-                lost.set()
+                self._drop(client)
             raise McpToolFailed(
                 f"MCP server {self.name!r}: {exc.error.message}", tool=tool
             ) from exc
         except Exception as exc:
-            lost.set()  # the session is broken: start it again
+            self._drop(client)  # the session is broken: start it again
             raise McpToolFailed(
                 f"MCP server {self.name!r} failed during the call: {_describe(exc)}", tool=tool
             ) from exc
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _drop(self, client: Any) -> None:
+        """``client``'s session is over: calls wait for the next one (its task restarts it)."""
+        if self._client is not client:
+            return  # already dropped, maybe replaced by a new session
+        self._lost.set()
+        self._client = None
+        if self._connected.is_set():
+            self._connected = trio.Event()
 
     def _open(self) -> Client:
         from mcp import Client
