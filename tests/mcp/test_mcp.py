@@ -3,11 +3,11 @@ stdio and streamable HTTP, through actors.mcp and through whole runs."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,11 +59,11 @@ async def http_server() -> AsyncIterator[str]:
     """The test server over streamable HTTP on a free loopback port; its URL."""
     async with trio.open_nursery() as nursery:
         process = await nursery.start(
-            lambda task_status: trio.run_process(
+            partial(
+                trio.run_process,
                 [sys.executable, SERVER, "--http"],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
-                task_status=task_status,
                 check=False,
             )
         )
