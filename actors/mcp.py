@@ -35,6 +35,7 @@ import hashlib
 import math
 import os
 import subprocess
+import sys
 import tempfile
 import typing
 from collections.abc import Mapping
@@ -81,6 +82,8 @@ RESTART_PERIOD: Final = 60.0
 # Waits between restarts: first, then doubled up to the last.
 BACKOFF: Final = (0.25, 4.0)
 STARTUP_TIMEOUT: Final = 30.0
+# A stdio server's command that means the interpreter running the orchestrator.
+PYTHON_NAMES: Final = frozenset({"python", "python3"})
 _STDERR_TAIL: Final = 1000
 _RANK: Final[Mapping[str, int]] = {
     "read_only": 0,
@@ -306,7 +309,13 @@ class McpServerConnection:
             self._connected = trio.Event()
 
     def _open(self) -> Client:
-        from mcp import Client
+        try:
+            from mcp import Client
+        except ImportError:
+            raise McpServerFailed(
+                self.name,
+                "MCP servers need the official SDK: pip install 'orchestrator[mcp]'",
+            ) from None
 
         return Client(self._transport(), client_info=_client_info())
 
@@ -322,8 +331,11 @@ class McpServerConnection:
                 key: expand_environment(value, self.environ, what=f"{where}: env {key}")
                 for key, value in config.env.items()
             }
+            # "python" is the interpreter running us: a server written in Python finds the
+            # packages of our environment, whatever PATH says.
+            command = sys.executable if config.command in PYTHON_NAMES else config.command
             parameters = StdioServerParameters(
-                command=config.command, args=list(config.args), env=env, cwd=config.cwd
+                command=command, args=list(config.args), env=env, cwd=config.cwd
             )
             errlog = self._stderr if self._stderr is not None else subprocess.DEVNULL
             async with stdio_client(parameters, errlog=typing.cast("Any", errlog)) as (
