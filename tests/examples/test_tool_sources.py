@@ -36,6 +36,21 @@ def test_the_support_example_answers_from_its_mcp_server(tmp_path):
     desk = next(agent for agent in result["agents"] if agent["name"] == "desk")
     called = {item["name"] for item in desk["transcript"] if item["type"] == "function_call"}
     assert {"order_status", "return_window"} == called
+    assert [] == servers_running()
+
+
+def servers_running() -> list[int]:
+    """Processes of the example's MCP server still alive (the run must leave none)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_bytes().rpartition(b")")[2].split()[0]
+        except OSError:
+            continue
+        if b"orchestrator.examples.support.server" in command and state not in (b"Z", b"X"):
+            found.append(int(entry.name))
+    return found
 
 
 def test_the_research_example_runs_its_hosted_tools_offline(tmp_path):

@@ -3,6 +3,7 @@ stdio and streamable HTTP, through actors.mcp and through whole runs."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from orchestrator.core.processes import _stat
 from orchestrator.core.protocol.codec import encode
 from orchestrator.core.protocol.events import FunctionCallItem
 from orchestrator.errors import ConfigurationError
+from orchestrator.jobs.store import open_store
 from plans import McpServer, PlanBuilder
 
 if TYPE_CHECKING:
@@ -161,7 +163,9 @@ async def test_streamable_http_with_headers_from_the_environment():
     environment (and a missing variable names itself)."""
     async with http_server() as url:
         config = McpServer(url=url, headers={"Authorization": "Bearer ${MCP_TEST_TOKEN}"})
-        connection = McpServerConnection("web", config, environ={"MCP_TEST_TOKEN": "t" * 20})
+        connection = McpServerConnection(
+            "web", config, environ={"MCP_TEST_TOKEN": "Zq" + os.urandom(12).hex()}
+        )
         async with serving(connection):
             assert "lookup_order" in {tool.name for tool in connection.tools}
             result = await connection.call("add", {"a": 2, "b": 40})
@@ -255,3 +259,19 @@ async def test_a_name_clash_between_servers_needs_a_prefix():
     assert "completed" == fine.status, fine.reason
     names = {i.name for i in fine.agent("w").transcript if isinstance(i, FunctionCallItem)}
     assert {"add", "b_add"} == names
+
+
+async def test_a_jobs_journal_records_mcp_calls_with_their_classes(tmp_path):
+    """In a durable job, MCP calls are journaled like any other, each with the class its
+    annotations give (what decides whether a call found in doubt may run again)."""
+    plan = mcp_plan(STDIO, tools=("lookup_order", "tag_order"))
+    with trio.fail_after(2 * START):
+        result = await run(plan, store=tmp_path / "jobs.db", transport="memory")
+    assert "completed" == result.status, result.reason
+    async with open_store(tmp_path / "jobs.db") as store:
+        journal = await store.load(result.job or "")
+    classes = {call.name: (call.side_effect, call.status) for call in journal.calls}
+    assert {
+        "lookup_order": ("read_only", "done"),
+        "tag_order": ("idempotent_write", "done"),
+    } == classes
