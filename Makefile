@@ -20,7 +20,7 @@ $(BIN)/python:
 EDITABLE_FIRST := import sys; sys.meta_path.sort(key=lambda finder: not str(getattr(finder, "__module__", "")).startswith("__editable___orchestrator_"))
 
 $(STAMP): pyproject.toml constraints.txt Makefile | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,postgres]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,postgres,mcp]'
 	printf '%s\n' '$(EDITABLE_FIRST)' > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/orchestrator-editable-first.pth"
 	@touch $@
 
@@ -44,7 +44,7 @@ format: $(STAMP)
 # Every figure of issue 6 (bench/run_all.py), written to bench/RESULTS.md; about 15 minutes.
 # `make bench BENCH_ARGS=--quick` is a 2-minute smoke run.
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,postgres,bench]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,postgres,mcp,bench]'
 	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
 
 serve: $(STAMP)

@@ -27,6 +27,7 @@ import attrs
 import msgspec
 import trio
 
+from actors.approval import ApprovalDecision, ApprovalRequest, Approver, decide
 from actors.base import Actor
 from actors.journal import AgentMemory, CallsParked, in_doubt_action
 from actors.tools import ToolExecutor, ToolRepairBudgetExceeded
@@ -34,13 +35,15 @@ from orchestrator.core.budget import BudgetTracker
 from orchestrator.core.connection import Connection
 from orchestrator.core.failpoints import crash_point
 from orchestrator.core.model_names import closest_model
-from orchestrator.core.observe import AgentState, EventBus, TaskStarted, capped
+from orchestrator.core.observe import AgentState, EventBus, TaskStarted, ToolApproval, capped
 from orchestrator.core.protocol.events import (
     FunctionCallItem,
     FunctionCallOutputItem,
     Item,
     MessageItem,
+    UnknownItem,
 )
+from orchestrator.core.redaction import redact
 from orchestrator.core.session import Session
 from orchestrator.errors import (
     ActorDead,
@@ -125,6 +128,16 @@ class CallOutcome:
 ConnectionOpener = Callable[[str], AbstractAsyncContextManager["Connection"]]
 
 
+def approval_requests(response: Response) -> list[UnknownItem]:
+    """The ``mcp_approval_request`` items of a response (a remote MCP server's call
+    waiting for our approval)."""
+    return [
+        item
+        for item in response.output
+        if isinstance(item, UnknownItem) and item.type == "mcp_approval_request"
+    ]
+
+
 def _cut_off(response: Response) -> bool:
     """Whether the response ended ``incomplete`` at ``max_output_tokens``."""
     details = response.incomplete_details
@@ -167,6 +180,8 @@ class AgentActor(Actor):
     events: EventBus | None = attrs.field(default=None, kw_only=True, repr=False)
     fresh_context: bool = attrs.field(default=False, kw_only=True)
     output: OutputCheck | None = attrs.field(default=None, kw_only=True, repr=False)
+    # Decides a remote MCP server's approval requests (the plan's [approvals]).
+    approver: Approver | None = attrs.field(default=None, kw_only=True, repr=False)
     memory: AgentMemory = attrs.field(
         kw_only=True,
         default=attrs.Factory(lambda self: AgentMemory(self.name), takes_self=True),
@@ -307,7 +322,8 @@ class AgentActor(Actor):
             self.session.follow_up = True
             turns += 1
             calls = response.function_calls
-            if not calls:
+            requests = approval_requests(response)
+            if not calls and not requests:
                 text = response.text
                 if self.output is None:
                     self.tasks_done += 1
@@ -322,10 +338,69 @@ class AgentActor(Actor):
                 return TaskResult(
                     agent=self.name, text=text, turns=turns, step=task.step, output=value
                 )
-            outcome = await self.handle_calls(calls)
-            if outcome.answer is not None:
-                return self._answered(task, outcome.answer, turns)
-            items = list(outcome.outputs)
+            items = []
+            if calls:
+                outcome = await self.handle_calls(calls)
+                if outcome.answer is not None:
+                    return self._answered(task, outcome.answer, turns)
+                items.extend(outcome.outputs)
+            items.extend(await self.answer_approvals(requests))
+
+    async def answer_approvals(self, requests: Sequence[UnknownItem]) -> list[Item]:
+        """``mcp_approval_response`` items for a remote MCP server's approval requests.
+
+        The service asks before it calls a tool of a remote MCP server (the hosted ``mcp``
+        tool's ``require_approval``). Each request is decided like a call of an
+        ``external`` tool named ``LABEL.TOOL``: by the plan's ``[approvals]`` (patterns such
+        as ``researcher:docs.search``), then the run's approver; with none, it is refused.
+        """
+        answers: list[Item] = []
+        for request in requests:
+            data = request.data
+            tool = f"{data.get('server_label', '')}.{data.get('name', '')}"[:128]
+            arguments = data.get("arguments")
+            ask = ApprovalRequest(
+                agent=self.name,
+                tool=tool,
+                call_id=str(data.get("id", "")),
+                side_effect="external",
+                arguments=arguments if isinstance(arguments, str) else "{}",
+            )
+            if self.approver is None:
+                decision = ApprovalDecision(False, "default", "this agent has no approver")
+            else:
+                try:
+                    decision = await decide(self.approver, ask)
+                except Exception as exc:  # a bug in the approver must not approve
+                    decision = ApprovalDecision(False, "error", type(exc).__name__)
+            self._log.info(
+                "remote MCP call {} {} by {}",
+                tool,
+                "approved" if decision.approved else "denied",
+                decision.by,
+            )
+            if self.events is not None:
+                self.events.emit(
+                    ToolApproval(
+                        time=trio.current_time(),
+                        agent=self.name,
+                        tool=tool,
+                        call_id=ask.call_id,
+                        side_effect="external",
+                        approved=decision.approved,
+                        by=decision.by,
+                        reason=redact(decision.reason),
+                    )
+                )
+            answer: dict[str, Any] = {
+                "type": "mcp_approval_response",
+                "approval_request_id": ask.call_id,
+                "approve": decision.approved,
+            }
+            if not decision.approved and decision.reason:
+                answer["reason"] = redact(decision.reason)[:500]
+            answers.append(UnknownItem(answer))
+        return answers
 
     def repair(self, error: str, text: str, *, cut: bool = False) -> str:
         """Count a repair turn for an answer that is not of the declared output, and return
@@ -387,6 +462,10 @@ class AgentActor(Actor):
                 if isinstance(exc, ServerError) and exc.code == "model_not_found":
                     # The plan's mistake, not a crash to restart: it ends the run (handle()).
                     raise _model_not_found(self.name, self.session.model) from exc
+                if isinstance(exc, ServerError) and exc.code == "unsupported_tool":
+                    raise ConfigurationError(
+                        f"agent {self.name!r}: {exc}", code="tool.unsupported"
+                    ) from exc
                 raise
             finally:
                 self.model_time += trio.current_time() - began
@@ -399,7 +478,7 @@ class AgentActor(Actor):
         self.model_turns += 1
         calls = response.function_calls
         usage = response.usage
-        reply = None if calls else response.text
+        reply = None if calls or approval_requests(response) else response.text
         if reply is not None and self.output is not None:
             try:
                 reply = self.output.check(reply)[1]

@@ -319,9 +319,14 @@ def _model_warnings(plan: Any, *, offline: bool) -> None:
 def _validate_command(args: argparse.Namespace) -> int:
     plan = _check(args.plan)
     _model_warnings(plan, offline=not os.environ.get("OPENAI_API_KEY"))
+    servers = {name for agent in plan.agents for name in agent.mcp_servers}
+    hosted = sum(len(agent.hosted_tools) for agent in plan.agents)
+    sources = (f", {len(servers)} MCP servers" if servers else "") + (
+        f", {hosted} hosted tools" if hosted else ""
+    )
     print(
         f"ok: plan {plan.name!r}: {len(plan.agents)} agents, {len(plan.steps)} steps, "
-        f"{len({t for a in plan.agents for t in a.tools})} tools"
+        f"{len({t for a in plan.agents for t in a.tools})} tools{sources}"
     )
     return EXIT_OK
 

@@ -524,5 +524,28 @@ class JobLost(JournalError):
     code = "job.lost"
 
 
+# -- MCP servers ---------------------------------------------------------------------------------
+
+
+class McpServerFailed(OrchestratorError):
+    """An MCP server could not be started, or kept failing: the run ends.
+
+    Attributes:
+        server: the server's name in the plan.
+        code: ``mcp.server_failed``.
+    """
+
+    code = "mcp.server_failed"
+
+    def __init__(self, server: str, message: str) -> None:
+        self.server = server
+        super().__init__(message)
+
+
+class McpToolFailed(ToolError):
+    """The server answered a call with an error result (``isError``): its text is what the
+    model reads."""
+
+
 class InternalError(OrchestratorError):
     """This is a bug in the orchestrator; please report it with the context below."""

@@ -40,8 +40,14 @@ from loguru import logger
 from actors.agent import AgentActor, Task, TaskResult
 from actors.approval import ApprovalPolicy, Approver
 from actors.journal import AgentMemory, MessageEntry
+from actors.mcp import McpServers, McpToolSpec, server_print
 from actors.planner import PlannerActor, WorkerInfo, delegation_tools
-from actors.tools import ToolRegistry, ToolRepairBudgetExceeded, check_definition
+from actors.tools import (
+    DEFAULT_TIMEOUT as DEFAULT_TOOL_TIMEOUT,
+    ToolRegistry,
+    ToolRepairBudgetExceeded,
+    check_definition,
+)
 from actors.worker import WorkerActor
 from orchestrator.core.budget import BudgetLimits, BudgetTracker
 from orchestrator.core.connection import (
@@ -67,7 +73,8 @@ from orchestrator.core.observe import (
     capped,
 )
 from orchestrator.core.protocol.codec import encode
-from orchestrator.core.protocol.events import Item, ReasoningConfig
+from orchestrator.core.protocol.events import HostedTool, Item, ReasoningConfig
+from orchestrator.core.redaction import register_secret
 from orchestrator.core.router import Router
 from orchestrator.core.session import ModelSettings, Session
 from orchestrator.core.supervisor import Backoff, Supervisor
@@ -116,6 +123,7 @@ from plans import (
     OutputType,
     Plan,
     check_plan,
+    expand_environment,
     load_plan,
     output_type_of,
     render_task,
@@ -331,6 +339,11 @@ class _Team:
     planner: PlannerActor | None
     router: Router
     supervisor: Supervisor
+    # Each agent's MCP servers (their tools are known once the servers started).
+    mcp: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
+    mcp_prints: dict[str, dict[str, str]] = attrs.field(factory=dict)
+    approver: Approver | None = None
+    bus: EventBus | None = None
 
 
 def _limits(budget: Any) -> BudgetLimits:
@@ -411,7 +424,10 @@ def _build_team(
     approver: Approver,
     job: str,
     model_settings: ModelSettings | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> _Team:
+    """The run's agents, not started. ``environ`` gives the ``${NAME}`` values of hosted
+    tools' headers (None: left unexpanded, for a team that only says what it is)."""
     router = Router(events=bus)
     actors: dict[str, AgentActor] = {}
     planner: PlannerActor | None = None
@@ -443,7 +459,10 @@ def _build_team(
             if tools
             else None
         )
-        wire_tools = tuple(executor.tools()) if executor is not None else ()
+        wire_tools = (
+            *(executor.tools() if executor is not None else ()),
+            *_hosted_tools(agent, environ),
+        )
         instructions = agent.instructions or DEFAULT_INSTRUCTIONS[agent.role]
         common: dict[str, Any] = {
             "role": agent.role,
@@ -454,6 +473,7 @@ def _build_team(
             "events": bus,
             "memory": AgentMemory(agent.name, job),
             "output": output,
+            "approver": approver,
         }
         if agent.role == "planner" and not plan.steps:
             runtime_tools = delegation_tools(
@@ -496,7 +516,102 @@ def _build_team(
         backoff=Backoff(0.5, 2.0, 10.0),
         events=bus,
     )
-    return _Team(actors, planner, router, supervisor)
+    return _Team(
+        actors,
+        planner,
+        router,
+        supervisor,
+        mcp={agent.name: agent.mcp_servers for agent in plan.agents if agent.mcp_servers},
+        mcp_prints={
+            agent.name: {
+                f"mcp:{name}": server_print(plan.mcp_servers[name]) for name in agent.mcp_servers
+            }
+            for agent in plan.agents
+            if agent.mcp_servers
+        },
+        approver=approver,
+        bus=bus,
+    )
+
+
+def _hosted_tools(agent: Any, environ: Mapping[str, str] | None) -> list[HostedTool]:
+    """The agent's hosted tools as sent: header values taken from the environment (and
+    known to the redactor); ``code_interpreter`` gets ``container = {type = "auto"}``
+    unless it names one. The plan's own text stays the tool's label (its fingerprint)."""
+    tools = []
+    for written in agent.hosted_tools:
+        data = dict(written)
+        if data.get("type") == "code_interpreter":
+            data.setdefault("container", {"type": "auto"})
+        where = f"agent {agent.name!r}: hosted tool {data.get('server_label') or data['type']}"
+        if environ is None:
+            tools.append(HostedTool(data, label=dict(written)))
+            continue
+        headers = data.get("headers")
+        if isinstance(headers, dict):
+            data["headers"] = {
+                key: expand_environment(value, environ, what=f"{where}: header {key}")
+                for key, value in headers.items()
+            }
+            for value in data["headers"].values():
+                register_secret(value)
+        if isinstance(data.get("authorization"), str):
+            data["authorization"] = expand_environment(
+                data["authorization"], environ, what=f"{where}: authorization"
+            )
+            register_secret(data["authorization"])
+        tools.append(HostedTool(data, label=dict(written)))
+    return tools
+
+
+def _attach_mcp_tools(team: _Team, servers: McpServers, registry: ToolRegistry) -> None:
+    """Give each agent the tools of its MCP servers: registered, allowed, offered.
+
+    Raises:
+        ConfigurationError: a tool's name is already one of the agent's tools (set a
+            ``prefix``), or the plan would lower a tool's side-effect class.
+    """
+    for name, server_names in team.mcp.items():
+        actor = team.actors[name]
+        specs = servers.specs(server_names, default_timeout=DEFAULT_TOOL_TIMEOUT)
+        taken = {
+            str(tool.name): "its own tools"
+            for tool in actor.session.tools
+            if not isinstance(tool, HostedTool)
+        }
+        for spec in specs:
+            owner = taken.get(spec.name)
+            if owner is not None:
+                raise ConfigurationError(
+                    f"agent {name!r}: tool {spec.name!r} of MCP server {spec.server.name!r} has "
+                    f"the name of a tool of {owner}; give the server a prefix in the plan",
+                    code="plan.tool",
+                )
+            taken[spec.name] = f"MCP server {spec.server.name!r}"
+            existing = registry.get(spec.name)
+            if existing is None:
+                registry.add(spec)
+            elif not (
+                isinstance(existing, McpToolSpec)
+                and existing.server is spec.server
+                and existing.remote_name == spec.remote_name
+            ):
+                raise ConfigurationError(
+                    f"agent {name!r}: tool name {spec.name!r} means both a tool of MCP server "
+                    f"{spec.server.name!r} and another tool of the run; give the server a "
+                    "prefix in the plan",
+                    code="plan.tool",
+                )
+        names = [spec.name for spec in specs]
+        if actor.tools is None:
+            actor.tools = registry.executor(
+                name, allowed=names, bus=team.bus, approver=team.approver
+            )
+            actor.tools.memory = actor.memory
+        else:
+            allowed = actor.tools.allowed
+            actor.tools.allowed = None if allowed is None else allowed | frozenset(names)
+        actor.session.tools = (*[spec.to_wire() for spec in specs], *actor.session.tools)
 
 
 def _fingerprints(team: _Team) -> dict[str, AgentPrint]:
@@ -504,11 +619,19 @@ def _fingerprints(team: _Team) -> dict[str, AgentPrint]:
     prints: dict[str, AgentPrint] = {}
     for name, actor in team.actors.items():
         session = actor.session
-        tools = {
-            str(tool.name): f"{actor.side_effect_of(str(tool.name))}:"
-            + hashlib.sha256(encode(tool)).hexdigest()[:16]
-            for tool in session.tools
-        }
+        tools: dict[str, str] = {}
+        for tool in session.tools:
+            if isinstance(tool, HostedTool):
+                # Hosted tools by what the plan wrote (never a header taken from the
+                # environment): the service runs them, so they have no side-effect class.
+                key = f"hosted:{tool.type}:{tool.label.get('server_label', '')}"
+                tools[key] = "hosted:" + hashlib.sha256(encode(tool.label)).hexdigest()[:16]
+                continue
+            tools[str(tool.name)] = (
+                f"{actor.side_effect_of(str(tool.name))}:"
+                + hashlib.sha256(encode(tool)).hexdigest()[:16]
+            )
+        tools.update(team.mcp_prints.get(name, {}))
         output = actor.output
         prints[name] = AgentPrint(
             role=actor.role or "worker",
@@ -1041,6 +1164,10 @@ async def _run_job(
         ),
         job=job_id,
         model_settings=settings.model,
+        environ=os.environ,
+    )
+    servers = McpServers.for_plan(
+        plan.mcp_servers, (name for names in team.mcp.values() for name in names)
     )
     done_steps: dict[str, str] = {}
     if job_store is not None:
@@ -1121,6 +1248,10 @@ async def _run_job(
                         nursery.start_soon(
                             job_run.journal.keep_alive, job_run.active_seconds, cancel_requested
                         )
+                    if servers.connections:
+                        # Before the agents: their tools are what the servers list.
+                        await nursery.start(servers.run)
+                        _attach_mcp_tools(team, servers, registry)
                     await nursery.start(team.supervisor.run)
                     try:
                         if plan.steps:

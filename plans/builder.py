@@ -152,6 +152,44 @@ class PlanBuilder:
             self._tool_names[id(function)] = key
         return self
 
+    def mcp_server(
+        self,
+        name: str,
+        *,
+        command: str | None = None,
+        args: Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        url: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        tools: Iterable[str] | None = None,
+        exclude_tools: Iterable[str] = (),
+        prefix: str = "",
+        timeout: float | None = None,
+        max_output: int | None = None,
+        side_effects: Mapping[str, SideEffect] | None = None,
+    ) -> Self:
+        """Define an MCP server agents may use (see ``plans.McpServer``): ``command`` with
+        ``args``/``env``/``cwd`` for stdio, or ``url`` with ``headers`` for streamable
+        HTTP. Values may take ``${NAME}`` from the environment; header values must."""
+        fields: dict[str, Any] = {
+            "command": command,
+            "args": list(args),
+            "env": dict(env or {}),
+            "cwd": cwd,
+            "url": url,
+            "headers": dict(headers or {}),
+            "tools": None if tools is None else list(tools),
+            "exclude_tools": list(exclude_tools),
+            "prefix": prefix,
+            "timeout": timeout,
+            "max_output": max_output,
+            "side_effects": dict(side_effects or {}),
+        }
+        servers = self._data.setdefault("mcp_servers", {})
+        servers[name] = {k: v for k, v in fields.items() if v not in (None, [], {}, "")}
+        return self
+
     def planner(
         self,
         name: str,
@@ -163,6 +201,8 @@ class PlanBuilder:
         limits: Budget | None = None,
         settings: SettingsLike | None = None,
         output_type: Any = None,
+        mcp_servers: Iterable[str] = (),
+        hosted_tools: Iterable[Mapping[str, Any]] = (),
     ) -> Self:
         """Add the planner agent (it gets its delegation tools from the runtime)."""
         return self.agent(
@@ -175,6 +215,8 @@ class PlanBuilder:
             limits=limits,
             settings=settings,
             output_type=output_type,
+            mcp_servers=mcp_servers,
+            hosted_tools=hosted_tools,
         )
 
     def worker(
@@ -188,6 +230,8 @@ class PlanBuilder:
         limits: Budget | None = None,
         settings: SettingsLike | None = None,
         output_type: Any = None,
+        mcp_servers: Iterable[str] = (),
+        hosted_tools: Iterable[Mapping[str, Any]] = (),
     ) -> Self:
         """Add a worker agent."""
         return self.agent(
@@ -200,6 +244,8 @@ class PlanBuilder:
             limits=limits,
             settings=settings,
             output_type=output_type,
+            mcp_servers=mcp_servers,
+            hosted_tools=hosted_tools,
         )
 
     def agent(
@@ -214,10 +260,15 @@ class PlanBuilder:
         limits: Budget | None = None,
         settings: SettingsLike | None = None,
         output_type: Any = None,
+        mcp_servers: Iterable[str] = (),
+        hosted_tools: Iterable[Mapping[str, Any]] = (),
     ) -> Self:
         """Add an agent. ``tools`` are names defined with ``tool()``, functions or paths.
 
         Args:
+            mcp_servers: names of servers defined with ``mcp_server()``.
+            hosted_tools: the service's own tools, each a mapping with its ``type``
+                (``{"type": "web_search"}``...), sent verbatim.
             settings: the agent's model settings, over the plan-wide ones: a
                 ``ModelOptions`` or a mapping of its fields.
             output_type: what the agent answers: a msgspec Struct, dataclass or TypedDict
@@ -241,6 +292,10 @@ class PlanBuilder:
             agent["settings"] = _options(settings, {})
         if output_type is not None:
             agent["output_type"] = _output_entry(output_type)
+        if mcp_servers:
+            agent["mcp_servers"] = list(mcp_servers)
+        if hosted_tools:
+            agent["hosted_tools"] = [dict(tool) for tool in hosted_tools]
         self._agents.append(agent)
         return self
 

@@ -46,6 +46,17 @@ checks it before any socket opens. A complete TOML plan, annotated::
                                        # destructive | external (those two need an approval)
     description = "Search flights."    # optional override of the docstring
 
+    [mcp_servers.docs]                 # an MCP server whose tools agents may call
+    command = "python"                 # stdio: the server's program, its args and env...
+    args = ["-m", "docs_server"]
+    env = { DOCS_TOKEN = "${DOCS_TOKEN}" }   # ${NAME}: taken from the environment at start
+    # url = "https://mcp.example.org/mcp"    # ...or streamable HTTP, with headers whose
+    # headers = { Authorization = "Bearer ${DOCS_TOKEN}" }   values come from the environment
+    tools = ["search", "fetch"]        # optional allow-list; exclude_tools = [...] a deny-list
+    prefix = "docs_"                   # optional: the model sees docs_search, docs_fetch
+    timeout = 30                       # seconds per call; max_output as for tools
+    side_effects = { fetch = "idempotent_write" }   # raise a tool's class (never lower it)
+
     [approvals]                        # calls of destructive and external tools
     allow = ["flights:book_flight"]    # run without asking: "tool" or "agent:tool", * and ?
     deny = ["*:cancel_*"]              # refused without asking; deny wins over allow
@@ -69,6 +80,11 @@ checks it before any socket opens. A complete TOML plan, annotated::
         "search_flights",                               # a name defined under [tools]
         "orchestrator.examples.trip.tools:search_hotels",      # or an import path (default options;
     ]                                                   # the model sees `search_hotels`)
+    mcp_servers = ["docs"]             # the servers whose tools it may call
+    hosted_tools = [                   # the service's own tools, sent verbatim
+        { type = "web_search" },       # web_search | file_search (vector_store_ids) |
+        { type = "file_search", vector_store_ids = ["vs_123"] },   # code_interpreter |
+    ]                                  # image_generation | mcp (server_label, server_url...)
     output_type = "orchestrator.examples.triage.outputs:Ticket"   # optional: the agent answers
                                        # JSON of this type (a msgspec Struct, dataclass,
                                        # TypedDict...) or of a JSON Schema given as a table
@@ -101,7 +117,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import msgspec
 
 from orchestrator.core.rules import SideEffect
-from orchestrator.errors import PlanError
+from orchestrator.errors import ConfigurationError, PlanError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -112,6 +128,7 @@ __all__ = [
     "Approvals",
     "Budget",
     "Context",
+    "McpServer",
     "ModelOptions",
     "Plan",
     "Reasoning",
@@ -121,6 +138,8 @@ __all__ = [
     "SideEffect",
     "Step",
     "ToolConfig",
+    "env_references",
+    "expand_environment",
     "render_task",
     "result_steps",
     "scheduled_steps",
@@ -268,6 +287,69 @@ class ToolConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     description: str | None = None
 
 
+# The service's hosted tools a plan may give an agent (sent verbatim, see docs in README).
+HOSTED_TOOL_TYPES: Final = (
+    "web_search",
+    "web_search_preview",
+    "file_search",
+    "code_interpreter",
+    "image_generation",
+    "mcp",
+)
+# ``${NAME}``: a value taken from the environment when the run starts.
+ENV_REFERENCE: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def env_references(text: str) -> list[str]:
+    """The environment variables ``text`` references (``${NAME}``), in order."""
+    return ENV_REFERENCE.findall(text)
+
+
+def expand_environment(text: str, environ: Mapping[str, str], *, what: str) -> str:
+    """``text`` with every ``${NAME}`` replaced by ``environ[NAME]``.
+
+    Raises:
+        ConfigurationError: a referenced variable is not set (``what`` says where).
+    """
+    missing = [name for name in env_references(text) if name not in environ]
+    if missing:
+        raise ConfigurationError(
+            f"{what} takes ${{{missing[0]}}} from the environment, and {missing[0]} is not set",
+            code="config.environment",
+        )
+    return ENV_REFERENCE.sub(lambda match: environ[match.group(1)], text)
+
+
+class McpServer(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An MCP server whose tools agents may call (``[mcp_servers.NAME]``).
+
+    Either ``command`` (stdio: the runtime starts it with ``args``, ``env`` and ``cwd``) or
+    ``url`` (streamable HTTP, with ``headers``). Values of ``env`` and ``headers`` may take
+    ``${NAME}`` from the environment; header values must (a credential never sits in a plan).
+    ``tools`` lists the tools to offer (default: all the server lists), ``exclude_tools``
+    those never to offer; ``prefix`` is put before each name the model sees. ``side_effects``
+    raises a tool's side-effect class above what its annotations say.
+    """
+
+    command: str | None = None
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    tools: tuple[str, ...] | None = None
+    exclude_tools: tuple[str, ...] = ()
+    prefix: str = ""
+    timeout: float | None = None
+    max_output: int | None = None
+    side_effects: dict[str, SideEffect] = msgspec.field(default_factory=dict)
+
+    def offers(self, tool: str) -> bool:
+        """Whether the server's tool ``tool`` (its own name) is offered to agents."""
+        allowed = self.tools is None or tool in self.tools
+        return allowed and tool not in self.exclude_tools
+
+
 class Approvals(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Who may run ``destructive`` and ``external`` tools without a person saying yes."""
 
@@ -290,6 +372,10 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     settings: ModelOptions | None = None  # override the plan's [settings], field by field
     # What the agent answers: a JSON Schema, or a type's import path ("module:Type").
     output_type: str | dict[str, Any] | None = None
+    # Names of [mcp_servers] whose tools it may call.
+    mcp_servers: tuple[str, ...] = ()
+    # The service's own tools, each a table with its ``type``, sent verbatim.
+    hosted_tools: tuple[dict[str, Any], ...] = ()
 
 
 class Step(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -315,6 +401,7 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     budgets: Budget = msgspec.field(default_factory=Budget)
     approvals: Approvals = msgspec.field(default_factory=Approvals)
     tools: dict[str, ToolConfig] = msgspec.field(default_factory=dict)
+    mcp_servers: dict[str, McpServer] = msgspec.field(default_factory=dict)
     agents: tuple[Agent, ...] = ()
     steps: tuple[Step, ...] = ()
 

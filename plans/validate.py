@@ -52,7 +52,9 @@ from orchestrator.core.rules import IMPORT_PATH, ImportPathError, resolve_import
 from orchestrator.errors import PlanError
 
 from .model import (
+    ENV_REFERENCE,
     FORMAT_VERSION,
+    HOSTED_TOOL_TYPES,
     LIMITS,
     MAX_METADATA,
     NAME_PATTERN,
@@ -62,6 +64,7 @@ from .model import (
     Agent,
     Approvals,
     Budget,
+    McpServer,
     ModelOptions,
     Plan,
     Settings,
@@ -469,6 +472,8 @@ class _View:
         self.approvals: Approvals | None = None
         self.tools: dict[str, ToolConfig] = {}
         self.broken_tools: set[str] = set()
+        self.mcp_servers: dict[str, McpServer] = {}
+        self.broken_mcp_servers: set[str] = set()
         self.agents: list[tuple[int, Agent]] = []
         self.steps: list[tuple[int, Step]] = []
         self.agent_count = 0
@@ -499,6 +504,14 @@ class _View:
                     view.tools[key] = config
                 elif isinstance(key, str):
                     view.broken_tools.add(key)
+        servers = data.get("mcp_servers", {})
+        if isinstance(servers, dict):
+            for key, raw in servers.items():
+                server = _convert_or_none(raw, McpServer)
+                if server is not None and isinstance(key, str):
+                    view.mcp_servers[key] = server
+                elif isinstance(key, str):
+                    view.broken_mcp_servers.add(key)
         agents = data.get("agents", [])
         if isinstance(agents, list | tuple):
             view.agent_count = len(agents)
@@ -554,7 +567,8 @@ def _convert_or_none(value: Any, cls: type[_T]) -> _T | None:
 # -- semantic checks ---------------------------------------------------------------------------
 
 _URL_SCHEMES: Final = ("http://", "https://", "ws://", "wss://")
-_APPROVAL_PATTERN: Final = re.compile(r"(?:[A-Za-z0-9_*?\[\]-]+:)?[A-Za-z0-9_*?\[\]-]+")
+# Tool names may hold a dot: a remote MCP server's tools are approved as "label.tool".
+_APPROVAL_PATTERN: Final = re.compile(r"(?:[A-Za-z0-9_*?\[\]-]+:)?[A-Za-z0-9_.*?\[\]-]+")
 
 
 def _has_wildcard(text: str) -> bool:
@@ -569,18 +583,30 @@ class _Names:
     tools: list[str]
     more_agents: frozenset[str] = frozenset()  # broken entries: defined, but not listed
     more_tools: frozenset[str] = frozenset()
+    # Tools known only at run start (listed by an MCP server): any name with such a prefix.
+    open_prefixes: tuple[str, ...] = ()
 
     @classmethod
     def of_view(cls, view: _View) -> _Names:
         agents = list(dict.fromkeys(a.name for _, a in view.agents))
         tools = list(view.tools)
+        prefixes: list[str] = []
         for _, agent in view.agents:
             tools.extend(tool_name_of_path(entry) for entry in agent.tools if ":" in entry)
+            more, open_prefixes = _mcp_names(agent, view.mcp_servers)
+            tools.extend(more)
+            prefixes.extend(open_prefixes)
         return cls(
             agents,
             list(dict.fromkeys(tools)),
             frozenset(view.broken_agent_names),
-            frozenset(view.broken_tools),
+            frozenset(view.broken_tools | view.broken_mcp_servers),
+            tuple(dict.fromkeys(prefixes)),
+        )
+
+    def knows_tool(self, tool: str) -> bool:
+        return tool in {*self.tools, *self.more_tools} or any(
+            tool.startswith(prefix) for prefix in self.open_prefixes
         )
 
     def pattern_problem(
@@ -601,7 +627,7 @@ class _Names:
                 f"defined agents: {', '.join(self.agents) or 'none'}",
                 _did_you_mean(agent, self.agents),
             )
-        if check_tools and not _has_wildcard(tool) and tool not in {*self.tools, *self.more_tools}:
+        if check_tools and not _has_wildcard(tool) and not self.knows_tool(tool):
             return (
                 "plan.tool",
                 f"{_show(pattern)} names tool {_show(tool)}, which no agent lists",
@@ -610,12 +636,46 @@ class _Names:
         return None
 
 
+def _mcp_names(agent: Agent, servers: Mapping[str, McpServer]) -> tuple[list[str], list[str]]:
+    """The MCP tool names ``agent`` may see (from allow-lists), and the prefixes of those
+    known only once a server lists them; remote MCP servers' tools are ``label.tool``."""
+    names: list[str] = []
+    prefixes: list[str] = []
+    for entry in agent.mcp_servers:
+        server = servers.get(entry)
+        if server is None:
+            continue
+        if server.tools is None:
+            prefixes.append(server.prefix)
+        else:
+            names.extend(server.prefix + tool for tool in server.tools if server.offers(tool))
+    for hosted in agent.hosted_tools:
+        label = hosted.get("server_label")
+        if hosted.get("type") != "mcp" or not isinstance(label, str):
+            continue
+        allowed = hosted.get("allowed_tools")
+        if isinstance(allowed, dict):
+            allowed = allowed.get("tool_names")
+        if isinstance(allowed, list) and all(isinstance(name, str) for name in allowed):
+            names.extend(f"{label}.{name}" for name in allowed)
+        else:
+            prefixes.append(f"{label}.")
+    return names, prefixes
+
+
 def check_approval_patterns(plan: Plan, patterns: Iterable[str], *, source: str) -> list[PlanIssue]:
     """Issues with approval patterns given outside the plan (``--approve``), located at
     ``source`` (the option's name)."""
+    tools = [name for a in plan.agents for name in plan.tools_for(a)]
+    prefixes: list[str] = []
+    for agent in plan.agents:
+        more, open_prefixes = _mcp_names(agent, plan.mcp_servers)
+        tools.extend(more)
+        prefixes.extend(open_prefixes)
     names = _Names(
         [a.name for a in plan.agents],
-        list(dict.fromkeys(name for a in plan.agents for name in plan.tools_for(a))),
+        list(dict.fromkeys(tools)),
+        open_prefixes=tuple(prefixes),
     )
     issues = []
     for pattern in patterns:
@@ -650,6 +710,8 @@ class _Semantics:
         self.check_agents()
         self.check_steps()
         self.check_tools()
+        self.check_mcp_servers()
+        self.check_hosted_tools()
         self.check_approvals()
         self.check_model_settings()
         self.check_outputs()
@@ -1053,8 +1115,11 @@ class _Semantics:
             )
 
     def tools_known(self, agent: Agent) -> bool:
-        """Whether every tool entry of ``agent`` decoded (else its list is incomplete)."""
-        return all(":" in entry or entry in self.view.tools for entry in agent.tools)
+        """Whether every tool entry of ``agent`` decoded (else its list is incomplete); an
+        agent with MCP servers has tools known only once they are listed, at run start."""
+        return not agent.mcp_servers and all(
+            ":" in entry or entry in self.view.tools for entry in agent.tools
+        )
 
     def agent_tools(self, agent: Agent) -> list[str]:
         """The names of the tools ``agent``'s model sees, the runtime's included."""
@@ -1211,6 +1276,202 @@ class _Semantics:
                     f"must be in {_number(low)}..{_number(high)}, got {config.max_output}",
                 )
 
+    # -- MCP servers and hosted tools ----------------------------------------------------------
+
+    def check_mcp_servers(self) -> None:
+        """Each server is stdio or HTTP, with credentials only from the environment; each
+        agent names defined servers."""
+        view, out = self.view, self.out
+        for name, server in view.mcp_servers.items():
+            location = _key_location("$.mcp_servers", name)
+            if not NAME_PATTERN.fullmatch(name):
+                out.add(
+                    "plan.value",
+                    location,
+                    f"MCP server name {_show(name)} must match {NAME_PATTERN.pattern}",
+                )
+            self.check_mcp_server(server, location)
+        used: set[str] = set()
+        defined = list(view.mcp_servers)
+        for index, agent in view.agents:
+            for position, entry in enumerate(agent.mcp_servers):
+                used.add(entry)
+                if entry in view.mcp_servers or entry in view.broken_mcp_servers:
+                    continue
+                out.add(
+                    "plan.tool",
+                    f"$.agents[{index}].mcp_servers[{position}]",
+                    f"agent {_show(agent.name)} uses MCP server {_show(entry)}, which is not "
+                    f"defined; defined: {', '.join(defined) or 'none'}",
+                    _did_you_mean(entry, defined) or "define it under [mcp_servers]",
+                )
+        for name in view.mcp_servers:
+            if name not in used and view.complete:
+                out.add(
+                    "plan.unused_tool",
+                    _key_location("$.mcp_servers", name),
+                    f"MCP server {_show(name)} is used by no agent (it is not started)",
+                    severity="warning",
+                )
+
+    def check_mcp_server(self, server: McpServer, location: str) -> None:
+        out = self.out
+        if (server.command is None) == (server.url is None):
+            out.add(
+                "plan.value",
+                location,
+                "an MCP server needs either command (stdio) or url (streamable HTTP)"
+                + (", not both" if server.command is not None else ""),
+            )
+        if server.command is not None and not server.command.strip():
+            out.add("plan.value", f"{location}.command", "must not be empty")
+        if server.url is not None:
+            self.check_url(server.url, f"{location}.url", http_only=True)
+            for field in ("args", "env", "cwd"):
+                if getattr(server, field) not in ((), {}, None):
+                    out.add(
+                        "plan.value",
+                        f"{location}.{field}",
+                        f"{field} is for a stdio server (command); this one has a url",
+                    )
+        elif server.headers:
+            out.add(
+                "plan.value",
+                f"{location}.headers",
+                "headers are for an HTTP server (url); this one has a command",
+            )
+        for header, value in server.headers.items():
+            self.check_header(header, value, _header_location(location, header))
+        for key in server.env:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                out.add(
+                    "plan.value",
+                    _key_location(f"{location}.env", key),
+                    f"{_show(key)} is not an environment variable name",
+                )
+        if not re.fullmatch(r"[A-Za-z0-9_-]{0,32}", server.prefix):
+            out.add(
+                "plan.value",
+                f"{location}.prefix",
+                f"prefix {_show(server.prefix)} must match [A-Za-z0-9_-]{{0,32}}",
+            )
+        for tool in (*(server.tools or ()), *server.exclude_tools, *server.side_effects):
+            if not TOOL_NAME_PATTERN.fullmatch(server.prefix + tool):
+                out.add(
+                    "plan.value",
+                    location,
+                    f"tool name {_show(server.prefix + tool)} must match "
+                    f"{TOOL_NAME_PATTERN.pattern}",
+                )
+        self.check_tool_options(
+            ToolConfig(path="", timeout=server.timeout, max_output=server.max_output), location
+        )
+
+    def check_url(self, url: str, location: str, *, http_only: bool = False) -> None:
+        schemes = ("http://", "https://") if http_only else _URL_SCHEMES
+        if not url.startswith(schemes):
+            self.out.add(
+                "plan.value",
+                location,
+                f"{_show(url)} is not an {'http(s)' if http_only else 'http(s) or ws(s)'} URL",
+            )
+        elif "@" in url.split("/")[2]:
+            _secret_issue(self.out, location)
+
+    def check_header(self, header: str, value: str, location: str) -> None:
+        """A header's value must come from the environment: ``${NAME}``."""
+        if not ENV_REFERENCE.search(value):
+            self.out.add(
+                "plan.secret",
+                location,
+                f"header {_show(header)} is written in the plan; header values are taken "
+                "from the environment",
+                'write it as "${NAME}" (or "Bearer ${NAME}") and set NAME when running',
+            )
+
+    def check_hosted_tools(self) -> None:
+        """Each hosted tool has a known type and what that type requires."""
+        out = self.out
+        for index, agent in self.view.agents:
+            seen: dict[tuple[str, str], int] = {}
+            for position, tool in enumerate(agent.hosted_tools):
+                location = f"$.agents[{index}].hosted_tools[{position}]"
+                kind = tool.get("type")
+                if kind not in HOSTED_TOOL_TYPES:
+                    out.add(
+                        "plan.tool",
+                        f"{location}.type",
+                        f"hosted tool type {_show(kind)} is not supported; supported: "
+                        + ", ".join(HOSTED_TOOL_TYPES),
+                        _did_you_mean(kind, HOSTED_TOOL_TYPES) if isinstance(kind, str) else None,
+                    )
+                    continue
+                label = tool.get("server_label")
+                key = (str(kind).removesuffix("_preview"), str(label or ""))
+                if key in seen:
+                    what = f"MCP server {_show(label)}" if kind == "mcp" else _show(kind)
+                    out.add(
+                        "plan.duplicate",
+                        location,
+                        f"agent {_show(agent.name)} lists hosted tool {what} twice "
+                        f"($.agents[{index}].hosted_tools[{seen[key]}])",
+                    )
+                seen.setdefault(key, position)
+                self.check_hosted_tool(tool, str(kind), location)
+
+    def check_hosted_tool(self, tool: dict[str, Any], kind: str, location: str) -> None:
+        out = self.out
+        if kind == "file_search":
+            stores = tool.get("vector_store_ids")
+            if not (
+                isinstance(stores, list) and stores and all(isinstance(s, str) for s in stores)
+            ):
+                out.add(
+                    "plan.tool",
+                    f"{location}.vector_store_ids",
+                    "file_search needs vector_store_ids, a non-empty list of ids",
+                    'e.g. vector_store_ids = ["vs_..."]',
+                )
+        if kind != "mcp":
+            return
+        label = tool.get("server_label")
+        if not isinstance(label, str) or not NAME_PATTERN.fullmatch(label):
+            out.add(
+                "plan.tool",
+                f"{location}.server_label",
+                f"a remote MCP server needs a server_label matching {NAME_PATTERN.pattern}",
+            )
+        url, connector = tool.get("server_url"), tool.get("connector_id")
+        if isinstance(url, str):
+            self.check_url(url, f"{location}.server_url", http_only=True)
+        elif not isinstance(connector, str):
+            out.add(
+                "plan.tool",
+                f"{location}.server_url",
+                "a remote MCP server needs server_url (or a connector_id)",
+            )
+        approval = tool.get("require_approval", "always")
+        if not (approval in ("always", "never") or isinstance(approval, dict)):
+            out.add(
+                "plan.value",
+                f"{location}.require_approval",
+                f"require_approval {_show(approval)} is not supported",
+                _did_you_mean(approval, ("always", "never"))
+                if isinstance(approval, str)
+                else 'use "always", "never" or { never = { tool_names = [...] } }',
+            )
+        headers = tool.get("headers", {})
+        if isinstance(headers, dict):
+            for header, value in headers.items():
+                where = _header_location(location, str(header))
+                if not isinstance(value, str):
+                    out.add("plan.schema", where, f"expected str, got {_kind(value)}")
+                else:
+                    self.check_header(str(header), value, where)
+        authorization = tool.get("authorization")
+        if isinstance(authorization, str) and not ENV_REFERENCE.search(authorization):
+            self.check_header("authorization", authorization, f"{location}.authorization")
+
     def check_import(
         self, path: str, location: str, subject: str, *, tool_name: str | None = None
     ) -> bool:
@@ -1306,6 +1567,8 @@ def _scan_secrets(data: Any, out: _Issues) -> None:
             seen.add(id(value))
             for key, item in value.items():
                 where = _key_location(location, key) if isinstance(key, str) else location
+                if key == "headers" and isinstance(item, dict):
+                    continue  # every value must come from the environment (check_header)
                 if isinstance(key, str) and looks_secret(key):
                     _secret_issue(out, location)
                 elif (
@@ -1313,6 +1576,7 @@ def _scan_secrets(data: Any, out: _Issues) -> None:
                     and is_secret_name(key)
                     and isinstance(item, str)
                     and item.strip()
+                    and not _from_environment(item)
                 ):
                     _secret_issue(out, where)
                     continue
@@ -1324,6 +1588,24 @@ def _scan_secrets(data: Any, out: _Issues) -> None:
             stack.extend((item, f"{location}[{i}]") for i, item in enumerate(value))
         elif isinstance(value, str) and looks_secret(value):
             _secret_issue(out, location)
+
+
+def _header_location(base: str, header: str) -> str:
+    """Always the bracket form: ``headers.Authorization: ...`` reads as a credential
+    assignment to the redaction of printed issues."""
+    return f'{base}.headers["{header}"]'
+
+
+_SCHEME: Final = re.compile(r"(?i)^\s*(?:bearer|basic|token|digest)\s+")
+
+
+def _from_environment(value: str) -> bool:
+    """Whether ``value`` takes its credential from the environment: ``${NAME}`` references
+    with at most an authorization scheme and separators around them."""
+    if not ENV_REFERENCE.search(value):
+        return False
+    rest = ENV_REFERENCE.sub("", _SCHEME.sub("", value))
+    return re.fullmatch(r"[\s:;,./-]*", rest) is not None
 
 
 def _secret_issue(out: _Issues, location: str) -> None:

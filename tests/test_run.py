@@ -2,10 +2,11 @@
 docs/architecture.md#delegation-and-steps, docs/architecture.md#observing-a-run;
 docs/faults.md#budgets).
 
-Most runs go over in-memory streams (``transport="memory"``) under the ``autojump_clock``, so
-latency, wall-clock budgets and restart backoff cost no real time, and what overlaps is decided
-by virtual time, not by the scheduler. Tools used there are ``async``: a sync tool runs in a
-worker thread, and an autojumping clock would jump over the thread to the tool's deadline.
+Most runs go over in-memory streams (``EmbeddedServer(transport="memory")``) under the
+``autojump_clock``, so latency, wall-clock budgets and restart backoff cost no real time, and
+what overlaps is decided by virtual time, not by the scheduler. Tools used there are
+``async``: a sync tool runs in a worker thread, and an autojumping clock would jump over the
+thread to the tool's deadline.
 The examples, whose tools are sync, run on the real clock, some over loopback TCP.
 """
 

@@ -26,7 +26,7 @@ from orchestrator.core.protocol.events import (
     MessageItem,
     ReasoningConfig,
     ResponseCreate,
-    Tool,
+    ToolDefinition,
 )
 from orchestrator.errors import LocalProtocolError
 
@@ -77,7 +77,8 @@ class Session:
     Args:
         model: the model id, sent on every create.
         instructions: system/developer text, resent every turn (it is not inherited).
-        tools: tool definitions, resent every turn.
+        tools: tool definitions, resent every turn: function tools and the service's hosted
+            tools (:class:`~orchestrator.core.protocol.events.HostedTool`, sent verbatim).
         store: ``store`` on every create; ``False`` keeps responses only in the connection
             cache (the default: ZDR-friendly, and replays make it safe).
         settings: further per-turn settings; a forcing ``tool_choice`` applies to the first
@@ -89,7 +90,7 @@ class Session:
 
     model: str
     instructions: str | None = None
-    tools: tuple[Tool, ...] = ()
+    tools: tuple[ToolDefinition, ...] = ()
     store: bool = False
     settings: ModelSettings = attrs.field(factory=ModelSettings)
     include: tuple[str, ...] = ()

@@ -1115,3 +1115,63 @@ def test_serve_command(token: str | None) -> None:
     assert 0 == process.returncode, errors
     assert None is stdout.next()  # nothing more was printed: the URL came once
     assert "stopping" in errors
+
+
+def test_hosted_tools_validate_against_the_sdks_models(local_server: RunningServer) -> None:
+    """Every simulated hosted tool's item (web_search_call, file_search_call,
+    code_interpreter_call, image_generation_call, mcp_list_tools, mcp_approval_request, and
+    the mcp_call made once the SDK approves it) parses strictly as the SDK's own model, with
+    no field the SDK does not know."""
+    wire = StrictWire()
+    mcp = {
+        "type": "mcp",
+        "server_label": "docs",
+        "server_url": "https://mcp.example.org/mcp",
+        "require_approval": "always",
+    }
+    tools: Any = [
+        {"type": "web_search"},
+        {"type": "file_search", "vector_store_ids": ["vs_1"]},
+        {"type": "code_interpreter", "container": {"type": "auto"}},
+        {"type": "image_generation"},
+        mcp,
+    ]
+
+    async def scenario() -> None:
+        async with client_for(local_server) as client, client.responses.connect() as connection:
+            wire.attach(connection)
+            await connection.response.create(
+                model=MODEL, input="What is 6 * 7?", tools=tools, store=False
+            )
+            first = (await receive_response(connection))[-1]
+            assert isinstance(first, ResponseWsCompleted)
+            request = first.response.output[-1]
+            assert "mcp_approval_request" == request.type
+            await connection.response.create(
+                model=MODEL,
+                input=[
+                    {
+                        "type": "mcp_approval_response",
+                        "approval_request_id": request.id,
+                        "approve": True,
+                    }
+                ],
+                previous_response_id=first.response.id,
+                tools=tools,
+                store=False,
+            )
+            second = (await receive_response(connection))[-1]
+        assert isinstance(second, ResponseWsCompleted)
+        assert [
+            "web_search_call",
+            "file_search_call",
+            "code_interpreter_call",
+            "image_generation_call",
+            "mcp_list_tools",
+            "mcp_approval_request",
+        ] == [item.type for item in first.response.output]
+        assert ["mcp_call", "message"] == [item.type for item in second.response.output]
+        assert "42" in second.response.output_text
+        assert len(wire.frames) == wire.parsed
+
+    run(scenario)

@@ -38,6 +38,7 @@ from orchestrator.core.protocol.events import (
     FunctionCallArgumentsDone,
     FunctionCallItem,
     FunctionCallOutputItem,
+    HostedTool,
     IncompleteDetails,
     InputTokensDetails,
     Item,
@@ -227,14 +228,21 @@ _define(
     Tool,
     {},
     {
-        "type": st.sampled_from(["function", "web_search", "file_search"]) | texts,
+        "type": st.just("function"),
         "name": texts,
         "description": nullable(texts),
         "parameters": nullable(json_objects),
         "strict": nullable(st.booleans()),
     },
 )
-tools = st.deferred(lambda: structs(Tool))
+# Any other tool type is a hosted tool, kept verbatim whatever its fields.
+hosted_tools = st.builds(
+    lambda kind, fields: HostedTool({**fields, "type": kind}),
+    st.sampled_from(["web_search", "file_search", "mcp", "code_interpreter"])
+    | texts.filter(lambda t: t != "function"),
+    st.dictionaries(st.text(max_size=8), json_values, max_size=3),
+)
+tools = st.deferred(lambda: structs(Tool) | hosted_tools)
 _define(
     ReasoningConfig,
     {},

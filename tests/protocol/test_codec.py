@@ -38,6 +38,7 @@ from orchestrator.core.protocol.events import (
     ClientEventUnion,
     FunctionCallItem,
     FunctionCallOutputItem,
+    HostedTool,
     ItemReference,
     MessageItem,
     ReasoningItem,
@@ -111,7 +112,7 @@ def assert_only_set_fields(value: Any, wire: Any) -> None:
                 assert_only_set_fields(member, wire[f.encode_name])
     elif isinstance(value, Raw):
         assert msgspec.json.decode(value) == wire
-    elif isinstance(value, UnknownItem | UnknownEvent):
+    elif isinstance(value, UnknownItem | UnknownEvent | HostedTool):
         assert value.data == wire
     elif isinstance(value, list):
         assert len(value) == len(wire)

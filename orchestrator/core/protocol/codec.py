@@ -27,6 +27,7 @@ from .events import (
     SERVER_EVENT_TYPES,
     ClientEvent,
     ClientEventUnion,
+    HostedTool,
     KnownItem,
     ResponseCreate,
     ResponseSteer,
@@ -58,7 +59,7 @@ DECODE_ERRORS: Final = (msgspec.MsgspecError, RecursionError, UnicodeError, Valu
 
 
 def _enc_hook(obj: Any) -> Any:
-    if isinstance(obj, UnknownItem | UnknownEvent):
+    if isinstance(obj, UnknownItem | UnknownEvent | HostedTool):
         return obj.data
     raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
@@ -167,19 +168,26 @@ def decode_client_event(data: str | bytes) -> ClientEvent | UnknownEvent:
     except DECODE_ERRORS as exc:
         raise RemoteProtocolError(f"malformed client event: {_describe(exc)}") from exc
     else:
+        if isinstance(decoded, ResponseCreate) and _has_hosted_tools(decoded):
+            return _with_hosted_tools(decoded, _generic(data).get("tools"))
         return decoded
     obj = _generic(data)
     kind = _type_of(obj)
     cls = _CLIENT_TYPES.get(kind)
     if cls is None:
         return UnknownEvent(kind, obj)
+    tools = obj.get("tools")
+    hosted = isinstance(tools, list) and any(_hosted(tool) for tool in tools)
+    if hosted:
+        # Set aside like unknown items: a hosted tool's fields are not the function tool's.
+        obj = {**obj, "tools": [{"type": "hosted"} if _hosted(t) else t for t in tools]}
     items = obj.get("input")
-    if not isinstance(items, list):
+    if not isinstance(items, list) and not hosted:
         raise RemoteProtocolError(f"invalid {kind!r} event: {_describe(error)}") from error
     # Slow path: normalise short-form messages, set aside unknown item types, convert the rest.
     unknown: dict[int, UnknownItem] = {}
     fixed: list[Any] = []
-    for index, item in enumerate(items):
+    for index, item in enumerate(items if isinstance(items, list) else ()):
         if isinstance(item, dict):
             item_type = item.get("type")
             if item_type is None and "role" in item:
@@ -188,15 +196,40 @@ def decode_client_event(data: str | bytes) -> ClientEvent | UnknownEvent:
                 unknown[index] = UnknownItem(item)
                 item = {"type": "item_reference", "id": ""}
         fixed.append(item)
+    fields = {**obj, "input": fixed} if isinstance(items, list) else obj
     try:
-        event = msgspec.convert({**obj, "input": fixed}, cls)
+        event = msgspec.convert(fields, cls)
     except DECODE_ERRORS as exc:
         raise RemoteProtocolError(f"invalid {kind!r} event: {_describe(exc)}") from exc
     if unknown and isinstance(event, ResponseCreate | ResponseSteer):
         assert isinstance(event.input, list)
         restored = [unknown.get(i, item) for i, item in enumerate(event.input)]
         event = msgspec.structs.replace(event, input=restored)
+    if isinstance(event, ResponseCreate) and _has_hosted_tools(event):
+        event = _with_hosted_tools(event, tools)
     return event
+
+
+def _hosted(tool: Any) -> bool:
+    """Whether a generically decoded tool is a hosted one (any type but ``function``)."""
+    return isinstance(tool, dict) and tool.get("type", "function") != "function"
+
+
+def _has_hosted_tools(create: ResponseCreate) -> bool:
+    tools = create.tools
+    return isinstance(tools, list) and any(tool.type != "function" for tool in tools)
+
+
+def _with_hosted_tools(create: ResponseCreate, raw_tools: Any) -> ResponseCreate:
+    """``create`` with each hosted tool replaced by a :class:`HostedTool` holding the
+    definition exactly as sent (the typed decode kept only the function tool's fields)."""
+    assert isinstance(create.tools, list)
+    assert isinstance(raw_tools, list)
+    restored = [
+        HostedTool(raw) if _hosted(raw) else tool
+        for tool, raw in zip(create.tools, raw_tools, strict=True)
+    ]
+    return msgspec.structs.replace(create, tools=restored)
 
 
 def item_from_object(obj: Any) -> Item:

@@ -39,6 +39,7 @@ __all__ = [
     "FunctionCallItem",
     "FunctionCallOutputItem",
     "FunctionTool",
+    "HostedTool",
     "IncompleteDetails",
     "InputTokensDetails",
     "Item",
@@ -78,6 +79,7 @@ __all__ = [
     "SteerPending",
     "SummaryPart",
     "Tool",
+    "ToolDefinition",
     "UnknownEvent",
     "UnknownItem",
     "Usage",
@@ -237,13 +239,59 @@ ITEM_TYPES: Final = frozenset(
 
 
 class Tool(Struct, frozen=True, kw_only=True):
-    """A tool definition. Permissive: built-in tool types pass through with their known keys."""
+    """A function tool definition (``{"type": "function", ...}``).
+
+    Every other tool type (the service's hosted tools: ``web_search``, ``file_search``,
+    ``code_interpreter``, ``image_generation``, ``mcp``...) is a :class:`HostedTool`, kept
+    verbatim: their fields keep growing and must all reach the service.
+    """
 
     type: str = "function"
     name: str | UnsetType = UNSET
     description: str | UnsetType | None = UNSET
     parameters: dict[str, Any] | UnsetType | None = UNSET
     strict: bool | UnsetType | None = UNSET
+
+
+class HostedTool:
+    """A tool the service runs itself (any ``type`` but ``function``), kept verbatim.
+
+    ``data`` is the complete JSON object; the codec encodes it back unchanged, and the
+    embedded server decodes such tools into this class with every field intact. ``label``
+    is what to fingerprint instead of ``data`` when ``data`` holds values taken from the
+    environment (a remote MCP server's headers): a resumed job must not depend on a token
+    that was rotated, and no hash of a secret is journaled. (A plain class on purpose, as
+    :class:`UnknownItem`.)
+    """
+
+    __slots__ = ("data", "label")
+
+    def __init__(self, data: dict[str, Any], *, label: dict[str, Any] | None = None) -> None:
+        self.data = data
+        self.label = data if label is None else label
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HostedTool) and other.data == self.data
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"HostedTool(type={self.type!r})"
+
+    @property
+    def type(self) -> str:
+        value = self.data.get("type")
+        return value if isinstance(value, str) else ""
+
+
+ToolDefinition = Tool | HostedTool
+
+if TYPE_CHECKING:
+    _ToolList = list[ToolDefinition]
+else:
+    # As for items: decoders see function tools only; the codec turns every other tool
+    # type into a HostedTool with its fields intact.
+    _ToolList = list[Tool]
 
 
 def FunctionTool(
@@ -282,7 +330,7 @@ class ResponseCreate(ClientEvent, tag="response.create", frozen=True, kw_only=Tr
     model: str | UnsetType = UNSET
     input: str | _ItemList | UnsetType = UNSET
     instructions: str | UnsetType | None = UNSET
-    tools: list[Tool] | UnsetType = UNSET
+    tools: _ToolList | UnsetType = UNSET
     tool_choice: str | dict[str, Any] | UnsetType = UNSET
     parallel_tool_calls: bool | UnsetType | None = UNSET
     previous_response_id: str | UnsetType | None = UNSET

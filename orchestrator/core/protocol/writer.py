@@ -67,6 +67,7 @@ from .events import (
     ResponseObject,
     ServerEvent,
     SummaryPart,
+    UnknownItem,
     Usage,
 )
 
@@ -133,7 +134,16 @@ class Call:
     deltas: Sequence[str]
 
 
-Part = Reasoning | Text | Call
+@attrs.frozen
+class Hosted:
+    """An output item a hosted tool finished inside the response (a ``web_search_call``,
+    an ``mcp_call``...), kept verbatim: announced ``in_progress`` when it has a status, then
+    done."""
+
+    item: UnknownItem
+
+
+Part = Reasoning | Text | Call | Hosted
 
 
 #: The ``sequence_number`` of a draft: :meth:`ResponseWriter.take` gives the real one.
@@ -232,6 +242,8 @@ class ResponseWriter:
                 yield from self._reasoning(part)
             elif isinstance(part, Text):
                 yield from self._message(part)
+            elif isinstance(part, Hosted):
+                yield from self._hosted(part)
             else:
                 yield from self._call(part)
 
@@ -429,6 +441,15 @@ class ResponseWriter:
             sequence_number=DRAFT, stream_id=lane, output_index=index, item=raw(done)
         )
         self.output.append(done)
+
+    def _hosted(self, part: Hosted) -> Iterator[ServerEvent]:
+        index, lane, item = len(self.output), self.stream_id, part.item
+        added = raw({**item.data, "status": "in_progress"} if "status" in item.data else item)
+        yield OutputItemAdded(sequence_number=DRAFT, stream_id=lane, output_index=index, item=added)
+        yield OutputItemDone(
+            sequence_number=DRAFT, stream_id=lane, output_index=index, item=raw(item)
+        )
+        self.output.append(item)
 
     # -- helpers ----------------------------------------------------------------------------------
 

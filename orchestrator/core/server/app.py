@@ -51,11 +51,13 @@ from orchestrator.core.protocol.events import (
     SteerFailed,
     SteerInfo,
     UnknownEvent,
+    UnknownItem,
     Usage,
 )
 from orchestrator.core.protocol.writer import (
     DELTAS,
     Call,
+    Hosted,
     Part,
     Reasoning,
     ResponseWriter,
@@ -79,6 +81,7 @@ from .checks import (
     unknown_event,
 )
 from .config import Fault, ServerConfig
+from .hosted import check_tools
 from .models import (
     ModelReply,
     ModelRequest,
@@ -89,6 +92,7 @@ from .models import (
     iter_text,
     limit_output,
     load_script,
+    respond_with_hosted,
     select_policy,
     split_arguments,
 )
@@ -952,6 +956,13 @@ class _ServerConnection:
                 self.counters.cache_hits += 1
             else:
                 self.counters.store_hydrations += 1
+        unsupported = check_tools(create.tools if isinstance(create.tools, list) else ())
+        if unsupported is not None:
+            self.refuse(
+                Refusal(400, unsupported.code, unsupported.message, param=unsupported.param),
+                stream_id,
+            )
+            return
         new_input = _input_items(create.input)
         refusal = check_tool_outputs(
             parent, new_input, require_all=self.server.config.require_tool_outputs
@@ -1013,13 +1024,15 @@ class _ServerConnection:
         context: tuple[Item, ...] | None = None
         if create.generate is not False:
             context = (*(parent.context() if parent is not None else ()), *new_input)
-            reply = self._respond(create, context)
+            hosted, reply = self._respond(create, context)
             if reply.error is not None:
                 message = reply.message or "scripted error"
                 await stream.emit(writer.error(reply.error_status, reply.error, message))
                 raise _EndResponse(evict=True)
             tokens_per_second = self.server.config.latency.tokens_per_second
-            await self._stream_output(stream, _parts(reply), tokens_per_second)
+            # The service's own tools ran first, inside this response.
+            parts = (*(Hosted(item) for item in hosted), *_parts(reply))
+            await self._stream_output(stream, parts, tokens_per_second)
         else:
             self.counters.warmups += 1
         output_tokens = writer.output_tokens
@@ -1080,8 +1093,11 @@ class _ServerConnection:
                 await trio.sleep(delay)
         return total_input, cached
 
-    def _respond(self, create: ResponseCreate, context: tuple[Item, ...]) -> ModelReply:
-        """Ask the local model the create names for its reply."""
+    def _respond(
+        self, create: ResponseCreate, context: tuple[Item, ...]
+    ) -> tuple[list[UnknownItem], ModelReply]:
+        """Ask the local model the create names for its reply, the create's hosted tools
+        run in between (their output items come first)."""
         model = create.model if isinstance(create.model, str) else ""
         request = ModelRequest(
             model=model,
@@ -1094,9 +1110,8 @@ class _ServerConnection:
             text_format=_text_format(create.text),
             max_tool_calls=_or(create.max_tool_calls, None),
         )
-        return limit_output(
-            self.server.policy_for(model).respond(request), _or(create.max_output_tokens, None)
-        )
+        hosted, reply = respond_with_hosted(self.server.policy_for(model), request, self._ids.item)
+        return hosted, limit_output(reply, _or(create.max_output_tokens, None))
 
     def _remember(
         self,

@@ -38,14 +38,17 @@ from orchestrator.core.protocol.events import (
     MessageItem,
     ReasoningItem,
     Tool,
+    ToolDefinition,
     UnknownItem,
 )
 from orchestrator.errors import ConfigurationError
 
+from . import hosted as hosted_tools
 from .generic import answer_for_schema, arguments_for_schema, cut, known_values, summarise
+from .hosted import HostedCall
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
 __all__ = [
     "CallSpec",
@@ -58,6 +61,7 @@ __all__ = [
     "count_tokens",
     "iter_text",
     "limit_output",
+    "respond_with_hosted",
     "split_arguments",
     "split_text",
 ]
@@ -138,7 +142,7 @@ class ModelRequest:
 
     model: str
     instructions: str | None
-    tools: tuple[Tool, ...]
+    tools: tuple[ToolDefinition, ...]
     context: tuple[Item, ...]
     parallel_tool_calls: bool = True
     tool_choice: Any = "auto"
@@ -168,6 +172,8 @@ class ModelReply:
     text: str | None = None
     text_deltas: tuple[str, ...] | None = None
     calls: tuple[CallSpec, ...] = ()
+    # Hosted tools to run first (the server simulates them and asks the policy again).
+    hosted: tuple[HostedCall, ...] = ()
     reasoning: str | None = None
     failed: str | None = None
     error: str | None = None
@@ -280,7 +286,10 @@ class GenericPolicy(Policy):
         offered = [
             tool
             for tool in request.tools
-            if tool.type == "function" and isinstance(tool.name, str) and tool.name
+            if isinstance(tool, Tool)
+            and tool.type == "function"
+            and isinstance(tool.name, str)
+            and tool.name
         ]
         choice = request.tool_choice
         forced = choice == "required"
@@ -289,6 +298,12 @@ class GenericPolicy(Policy):
         elif isinstance(choice, dict) and choice.get("type") == "function":
             offered = [tool for tool in offered if tool.name == choice.get("name")]
             forced = bool(offered)
+        if choice != "none" and not (isinstance(choice, dict) and forced):
+            # The service's own tools first: they run inside this response.
+            owed = hosted_tools.pending(request.tools, recent)
+            if owed:
+                query = _last_user_text(context)
+                return ModelReply(hosted=tuple(HostedCall(tool, query) for tool in owed))
         pending = [
             tool for tool in offered if tool.name not in called and tool.name not in TERMINAL_TOOLS
         ]
@@ -331,12 +346,57 @@ class GenericPolicy(Policy):
                 )
             return ModelReply(calls=(CallSpec(name=str(tool.name), arguments=arguments),))
         outputs = _trailing_outputs(context)
-        if outputs:
+        learnt = hosted_tools.results(recent)
+        if learnt:
+            text = summarise(
+                [*((names.get(o.call_id, "tool"), item_text(o)) for o in answered), *learnt]
+            )
+        elif outputs:
             text = _summarise(outputs, names)
         else:
             question = " ".join(_last_user_text(context).split())
             text = f"Answer to: {cut(question, MAX_QUESTION)}" if question else "Ready."
         return ModelReply(text=_formatted(request, text, outputs))
+
+
+# Rounds of hosted calls in one response (the generic model needs one per tool it adds).
+MAX_HOSTED_ROUNDS: Final = 4
+
+
+def respond_with_hosted(
+    policy: Policy, request: ModelRequest, new_id: Callable[[str], str]
+) -> tuple[list[UnknownItem], ModelReply]:
+    """``policy``'s reply to ``request`` with its hosted tools run in between, as the service
+    runs them inside one response (see :mod:`orchestrator.core.server.hosted`).
+
+    Returns:
+        The hosted tools' output items, to stream first, and the reply that follows them
+        (empty when an ``mcp_approval_request`` ends the response).
+    """
+    context = request.context
+    items: list[UnknownItem] = [
+        UnknownItem(data) for data in hosted_tools.approved_calls(request.tools, context, new_id)
+    ]
+    if items:
+        request = attrs.evolve(request, context=(*context, *items))
+    reply = policy.respond(request)
+    rounds = 0
+    while reply.hosted and rounds < MAX_HOSTED_ROUNDS:
+        rounds += 1
+        made: list[UnknownItem] = []
+        for call in reply.hosted:
+            made.extend(
+                UnknownItem(data)
+                for data in hosted_tools.simulate(call, (*request.context, *made), new_id)
+            )
+        items.extend(made)
+        request = attrs.evolve(request, context=(*request.context, *made))
+        if any(isinstance(i, UnknownItem) and i.type == "mcp_approval_request" for i in made):
+            return items, ModelReply()  # the response waits for the client's approval
+        reply = policy.respond(request)
+    if reply.hosted:
+        reply = attrs.evolve(reply, hosted=())
+    return items, reply
 
 
 def _text_only(parameters: Any) -> bool:

@@ -173,3 +173,7 @@ class IdFactory:
 
     def reasoning(self) -> str:
         return "rs_" + self._token(24)
+
+    def item(self, prefix: str) -> str:
+        """An output item id with ``prefix`` (``ws``, ``fs``, ``mcp``...)."""
+        return f"{prefix}_" + self._token(24)
