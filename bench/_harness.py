@@ -11,6 +11,7 @@ the measured window and no variant's garbage or caches leak into another's.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -35,7 +36,7 @@ from bench._common import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator
     from contextlib import AbstractAsyncContextManager
 
     from actors.worker import WorkerActor
@@ -446,6 +447,30 @@ class Clock:
         return time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
+async def time_rollouts(
+    rollout: Callable[[bool], Awaitable[object]],
+    *,
+    warmup: int,
+    rollouts: int,
+    profile: bool = True,
+) -> tuple[float, float]:
+    """Wall and CPU seconds of ``rollouts`` rollouts after ``warmup`` unmeasured ones (each
+    told whether it is measured), with a collection first; ``profile``: inside the
+    ``--profile`` window (the peers are measured, never profiled)."""
+    for _ in range(warmup):
+        await rollout(False)
+    gc.collect()
+    clock = Clock()
+    if profile:
+        PROFILE.start()
+    for _ in range(rollouts):
+        await rollout(True)
+    wall, cpu = clock.stop()
+    if profile:
+        PROFILE.stop()
+    return wall, cpu
+
+
 __all__ = [
     "CALLS",
     "MODEL",
@@ -483,6 +508,7 @@ __all__ = [
     "summarize_folded",
     "summarize_pstats",
     "text_script",
+    "time_rollouts",
 ]
 
 

@@ -22,7 +22,6 @@ It prints the medians of the per-round ratios (on ÷ off) of wall and CPU per tu
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
 import tempfile
 from typing import Any
@@ -30,9 +29,7 @@ from typing import Any
 import trio
 
 from bench._harness import (
-    PROFILE,
     TURNS_PER_ROLLOUT,
-    Clock,
     build_team,
     cores,
     emit,
@@ -40,6 +37,7 @@ from bench._harness import (
     rollout_script,
     run_variant,
     scripted_server,
+    time_rollouts,
 )
 
 
@@ -97,15 +95,9 @@ async def measure(
                 assert isinstance(result, TaskResult), result
                 assert result.turns == TURNS_PER_ROLLOUT, result
 
-            for _ in range(warmup):
-                await rollout()
-            gc.collect()
-            clock = Clock()
-            PROFILE.start()
-            for _ in range(rollouts):
-                await rollout()
-            wall, cpu = clock.stop()
-            PROFILE.stop()
+            wall, cpu = await time_rollouts(
+                lambda _measured: rollout(), warmup=warmup, rollouts=rollouts
+            )
             team.supervisor.stop()
             if variant == "on":
                 # Everything written behind must have reached the store.

@@ -20,7 +20,6 @@ of a function-call turn and of the text turn.
 from __future__ import annotations
 
 import argparse
-import gc
 import time
 from typing import Any
 
@@ -35,11 +34,11 @@ from bench._harness import (
     TOOL_OUTPUT,
     TOOL_WIRE,
     TURNS_PER_ROLLOUT,
-    Clock,
     build_team,
     emit,
     new_session,
     rollout_result,
+    time_rollouts,
 )
 
 # -- the floor's own typed events ----------------------------------------------------------------
@@ -212,15 +211,7 @@ async def floor(url: str, token: str, rollouts: int, warmup: int) -> dict[str, A
                 message = next_create(response.id, calls[0].call_id)
             raise AssertionError("no text answer")
 
-        for _ in range(warmup):
-            await rollout(False)
-        gc.collect()
-        clock = Clock()
-        PROFILE.start()
-        for _ in range(rollouts):
-            await rollout(True)
-        wall, cpu = clock.stop()
-        PROFILE.stop()
+        wall, cpu = await time_rollouts(rollout, warmup=warmup, rollouts=rollouts)
     return rollout_result("floor", rollouts, wall, cpu, fc_walls, text_walls)
 
 
@@ -258,15 +249,7 @@ async def connection(url: str, token: str, rollouts: int, warmup: int) -> dict[s
                 items = [FunctionCallOutputItem(call_id=calls[0].call_id, output=TOOL_OUTPUT)]
             raise AssertionError("no text answer")
 
-        for _ in range(warmup):
-            await rollout(False)
-        gc.collect()
-        clock = Clock()
-        PROFILE.start()
-        for _ in range(rollouts):
-            await rollout(True)
-        wall, cpu = clock.stop()
-        PROFILE.stop()
+        wall, cpu = await time_rollouts(rollout, warmup=warmup, rollouts=rollouts)
     return rollout_result("connection", rollouts, wall, cpu, fc_walls, text_walls)
 
 
@@ -289,15 +272,9 @@ async def runtime(url: str, token: str, rollouts: int, warmup: int) -> dict[str,
             assert isinstance(result, TaskResult), result
             assert result.turns == TURNS_PER_ROLLOUT, result
 
-        for _ in range(warmup):
-            await rollout()
-        gc.collect()
-        clock = Clock()
-        PROFILE.start()
-        for _ in range(rollouts):
-            await rollout()
-        wall, cpu = clock.stop()
-        PROFILE.stop()
+        wall, cpu = await time_rollouts(
+            lambda _measured: rollout(), warmup=warmup, rollouts=rollouts
+        )
         team.supervisor.stop()
     return rollout_result("runtime", rollouts, wall, cpu, [], [])
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import time
 from typing import Any
@@ -31,9 +30,9 @@ from bench._harness import (
     TOOL_OUTPUT,
     TOOL_WIRE,
     TURNS_PER_ROLLOUT,
-    Clock,
     emit,
     rollout_result,
+    time_rollouts,
 )
 
 _TOOL: Any = TOOL_WIRE  # a FunctionToolParam (a TypedDict) for the SDK
@@ -78,13 +77,7 @@ async def sdk(base_url: str, token: str, rollouts: int, warmup: int) -> dict[str
                 }
             raise AssertionError("no text answer")
 
-        for _ in range(warmup):
-            await rollout(False)
-        gc.collect()
-        clock = Clock()
-        for _ in range(rollouts):
-            await rollout(True)
-        wall, cpu = clock.stop()
+        wall, cpu = await time_rollouts(rollout, warmup=warmup, rollouts=rollouts, profile=False)
     await client.close()
     return rollout_result("sdk", rollouts, wall, cpu, fc_walls, text_walls)
 
@@ -113,13 +106,9 @@ async def agents(base_url: str, token: str, rollouts: int, warmup: int) -> dict[
             responses = len(result.raw_responses)
             assert responses == TURNS_PER_ROLLOUT, f"{responses} model turns"
 
-        for _ in range(warmup):
-            await rollout()
-        gc.collect()
-        clock = Clock()
-        for _ in range(rollouts):
-            await rollout()
-        wall, cpu = clock.stop()
+        wall, cpu = await time_rollouts(
+            lambda _measured: rollout(), warmup=warmup, rollouts=rollouts, profile=False
+        )
     return rollout_result("agents", rollouts, wall, cpu, [], [])
 
 
