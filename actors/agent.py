@@ -6,13 +6,14 @@ code restarts it with its conversation intact. Socket expiry and loss never reac
 the connection rotates and recovers by itself, and only when it gives up (bounded attempts)
 does the failure crash the incarnation for the supervisor to restart.
 
-A message is a :class:`Task`; the reply is a :class:`TaskResult` with the agent's final text.
+A message is an :class:`Assignment`; the reply is an :class:`AssignmentResult` with the agent's
+final text.
 
 An agent with a declared output (``output``) must answer JSON of that type: its final text is
 decoded and validated; an answer that does not match gets one repair turn, a user message
 carrying the validation error, and a second mismatch ends the run with
 :class:`~orchestrator.errors.OutputInvalid`. The reply then carries the JSON text (what a
-planner or a later step reads) and the decoded value (``TaskResult.output``).
+planner or a later step reads) and the decoded value (``AssignmentResult.output``).
 """
 
 from __future__ import annotations
@@ -59,7 +60,14 @@ from orchestrator.errors import (
 if TYPE_CHECKING:
     from orchestrator.core.protocol.turn import Response
 
-__all__ = ["OUTPUT_REPAIRS", "AgentActor", "CallOutcome", "OutputCheck", "Task", "TaskResult"]
+__all__ = [
+    "OUTPUT_REPAIRS",
+    "AgentActor",
+    "Assignment",
+    "AssignmentResult",
+    "CallOutcome",
+    "OutputCheck",
+]
 
 _NO_SCOPE: Final = contextlib.nullcontext()
 ENDED_OUTPUT: Final = '{"status":"ended","note":"the previous task ended before this output"}'
@@ -88,8 +96,9 @@ def repair_message(output: str, error: str, *, cut: bool = False) -> str:
     )
 
 
-class Task(msgspec.Struct, frozen=True, kw_only=True):
-    """Work for an agent: the text becomes the next user message.
+class Assignment(msgspec.Struct, frozen=True, kw_only=True):
+    """Work for an agent: the text becomes the next user message. (Not a "task": in trio a
+    task is a running coroutine.)
 
     ``id`` names the task the same way in every process (``goal``, ``step:fetch``,
     ``planner/3/call_x``): a task delivered again under the same id is answered from the
@@ -103,8 +112,8 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     id: str | None = None
 
 
-class TaskResult(msgspec.Struct, frozen=True, kw_only=True):
-    """An agent's answer to a task. With a declared output, ``text`` is the answer's JSON and
+class AssignmentResult(msgspec.Struct, frozen=True, kw_only=True):
+    """An agent's answer to an assignment. With a declared output, ``text`` is the answer's JSON and
     ``output`` the decoded value; otherwise ``output`` is None."""
 
     agent: str
@@ -242,8 +251,10 @@ class AgentActor(Actor):
     # -- messages -----------------------------------------------------------------------------
 
     async def handle(self, message: Any) -> Any:
-        if not isinstance(message, Task):
-            raise TypeError(f"agent {self.name!r} expects a Task, got {type(message).__name__}")
+        if not isinstance(message, Assignment):
+            raise TypeError(
+                f"agent {self.name!r} expects an Assignment, got {type(message).__name__}"
+            )
         began = trio.current_time()
         if self.events is not None and self.events.active:
             self.events.emit(
@@ -284,7 +295,7 @@ class AgentActor(Actor):
                 self._state("idle")
         return None  # stop() cancelled the task and has answered its asker
 
-    async def perform(self, task: Task) -> TaskResult:
+    async def perform(self, task: Assignment) -> AssignmentResult:
         """Run the tool loop for ``task`` until the model answers without calling a tool.
 
         A task delivered again (same ``id``) is answered from memory when it was answered,
@@ -296,7 +307,7 @@ class AgentActor(Actor):
         self._repairs = 0
         if task.id is not None and task.id in memory.replies:
             text = memory.replies[task.id]
-            return TaskResult(
+            return AssignmentResult(
                 agent=self.name, text=text, turns=0, step=task.step, output=self._value(text)
             )
         # A forcing tool_choice applies to the first turn of the task (Session.follow_up).
@@ -327,7 +338,7 @@ class AgentActor(Actor):
                 text = response.text
                 if self.output is None:
                     self.tasks_done += 1
-                    return TaskResult(agent=self.name, text=text, turns=turns, step=task.step)
+                    return AssignmentResult(agent=self.name, text=text, turns=turns, step=task.step)
                 try:
                     value, text = self.output.check(text)
                 except ValueError as exc:
@@ -335,7 +346,7 @@ class AgentActor(Actor):
                     items = [MessageItem.user(self.repair(str(exc), text, cut=cut))]
                     continue
                 self.tasks_done += 1
-                return TaskResult(
+                return AssignmentResult(
                     agent=self.name, text=text, turns=turns, step=task.step, output=value
                 )
             items = []
@@ -425,11 +436,11 @@ class AgentActor(Actor):
         except ValueError:
             return None  # journaled under another output type: a resume refuses that
 
-    def _answered(self, task: Task, answer: str, turns: int) -> TaskResult:
+    def _answered(self, task: Assignment, answer: str, turns: int) -> AssignmentResult:
         self.tasks_done += 1
         if task.id is not None:
             self.memory.replied(task.id, answer)
-        return TaskResult(
+        return AssignmentResult(
             agent=self.name, text=answer, turns=turns, step=task.step, output=self._value(answer)
         )
 

@@ -19,7 +19,7 @@ import attrs
 import msgspec
 import trio
 
-from actors.agent import AgentActor, CallOutcome, Task, TaskResult
+from actors.agent import AgentActor, Assignment, AssignmentResult, CallOutcome
 from actors.journal import RUNTIME_CALL, MessageEntry
 from actors.tools import ToolRepairBudgetExceeded
 from orchestrator.core.observe import DelegationFinished, DelegationStarted, capped
@@ -294,7 +294,7 @@ class PlannerActor(AgentActor):
                 reply = await self.router.ask(
                     self.name,
                     worker.name,
-                    Task(text=task, sender=self.name, id=message),
+                    Assignment(text=task, sender=self.name, id=message),
                     timeout=self.delegation_timeout,
                 )
             except ActorDead as exc:
@@ -312,7 +312,7 @@ class PlannerActor(AgentActor):
                 error = f"{type(exc).__name__}: {exc}"
                 break
             self._emit_delegation(call, worker, began)
-            text = reply.text if isinstance(reply, TaskResult) else str(reply)
+            text = reply.text if isinstance(reply, AssignmentResult) else str(reply)
             return self._delegated(call, text, None)
         self._emit_delegation(call, worker, began, error=error)
         self.failures.append(DelegationFailure(worker.name, message, task[:200], error))

@@ -37,7 +37,7 @@ import msgspec
 import trio
 from loguru import logger
 
-from actors.agent import AgentActor, Task, TaskResult
+from actors.agent import AgentActor, Assignment, AssignmentResult
 from actors.approval import ApprovalPolicy, Approver
 from actors.journal import AgentMemory, MessageEntry
 from actors.mcp import McpServers, McpToolSpec, server_print
@@ -1350,9 +1350,9 @@ async def _delegate_goal(team: _Team, goal: str) -> str:
         MessageEntry(id="goal", sender="run", recipient=team.planner.name, text=goal)
     )
     reply = await team.router.ask(
-        "run", team.planner.name, Task(text=goal, sender="run", id="goal")
+        "run", team.planner.name, Assignment(text=goal, sender="run", id="goal")
     )
-    return reply.text if isinstance(reply, TaskResult) else str(reply)
+    return reply.text if isinstance(reply, AssignmentResult) else str(reply)
 
 
 async def _accept(
@@ -1667,7 +1667,7 @@ async def _run_steps(
                 )
             try:
                 reply = await team.router.ask(
-                    "run", step.agent, Task(text=task, sender="run", step=step.id, id=message)
+                    "run", step.agent, Assignment(text=task, sender="run", step=step.id, id=message)
                 )
             except ActorDead as exc:
                 # The agent crashed on this step; the supervisor restarts it with its session
@@ -1677,7 +1677,7 @@ async def _run_steps(
                     with trio.move_on_after(RESTART_WAIT):
                         await team.router.wait_running(step.agent)
                 continue
-            text = reply.text if isinstance(reply, TaskResult) else str(reply)
+            text = reply.text if isinstance(reply, AssignmentResult) else str(reply)
             results[step.id] = text
             if journal is not None:
                 await journal.step_durably(
