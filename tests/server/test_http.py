@@ -3,6 +3,9 @@ JSON, keep-alive, auth, limits and the store, over real TCP and in-memory stream
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -10,6 +13,7 @@ import trio
 import trio.testing
 
 from orchestrator.core.server import LatencyModel, LocalServer, ServerConfig, open_local_server
+from orchestrator.errors import ConfigurationError
 
 from .wire import (
     LOOKUP_TOOL,
@@ -17,6 +21,7 @@ from .wire import (
     auth,
     calls_of,
     http_client,
+    http_upgrade,
     loopback_client,
     memory_client,
     memory_http_client,
@@ -474,3 +479,80 @@ async def test_a_client_that_leaves_mid_response_cancels_it(autojump_clock):
     assert 0 == ended - left
     assert (1, 0) == (statistics.responses_started, statistics.responses_completed)
     assert 0 == statistics.connection_errors
+
+
+# -- an HTTP-only server, a WebSocket-only server -----------------------------------------------
+
+
+async def test_websocket_false_refuses_upgrades_with_426_and_serves_http():
+    """``websocket=False``: every upgrade is refused with ``426 Upgrade Required`` and the
+    service's error body (``websocket_not_supported``, saying to POST instead), whatever its
+    path or token; POSTs are served as usual (docs/protocol.md#an-http-only-server)."""
+    async with open_local_server(websocket=False) as running:
+        with trio.fail_after(10):
+            refused = await http_upgrade(running.port, headers=auth(running.token))
+            unauthenticated = await http_upgrade(running.port, "/elsewhere")
+            async with http_client(running) as client:
+                served = await client.post(input="over http")
+    for answer in (refused, unauthenticated):
+        assert 426 == answer.status
+        error = answer.json()["error"]
+        assert ("websocket_not_supported", "invalid_request_error", None) == (
+            error["code"],
+            error["type"],
+            error["param"],
+        )
+        assert "POST /v1/responses" in error["message"]
+    assert 200 == served.status
+    statistics = running.statistics()
+    assert (0, 2) == (statistics.connections_opened, statistics.handshakes_rejected)
+
+
+async def test_http_false_leaves_posts_to_the_websocket_handshake():
+    """``http=False`` (a WebSocket-only endpoint): a POST is refused with 400 by the
+    WebSocket handshake, as before the HTTP endpoint existed; upgrades are served."""
+    async with open_local_server(http=False) as running:
+        with trio.fail_after(10):
+            async with http_client(running) as client:
+                await client.send_request(body={"model": "m", "input": "hi"})
+                head = await client.head()
+            async with loopback_client(running) as ws:
+                events = await ws.turn(input="hi")
+    assert 400 == head.status_code
+    assert "response.completed" == events[-1]["type"]
+    assert 0 == running.statistics().http_requests
+
+
+def test_a_server_must_serve_something():
+    """``websocket=False`` with ``http=False`` is a configuration error."""
+    with pytest.raises(ConfigurationError, match="serve nothing"):
+        ServerConfig(websocket=False, http=False)
+
+
+def test_serve_no_websocket_serves_http_only():
+    """``orchestrator serve --no-websocket``: upgrades get 426, POSTs are answered."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "serve", "--port", "0", "--no-websocket"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().split()[1]  # "serving ws://127.0.0.1:PORT/..."
+        server.stdout.readline()  # base_url
+        token = server.stdout.readline().split()[1]  # "token ..."
+        port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+
+        async def visit() -> tuple[int, int]:
+            with trio.fail_after(10):
+                refused = await http_upgrade(port, headers=auth(token))
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                async with stream:
+                    reply = await HttpClient(stream, token).post(input="hi")
+            return refused.status, reply.status
+
+        assert (426, 200) == trio.run(visit)
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=10)

@@ -357,7 +357,7 @@ class LocalServer:
                 self._timed_out(index, log, peer_name(stream))
             with trio.CancelScope(shield=True):
                 await stream.aclose()
-        elif request is None or not is_websocket_upgrade(request):
+        elif config.http and (request is None or not is_websocket_upgrade(request)):
             await self._serve_http(stream, head, index, log)
         else:
             await self._serve_websocket(stream, head.raw, deadline, index, log)
@@ -558,6 +558,18 @@ class LocalServer:
                     peer,
                     transport.refused_status,
                 )
+            return False
+        if not config.websocket:
+            # An HTTP-only endpoint, the way Ollama answers: before anything else, since
+            # nothing else about the request matters (docs/protocol.md#an-http-only-server).
+            await self._reject(
+                transport,
+                (index, log, peer),
+                426,
+                "websocket_not_supported",
+                "This server does not speak WebSocket mode: send HTTP POST /v1/responses "
+                "(stream: true for server-sent events) instead.",
+            )
             return False
         fault = self._faults.take(index, None, None, handshake=True)
         if fault is not None:
