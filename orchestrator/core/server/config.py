@@ -29,8 +29,8 @@ FaultKind = Literal[
     "expire",  # reach the connection age limit now
     "send_raw",  # send `payload` as a text frame (garbage, unknown events...)
     "oversize",  # send an unknown event padded to `size` bytes
-    "reject",  # refuse the WebSocket handshake with HTTP `status`
-    "delay_handshake",  # wait `duration` seconds before answering the handshake
+    "reject",  # refuse the WebSocket handshake (or answer the POST) with HTTP `status`
+    "delay_handshake",  # wait `duration` seconds before answering the handshake (or POST)
 ]
 
 _HANDSHAKE_FAULTS = frozenset({"reject", "delay_handshake"})
@@ -48,6 +48,11 @@ class Fault:
     connection, warm-ups included (``None``: the next one). The fault fires once
     ``after_events`` events of that response have been sent (for handshake faults, at the
     handshake), and at most ``times`` times in all.
+
+    Over HTTP (docs/faults.md#fault-injection) a TCP connection is a connection and the n-th
+    ``POST /v1/responses`` on it is response n; ``reject`` and ``delay_handshake`` act on
+    that POST's answer, ``abort`` and ``close`` drop the TCP connection, ``drop_cache`` and
+    ``expire`` do nothing.
     """
 
     kind: FaultKind
