@@ -1673,6 +1673,8 @@ class _HttpConnection(_Connection):
             transport.open_stream(_SSE_HEADERS)
             exchange.opened = True
             counters.http_streams += 1
+        if isinstance(event, ErrorEvent):
+            event = _sse_error(event)
         payload = encode(event)
         counters.events_sent += 1
         counters.bytes_sent += len(payload)
@@ -1809,6 +1811,19 @@ class _HttpConnection(_Connection):
                 self.counters.http_streams += 1
             transport.send_data(data)
         # drop_cache and expire concern a WebSocket's cache and age: nothing to do here.
+
+
+def _sse_error(event: ErrorEvent) -> ErrorEvent:
+    """An ``error`` event in the HTTP API's SSE shape: ``code``, ``message`` and ``param`` at
+    the top level, no ``status`` (the answer's status is 200 already; docs/protocol.md#over-http).
+    """
+    detail = event.detail()
+    return ErrorEvent(
+        code=detail.code if isinstance(detail.code, str) else None,
+        message=detail.message,
+        param=detail.param if isinstance(detail.param, str) else None,
+        sequence_number=event.sequence_number,
+    )
 
 
 def _made_by_the_model(item: Item) -> bool:
