@@ -82,9 +82,10 @@ def _fail(code: str, message: str, exit_code: int = EXIT_USAGE) -> NoReturn:
 def _add_serve(commands: Any) -> None:
     parser = commands.add_parser(
         "serve",
-        help="run the embedded Responses-WebSocket server",
-        description="Serve the Responses API WebSocket protocol with deterministic local "
-        "models, for offline runs, tests, benchmarks and fault injection.",
+        help="run the embedded Responses server (WebSocket mode and HTTP)",
+        description="Serve the Responses API (WebSocket mode, and POST /v1/responses over "
+        "HTTP with SSE) with deterministic local models, for offline runs, tests, benchmarks "
+        "and fault injection.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any)")
@@ -114,6 +115,20 @@ def _add_serve(commands: Any) -> None:
         default=16 * 1024 * 1024,
         metavar="BYTES",
         help="incoming message limit, enforced with close 1009 (default 16 MiB)",
+    )
+    parser.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="close an HTTP connection idle for this long between requests (default 60)",
+    )
+    parser.add_argument(
+        "--no-websocket",
+        dest="websocket",
+        action="store_false",
+        help="serve HTTP only: refuse WebSocket upgrades with 426 websocket_not_supported, "
+        "as endpoints without WebSocket mode do",
     )
     parser.add_argument(
         "--strict-single-flight",
@@ -179,7 +194,45 @@ def _add_serve_behaviour(parser: Any) -> None:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="processing time per input token not served from the connection cache",
+        help="processing time per input token not served from a cache",
+    )
+    costs = parser.add_argument_group(
+        "request costs of the latency model (docs/protocol.md#determinism-and-latency)"
+    )
+    costs.add_argument(
+        "--http-request-cost",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="fixed API work per HTTP request (auth, routing, loading state)",
+    )
+    costs.add_argument(
+        "--websocket-request-cost",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="fixed work per response.create on a WebSocket",
+    )
+    costs.add_argument(
+        "--sent-token-cost",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="parsing and tokenising per input token a request carries",
+    )
+    costs.add_argument(
+        "--rehydrated-token-cost",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="loading a stored chain by previous_response_id, per token of the chain",
+    )
+    costs.add_argument(
+        "--cache-miss-rate",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="probability (0 to 1) that an HTTP request misses the prompt cache",
     )
     parser.add_argument(
         "--faults",
@@ -215,10 +268,17 @@ def _serve_command(args: argparse.Namespace) -> int:
             max_pending_handshakes=args.max_pending_handshakes,
             handshake_timeout=args.handshake_timeout,
             strict_single_flight=args.strict_single_flight,
+            websocket=args.websocket,
+            keep_alive_timeout=args.keep_alive_timeout,
             latency=LatencyModel(
                 time_to_first_token=args.ttft,
                 tokens_per_second=args.tokens_per_second,
                 seconds_per_input_token=args.input_token_cost,
+                http_request_seconds=args.http_request_cost,
+                websocket_request_seconds=args.websocket_request_cost,
+                seconds_per_sent_token=args.sent_token_cost,
+                seconds_per_rehydrated_token=args.rehydrated_token_cost,
+                cache_miss_rate=args.cache_miss_rate,
             ),
             faults=faults,
             seed=args.seed,
