@@ -41,7 +41,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, Literal, get_args
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import attrs
@@ -91,7 +91,7 @@ from orchestrator.core.protocol.recovery import (
 )
 from orchestrator.core.protocol.turn import RequestError, Response, TurnAssembler
 from orchestrator.core.redaction import is_secret_name, looks_secret, redact
-from orchestrator.core.rules import is_loopback, retry_after_seconds
+from orchestrator.core.rules import TRANSPORTS, Transport, is_loopback, retry_after_seconds
 from orchestrator.core.session import Session
 from orchestrator.errors import (
     AuthenticationError,
@@ -126,9 +126,6 @@ DEFAULT_URL: Final = "wss://api.openai.com/v1/responses"
 # The host whose WebSocket mode is known to exist: ``auto`` elsewhere.
 SERVICE_HOST: Final = "api.openai.com"
 
-Transport = Literal["websocket", "http", "auto"]
-"""How a connection reaches ``/responses``: WebSocket mode, HTTP + SSE, or WebSocket with
-a fall back to HTTP when the endpoint has no WebSocket mode."""
 USER_AGENT: Final = "orchestrator/0.1 (trio)"
 
 # Backoff jitter of connections given no rng of their own. One generator for all: a
@@ -194,7 +191,7 @@ class ConnectionSettings:
     transport: Transport | None = None
 
     def __attrs_post_init__(self) -> None:
-        if self.transport is not None and self.transport not in get_args(Transport):
+        if self.transport is not None and self.transport not in TRANSPORTS:
             raise ConfigurationError(
                 f"transport must be one of websocket, http, auto; got {self.transport!r}",
                 code="config.transport",

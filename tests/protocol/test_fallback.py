@@ -59,8 +59,10 @@ def test_an_error_naming_a_websocket_only_field_falls_back_dropping_the_socket(p
     the socket is dropped, the attempt's output abandoned, the turn goes on over HTTP."""
     decision = AUTO.start().decide(_rejected(param), random.Random(0))
     assert isinstance(decision, Retry)
-    assert decision.fallback is not None and param in decision.fallback
-    assert decision.drop is not None and decision.abandon is not None
+    assert decision.fallback is not None
+    assert param in decision.fallback
+    assert decision.drop is not None
+    assert decision.abandon is not None
 
 
 @pytest.mark.parametrize("status", [400, 404, 405, 426])
@@ -86,7 +88,8 @@ def test_a_turn_falls_back_once():
     recovery = AUTO.start()
     first = recovery.decide(_refused(404), random.Random(0))
     second = recovery.decide(_refused(404), random.Random(0))
-    assert isinstance(first, Retry) and first.fallback is not None
+    assert isinstance(first, Retry)
+    assert first.fallback is not None
     assert isinstance(second, Fail)
 
 
