@@ -40,7 +40,7 @@ STATUSES: Final = (
 
 
 def add_jobs(commands: Any) -> None:
-    from orchestrator.cli import add_store_option
+    from orchestrator.cli import add_connection_options, add_store_option
 
     parser = commands.add_parser(
         "jobs",
@@ -84,9 +84,7 @@ def add_jobs(commands: Any) -> None:
         p.add_argument("--trace", type=Path, metavar="FILE", help="append every event (JSONL)")
         p.add_argument("--api-key-file", type=Path, metavar="FILE", help="0600 key file")
         p.add_argument("--offline", action="store_true", help="use the embedded server")
-        p.add_argument(
-            "--allow-insecure", action="store_true", help="allow ws:// to a non-loopback host"
-        )
+        add_connection_options(p)
         p.add_argument(
             "--approve", action="append", default=[], metavar="PATTERN", help="as for run"
         )
@@ -122,7 +120,7 @@ def add_jobs(commands: Any) -> None:
 
 def add_worker(commands: Any) -> None:
     """``orchestrator worker``: run queued jobs until SIGINT or SIGTERM."""
-    from orchestrator.cli import add_store_option
+    from orchestrator.cli import add_connection_options, add_store_option
     from orchestrator.jobs.store import DEFAULT_LEASE
     from orchestrator.jobs.worker import DEFAULT_POLL, DEFAULT_SLOTS
 
@@ -177,9 +175,7 @@ def add_worker(commands: Any) -> None:
     parser.add_argument(
         "--offline", action="store_true", help="run every job on the embedded server"
     )
-    parser.add_argument(
-        "--allow-insecure", action="store_true", help="allow ws:// to a non-loopback host"
-    )
+    add_connection_options(parser)
     parser.add_argument(
         "--approve",
         action="append",
@@ -431,14 +427,14 @@ def _continue_owned(args: argparse.Namespace, spared: set[int], retry: bool) -> 
             server_options = _local_options(options.get("local")) if offline else None
             print(f"{'retrying' if retry else 'resuming'} job {record.id}", file=sys.stderr)
 
-            from orchestrator.core.connection import ConnectionSettings
+            from orchestrator.cli import connection_settings
             from orchestrator.runner import EmbeddedServer, RunSettings
 
             settings = RunSettings(
                 api_key=key,
                 base_url=base_url,
                 offline=offline,
-                connection=ConnectionSettings(allow_insecure=args.allow_insecure),
+                connection=connection_settings(args),
                 allow_budget_change=args.allow_budget_change,
             )
 
@@ -593,8 +589,7 @@ def _worker(args: argparse.Namespace) -> int:
     import actors  # noqa: F401  (import before configure(): see orchestrator.cli)
     import plans  # noqa: F401
     from actors.approval import ApprovalPolicy
-    from orchestrator.cli import _fail, _read_key_file, _server_options
-    from orchestrator.core.connection import ConnectionSettings
+    from orchestrator.cli import _fail, _read_key_file, _server_options, connection_settings
     from orchestrator.core.logging import configure
     from orchestrator.core.tuning import gc_policy, raise_fd_limit
     from orchestrator.jobs.store import open_store
@@ -633,7 +628,7 @@ def _worker(args: argparse.Namespace) -> int:
             api_key=key,
             base_url=args.base_url,
             offline=True if offline else None,
-            connection=ConnectionSettings(allow_insecure=args.allow_insecure),
+            connection=connection_settings(args),
         ),
         "embedded": EmbeddedServer(config=_server_options(args, "instant")) if offline else None,
         "approve": ApprovalPolicy(allow=tuple(args.approve)),
