@@ -85,14 +85,15 @@ async def test_auto_falls_back_to_http_when_the_endpoint_refuses_websocket(autoj
     whole conversation runs with each tool call once."""
     config = ServerConfig(script=SCRIPT, seed=1, websocket=False)
     reference, _, _, _ = await _conversation(ServerConfig(script=SCRIPT, seed=1), HTTP)
-    transcript, executed, statistics, (server, recorder) = await _conversation(config, AUTO)
+    transcript, executed, statistics, (_server, recorder) = await _conversation(config, AUTO)
     assert reference == transcript
     assert len(executed) == len(set(executed))
     fell_back = recorder.of(TransportFellBack)
     assert 1 == len(fell_back)
     assert "426" in fell_back[0].reason
     assert [] == recorder.of(ConnectionReconnecting)
-    assert ("http", 0) == (statistics.transport, statistics.sockets_opened)
+    # One WebSocket attempt (refused), then HTTP only.
+    assert ("http", 1) == (statistics.transport, statistics.sockets_opened)
 
 
 async def test_a_forced_websocket_transport_does_not_fall_back(autojump_clock):
@@ -123,7 +124,8 @@ async def test_fallback_mid_run_keeps_every_turn_exactly_once(autojump_clock, st
     assert len(executed) == len(set(executed))
     assert 1 == len(recorder.of(TransportFellBack))
     assert 1 == len(recorder.of(TurnRetried))
-    assert ("http", 1) == (statistics.transport, statistics.sockets_opened)
+    # The socket lost mid-stream, the refused one, then HTTP only.
+    assert ("http", 2) == (statistics.transport, statistics.sockets_opened)
 
 
 # -- faults over HTTP: the WebSocket transport's recovery tests, where they apply ----------------
@@ -209,8 +211,9 @@ async def test_http_silent_stream_hits_the_idle_deadline_and_is_retried(autojump
 
 async def test_http_unknown_previous_response_id_replays_once(autojump_clock):
     """``store=true`` and a chain the server no longer has: one replay of the transcript over
-    HTTP, as over WebSocket."""
-    config = ServerConfig(script=SCRIPT, seed=1, store_capacity=1)
+    HTTP, as over WebSocket, and the conversation goes on with each call once."""
+    lost = Fault("error", error_code="previous_response_not_found", status=400, response=2)
+    config = ServerConfig(script=SCRIPT, seed=1, faults=(lost,), record_messages=True)
     with trio.fail_after(60):
         async with memory_agent(config, HTTP) as (server, connection, recorder):
             session = scripted_session()
@@ -218,5 +221,9 @@ async def test_http_unknown_previous_response_id_replays_once(autojump_clock):
             executed: list[str] = []
             await converse(connection, session, PROMPTS[:2], executed)
     reasons = [event.reason for event in recorder.of(TurnRetried)]
-    assert "previous_response_not_found" in reasons
+    assert ["previous_response_not_found"] == reasons
     assert len(executed) == len(set(executed))
+    creates = [event for _, event in server.received]
+    # The replay is a new chain carrying the whole transcript.
+    assert not isinstance(creates[2].previous_response_id, str)
+    assert len(creates[2].input) > len(creates[1].input)
