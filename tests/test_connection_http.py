@@ -49,7 +49,7 @@ async def test_http_runs_the_same_conversation_as_websocket(autojump_clock):
     request per turn and no socket."""
     config = ServerConfig(script=SCRIPT, seed=1)
     over_ws, executed_ws, _, _ = await _conversation(config, ConnectionSettings())
-    over_http, executed_http, statistics, _ = await _conversation(config, HTTP)
+    over_http, executed_http, statistics, (server, _) = await _conversation(config, HTTP)
     assert over_ws == over_http
     assert len(executed_ws) == len(executed_http) == len(set(executed_http))
     assert ("http", 0, statistics.turns) == (
@@ -57,6 +57,9 @@ async def test_http_runs_the_same_conversation_as_websocket(autojump_clock):
         statistics.sockets_opened,
         statistics.http_requests,
     )
+    # Each body is read to its end, so one kept-alive HTTP connection carries every turn.
+    served = server.statistics()
+    assert (1, statistics.turns) == (served.http_connections, served.http_requests)
 
 
 @pytest.mark.parametrize("store", [False, True])
