@@ -423,9 +423,7 @@ def _add_run(commands: Any) -> None:
     parser.add_argument(
         "--offline", action="store_true", help="use the embedded server even with a key"
     )
-    parser.add_argument(
-        "--allow-insecure", action="store_true", help="allow ws:// to a non-loopback host"
-    )
+    add_connection_options(parser)
     add_store_option(parser)
     parser.add_argument(
         "--no-journal",
@@ -496,6 +494,27 @@ def _read_key_file(path: Path) -> str:
             EXIT_AUTH,
         )
     return text.strip()
+
+
+def add_connection_options(parser: Any) -> None:
+    """``--allow-insecure`` and ``--transport``: how agents reach the endpoint."""
+    parser.add_argument(
+        "--allow-insecure", action="store_true", help="allow ws:// to a non-loopback host"
+    )
+    parser.add_argument(
+        "--transport",
+        choices=("websocket", "http", "auto"),
+        help="websocket (WebSocket mode), http (one POST per turn, server-sent events) or "
+        "auto (WebSocket, going on over HTTP when the endpoint has no WebSocket mode); "
+        "default: the plan's, else websocket for the OpenAI service and auto elsewhere",
+    )
+
+
+def connection_settings(args: Any) -> Any:
+    """The ConnectionSettings that :func:`add_connection_options`' flags ask for."""
+    from orchestrator.core.connection import ConnectionSettings
+
+    return ConnectionSettings(allow_insecure=args.allow_insecure, transport=args.transport)
 
 
 def add_store_option(parser: Any) -> None:
@@ -662,7 +681,6 @@ def _invoker(
 ) -> Any:
     """``invoke(run, common)`` for :func:`_run_async`: ``run`` of this plan with the
     command's settings; the job's id announced first."""
-    from orchestrator.core.connection import ConnectionSettings
     from orchestrator.runner import EmbeddedServer, RunSettings, new_job_id
 
     job_id = None
@@ -673,7 +691,7 @@ def _invoker(
         api_key=key,
         base_url=args.base_url,
         offline=offline,
-        connection=ConnectionSettings(allow_insecure=args.allow_insecure),
+        connection=connection_settings(args),
     )
     local = _local_facts(args, server_options)
 

@@ -14,6 +14,8 @@ checks it before any socket opens. A complete TOML plan, annotated::
     model = "gpt-5-mini"               # default model of agents that name none
     store = false                      # Responses API `store`; false replays context locally
     base_url = "https://api.openai.com/v1"   # optional endpoint, as the SDK's base_url
+    transport = "auto"                 # websocket | http | auto (default: websocket for
+                                       # the service, auto for any other base_url)
     context = "step"                   # steps mode: each step a fresh conversation (default)
                                        # | "agent": one conversation per agent, all its steps
     # Model settings, the defaults of every agent (an agent's [agents.settings] overrides
@@ -116,7 +118,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 
-from orchestrator.core.rules import SideEffect
+from orchestrator.core.rules import SideEffect, Transport
 from orchestrator.errors import ConfigurationError, PlanError
 
 if TYPE_CHECKING:
@@ -269,6 +271,7 @@ class Settings(ModelOptions, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     model: str | None = None
     store: bool = False
     base_url: str | None = None
+    transport: Transport | None = None
     context: Context = "step"
 
     @property

@@ -24,6 +24,12 @@ committed it to the session. Whatever happens to the socket meanwhile is handled
   server reports raise :class:`ServerError` with their code (``server_error`` and rate limits
   are retried first, honouring ``retry-after``).
 * **Cancellation** of a turn discards the socket and leaves the session as it was.
+* **Over HTTP.** With ``transport="http"`` each turn is one ``POST /v1/responses`` read as
+  server-sent events (:mod:`orchestrator.core.http_transport`); with ``"auto"`` (the default
+  for any endpoint but the OpenAI service) the connection starts on WebSocket and, when the
+  endpoint shows it has no WebSocket mode (426, 404 or 405 to the upgrade...), goes on over
+  HTTP for the rest of its life, without losing the turn. The same recovery policy decides
+  for both.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from trio_websocket import (
 )
 
 from orchestrator.core.failpoints import crash_point
+from orchestrator.core.http_transport import HttpTransport, http_url
 from orchestrator.core.logging import Secret
 from orchestrator.core.observe import (
     ConnectionClosed as ConnectionClosedEvent,
@@ -60,6 +67,7 @@ from orchestrator.core.observe import (
     EventBus,
     RuntimeEvent,
     TranscriptReplayed,
+    TransportFellBack,
     TurnFinished,
     TurnRetried,
     TurnStarted,
@@ -83,7 +91,7 @@ from orchestrator.core.protocol.recovery import (
 )
 from orchestrator.core.protocol.turn import RequestError, Response, TurnAssembler
 from orchestrator.core.redaction import is_secret_name, looks_secret, redact
-from orchestrator.core.rules import is_loopback, retry_after_seconds
+from orchestrator.core.rules import TRANSPORTS, Transport, is_loopback, retry_after_seconds
 from orchestrator.core.session import Session
 from orchestrator.errors import (
     AuthenticationError,
@@ -107,12 +115,17 @@ __all__ = [
     "ConnectionStatistics",
     "Connector",
     "Endpoint",
+    "Transport",
     "open_connection",
     "resolve_api_key",
     "resolve_endpoint",
+    "resolve_transport",
 ]
 
 DEFAULT_URL: Final = "wss://api.openai.com/v1/responses"
+# The host whose WebSocket mode is known to exist: ``auto`` elsewhere.
+SERVICE_HOST: Final = "api.openai.com"
+
 USER_AGENT: Final = "orchestrator/0.1 (trio)"
 
 # Backoff jitter of connections given no rng of their own. One generator for all: a
@@ -150,6 +163,10 @@ class ConnectionSettings:
         backoff_initial, backoff_max: the jittered exponential backoff, in seconds.
         close_timeout: how long a graceful close may take before the socket is dropped.
         allow_insecure: allow ``ws://`` to a host that is not loopback.
+        transport: ``websocket``, ``http`` (one ``POST`` per turn, events as SSE), or
+            ``auto`` (WebSocket, going on over HTTP when the endpoint has no WebSocket
+            mode); ``None`` means ``websocket`` for the OpenAI service and ``auto`` for any
+            other endpoint (see :func:`resolve_transport`).
     """
 
     max_message_size: int = 64 * 1024 * 1024
@@ -171,8 +188,14 @@ class ConnectionSettings:
     organization: str | None = None
     project: str | None = None
     extra_headers: tuple[tuple[str, str], ...] = ()
+    transport: Transport | None = None
 
     def __attrs_post_init__(self) -> None:
+        if self.transport is not None and self.transport not in TRANSPORTS:
+            raise ConfigurationError(
+                f"transport must be one of websocket, http, auto; got {self.transport!r}",
+                code="config.transport",
+            )
         if not 1024 <= self.max_message_size <= 2**31:
             raise ConfigurationError(
                 f"max_message_size must be in 1 KiB..2 GiB, got {self.max_message_size}"
@@ -270,6 +293,18 @@ def resolve_endpoint(url: str | None = None, *, allow_insecure: bool = False) ->
     )
 
 
+def resolve_transport(transport: Transport | None, endpoint: Endpoint) -> Transport:
+    """The transport a connection to ``endpoint`` starts with.
+
+    An explicit choice is kept. By default the OpenAI service gets ``websocket`` (its
+    WebSocket mode is known to exist) and any other endpoint ``auto``: most servers that
+    implement the Responses API speak only HTTP.
+    """
+    if transport is not None:
+        return transport
+    return "websocket" if endpoint.host == SERVICE_HOST else "auto"
+
+
 def resolve_api_key(api_key: str | Secret | None = None) -> Secret:
     """The API key as a :class:`Secret`, from the argument or ``OPENAI_API_KEY``.
 
@@ -337,6 +372,8 @@ class ConnectionStatistics:
     bytes_sent: int
     bytes_received: int
     events_received: int
+    transport: str = "websocket"
+    http_requests: int = 0
 
 
 @attrs.define(eq=False)
@@ -361,6 +398,10 @@ class _Standby:
     session: Session | None
     response_id: str | None
     covers: int
+
+
+class _FellBack(Exception):
+    """Internal: the endpoint has no WebSocket mode; the turn goes on over HTTP."""
 
 
 class _Lost(Exception):
@@ -388,6 +429,13 @@ class Connection:
     _nursery: trio.Nursery = attrs.field(repr=False, alias="nursery")
     _events: EventBus | None = attrs.field(default=None, repr=False, alias="events")
     _rng: random.Random = attrs.field(default=_JITTER, repr=False, alias="rng")
+    # How turns travel (resolved: never None) and, for HTTP, the streams to use instead of
+    # TCP/TLS (an in-memory embedded server); None lets httpx2 connect.
+    transport: Transport = "websocket"
+    _http_connector: Connector | None = attrs.field(
+        default=None, repr=False, alias="http_connector"
+    )
+    _http: HttpTransport | None = attrs.field(default=None, init=False, repr=False)
     _current: _Socket | None = attrs.field(default=None, init=False, repr=False)
     _standby: _Standby | None = attrs.field(default=None, init=False, repr=False)
     _standby_ready: trio.Event | None = attrs.field(default=None, init=False, repr=False)
@@ -413,8 +461,13 @@ class Connection:
         self._log = logger.bind(agent=self.agent)
         settings = self.settings
         self._policy = RecoveryPolicy(
-            settings.max_attempts, settings.backoff_initial, settings.backoff_max
+            settings.max_attempts,
+            settings.backoff_initial,
+            settings.backoff_max,
+            fallback=self.transport == "auto",
         )
+        if self.transport == "http":
+            self._use_http()
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -467,10 +520,16 @@ class Connection:
         """
         if self._busy:
             raise trio.BusyResourceError(f"turn in flight on {self.agent}")
+        if self._http is not None:
+            # Nothing to warm over HTTP: no socket holds the conversation.
+            return session.last_response_id or ""
         self._busy = True
         self._session = session
         try:
-            socket = await self._socket_for_turn(session, self._policy.start(self.agent))
+            try:
+                socket = await self._socket_for_turn(session, self._policy.start(self.agent))
+            except _FellBack:
+                return session.last_response_id or ""
             covers = session.snapshot_length()
             request = session.warmup(socket=socket.id)
             response_id = await self._warm(socket, request)
@@ -482,6 +541,7 @@ class Connection:
     def statistics(self) -> ConnectionStatistics:
         now = trio.current_time()
         current = self._current
+        http = self._http
         return ConnectionStatistics(
             agent=self.agent,
             socket=current.id if current is not None else None,
@@ -494,9 +554,11 @@ class Connection:
             replays=self._replays,
             retries=self._retries,
             failures=self._failures,
-            bytes_sent=self._bytes_sent,
-            bytes_received=self._bytes_received,
-            events_received=self._events_received,
+            bytes_sent=self._bytes_sent + (http.bytes_sent if http else 0),
+            bytes_received=self._bytes_received + (http.bytes_received if http else 0),
+            events_received=self._events_received + (http.events_received if http else 0),
+            transport="http" if http is not None else "websocket",
+            http_requests=http.requests if http is not None else 0,
         )
 
     async def aclose(self) -> None:
@@ -513,6 +575,8 @@ class Connection:
             for socket in sockets:
                 if socket is not None:
                     await self._close_socket(socket, "connection closed")
+            if self._http is not None:
+                await self._http.aclose()
 
     # -- observability ------------------------------------------------------------------------
 
@@ -525,6 +589,43 @@ class Connection:
         return self._events is not None and self._events.active
 
     # -- sockets ------------------------------------------------------------------------------
+
+    def _use_http(self) -> None:
+        """From now on, every turn is an HTTP request."""
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self._headers()]
+        headers += [("accept", "text/event-stream"), ("content-type", "application/json")]
+        self._http = HttpTransport.open(
+            http_url(self.endpoint.url),
+            headers,
+            connect_timeout=self.settings.connect_timeout,
+            idle_timeout=self.settings.idle_timeout,
+            connector=self._http_connector,
+        )
+
+    async def _fall_back(self, reason: str) -> None:
+        """The endpoint has no WebSocket mode: go on over HTTP (logged once, reported)."""
+        self._log.warning(
+            "{} has no WebSocket mode ({}); going on over HTTP", self.endpoint.url, reason
+        )
+        if self._observed:
+            self._emit(
+                TransportFellBack(
+                    time=trio.current_time(),
+                    agent=self.agent,
+                    url=self.endpoint.url,
+                    reason=reason,
+                )
+            )
+        self._policy = attrs.evolve(self._policy, fallback=False)
+        self._use_http()
+        if self._timer_scope is not None:
+            self._timer_scope.cancel()
+        sockets = [self._current, self._standby.socket if self._standby else None]
+        self._current = None
+        self._standby = None
+        for socket in sockets:
+            if socket is not None:
+                await self._discard(socket, "the endpoint has no WebSocket mode")
 
     def _headers(self) -> list[tuple[bytes, bytes]]:
         headers = [
@@ -753,7 +854,11 @@ class Connection:
         return standby.socket
 
     async def _connect(self, reason: str, recovery: TurnRecovery) -> _Socket:
-        """Open a socket, retrying as ``recovery`` (the turn's, with its shared budget) decides."""
+        """Open a socket, retrying as ``recovery`` (the turn's, with its shared budget) decides.
+
+        Raises:
+            _FellBack: the endpoint has no WebSocket mode; the connection now uses HTTP.
+        """
         while True:
             try:
                 socket = await self._open_socket(reason)
@@ -768,6 +873,8 @@ class Connection:
                 self._schedule_rotation()
                 return socket
             await self._follow(recovery.decide(outcome, self._rng))
+            if self._http is not None:
+                raise _FellBack
 
     # -- planned rotation -----------------------------------------------------------------------
 
@@ -932,48 +1039,73 @@ class Connection:
         replay = False
         while True:
             recovery.begin()
-            socket = await self._socket_for_turn(session, recovery)
-            request = session.request(new_items, socket=socket.id, replay=replay)
-            self._starting(session, request, socket, turn, replay, len(new_items))
-            try:
-                result = await self._exchange(socket, request.create, on_event)
-            except _Lost as lost:
-                age = socket.lifecycle.age(trio.current_time())
-                outcome: Outcome = Lost(lost.error, request_sent=lost.sent, connection_age=age)
-            except BaseException:
-                # Protocol garbage, cancellation, anything: the socket's stream is no longer
-                # trustworthy, and the session has not changed.
-                await self._discard(socket, "turn abandoned")
-                raise
+            http = self._http
+            socket: _Socket | None = None
+            if http is None:
+                try:
+                    socket = await self._socket_for_turn(session, recovery)
+                except _FellBack:
+                    continue
+                attempt = (new_items, replay, turn)
+                request, outcome = await self._attempt(session, attempt, on_event, socket)
             else:
-                if isinstance(result, RequestError):
-                    age = socket.lifecycle.age(trio.current_time())
-                    outcome = Rejected(result, replayed=request.replay, connection_age=age)
-                elif result.status == "failed":
-                    outcome = Failed.of(result)
-                else:
-                    self._finished(session, request, result, socket, turn, started)
-                    return result
+                request = session.request(new_items, socket=None, replay=replay)
+                self._starting(session, request, None, turn, replay, len(new_items))
+                outcome = await http.post(request.create, on_event, replayed=request.replay)
+            if isinstance(outcome, Response):
+                if outcome.status != "failed":
+                    self._finished(session, request, outcome, socket, turn, started)
+                    return outcome
+                outcome = Failed.of(outcome)
             decision = recovery.decide(outcome, self._rng)
             abandon = partial(self._abandon, on_event, turn=turn, attempt=recovery.attempts)
             replay = await self._follow(decision, socket, abandon)
             if replay:
                 session.forget_chain()
 
+    async def _attempt(
+        self,
+        session: Session,
+        attempt: tuple[tuple[Item, ...], bool, int],
+        on_event: Callable[[Any], object] | None,
+        socket: _Socket,
+    ) -> tuple[TurnRequest, Response | Outcome]:
+        """One attempt of a turn (new items, replay, turn number) on a socket: its request
+        and the response or what happened."""
+        new_items, replay, turn = attempt
+        request = session.request(new_items, socket=socket.id, replay=replay)
+        self._starting(session, request, socket, turn, replay, len(new_items))
+        try:
+            result = await self._exchange(socket, request.create, on_event)
+        except _Lost as lost:
+            age = socket.lifecycle.age(trio.current_time())
+            return request, Lost(lost.error, request_sent=lost.sent, connection_age=age)
+        except BaseException:
+            # Protocol garbage, cancellation, anything: the socket's stream is no longer
+            # trustworthy, and the session has not changed.
+            await self._discard(socket, "turn abandoned")
+            raise
+        if isinstance(result, RequestError):
+            age = socket.lifecycle.age(trio.current_time())
+            return request, Rejected(result, replayed=request.replay, connection_age=age)
+        return request, result
+
     def _starting(
         self,
         session: Session,
         request: TurnRequest,
-        socket: _Socket,
+        socket: _Socket | None,
         turn: int,
         replay: bool,
         new_items: int,
     ) -> None:
-        """Count and report an attempt about to be sent."""
-        if request.replay and len(session):
+        """Count and report an attempt about to be sent (``socket`` is None over HTTP, where a
+        full transcript is the normal request with ``store=false``, not a replay)."""
+        if request.replay and len(session) and (replay or socket is not None):
             self._replays += 1
             reason = "replay requested" if replay else "socket does not hold the chain"
-            self._log.info("replaying {} items on socket {} ({})", len(session), socket.id, reason)
+            where = f"socket {socket.id}" if socket is not None else "HTTP"
+            self._log.info("replaying {} items on {} ({})", len(session), where, reason)
             if self._observed:
                 self._emit(
                     TranscriptReplayed(
@@ -989,7 +1121,7 @@ class Connection:
                     time=trio.current_time(),
                     agent=self.agent,
                     turn=turn,
-                    connection=socket.id,
+                    connection=socket.id if socket is not None else 0,
                     new_items=new_items,
                 )
             )
@@ -999,12 +1131,12 @@ class Connection:
         session: Session,
         request: TurnRequest,
         result: Response,
-        socket: _Socket,
+        socket: _Socket | None,
         turn: int,
         started: float,
     ) -> None:
         """Commit a turn's response and report it."""
-        session.commit(request, result, socket=socket.id)
+        session.commit(request, result, socket=socket.id if socket is not None else None)
         self._turns += 1
         if self._observed:
             usage = result.usage
@@ -1047,6 +1179,9 @@ class Connection:
             abandon(decision.abandon)
         if decision.server_retry:
             self._retries += 1
+        if isinstance(decision, Retry) and decision.fallback is not None:
+            await self._fall_back(decision.fallback)
+            return False
         if isinstance(decision, Fail):
             self._failures += 1
             if decision.gave_up is not None:
@@ -1142,7 +1277,9 @@ async def open_connection(
         connector: opens the byte stream (tests pass in-memory streams); default TCP/TLS.
         rng: randomness for backoff jitter (seed it for reproducible tests).
 
-    The first socket opens lazily, at the first turn.
+    The first socket opens lazily, at the first turn. ``settings.transport`` chooses
+    WebSocket mode, HTTP, or ``auto`` (see :func:`resolve_transport`); over HTTP the
+    ``connector``, if given, carries the HTTP requests too.
 
     Raises:
         ConfigurationError: a bad URL, an insecure URL, a missing or malformed key.
@@ -1160,6 +1297,8 @@ async def open_connection(
             nursery=nursery,
             events=events,
             rng=rng if rng is not None else _JITTER,
+            transport=resolve_transport(settings.transport, endpoint),
+            http_connector=connector,
         )
         try:
             yield connection

@@ -54,6 +54,7 @@ __all__ = [
     "ToolFinished",
     "ToolStarted",
     "TranscriptReplayed",
+    "TransportFellBack",
     "TurnFinished",
     "TurnRetried",
     "TurnStarted",
@@ -206,6 +207,14 @@ class TranscriptReplayed(RuntimeEvent, tag="connection.replayed", frozen=True, k
     agent: str
     reason: str
     items: int
+
+
+class TransportFellBack(RuntimeEvent, tag="connection.fell_back", frozen=True, kw_only=True):
+    """The endpoint has no WebSocket mode: the agent's turns now go over HTTP."""
+
+    agent: str
+    url: str
+    reason: str
 
 
 # -- turns -------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ the runtime core, the actors and the command line all take their rules from here
   with a suggestion when it does not resolve;
 * when a run is **offline** (no key at hand);
 * what a **loopback** host is;
+* the **transports** a connection may use;
 * how a **Retry-After** value is read;
 * the **JSON a tool error** becomes in a ``function_call_output``.
 """
@@ -36,12 +37,18 @@ __all__ = [
     "SIDE_EFFECTS",
     "ImportPathError",
     "SideEffect",
+    "Transport",
     "is_loopback",
     "is_offline",
     "resolve_import",
     "retry_after_seconds",
     "tool_error",
 ]
+
+Transport = Literal["websocket", "http", "auto"]
+"""How a connection reaches ``/responses``: WebSocket mode, HTTP with server-sent events,
+or ``auto`` (WebSocket, going on over HTTP when the endpoint has no WebSocket mode)."""
+TRANSPORTS: Final = ("websocket", "http", "auto")
 
 # -- side effects ----------------------------------------------------------------------------------
 

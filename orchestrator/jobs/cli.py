@@ -95,6 +95,8 @@ def _add_views(command: Any) -> None:
 
 def _add_continuations(command: Any) -> None:
     """``jobs resume`` and ``jobs retry``."""
+    from orchestrator.cli import add_connection_options
+
     for name, handler, text in (
         ("resume", _resume, "continue an interrupted, crashed or paused job from its journal"),
         ("retry", _retry, "run a failed or dead job again from its journal"),
@@ -110,9 +112,7 @@ def _add_continuations(command: Any) -> None:
         p.add_argument("--trace", type=Path, metavar="FILE", help="append every event (JSONL)")
         p.add_argument("--api-key-file", type=Path, metavar="FILE", help="0600 key file")
         p.add_argument("--offline", action="store_true", help="use the embedded server")
-        p.add_argument(
-            "--allow-insecure", action="store_true", help="allow ws:// to a non-loopback host"
-        )
+        add_connection_options(p)
         p.add_argument(
             "--approve", action="append", default=[], metavar="PATTERN", help="as for run"
         )
@@ -198,14 +198,14 @@ def add_worker(commands: Any) -> None:
 
 def _add_worker_model_options(parser: Any) -> None:
     """``worker``'s options for reaching the model, approvals, and the embedded server."""
+    from orchestrator.cli import add_connection_options
+
     parser.add_argument("--base-url", help="a compatible endpoint (https://host/v1 or wss://...)")
     parser.add_argument("--api-key-file", type=Path, metavar="FILE", help="0600 key file")
     parser.add_argument(
         "--offline", action="store_true", help="run every job on the embedded server"
     )
-    parser.add_argument(
-        "--allow-insecure", action="store_true", help="allow ws:// to a non-loopback host"
-    )
+    add_connection_options(parser)
     parser.add_argument(
         "--approve",
         action="append",
@@ -472,14 +472,14 @@ def _continue_owned(args: argparse.Namespace, spared: set[int], retry: bool) -> 
             server_options = _local_options(options.get("local")) if offline else None
             print(f"{'retrying' if retry else 'resuming'} job {record.id}", file=sys.stderr)
 
-            from orchestrator.core.connection import ConnectionSettings
+            from orchestrator.cli import connection_settings
             from orchestrator.runner import EmbeddedServer, RunSettings
 
             settings = RunSettings(
                 api_key=key,
                 base_url=base_url,
                 offline=offline,
-                connection=ConnectionSettings(allow_insecure=args.allow_insecure),
+                connection=connection_settings(args),
                 allow_budget_change=args.allow_budget_change,
             )
 
@@ -662,8 +662,7 @@ def _worker_run_options(args: argparse.Namespace) -> dict[str, Any]:
     """What every job of this worker runs with: the key (checked now) or the embedded
     server, and the ``--approve`` patterns."""
     from actors.approval import ApprovalPolicy
-    from orchestrator.cli import _fail, _read_key_file, _server_options
-    from orchestrator.core.connection import ConnectionSettings
+    from orchestrator.cli import _fail, _read_key_file, _server_options, connection_settings
 
     key: str | None = None
     if args.api_key_file is not None:
@@ -686,7 +685,7 @@ def _worker_run_options(args: argparse.Namespace) -> dict[str, Any]:
             api_key=key,
             base_url=args.base_url,
             offline=True if offline else None,
-            connection=ConnectionSettings(allow_insecure=args.allow_insecure),
+            connection=connection_settings(args),
         ),
         "embedded": EmbeddedServer(config=_server_options(args, "instant")) if offline else None,
         "approve": ApprovalPolicy(allow=tuple(args.approve)),

@@ -43,7 +43,7 @@ from orchestrator.runner.results import (
     parked_call,
 )
 from orchestrator.runner.resume import resume_claim
-from orchestrator.runner.settings import RunSettings
+from orchestrator.runner.settings import RunSettings, connection_settings
 from orchestrator.runner.steps import (
     completed_steps,
     record_answered_steps,
@@ -248,7 +248,7 @@ def _opener(job_run: _JobRun) -> Opener:
         async with open_connection(
             endpoint.url,
             endpoint.key,
-            settings=job_run.spec.settings.connection,
+            settings=connection_settings(job_run.spec.settings, job_run.spec.plan),
             agent=agent,
             events=job_run.bus,
             connector=endpoint.connector,

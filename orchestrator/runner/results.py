@@ -65,6 +65,8 @@ class ConnectionReport(msgspec.Struct, frozen=True, kw_only=True):
     bytes_received: int
     events_received: int
     age: float
+    transport: str = "websocket"
+    http_requests: int = 0
 
     @classmethod
     def of(cls, stats: ConnectionStatistics) -> ConnectionReport:
@@ -80,6 +82,8 @@ class ConnectionReport(msgspec.Struct, frozen=True, kw_only=True):
             bytes_received=stats.bytes_received,
             events_received=stats.events_received,
             age=stats.age,
+            transport=stats.transport,
+            http_requests=stats.http_requests,
         )
 
 

@@ -22,11 +22,13 @@ outcome                                         decision
 ==============================================  =============================================
 Unreachable (refused, reset, DNS, TLS)          back off, retry
 Refused 0 (no answer in time), 408, 429, 5xx    back off (``Retry-After`` when given), retry
+Refused 400, 404, 405, 426 (``fallback`` on)    go on over HTTP at once (once per turn)
 Refused 401, 403, other 4xx                     fail with the refusal
 Lost before the request went out, old conn.     retry at once on a new connection (stale)
 Lost with 1000, first time in the turn          back off, retry on a new connection
 Lost with a recoverable code (1001, 1006...)    back off, retry on a new connection
 Lost with any other code (1008, 1009...)        fail with the close code
+Rejected ``type``/``generate`` (``fallback``)   go on over HTTP at once (once per turn)
 Rejected previous_response_not_found            replay at once on the same connection, once
 Rejected websocket_connection_limit_reached     new connection (back off if it is fresh)
 Rejected response_already_in_flight             report a bug, back off, new connection
@@ -35,6 +37,12 @@ Rejected anything else                          fail with the server's error
 Failed with a retryable code                    back off, replay
 Failed with any other code                      fail with the server's error
 ==============================================  =============================================
+
+An endpoint without WebSocket mode (most servers that implement the HTTP API: vLLM, Ollama,
+LM Studio...) answers the upgrade with 426, 404 or 405 (or 400), or rejects the WebSocket
+envelope's fields. When the policy may fall back (transport ``auto``, still on WebSocket),
+such an outcome is not a failure: the decision is :class:`Retry` with ``fallback`` set, at
+once and without counting an attempt, and the transport carries the turn on over HTTP.
 
 Every back-off counts against ``max_attempts`` for the whole turn (connecting included);
 when they run out the turn fails with :class:`~orchestrator.errors.TurnFailed`. The partial
@@ -64,7 +72,9 @@ if TYPE_CHECKING:
     from .turn import Response
 
 __all__ = [
+    "NO_WEBSOCKET_STATUSES",
     "RETRYABLE_ERROR_CODES",
+    "WEBSOCKET_ONLY_FIELDS",
     "Backoff",
     "Decision",
     "Fail",
@@ -88,6 +98,13 @@ RETRYABLE_ERROR_CODES: Final = frozenset(
 # Statuses of a refused connection worth another try: no answer in time (0), request
 # timeout, rate limit, and every server-side failure.
 _RETRYABLE_STATUSES: Final = frozenset({0, 408, 429})
+# Answers to a WebSocket upgrade that mean "this endpoint has no WebSocket mode": upgrade
+# required (Ollama), no such route / method not allowed (servers with only POST
+# /v1/responses), and a bare bad request (a server whose HTTP stack refuses the GET).
+NO_WEBSOCKET_STATUSES: Final = frozenset({400, 404, 405, 426})
+# Fields that exist only in WebSocket mode: the event envelope's ``type`` and warm-up's
+# ``generate``. An endpoint that bridges the socket to its HTTP handler rejects them.
+WEBSOCKET_ONLY_FIELDS: Final = frozenset({"type", "generate"})
 # Gateways that report an unknown previous_response_id by message only, with no code.
 _NOT_FOUND_MESSAGES: Final = frozenset({"invalid previous_response_id."})
 
@@ -223,11 +240,13 @@ class Decision:
 class Retry(Decision):
     """Try again: after ``wait`` if set, replaying the whole transcript if ``replay``.
 
-    The retry runs on the same connection unless ``drop`` closed it.
+    The retry runs on the same connection unless ``drop`` closed it. ``fallback`` (why) says
+    the endpoint has no WebSocket mode: the turn and every later one go over HTTP.
     """
 
     wait: Backoff | None = None
     replay: bool = False
+    fallback: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -259,12 +278,15 @@ class RecoveryPolicy:
         fresh_age: a connection younger than this that reports expiry did not expire:
             back off instead of reconnecting at once; a connection older than this found
             closed before the request left was merely stale.
+        fallback: the transport may switch to HTTP when the endpoint shows it has no
+            WebSocket mode (transport ``auto`` while still on WebSocket).
     """
 
     max_attempts: int = 6
     backoff_initial: float = 0.5
     backoff_max: float = 8.0
     fresh_age: float = 5.0
+    fallback: bool = False
 
     def start(self, name: str = "turn") -> TurnRecovery:
         """The recovery state of one turn; ``name`` (the agent) prefixes its errors."""
@@ -295,6 +317,7 @@ class TurnRecovery:
     failures: int = 0
     _replayed_for_not_found: bool = False
     _clean_close_retried: bool = False
+    _fell_back: bool = False
 
     def begin(self) -> int:
         """Count a new attempt; returns its number (1 for the first)."""
@@ -303,6 +326,9 @@ class TurnRecovery:
 
     def decide(self, outcome: Outcome, rng: random.Random) -> Retry | Fail:
         """What to do after ``outcome``; ``rng`` draws the back-off jitter."""
+        fallback = self._fallback(outcome)
+        if fallback is not None:
+            return fallback
         if isinstance(outcome, Lost):
             return self._lost(outcome, rng)
         if isinstance(outcome, Rejected):
@@ -320,6 +346,20 @@ class TurnRecovery:
         return self._back_off(rng, str(error), code=error.code, cause=error)
 
     # -- per outcome ------------------------------------------------------------------------------
+
+    def _fallback(self, outcome: Outcome) -> Retry | None:
+        """Switch to HTTP, once per turn, when the outcome says WebSocket mode is missing."""
+        if not self.policy.fallback or self._fell_back:
+            return None
+        if isinstance(outcome, Refused) and outcome.status in NO_WEBSOCKET_STATUSES:
+            reason = f"the WebSocket upgrade was answered with HTTP {outcome.status}"
+            self._fell_back = True
+            return Retry(fallback=reason)
+        if isinstance(outcome, Rejected) and outcome.error.param in WEBSOCKET_ONLY_FIELDS:
+            reason = f"the endpoint rejected the WebSocket-only field {outcome.error.param!r}"
+            self._fell_back = True
+            return Retry(fallback=reason, drop="no WebSocket mode", abandon=reason)
+        return None
 
     def _lost(self, outcome: Lost, rng: random.Random) -> Retry | Fail:
         error = outcome.error
