@@ -144,11 +144,22 @@ class ConnectionLost(OrchestratorError):
 
 
 class HandshakeRejected(OrchestratorError):
-    """The server answered the WebSocket upgrade with an HTTP error status instead of 101."""
+    """The server answered the WebSocket upgrade with an HTTP error status instead of 101.
 
-    def __init__(self, status: int, message: str, *, retry_after: float | None = None) -> None:
+    ``explained``: the answer's body was an error saying why (``{"error": ...}``); a bare
+    refusal (an empty or HTML body) says nothing about the request itself."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        explained: bool = True,
+    ) -> None:
         self.status = status
         self.retry_after = retry_after
+        self.explained = explained
         super().__init__(message)
 
 

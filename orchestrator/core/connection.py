@@ -56,7 +56,7 @@ from trio_websocket import (
 )
 
 from orchestrator.core.failpoints import crash_point
-from orchestrator.core.http_transport import HttpTransport, http_url
+from orchestrator.core.http_transport import HttpTransport, http_url, request_error
 from orchestrator.core.logging import Secret
 from orchestrator.core.observe import (
     ConnectionClosed as ConnectionClosedEvent,
@@ -599,6 +599,7 @@ class Connection:
             headers,
             connect_timeout=self.settings.connect_timeout,
             idle_timeout=self.settings.idle_timeout,
+            max_event_size=self.settings.max_message_size,
             connector=self._http_connector,
         )
 
@@ -716,20 +717,24 @@ class Connection:
 
     def _rejected(self, exc: ConnectionRejected) -> HandshakeRejected:
         status = exc.status_code
-        body = (exc.body or b"")[:512].decode("utf-8", "replace")
+        raw = exc.body or b""
+        body = raw[:512].decode("utf-8", "replace")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in exc.headers}
+        explained = request_error(status, raw, headers) is not None
         if status in (401, 403):
             what = "rejected the API key" if status == 401 else "refused access (HTTP 403)"
             return AuthenticationError(
                 status,
                 f"server {what} (HTTP {status}) for {self.endpoint.url}; key fingerprint "
                 f"{self._api_key.fingerprint}",
+                explained=explained,
             )
         retry_after = retry_after_seconds(headers.get("retry-after"))
         return HandshakeRejected(
             status,
             f"WebSocket handshake refused with HTTP {status} by {self.endpoint.url}: {body}",
             retry_after=retry_after,
+            explained=explained,
         )
 
     async def _keepalive(self, socket: _Socket) -> None:
@@ -815,7 +820,13 @@ class Connection:
                     return self._switch(session, self._standby)
             old = current
             self._current = None
-            socket = await self._connect("rotation", recovery)
+            try:
+                socket = await self._connect("rotation", recovery)
+            except BaseException:
+                # No successor (the endpoint went HTTP-only, refused us, or we were
+                # cancelled): the expiring socket is nobody's now, so it is closed here.
+                await self._discard(old, "rotation found no successor")
+                raise
             self._rotations += 1
             self._nursery.start_soon(self._close_socket, old, "rotated")
             return socket

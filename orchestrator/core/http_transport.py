@@ -22,6 +22,7 @@ WebSocket path never loads it.
 
 from __future__ import annotations
 
+import functools
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Final
 
@@ -44,6 +45,7 @@ from orchestrator.errors import (
 )
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import AsyncIterator, Callable, Sequence
 
     import httpcore2
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
     from orchestrator.core.connection import Connector
     from orchestrator.core.protocol.events import ResponseCreate
 
-__all__ = ["HttpTransport", "http_url"]
+__all__ = ["HttpTransport", "encode_body", "http_url", "request_error"]
 
 # msgspec writes a tagged struct's tag first: over HTTP the body is the create without the
 # WebSocket envelope's ``type``, with ``stream: true``.
@@ -91,7 +93,7 @@ class _ErrorBody(msgspec.Struct, frozen=True):
     param: str | None = None
 
 
-def request_error(status: int, body: bytes, headers: dict[str, str]) -> RequestError | None:
+def request_error(status: int | None, body: bytes, headers: dict[str, str]) -> RequestError | None:
     """The error an HTTP error answer reports, or ``None`` when its body says nothing usable."""
     try:
         decoded = msgspec.json.decode(body, type=_ErrorBody)
@@ -119,22 +121,31 @@ def request_error(status: int, body: bytes, headers: dict[str, str]) -> RequestE
 class HttpTransport:
     """Posts an agent's turns to one ``/responses`` URL. Create it with :meth:`open`.
 
-    ``idle_timeout`` bounds the silence between two reads of a stream, as the idle deadline
-    does over WebSocket; ``connect_timeout`` bounds connecting and sending the request.
+    ``idle_timeout`` bounds the wait for the next *event* of a stream, as the idle deadline
+    does over WebSocket (comments and keep-alive bytes do not count);
+    ``connect_timeout`` bounds connecting and sending the request; ``max_event_size``
+    bounds one event.
     """
 
     def __init__(
-        self, url: str, headers: Sequence[tuple[str, str]], client: httpx2.AsyncClient
+        self,
+        url: str,
+        headers: Sequence[tuple[str, str]],
+        client: httpx2.AsyncClient,
+        *,
+        idle_timeout: float,
+        max_event_size: int,
     ) -> None:
         self.url = url
         self.headers = tuple(headers)
         self._client = client
+        self.idle_timeout = idle_timeout
+        self.max_event_size = max_event_size
         self.opened_at = trio.current_time()
         self.requests = 0
         self.bytes_sent = 0
         self.bytes_received = 0
         self.events_received = 0
-        self.max_event_size = 64 * 1024 * 1024
 
     def __repr__(self) -> str:
         return f"HttpTransport({self.url!r}, requests={self.requests})"
@@ -147,19 +158,29 @@ class HttpTransport:
         *,
         connect_timeout: float,
         idle_timeout: float,
+        max_event_size: int = 64 * 1024 * 1024,
         connector: Connector | None = None,
     ) -> HttpTransport:
-        """A transport for ``url``; ``connector`` (in-memory streams) replaces TCP/TLS."""
+        """A transport for ``url``.
+
+        httpx2 connects (TLS, and the proxies of ``HTTPS_PROXY``/``ALL_PROXY``), unless a
+        ``connector`` is given: its streams (in-memory ones, say) are then the connections,
+        as they are, with no TLS over them.
+        """
         import httpx2
 
+        # The read timeout backs up the per-event idle deadline of _read_events.
         timeout = httpx2.Timeout(
             connect=connect_timeout, read=idle_timeout, write=connect_timeout, pool=None
         )
-        transport = httpx2.AsyncHTTPTransport(retries=0)
-        if connector is not None:
+        if connector is None:
+            client = httpx2.AsyncClient(timeout=timeout, verify=_ssl_context(), trust_env=True)
+        else:
+            transport = httpx2.AsyncHTTPTransport(verify=_ssl_context(), retries=0)
             transport._pool = _pool_over(connector)  # no public hook in httpx2
-        client = httpx2.AsyncClient(timeout=timeout, transport=transport, trust_env=True)
-        return cls(url, headers, client)
+            client = httpx2.AsyncClient(timeout=timeout, transport=transport)
+            url = url.replace("https://", "http://", 1)
+        return cls(url, headers, client, idle_timeout=idle_timeout, max_event_size=max_event_size)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -202,10 +223,6 @@ class HttpTransport:
             return Refused.of(error)
         except (httpx2.ConnectError, httpx2.UnsupportedProtocol) as exc:
             return Unreachable(ConnectionLost(1006, f"cannot connect to {self.url}: {exc}"))
-        except httpx2.WriteError as exc:
-            # The request never fully left: a kept-alive connection the server had closed.
-            lost = ConnectionLost(1006, f"connection closed while sending: {exc}")
-            return Lost(lost, request_sent=False, connection_age=self.age())
         except httpx2.ReadTimeout:
             lost = ConnectionLost(1006, "no event within the idle timeout (idle deadline)")
             return Lost(lost, connection_age=self.age())
@@ -229,25 +246,57 @@ class HttpTransport:
             )
         assembler = TurnAssembler()
         decoder = SseDecoder(self.max_event_size)
-        async with aclosing(answer.aiter_bytes()) as chunks:
-            async for chunk in chunks:
-                self.bytes_received += len(chunk)
-                for data in decoder.feed(chunk):
-                    if data == b"[DONE]":
-                        continue
-                    self.events_received += 1
-                    event = decode_server_event(data)
-                    crash_point("mid_stream")
-                    result = assembler.receive(event)
-                    if on_event is not None:
-                        on_event(event)
-                    if result is not None:
-                        await self._drain(chunks)
-                        if isinstance(result, RequestError):
-                            return Rejected(result, replayed=replayed, connection_age=self.age())
-                        return result
-        lost = ConnectionLost(1006, "the event stream ended before the response did")
+        idle, clock = self.idle_timeout, trio.current_time
+        # The deadline moves with every event, not with every byte: a stream kept alive by
+        # comments alone is as dead as a silent one. (A read cancelled here ends the body,
+        # unlike a WebSocket's: so the deadline moves, it is not re-armed.)
+        with trio.CancelScope(deadline=clock() + idle) as idle_scope:
+            async with aclosing(answer.aiter_bytes()) as chunks:
+                async for chunk in chunks:
+                    self.bytes_received += len(chunk)
+                    for data in decoder.feed(chunk):
+                        if not data or data == b"[DONE]":
+                            continue
+                        self.events_received += 1
+                        idle_scope.deadline = clock() + idle
+                        result = self._receive(assembler, data, on_event)
+                        if result is not None:
+                            await self._drain(chunks)
+                            if isinstance(result, RequestError):
+                                return Rejected(
+                                    result, replayed=replayed, connection_age=self.age()
+                                )
+                            return result
+        if idle_scope.cancelled_caught:
+            lost = ConnectionLost(1006, f"no event for {idle:g} s (idle deadline)")
+        else:
+            lost = ConnectionLost(1006, "the event stream ended before the response did")
         return Lost(lost, connection_age=self.age())
+
+    @staticmethod
+    def _receive(
+        assembler: TurnAssembler, data: bytes, on_event: Callable[[Any], object] | None
+    ) -> Response | RequestError | None:
+        """One event's data into the turn: the result once it ends the request.
+
+        Data that is only an error (``{"error": {...}}`` with no ``type``, as some servers
+        stream it) ends the request as that error, as the official SDK reads it.
+
+        Raises:
+            RemoteProtocolError: data that is neither an event nor an error.
+        """
+        try:
+            event = decode_server_event(data)
+        except RemoteProtocolError:
+            error = request_error(None, data, {})
+            if error is None:
+                raise
+            return error
+        crash_point("mid_stream")
+        result = assembler.receive(event)
+        if on_event is not None:
+            on_event(event)
+        return result
 
     async def _drain(self, chunks: AsyncIterator[bytes]) -> None:
         """Read what follows the terminal event (normally only the body's end) so the HTTP
@@ -280,10 +329,19 @@ class HttpTransport:
             return Refused.of(AuthenticationError(status, f"server {what} for {self.url}"))
         error = request_error(status, body, headers)
         if error is not None:
-            return Rejected(error, replayed=replayed, connection_age=self.age())
+            return Rejected(error, replayed=replayed, connection_age=self.age(), refused=True)
         text = redact(body[:512].decode("utf-8", "replace"))
         rejected = HandshakeRejected(status, f"HTTP {status} from {self.url}: {text}")
         return Refused(status, rejected, retry_after_seconds(headers.get("retry-after")))
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One TLS context for every agent: building one loads the CA bundle (about 50 ms of
+    blocking work), so it is done once per process, not once per agent."""
+    import httpx2
+
+    return httpx2.create_ssl_context()
 
 
 def _pool_over(connector: Connector) -> httpcore2.AsyncConnectionPool:

@@ -53,7 +53,7 @@ def test_a_refused_upgrade_that_means_no_websocket_falls_back_at_once(status):
     )
 
 
-@pytest.mark.parametrize("param", ["type", "generate"])
+@pytest.mark.parametrize("param", ["type"])
 def test_an_error_naming_a_websocket_only_field_falls_back_dropping_the_socket(param):
     """An endpoint that bridged the socket to its HTTP handler rejects the envelope's fields:
     the socket is dropped, the attempt's output abandoned, the turn goes on over HTTP."""
@@ -145,3 +145,55 @@ def test_http_error_bodies_in_the_shapes_seen_in_the_wild(body, expected):
     assert error is not None
     assert expected == (error.code, error.message, error.param)
     assert (429, 2.0) == (error.status, error.retry_after)
+
+
+@pytest.mark.parametrize(
+    ("status", "explained", "falls_back"),
+    [
+        (403, False, True),
+        (401, False, True),
+        (403, True, False),
+        (401, True, False),
+        (429, False, False),
+        (408, False, False),
+    ],
+)
+def test_a_bare_refusal_falls_back_an_explained_one_does_not(status, explained, falls_back):
+    """Starlette (vLLM, SGLang, LiteLLM) answers an upgrade it has no route for with a bare
+    403: that is "no WebSocket mode", not a bad key; over HTTP a bad key then fails with the
+    endpoint's own explanation. A 401/403 whose body is an error, and the statuses that say
+    "later", keep their usual meaning."""
+    refused = Refused.of(HandshakeRejected(status, "refused", explained=explained))
+    decision = AUTO.start().decide(refused, random.Random(0))
+    assert falls_back == (getattr(decision, "fallback", None) is not None)
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "retried"),
+    [
+        ("bad_gateway", 502, True),
+        ("service_unavailable", 503, True),
+        ("request_timeout", 408, True),
+        ("429", 429, True),
+        ("insufficient_quota", 429, False),
+        ("invalid_prompt", 400, False),
+    ],
+)
+def test_a_status_that_says_later_is_retried_whatever_its_code(code, status, retried):
+    """Gateways put their own codes on 408, 429 and 5xx answers: the status decides,
+    unless the code says no wait can help."""
+    outcome = Rejected(RequestError(code, "m", status=status), refused=True)
+    decision = FORCED.start().decide(outcome, random.Random(0))
+    assert retried == isinstance(decision, Retry)
+
+
+def test_an_http_refusal_keeps_the_stored_chain():
+    """A request refused with 429 before anything ran evicted nothing: the retry continues
+    the chain instead of resending the transcript (which would spend more tokens exactly
+    when rate-limited). An error event inside a stream still replays."""
+    limited = RequestError("rate_limit_exceeded", "slow down", status=429)
+    refused = FORCED.start().decide(Rejected(limited, refused=True), random.Random(0))
+    streamed = FORCED.start().decide(Rejected(limited), random.Random(0))
+    assert isinstance(refused, Retry)
+    assert isinstance(streamed, Retry)
+    assert (False, True) == (refused.replay, streamed.replay)

@@ -220,10 +220,10 @@ RETRY_ROWS: list[tuple[str, Outcome, Retry]] = [
         "an error with no code and status 503 is retried",
         _rejected(None, status=503),
         Retry(
-            abandon="server error None",
+            abandon="server error 503",
             server_retry=True,
             replay=True,
-            wait=Backoff(1, FIRST, "server error None"),
+            wait=Backoff(1, FIRST, "server error 503"),
         ),
     ),
     (

@@ -22,17 +22,18 @@ outcome                                         decision
 ==============================================  =============================================
 Unreachable (refused, reset, DNS, TLS)          back off, retry
 Refused 0 (no answer in time), 408, 429, 5xx    back off (``Retry-After`` when given), retry
-Refused 400, 404, 405, 426 (``fallback`` on)    go on over HTTP at once (once per turn)
+Refused: no WebSocket mode (``fallback`` on)    go on over HTTP at once (once per turn)
 Refused 401, 403, other 4xx                     fail with the refusal
 Lost before the request went out, old conn.     retry at once on a new connection (stale)
 Lost with 1000, first time in the turn          back off, retry on a new connection
 Lost with a recoverable code (1001, 1006...)    back off, retry on a new connection
 Lost with any other code (1008, 1009...)        fail with the close code
-Rejected ``type``/``generate`` (``fallback``)   go on over HTTP at once (once per turn)
+Rejected on ``type`` (``fallback`` on)          go on over HTTP at once (once per turn)
 Rejected previous_response_not_found            replay at once on the same connection, once
 Rejected websocket_connection_limit_reached     new connection (back off if it is fresh)
 Rejected response_already_in_flight             report a bug, back off, new connection
-Rejected retryable (server_error, 429, 5xx...)  back off (``Retry-After``), replay
+Rejected retryable (server_error, 408/429/5xx)  back off (``Retry-After``), replay unless
+                                                refused by an HTTP status (chain intact)
 Rejected anything else                          fail with the server's error
 Failed with a retryable code                    back off, replay
 Failed with any other code                      fail with the server's error
@@ -102,9 +103,13 @@ _RETRYABLE_STATUSES: Final = frozenset({0, 408, 429})
 # required (Ollama), no such route / method not allowed (servers with only POST
 # /v1/responses), and a bare bad request (a server whose HTTP stack refuses the GET).
 NO_WEBSOCKET_STATUSES: Final = frozenset({400, 404, 405, 426})
-# Fields that exist only in WebSocket mode: the event envelope's ``type`` and warm-up's
-# ``generate``. An endpoint that bridges the socket to its HTTP handler rejects them.
-WEBSOCKET_ONLY_FIELDS: Final = frozenset({"type", "generate"})
+# Fields a turn sends that exist only in WebSocket mode: the event envelope's ``type``. An
+# endpoint that bridges the socket to its HTTP handler rejects it. (Warm-up's ``generate``
+# is WebSocket-only too, but a failed warm-up only costs the next turn a replay.)
+WEBSOCKET_ONLY_FIELDS: Final = frozenset({"type"})
+# Codes that no wait can fix, whatever status came with them (the service sends
+# insufficient_quota with 429).
+_FINAL_ERROR_CODES: Final = frozenset({"insufficient_quota", "invalid_api_key"})
 # Gateways that report an unknown previous_response_id by message only, with no code.
 _NOT_FOUND_MESSAGES: Final = frozenset({"invalid previous_response_id."})
 
@@ -142,10 +147,12 @@ class Refused:
     status: int
     error: HandshakeRejected
     retry_after: float | None = None
+    #: the refusal's body was an error saying why; a bare one (empty, HTML) was not.
+    explained: bool = True
 
     @classmethod
     def of(cls, error: HandshakeRejected) -> Refused:
-        return cls(error.status, error, error.retry_after)
+        return cls(error.status, error, error.retry_after, error.explained)
 
 
 @attrs.frozen
@@ -174,11 +181,14 @@ class Rejected:
         replayed: the request carried the whole transcript as a new chain (it did not
             continue a ``previous_response_id``).
         connection_age: seconds since the connection opened.
+        refused: an HTTP error status answered the request before any event: nothing was
+            processed, so a stored chain it continued is intact (no replay needed).
     """
 
     error: RequestError
     replayed: bool = False
     connection_age: float = 0.0
+    refused: bool = False
 
 
 @attrs.frozen
@@ -351,7 +361,7 @@ class TurnRecovery:
         """Switch to HTTP, once per turn, when the outcome says WebSocket mode is missing."""
         if not self.policy.fallback or self._fell_back:
             return None
-        if isinstance(outcome, Refused) and outcome.status in NO_WEBSOCKET_STATUSES:
+        if isinstance(outcome, Refused) and _no_websocket(outcome):
             reason = f"the WebSocket upgrade was answered with HTTP {outcome.status}"
             self._fell_back = True
             return Retry(fallback=reason)
@@ -406,8 +416,9 @@ class TurnRecovery:
                 abandon=reason,
             )
         if _retryable(code, error.status):
-            reason = f"server error {code}"
-            # The failed continuation evicted its parent (docs/protocol.md#eviction): replay.
+            reason = f"server error {code or error.status}"
+            # A failed continuation evicted its parent (docs/protocol.md#eviction): replay,
+            # unless the request was refused before anything ran (the chain is intact).
             return self._back_off(
                 rng,
                 reason,
@@ -415,7 +426,7 @@ class TurnRecovery:
                 cause=_server_error(error, code),
                 abandon=reason,
                 server_retry=True,
-                replay=True,
+                replay=not outcome.refused,
             )
         return Fail(error=_server_error(error, code))
 
@@ -466,10 +477,25 @@ class TurnRecovery:
         )
 
 
+def _no_websocket(outcome: Refused) -> bool:
+    """A refused upgrade that means "no WebSocket mode here": 400, 404, 405, 426, or any
+    other 4xx but a timeout or rate limit that does not say why (Starlette answers an
+    upgrade it has no route for with a bare 403, through uvicorn). A bad key then fails
+    over HTTP, with the endpoint's own explanation."""
+    status = outcome.status
+    if status in NO_WEBSOCKET_STATUSES:
+        return True
+    return 400 <= status < 500 and status not in _RETRYABLE_STATUSES and not outcome.explained
+
+
 def _retryable(code: str | None, status: int | None) -> bool:
+    """A retryable code, or a status that says "later" (408, 429, 5xx) whatever the code a
+    gateway put with it, unless the code says retrying cannot help (no quota left)."""
     if code in RETRYABLE_ERROR_CODES:
         return True
-    return code is None and status is not None and (status >= 500 or status == 429)
+    if status is None or code in _FINAL_ERROR_CODES:
+        return False
+    return status >= 500 or status in (408, 429)
 
 
 def _server_error(error: RequestError, code: str | None) -> ServerError:
