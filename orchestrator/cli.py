@@ -78,9 +78,10 @@ def _fail(code: str, message: str, exit_code: int = EXIT_USAGE) -> NoReturn:
 def _add_serve(commands: Any) -> None:
     parser = commands.add_parser(
         "serve",
-        help="run the embedded Responses-WebSocket server",
-        description="Serve the Responses API WebSocket protocol with deterministic local "
-        "models, for offline runs, tests, benchmarks and fault injection.",
+        help="run the embedded Responses server (WebSocket mode and HTTP)",
+        description="Serve the Responses API (WebSocket mode, and POST /v1/responses over "
+        "HTTP with SSE) with deterministic local models, for offline runs, tests, benchmarks "
+        "and fault injection.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any)")
@@ -110,6 +111,13 @@ def _add_serve(commands: Any) -> None:
         default=16 * 1024 * 1024,
         metavar="BYTES",
         help="incoming message limit, enforced with close 1009 (default 16 MiB)",
+    )
+    parser.add_argument(
+        "--no-websocket",
+        dest="websocket",
+        action="store_false",
+        help="serve HTTP only: refuse WebSocket upgrades with 426 websocket_not_supported, "
+        "as endpoints without WebSocket mode do",
     )
     parser.add_argument(
         "--strict-single-flight",
@@ -202,6 +210,7 @@ def _serve_command(args: argparse.Namespace) -> int:
             max_pending_handshakes=args.max_pending_handshakes,
             handshake_timeout=args.handshake_timeout,
             strict_single_flight=args.strict_single_flight,
+            websocket=args.websocket,
             latency=LatencyModel(
                 time_to_first_token=args.ttft,
                 tokens_per_second=args.tokens_per_second,

@@ -188,8 +188,9 @@ async def test_silent_client_is_dropped_after_the_handshake_timeout(autojump_clo
     assert 0 == server.statistics().connection_errors
 
 
-async def test_plain_http_request_is_refused_with_400():
-    """A GET without the upgrade headers gets an HTTP error, not a hang or a crash."""
+async def test_plain_get_is_an_http_request_refused_with_405():
+    """A GET without the upgrade headers is a plain HTTP request (docs/protocol.md#over-http):
+    it gets 405 (the endpoint takes POST), not a hang or a crash."""
     async with open_local_server() as running:
         with trio.fail_after(10):
             stream = await trio.open_tcp_stream("127.0.0.1", running.port)
@@ -200,5 +201,5 @@ async def test_plain_http_request_is_refused_with_400():
                 answer = b""
                 while chunk := await stream.receive_some():
                     answer += chunk
-    assert answer.startswith(b"HTTP/1.1 4")
+    assert answer.startswith(b"HTTP/1.1 405 ")
     assert 0 == running.statistics().connection_errors

@@ -15,7 +15,7 @@ import trio_websocket
 from orchestrator.core.server import open_local_server
 from orchestrator.testing import capture_logs
 
-from .wire import auth, http_upgrade, loopback_client, output_for
+from .wire import auth, http_client, http_upgrade, loopback_client, output_for
 
 SERVER_TOKEN = "sk-server-token-0123456789abcdef"
 SERVE = (sys.executable, "-m", "orchestrator.cli", "serve")
@@ -110,3 +110,36 @@ def test_serve_with_v_logs_to_stderr_without_the_token(canary_key):
     assert re.search(r"connection 2 from 127\.0\.0\.1:\d+ closed by the client with 1000", stderr)
     assert SERVER_TOKEN not in stderr
     assert canary_key not in stderr
+
+
+async def test_http_requests_log_refusals_and_requests_without_the_token(canary_key):
+    """Over HTTP: a refused POST (401, with ``canary_key``) and a refused create (code and
+    param) are logged at INFO, each POST at DEBUG (model, input items, store, stream); the
+    token and the refused key never are."""
+    with capture_logs("DEBUG") as lines:
+        async with (
+            open_local_server(token=SERVER_TOKEN, model="echo") as running,
+            http_client(running) as client,
+        ):
+            with trio.fail_after(10):
+                refused = await client.request(
+                    body={"model": "m", "input": "hi"}, headers=auth(canary_key)
+                )
+                missing = await client.post(input="hi", previous_response_id="resp_x")
+                done = await client.post(input="hi", stream=True)
+    assert (401, 400, 200) == (refused.status, missing.status, done.status)
+    text = "\n".join(lines)
+    assert re.search(
+        r"INFO connection 1 from 127\.0\.0\.1:\d+: request refused with 401 invalid_api_key ",
+        text,
+    )
+    assert (
+        "INFO connection 1 sent error previous_response_not_found (status 400, "
+        "param previous_response_id)" in text
+    )
+    assert (
+        "DEBUG connection 1 POST /v1/responses: model local-echo, 1 input items, "
+        "previous_response_id None, store True, stream True" in text
+    )
+    assert SERVER_TOKEN not in text
+    assert canary_key not in text

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import attrs
+import h11
 import trio
 import trio.testing
 import trio_websocket
@@ -355,3 +356,187 @@ class RawClient:
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+# -- plain HTTP ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SseEvent:
+    """One server-sent event: its ``event:`` name, its ``data:`` text and that text decoded."""
+
+    name: str | None
+    data: str
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+@attrs.frozen
+class HttpReply:
+    """A whole HTTP answer."""
+
+    status: int
+    headers: dict[bytes, bytes]
+    body: bytes
+
+    def json(self) -> Any:
+        assert b"application/json" == self.headers[b"content-type"]
+        return json.loads(self.body)
+
+    def events(self) -> list[SseEvent]:
+        """The body as server-sent events (every one must be whole)."""
+        assert self.headers[b"content-type"].startswith(b"text/event-stream")
+        events, rest = parse_sse(self.body)
+        assert b"" == rest, f"a partial event at the end: {rest!r}"
+        return events
+
+
+def parse_sse(data: bytes) -> tuple[list[SseEvent], bytes]:
+    """The whole events at the start of ``data``, and what follows them."""
+    events = []
+    while b"\n\n" in data:
+        block, data = data.split(b"\n\n", 1)
+        name, lines = None, []
+        for line in block.decode().split("\n"):
+            field, _, value = line.partition(": ")
+            if field == "event":
+                name = value
+            else:
+                assert "data" == field, f"unexpected SSE line {line!r}"
+                lines.append(value)
+        events.append(SseEvent(name, "\n".join(lines)))
+    return events, data
+
+
+@attrs.define(eq=False)
+class HttpClient:
+    """A raw HTTP/1.1 client on one connection (h11 on the client side): requests are
+    written as given, answers are read as they come. Requests go one after the other on the
+    same connection (keep-alive)."""
+
+    stream: trio.abc.Stream
+    token: str | None = None
+    conn: h11.Connection = attrs.field(factory=lambda: h11.Connection(h11.CLIENT))
+    _pending: bytes = b""
+    _events: list[SseEvent] = attrs.field(factory=list)
+
+    async def send_request(
+        self,
+        method: str = "POST",
+        path: str = "/v1/responses",
+        body: dict[str, Any] | bytes | None = None,
+        headers: Iterable[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """Send a request: ``body`` a dict (sent as JSON) or bytes; ``headers`` replace the
+        default bearer header."""
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+        data = json.dumps(body).encode() if isinstance(body, dict) else (body or b"")
+        if headers is None:
+            headers = auth(self.token) if self.token is not None else []
+        fields = [
+            (b"host", b"127.0.0.1"),
+            *headers,
+            (b"content-length", str(len(data)).encode()),
+        ]
+        if isinstance(body, dict):
+            fields.append((b"content-type", b"application/json"))
+        request = h11.Request(method=method, target=path, headers=fields)
+        await self.stream.send_all(self.conn.send(request) + self.conn.send(h11.Data(data=data)))
+        await self.stream.send_all(self.conn.send(h11.EndOfMessage()) or b"")
+
+    async def _next(self) -> Any:
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            self.conn.receive_data(await self.stream.receive_some(65536))
+
+    async def head(self) -> h11.Response:
+        """The head of the next answer (interim 100 answers are skipped)."""
+        while True:
+            event = await self._next()
+            if isinstance(event, h11.Response):
+                return event
+            assert isinstance(event, h11.InformationalResponse), event
+
+    async def event(self) -> SseEvent | None:
+        """The next server-sent event of the body being read; ``None`` at its end."""
+        while not self._events:
+            event = await self._next()
+            if isinstance(event, h11.EndOfMessage):
+                assert b"" == self._pending, f"a partial event at the end: {self._pending!r}"
+                return None
+            assert isinstance(event, h11.Data), event
+            events, self._pending = parse_sse(self._pending + bytes(event.data))
+            self._events.extend(events)
+        return self._events.pop(0)
+
+    async def body(self) -> bytes:
+        """The rest of the answer's body."""
+        data = b""
+        while True:
+            event = await self._next()
+            if isinstance(event, h11.EndOfMessage):
+                return data
+            assert isinstance(event, h11.Data), event
+            data += bytes(event.data)
+
+    async def request(
+        self,
+        method: str = "POST",
+        path: str = "/v1/responses",
+        body: dict[str, Any] | bytes | None = None,
+        headers: Iterable[tuple[bytes, bytes]] | None = None,
+    ) -> HttpReply:
+        """Send a request and read the whole answer."""
+        await self.send_request(method, path, body, headers)
+        head = await self.head()
+        data = await self.body()
+        return HttpReply(head.status_code, dict(head.headers), data)
+
+    async def post(self, **fields: Any) -> HttpReply:
+        """``POST /v1/responses`` with ``fields`` as the JSON body (``model`` defaults to
+        the echo model)."""
+        return await self.request(body={"model": "local-echo", **fields})
+
+    async def stream_events(self, **fields: Any) -> list[dict[str, Any]]:
+        """A streamed create: its events, decoded, after checking each one's framing."""
+        reply = await self.post(stream=True, **fields)
+        assert 200 == reply.status, reply.body
+        decoded = []
+        for event in reply.events():
+            data = event.json()
+            assert data["type"] == event.name
+            decoded.append(data)
+        return decoded
+
+    async def closed(self) -> bool:
+        """Whether the server closed the connection (reads until EOF)."""
+        try:
+            return b"" == await self.stream.receive_some(65536)
+        except trio.BrokenResourceError:
+            return True
+
+
+@asynccontextmanager
+async def http_client(running: RunningServer) -> AsyncIterator[HttpClient]:
+    """A raw HTTP client over real TCP, with the server's bearer token."""
+    stream = await trio.open_tcp_stream("127.0.0.1", running.port)
+    async with stream:
+        yield HttpClient(stream, running.token)
+
+
+@asynccontextmanager
+async def memory_http_client(server: LocalServer) -> AsyncIterator[HttpClient]:
+    """A raw HTTP client over an in-memory stream pair served by ``server.handle_stream``."""
+    async with trio.open_nursery() as nursery:
+        client_stream, server_stream = trio.testing.memory_stream_pair()
+        nursery.start_soon(server.handle_stream, server_stream)
+        try:
+            yield HttpClient(client_stream, server.token)
+        finally:
+            with trio.CancelScope(shield=True):
+                await client_stream.aclose()
+            nursery.cancel_scope.cancel()

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DECODE_ERRORS",
     "decode_client_event",
+    "decode_create_body",
     "decode_item",
     "decode_items",
     "decode_server_event",
@@ -67,6 +68,7 @@ def _enc_hook(obj: Any) -> Any:
 _encoder: Final = msgspec.json.Encoder(enc_hook=_enc_hook)
 _server_decoder: Final = msgspec.json.Decoder(ServerEventUnion)
 _client_decoder: Final = msgspec.json.Decoder(ClientEventUnion)
+_create_decoder: Final = msgspec.json.Decoder(ResponseCreate)
 _any_decoder: Final = msgspec.json.Decoder()
 _item_decoder: Final = msgspec.json.Decoder(KnownItem)
 _items_decoder: Final = msgspec.json.Decoder(list[KnownItem])
@@ -176,6 +178,45 @@ def decode_client_event(data: str | bytes) -> ClientEvent | UnknownEvent:
     cls = _CLIENT_TYPES.get(kind)
     if cls is None:
         return UnknownEvent(kind, obj)
+    return _convert_slowly(obj, cls, f"{kind!r} event", error)
+
+
+def decode_create_body(data: bytes) -> ResponseCreate:
+    """Decode the body of ``POST /v1/responses``: the create parameters without ``type``
+    (docs/protocol.md#over-http). A ``type`` field, if present, must be ``response.create``.
+
+    Accepts what :func:`decode_client_event` accepts in a create (short-form messages,
+    unknown item types, hosted tools).
+
+    Raises:
+        RemoteProtocolError: the body is not a JSON object of create parameters; the message
+            carries msgspec's description, including the JSON path (``$.input[0].role``).
+    """
+    _require_utf8(data, "request body")
+    try:
+        decoded: ResponseCreate = _create_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        error: BaseException = exc
+    except DECODE_ERRORS as exc:
+        raise RemoteProtocolError(f"malformed request body: {_describe(exc)}") from exc
+    else:
+        if _has_hosted_tools(decoded):
+            return _with_hosted_tools(decoded, _generic(data).get("tools"))
+        return decoded
+    obj = _generic(data)
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError(f"expected a JSON object, got {type(obj).__name__}")
+    event = _convert_slowly(obj, ResponseCreate, "request body", error)
+    assert isinstance(event, ResponseCreate)
+    return event
+
+
+def _convert_slowly(
+    obj: Any, cls: type[ClientEvent], what: str, error: BaseException
+) -> ClientEvent:
+    """The slow path of a client event (``what``, for messages) the typed decode refused
+    with ``error``: normalise short-form messages, set aside unknown item types and hosted
+    tools, convert the rest."""
     tools = obj.get("tools")
     hosted = isinstance(tools, list) and any(_hosted(tool) for tool in tools)
     if hosted:
@@ -183,8 +224,7 @@ def decode_client_event(data: str | bytes) -> ClientEvent | UnknownEvent:
         obj = {**obj, "tools": [{"type": "hosted"} if _hosted(t) else t for t in tools]}
     items = obj.get("input")
     if not isinstance(items, list) and not hosted:
-        raise RemoteProtocolError(f"invalid {kind!r} event: {_describe(error)}") from error
-    # Slow path: normalise short-form messages, set aside unknown item types, convert the rest.
+        raise RemoteProtocolError(f"invalid {what}: {_describe(error)}") from error
     unknown: dict[int, UnknownItem] = {}
     fixed: list[Any] = []
     for index, item in enumerate(items if isinstance(items, list) else ()):
@@ -200,7 +240,7 @@ def decode_client_event(data: str | bytes) -> ClientEvent | UnknownEvent:
     try:
         event = msgspec.convert(fields, cls)
     except DECODE_ERRORS as exc:
-        raise RemoteProtocolError(f"invalid {kind!r} event: {_describe(exc)}") from exc
+        raise RemoteProtocolError(f"invalid {what}: {_describe(exc)}") from exc
     if unknown and isinstance(event, ResponseCreate | ResponseSteer):
         assert isinstance(event.input, list)
         restored = [unknown.get(i, item) for i, item in enumerate(event.input)]

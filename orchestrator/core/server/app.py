@@ -1,6 +1,11 @@
-"""The embedded Responses-WebSocket server: handshake, lanes, cache, generation, faults.
+"""The embedded Responses server: WebSocket mode and plain HTTP, lanes, cache, generation,
+faults.
 
-One :class:`LocalServer` serves any number of connections. Each connection runs in its own
+One :class:`LocalServer` serves any number of connections. Each begins with a request head
+(:func:`~orchestrator.core.server.http_transport.read_head`): a WebSocket upgrade becomes a
+:class:`_ServerConnection`, anything else is plain HTTP served by an :class:`_HttpConnection`
+(``POST /v1/responses``, answered with SSE or JSON; docs/protocol.md#over-http). Both make
+responses the same way (:class:`_Connection`). Each connection runs in its own
 nursery and is isolated: an unexpected error in one closes that one with 1011 and nothing
 else (an uncaught error in a connection handler would otherwise cancel every connection).
 
@@ -21,6 +26,7 @@ driven by trio's MockClock in tests.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -28,16 +34,17 @@ import time
 from collections import Counter
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import attrs
+import h11
 import msgspec
 import trio
 from loguru import logger
 from msgspec import UNSET, UnsetType
 
-from orchestrator.core.protocol.codec import decode_client_event, encode
+from orchestrator.core.protocol.codec import decode_client_event, decode_create_body, encode
 from orchestrator.core.protocol.events import (
     ClientEvent,
     ErrorDetail,
@@ -45,7 +52,11 @@ from orchestrator.core.protocol.events import (
     InputTokensDetails,
     Item,
     MessageItem,
+    ResponseCompleted,
     ResponseCreate,
+    ResponseFailed,
+    ResponseIncomplete,
+    ResponseLifecycleEvent,
     ResponseSteer,
     ServerEvent,
     SteerFailed,
@@ -73,8 +84,10 @@ from .checks import (
     LIMIT_MESSAGE,
     QUEUE_FULL,
     Refusal,
+    check_body,
     check_continuation,
     check_create,
+    check_http_create,
     check_lane,
     check_message,
     check_tool_outputs,
@@ -82,6 +95,7 @@ from .checks import (
 )
 from .config import Fault, ServerConfig
 from .hosted import check_tools
+from .http_transport import BodyTooLarge, Head, ServerHttp, is_websocket_upgrade, read_head
 from .models import (
     ModelReply,
     ModelRequest,
@@ -122,7 +136,9 @@ class ServerStatistics:
 
     ``handshakes_pending``, ``buffered_bytes``, ``request_bytes`` and ``queued_requests`` are
     what open connections hold now (summed over them); the ``peak_*`` fields are the most
-    one connection held at any time.
+    one connection held at any time. ``connections_*`` count WebSockets; ``http_connections``
+    the connections that spoke plain HTTP, ``http_requests`` the requests they carried (any
+    method and path) and ``http_streams`` the answers streamed as server-sent events.
     """
 
     connections_opened: int
@@ -152,6 +168,9 @@ class ServerStatistics:
     request_bytes: int
     peak_request_bytes: int
     queued_requests: int
+    http_connections: int
+    http_requests: int
+    http_streams: int
 
 
 @attrs.define
@@ -178,6 +197,9 @@ class _Counters:
     cache_hits: int = 0
     store_hydrations: int = 0
     connection_errors: int = 0
+    http_connections: int = 0
+    http_requests: int = 0
+    http_streams: int = 0
     # Peaks of connections already closed (open ones are read at snapshot time).
     peak_buffered_bytes: int = 0
     peak_request_bytes: int = 0
@@ -212,6 +234,9 @@ class _FaultPlan:
             if ended and fault.kind in _REQUEST_FAULTS:
                 continue
             if fault.connection is not None and fault.connection != connection:
+                continue
+            # Over HTTP every POST has its "handshake": the response index picks the POST.
+            if handshake and response is not None and fault.response not in (None, response):
                 continue
             if not handshake:
                 if fault.response is not None and fault.response != response:
@@ -250,7 +275,7 @@ class LocalServer:
     _script: Script | None = attrs.field(default=None, init=False)
     _policies: dict[str, Policy] = attrs.field(factory=dict, init=False)
     _connection_count: int = attrs.field(default=0, init=False)
-    _connections: set[_ServerConnection] = attrs.field(factory=set, init=False)
+    _connections: set[_Connection] = attrs.field(factory=set, init=False)
     received: list[tuple[int, ClientEvent | UnknownEvent]] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -305,14 +330,53 @@ class LocalServer:
         return policy
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
-        """Serve one client connection on ``stream`` until it ends. Never raises ``Exception``."""
+        """Serve one client connection on ``stream`` until it ends: a WebSocket, or HTTP
+        requests one after the other (docs/protocol.md#over-http). Never raises ``Exception``.
+        """
         self._connection_count += 1
         index = self._connection_count
         config = self.config
+        counters = self._counters
         log = logger.bind(server_connection=index)
-        if self._counters.handshakes_pending >= config.max_pending_handshakes:
+        if counters.handshakes_pending >= config.max_pending_handshakes:
             await self._refuse_busy(stream, index, log)
             return
+        # One deadline for the whole handshake: reading the request's head, then answering
+        # the upgrade (over HTTP: the first request's head).
+        deadline = trio.current_time() + config.handshake_timeout
+        head: Head | None = None
+        counters.handshakes_pending += 1
+        try:
+            with trio.CancelScope(deadline=deadline):
+                head = await read_head(stream)
+        finally:
+            counters.handshakes_pending -= 1
+        request = head.request if head is not None else None
+        if head is None or (request is None and head.error is None):
+            if head is None:
+                self._timed_out(index, log, peer_name(stream))
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+        elif config.http and (request is None or not is_websocket_upgrade(request)):
+            await self._serve_http(stream, head, index, log)
+        else:
+            await self._serve_websocket(stream, head.raw, deadline, index, log)
+
+    def _timed_out(self, index: int, log: Any, peer: str) -> None:
+        self._counters.handshakes_timed_out += 1
+        log.info(
+            "connection {} from {}: dropped, no handshake within {:g} s",
+            index,
+            peer,
+            self.config.handshake_timeout,
+        )
+
+    async def _serve_websocket(
+        self, stream: trio.abc.Stream, head: bytes, deadline: float, index: int, log: Any
+    ) -> None:
+        """Answer the upgrade whose request (``head``, and whatever followed it) was read,
+        then serve the WebSocket."""
+        config = self.config
         transport = ServerWebSocket(
             stream,
             config.max_message_size,
@@ -328,7 +392,7 @@ class LocalServer:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_shielded, writer_scope, transport.serve_writes)
                 try:
-                    await self._serve(transport, index, log)
+                    await self._serve(transport, index, log, head, deadline)
                 finally:
                     writer_scope.cancel()
                     nursery.cancel_scope.cancel()
@@ -340,6 +404,45 @@ class LocalServer:
             log.opt(exception=group).warning("connection {} failed: {!r}", index, group)
         finally:
             await transport.close_stream()
+
+    async def _serve_http(self, stream: trio.abc.Stream, head: Head, index: int, log: Any) -> None:
+        """Serve plain HTTP requests on ``stream``, the first one's ``head`` already read."""
+        config = self.config
+        counters = self._counters
+        transport = ServerHttp(
+            stream,
+            head.connection,
+            max_buffered=config.max_buffered_bytes,
+            send_timeout=config.send_timeout,
+        )
+        connection = _HttpConnection(server=self, transport=transport, index=index, log=log)
+        transport.on_give_up = connection.on_give_up
+        counters.http_connections += 1
+        self._connections.add(connection)
+        log.debug("connection {} from {}: HTTP", index, transport.peer)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(transport.serve_writes)
+                try:
+                    await connection.run(head)
+                finally:
+                    nursery.cancel_scope.cancel()
+        except* (_Stop, TransportClosed):
+            pass  # the client left, or a fault cut the connection
+        except* Exception as group:
+            # Isolation: whatever went wrong stays in this connection.
+            counters.connection_errors += 1
+            log.opt(exception=group).warning("connection {} failed: {!r}", index, group)
+        finally:
+            self._connections.discard(connection)
+            counters.peak_buffered_bytes = max(
+                counters.peak_buffered_bytes, transport.peak_buffered
+            )
+            counters.peak_request_bytes = max(
+                counters.peak_request_bytes, connection.peak_request_bytes
+            )
+            await transport.close_stream()
+            log.debug("connection {} from {}: HTTP connection closed", index, transport.peer)
 
     async def _refuse_busy(self, stream: trio.abc.Stream, index: int, log: Any) -> None:
         """Answer 503 at once, without reading: too many connections are in their handshake."""
@@ -376,32 +479,27 @@ class LocalServer:
 
     # -- per connection -----------------------------------------------------------------------
 
-    async def _serve(self, transport: ServerWebSocket, index: int, log: Any) -> None:
+    async def _serve(
+        self, transport: ServerWebSocket, index: int, log: Any, head: bytes, deadline: float
+    ) -> None:
         config = self.config
         counters = self._counters
         peer = transport.peer
         accepted = False
         counters.handshakes_pending += 1
         try:
-            # One deadline for the whole handshake, reading the request to answering it.
-            with trio.move_on_after(config.handshake_timeout) as handshake:
-                accepted = await self._handshake(transport, index, log, peer, handshake)
+            with trio.CancelScope(deadline=deadline) as handshake:
+                accepted = await self._handshake(transport, index, log, peer, handshake, head)
         finally:
             counters.handshakes_pending -= 1
         if handshake.cancelled_caught:
-            counters.handshakes_timed_out += 1
-            log.info(
-                "connection {} from {}: dropped, no handshake within {:g} s",
-                index,
-                peer,
-                config.handshake_timeout,
-            )
+            self._timed_out(index, log, peer)
             return
         if not accepted:
             return
         counters.connections_opened += 1
         counters.connections_active += 1
-        connection = _ServerConnection(self, transport, index, log)
+        connection = _ServerConnection(server=self, transport=transport, index=index, log=log)
         transport.on_give_up = connection.on_give_up
         self._connections.add(connection)
         log.info("connection {} from {} opened", index, peer)
@@ -443,10 +541,12 @@ class LocalServer:
         log: Any,
         peer: str,
         deadline: trio.CancelScope,
+        head: bytes,
     ) -> bool:
-        """Read the upgrade request and answer it; whether the connection was accepted."""
+        """Read the upgrade request (from ``head``, the bytes already read, on) and answer
+        it; whether the connection was accepted."""
         config = self.config
-        request = await transport.receive_request()
+        request = await transport.receive_request(head)
         if request is None:
             # Gone, or not a WebSocket upgrade (answered with wsproto's 400 or 426).
             if transport.refused_status is not None:
@@ -458,6 +558,18 @@ class LocalServer:
                     peer,
                     transport.refused_status,
                 )
+            return False
+        if not config.websocket:
+            # An HTTP-only endpoint, the way Ollama answers: before anything else, since
+            # nothing else about the request matters (docs/protocol.md#an-http-only-server).
+            await self._reject(
+                transport,
+                (index, log, peer),
+                426,
+                "websocket_not_supported",
+                "This server does not speak WebSocket mode: send HTTP POST /v1/responses "
+                "(stream: true for server-sent events) instead.",
+            )
             return False
         fault = self._faults.take(index, None, None, handshake=True)
         if fault is not None:
@@ -549,9 +661,9 @@ class LocalServer:
         )
 
 
-def _error_body(status: int, code: str, message: str) -> bytes:
-    """The JSON body of a refused handshake, shaped like the service's errors."""
-    error = {"message": message, "type": error_type(status), "code": code, "param": None}
+def _error_body(status: int, code: str | None, message: str, param: str | None = None) -> bytes:
+    """The JSON body of a refused handshake or HTTP request, shaped like the service's errors."""
+    error = {"message": message, "type": error_type(status), "code": code, "param": param}
     return json.dumps({"error": error}).encode()
 
 
@@ -566,19 +678,45 @@ class _Request:
 
 
 @attrs.define(eq=False)
-class _Lane:
+class _Slot:
+    """Where a connection keeps a lane's latest response
+    (docs/protocol.md#the-connection-local-cache)."""
+
     key: str | None
+    latest: CachedResponse | None = None
+
+
+@attrs.define(eq=False, kw_only=True)
+class _Lane(_Slot):
+    """A WebSocket lane: its slot, and the creates waiting for it."""
+
     send: trio.MemorySendChannel[_Request]
     receive: trio.MemoryReceiveChannel[_Request]
-    latest: CachedResponse | None = None
     busy: int = 0
+
+
+class _Output(Protocol):
+    """What sending a response needs of a connection's transport (both kinds have it)."""
+
+    @property
+    def must_wait(self) -> bool: ...
+
+    @property
+    def buffered(self) -> int: ...
+
+    @property
+    def peak_buffered(self) -> int: ...
+
+    async def wait_writable(self) -> None: ...
+
+    async def flush(self) -> None: ...
 
 
 @attrs.define(eq=False)
 class _ResponseStream:
     """Sending the events of one response: its writer's drafts, after the fault hooks."""
 
-    connection: _ServerConnection
+    connection: _Connection
     index: int
     writer: ResponseWriter
 
@@ -609,38 +747,369 @@ class _ResponseStream:
         self.connection.send(self.writer.take(draft))
 
 
-@attrs.define(eq=False)
-class _ServerConnection:
+@attrs.define(eq=False, kw_only=True)
+class _Connection:
+    """What a connection of either kind does with a create: check it against what the
+    server holds, run the model, send the response's events (through :meth:`send`), and
+    remember the response. :class:`_ServerConnection` is a WebSocket, :class:`_HttpConnection`
+    a plain HTTP connection; each says how an event is sent and where a parent is found.
+    """
+
     server: LocalServer
-    transport: ServerWebSocket
     index: int
     log: Any
-    _lanes: dict[str | None, _Lane] = attrs.field(factory=dict)
-    _named_lanes: int = 0
+    transport: _Output
     _responses: int = 0
-    _busy: int = 0
-    _idle: trio.Event = attrs.field(factory=trio.Event)
     _expired: bool = False
-    # Wakes the watch task early: the "expire" fault, or a client given up for not reading.
-    _wake: trio.Event = attrs.field(factory=trio.Event)
     #: Bytes of the creates this connection holds (queued or running), and the most ever.
     request_bytes: int = 0
     peak_request_bytes: int = 0
     #: Creates waiting for their lane or for an active slot.
     queued_requests: int = 0
-    _active: trio.Semaphore = attrs.field(init=False)
     _ids: IdFactory = attrs.field(init=False)
-    _nursery: trio.Nursery | None = None
     _active_responses: dict[str, _ResponseStream] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
-        self._active = trio.Semaphore(self.server.config.max_active_responses)
         self._ids = IdFactory(self.server.config.seed, self.index)
-        self._idle.set()
 
     @property
     def counters(self) -> _Counters:
         return self.server._counters
+
+    # -- what each kind of connection says ------------------------------------------------------
+
+    def send(self, event: ServerEvent) -> None:
+        """Send one event of a response to the client (or keep it for the answer).
+
+        Raises:
+            TransportClosed: the connection is closing or gone.
+        """
+        raise NotImplementedError
+
+    async def _fire(self, fault: Fault, stream: _ResponseStream) -> None:
+        """Carry out an injected ``fault`` before the next event of ``stream``."""
+        raise NotImplementedError
+
+    def _lookup(self, response_id: str) -> tuple[CachedResponse | None, _Slot | None]:
+        """The response ``response_id`` names, and the slot whose latest it is (``None``:
+        it came from the store, or nowhere)."""
+        raise NotImplementedError
+
+    def drop_cache(self) -> None:
+        """Forget the responses this connection holds in memory (the store keeps its own)."""
+
+    # -- responses ----------------------------------------------------------------------------
+
+    def refuse(self, refusal: Refusal, stream_id: str | UnsetType = UNSET) -> None:
+        """Answer with the ``error`` event a check decided on (``stream_id``: the create's
+        lane, echoed when the refusal concerns it)."""
+        self.send(
+            error_event(
+                refusal.status,
+                refusal.code,
+                refusal.message,
+                param=refusal.param,
+                stream_id=stream_id if refusal.lane else UNSET,
+            )
+        )
+
+    async def before_event(self, stream: _ResponseStream, *, ended: bool = False) -> None:
+        """Fire the faults due before the next event of ``stream``.
+
+        With ``ended`` (the terminal event is out) only transport faults apply: a second
+        terminal event would break the protocol rather than simulate a failure.
+        """
+        while True:
+            fault = self.server._faults.take(
+                self.index, stream.index, stream.sequence, handshake=False, ended=ended
+            )
+            if fault is None:
+                return
+            await self._fire(fault, stream)
+
+    def _injected_error(self, fault: Fault, stream: _ResponseStream) -> None:
+        """Send the ``error`` event of an ``error`` fault, ending ``stream``'s response."""
+        headers: dict[str, str] | UnsetType = UNSET
+        if fault.retry_after is not None:
+            headers = {"retry-after": str(fault.retry_after)}
+        connection_scoped = fault.error_code == "websocket_connection_limit_reached"
+        default_message = LIMIT_MESSAGE if connection_scoped else "injected error"
+        writer = stream.writer
+        self.send(
+            error_event(
+                fault.status,
+                fault.error_code,
+                fault.message or default_message,
+                stream_id=UNSET if connection_scoped else writer.stream_id,
+                # Before response.created the error is an admission error: no number.
+                sequence_number=writer.next_sequence() if writer.sequence else UNSET,
+                headers=headers,
+            )
+        )
+
+    def _evict(self, response_id: str, lane: _Slot) -> None:
+        if lane.latest is not None and lane.latest.id == response_id:
+            lane.latest = None
+
+    async def _process(self, create: ResponseCreate, lane: _Slot, tools_raw: msgspec.Raw) -> None:
+        stream_id = create.stream_id
+        if self._expired:
+            self.refuse(EXPIRED)
+            return
+        parent: CachedResponse | None = None
+        parent_lane: _Slot | None = None
+        previous = create.previous_response_id
+        if isinstance(previous, str):
+            parent, parent_lane = self._lookup(previous)
+            refusal = check_continuation(previous, parent)
+            if refusal is not None:
+                self._evict(previous, lane)
+                self.refuse(refusal, stream_id)
+                return
+            if parent_lane is not None:
+                self.counters.cache_hits += 1
+            else:
+                self.counters.store_hydrations += 1
+        unsupported = check_tools(create.tools if isinstance(create.tools, list) else ())
+        if unsupported is not None:
+            self.refuse(
+                Refusal(400, unsupported.code, unsupported.message, param=unsupported.param),
+                stream_id,
+            )
+            return
+        new_input = _input_items(create.input)
+        refusal = check_tool_outputs(
+            parent, new_input, require_all=self.server.config.require_tool_outputs
+        )
+        if refusal is not None:
+            if parent is not None and parent_lane is lane:
+                self._evict(parent.id, lane)
+            self.refuse(refusal, stream_id)
+            return
+        self._responses += 1
+        response_id = self._ids.response()
+        # Every lifecycle event of the response carries this object (created_at included),
+        # the terminal one with its outcome filled in.
+        writer = ResponseWriter(
+            response_object(create, response_id, created_at=int(time.time()), tools=tools_raw),
+            self._ids,
+            stream_id,
+            seal=_opaque
+            if isinstance(create.include, list) and "reasoning.encrypted_content" in create.include
+            else None,
+        )
+        stream = _ResponseStream(self, self._responses, writer)
+        if parent is not None and parent_lane is lane:
+            # The lane's slot moves on to the new response (docs/protocol.md#eviction): with
+            # store=false the parent is gone for good once this response starts.
+            lane.latest = None
+        self._active_responses[response_id] = stream
+        try:
+            await self._generate(create, lane, stream, parent, parent_lane, new_input)
+        except _EndResponse as end:
+            if end.evict and parent is not None and parent_lane is lane:
+                self._evict(parent.id, lane)
+            if end.failed is not None:
+                # Reached only from a "fail" fault before the terminal event was sent. A
+                # response must exist before it can fail: announce it first if needed.
+                if writer.sequence == 0:
+                    stream.send_now(writer.created())
+                self._send_failed(stream, end.failed, end.message)
+        finally:
+            self._active_responses.pop(response_id, None)
+
+    async def _generate(
+        self,
+        create: ResponseCreate,
+        lane: _Slot,
+        stream: _ResponseStream,
+        parent: CachedResponse | None,
+        parent_lane: _Slot | None,
+        new_input: list[Item],
+    ) -> None:
+        writer = stream.writer
+        self.counters.responses_started += 1
+        for draft in writer.opening():
+            await stream.emit(draft)
+        total_input, cached = await self._read_input(
+            create, writer.response.tools, parent, parent_lane, new_input
+        )
+        reply = ModelReply()
+        context: tuple[Item, ...] | None = None
+        if create.generate is not False:
+            context = (*(parent.context() if parent is not None else ()), *new_input)
+            hosted, reply = self._respond(create, context)
+            if reply.error is not None:
+                message = reply.message or "scripted error"
+                await stream.emit(writer.error(reply.error_status, reply.error, message))
+                raise _EndResponse(evict=True)
+            tokens_per_second = self.server.config.latency.tokens_per_second
+            # The service's own tools ran first, inside this response.
+            parts = (*(Hosted(item) for item in hosted), *_parts(reply))
+            await self._stream_output(stream, parts, tokens_per_second)
+        else:
+            self.counters.warmups += 1
+        output_tokens = writer.output_tokens
+        usage = Usage(
+            input_tokens=total_input,
+            input_tokens_details=InputTokensDetails(cached_tokens=cached, cache_write_tokens=0),
+            output_tokens=output_tokens,
+            total_tokens=total_input + output_tokens,
+        )
+        if reply.failed is not None:
+            self._send_failed(stream, reply.failed, reply.message, usage=usage, output=True)
+            raise _EndResponse(evict=True)
+        if reply.incomplete is not None:
+            status = "incomplete"
+            await stream.emit(writer.incomplete(usage, reply.incomplete))
+            self.counters.responses_incomplete += 1
+        else:
+            status = "completed"
+            await stream.emit(writer.completed(usage, completed_at=int(time.time())))
+            self.counters.responses_completed += 1
+        self.log.debug(
+            "connection {} response {} {}: {} input tokens ({} cached), {} output tokens",
+            self.index,
+            writer.response.id,
+            status,
+            total_input,
+            cached,
+            output_tokens,
+        )
+        self._remember(lane, stream, parent, new_input, status, total_input, context)
+        # A fault may be due right after the terminal event ("completed, then the socket died").
+        if self.server._faults:
+            await self.before_event(stream, ended=True)
+
+    async def _read_input(
+        self,
+        create: ResponseCreate,
+        tools_raw: msgspec.Raw,
+        parent: CachedResponse | None,
+        parent_lane: _Slot | None,
+        new_input: list[Item],
+    ) -> tuple[int, int]:
+        """Count the input tokens and take the latency model's time to read the uncached
+        ones (and to the first token); returns the input tokens and the cached ones."""
+        latency = self.server.config.latency
+        instructions = create.instructions if isinstance(create.instructions, str) else ""
+        tools_bytes = len(tools_raw) if isinstance(create.tools, list) and create.tools else 0
+        prefix_tokens = count_tokens(instructions) + -(-tools_bytes // 4)
+        input_tokens = sum(count_tokens(item_text(item)) for item in new_input)
+        parent_tokens = parent.context_tokens if parent is not None else 0
+        cached = parent_tokens + prefix_tokens if parent_lane is not None else 0
+        total_input = parent_tokens + prefix_tokens + input_tokens
+        if not latency.is_zero:
+            delay = (total_input - cached) * latency.seconds_per_input_token
+            if create.generate is not False:
+                delay += latency.time_to_first_token
+            if delay:
+                await trio.sleep(delay)
+        return total_input, cached
+
+    def _respond(
+        self, create: ResponseCreate, context: tuple[Item, ...]
+    ) -> tuple[list[UnknownItem], ModelReply]:
+        """Ask the local model the create names for its reply, the create's hosted tools
+        run in between (their output items come first)."""
+        model = create.model if isinstance(create.model, str) else ""
+        request = ModelRequest(
+            model=model,
+            instructions=(create.instructions if isinstance(create.instructions, str) else "")
+            or None,
+            tools=tuple(create.tools) if isinstance(create.tools, list) else (),
+            context=context,
+            parallel_tool_calls=create.parallel_tool_calls is not False,
+            tool_choice=_or(create.tool_choice, "auto"),
+            text_format=_text_format(create.text),
+            max_tool_calls=_or(create.max_tool_calls, None),
+        )
+        hosted, reply = respond_with_hosted(self.server.policy_for(model), request, self._ids.item)
+        return hosted, limit_output(reply, _or(create.max_output_tokens, None))
+
+    def _remember(
+        self,
+        lane: _Slot,
+        stream: _ResponseStream,
+        parent: CachedResponse | None,
+        new_input: list[Item],
+        status: str,
+        input_tokens: int,
+        context: tuple[Item, ...] | None,
+    ) -> None:
+        """Keep a finished response as its lane's latest (and in the store with store=true)."""
+        writer = stream.writer
+        output_items = tuple(writer.output)
+        cached_response = CachedResponse.create(
+            writer.response.id,
+            parent,
+            tuple(new_input),
+            output_items,
+            status,
+            store=writer.response.store is not False,
+            tokens=input_tokens + sum(count_tokens(item_text(item)) for item in output_items),
+            context=(*context, *output_items) if context is not None else None,
+        )
+        lane.latest = cached_response
+        if cached_response.store:
+            self.server._store.put(cached_response)
+
+    def _send_failed(
+        self,
+        stream: _ResponseStream,
+        code: str,
+        message: str | None,
+        *,
+        usage: Usage | None = None,
+        output: bool = False,
+    ) -> None:
+        """End ``stream`` with ``response.failed`` (``output``: with what it produced)."""
+        writer = stream.writer
+        self.counters.responses_failed += 1
+        self.log.debug(
+            "connection {} response {} failed: {} ({} input tokens, {} output tokens)",
+            self.index,
+            writer.response.id,
+            code,
+            usage.input_tokens if usage is not None else 0,
+            usage.output_tokens if usage is not None else 0,
+        )
+        failed = writer.failed(code, message, usage=usage, output=writer.output if output else ())
+        stream.send_now(failed)
+
+    async def _stream_output(
+        self, stream: _ResponseStream, parts: Iterable[Part], tokens_per_second: float | None
+    ) -> None:
+        """Send the events of the reply's output items, deltas paced at ``tokens_per_second``."""
+        pace = 1.0 / tokens_per_second if tokens_per_second else 0.0
+        # Deltas are due at fixed times from the first one: sleeping `pace` after each would
+        # add every wake-up's lateness to the turn (tens of ms per turn with many streams).
+        due = trio.current_time()
+        for draft in stream.writer.items(parts):
+            if pace and type(draft) in DELTAS:
+                due += pace
+                await trio.sleep_until(due)
+            await stream.emit(draft)
+
+
+@attrs.define(eq=False, kw_only=True)
+class _ServerConnection(_Connection):
+    """One WebSocket: lanes, the connection-local cache, the age limit, steering."""
+
+    transport: ServerWebSocket
+    _lanes: dict[str | None, _Lane] = attrs.field(factory=dict)
+    _named_lanes: int = 0
+    _busy: int = 0
+    _idle: trio.Event = attrs.field(factory=trio.Event)
+    # Wakes the watch task early: the "expire" fault, or a client given up for not reading.
+    _wake: trio.Event = attrs.field(factory=trio.Event)
+    _active: trio.Semaphore = attrs.field(init=False)
+    _nursery: trio.Nursery | None = None
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self._active = trio.Semaphore(self.server.config.max_active_responses)
+        self._idle.set()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -704,33 +1173,6 @@ class _ServerConnection:
             )
         self.transport.send_text(payload)
 
-    def refuse(self, refusal: Refusal, stream_id: str | UnsetType = UNSET) -> None:
-        """Answer with the ``error`` event a check decided on (``stream_id``: the create's
-        lane, echoed when the refusal concerns it)."""
-        self.send(
-            error_event(
-                refusal.status,
-                refusal.code,
-                refusal.message,
-                param=refusal.param,
-                stream_id=stream_id if refusal.lane else UNSET,
-            )
-        )
-
-    async def before_event(self, stream: _ResponseStream, *, ended: bool = False) -> None:
-        """Fire the faults due before the next event of ``stream``.
-
-        With ``ended`` (the terminal event is out) only transport faults apply: a second
-        terminal event would break the protocol rather than simulate a failure.
-        """
-        while True:
-            fault = self.server._faults.take(
-                self.index, stream.index, stream.sequence, handshake=False, ended=ended
-            )
-            if fault is None:
-                return
-            await self._fire(fault, stream)
-
     async def _fire(self, fault: Fault, stream: _ResponseStream) -> None:
         self.counters.faults_fired += 1
         self.log.debug("fault {} on response {}", fault.kind, stream.index)
@@ -756,23 +1198,7 @@ class _ServerConnection:
             transport.freeze()
             await trio.sleep_forever()
         elif kind == "error":
-            headers: dict[str, str] | UnsetType = UNSET
-            if fault.retry_after is not None:
-                headers = {"retry-after": str(fault.retry_after)}
-            connection_scoped = fault.error_code == "websocket_connection_limit_reached"
-            default_message = LIMIT_MESSAGE if connection_scoped else "injected error"
-            writer = stream.writer
-            self.send(
-                error_event(
-                    fault.status,
-                    fault.error_code,
-                    fault.message or default_message,
-                    stream_id=UNSET if connection_scoped else writer.stream_id,
-                    # Before response.created the error is an admission error: no number.
-                    sequence_number=writer.next_sequence() if writer.sequence else UNSET,
-                    headers=headers,
-                )
-            )
+            self._injected_error(fault, stream)
             raise _EndResponse(evict=True)
         elif kind == "fail":
             raise _EndResponse(evict=True, failed=fault.error_code, message=fault.message)
@@ -877,7 +1303,7 @@ class _ServerConnection:
 
     def _open_lane(self, key: str | None) -> _Lane:
         send, receive = trio.open_memory_channel[_Request](self.server.config.max_queued_requests)
-        lane = _Lane(key, send, receive)
+        lane = _Lane(key=key, send=send, receive=receive)
         self._lanes[key] = lane
         if key is not None:
             self._named_lanes += 1
@@ -933,249 +1359,381 @@ class _ServerConnection:
         stored = self.server._store.get(response_id)
         return stored, None
 
-    def _evict(self, response_id: str, lane: _Lane) -> None:
-        if lane.latest is not None and lane.latest.id == response_id:
-            lane.latest = None
 
-    async def _process(self, create: ResponseCreate, lane: _Lane, tools_raw: msgspec.Raw) -> None:
-        stream_id = create.stream_id
-        if self._expired:
-            self.refuse(EXPIRED)
-            return
-        parent: CachedResponse | None = None
-        parent_lane: _Lane | None = None
-        previous = create.previous_response_id
-        if isinstance(previous, str):
-            parent, parent_lane = self._lookup(previous)
-            refusal = check_continuation(previous, parent)
-            if refusal is not None:
-                self._evict(previous, lane)
-                self.refuse(refusal, stream_id)
-                return
-            if parent_lane is not None:
-                self.counters.cache_hits += 1
-            else:
-                self.counters.store_hydrations += 1
-        unsupported = check_tools(create.tools if isinstance(create.tools, list) else ())
-        if unsupported is not None:
-            self.refuse(
-                Refusal(400, unsupported.code, unsupported.message, param=unsupported.param),
-                stream_id,
-            )
-            return
-        new_input = _input_items(create.input)
-        refusal = check_tool_outputs(
-            parent, new_input, require_all=self.server.config.require_tool_outputs
-        )
-        if refusal is not None:
-            if parent is not None and parent_lane is lane:
-                self._evict(parent.id, lane)
-            self.refuse(refusal, stream_id)
-            return
-        self._responses += 1
-        response_id = self._ids.response()
-        # Every lifecycle event of the response carries this object (created_at included),
-        # the terminal one with its outcome filled in.
-        writer = ResponseWriter(
-            response_object(create, response_id, created_at=int(time.time()), tools=tools_raw),
-            self._ids,
-            stream_id,
-            seal=_opaque
-            if isinstance(create.include, list) and "reasoning.encrypted_content" in create.include
-            else None,
-        )
-        stream = _ResponseStream(self, self._responses, writer)
-        if parent is not None and parent_lane is lane:
-            # The lane's slot moves on to the new response (docs/protocol.md#eviction): with
-            # store=false the parent is gone for good once this response starts.
-            lane.latest = None
-        self._active_responses[response_id] = stream
+_JSON: Final = (b"content-type", b"application/json")
+_SSE_HEADERS: Final = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+]
+_TERMINAL_EVENTS: Final = frozenset({ResponseCompleted, ResponseIncomplete, ResponseFailed})
+_NOT_READING_MESSAGE: Final = "connection {} from {}: dropped, {}"
+
+
+@attrs.define(eq=False)
+class _Exchange:
+    """One ``POST /v1/responses`` being answered.
+
+    ``stream``: answered with server-sent events (``stream: true``), else with the final
+    response object. ``opened``: the event stream's head is out, so every later event, an
+    error included, goes on the stream. ``outcome``: what the answer will be when it is not
+    streamed (the terminal event, or the error event of a request refused before it began).
+    """
+
+    stream: bool
+    opened: bool = False
+    outcome: ServerEvent | None = None
+
+
+@attrs.define(eq=False, kw_only=True)
+class _HttpConnection(_Connection):
+    """One plain HTTP/1.1 connection: requests one after the other (keep-alive), each
+    ``POST /v1/responses`` answered with the same events a WebSocket would carry, as SSE,
+    or with the final response object (docs/protocol.md#over-http).
+
+    There is no connection-local cache: ``previous_response_id`` names a stored response
+    or nothing. Each POST on the connection is a response for fault matching (the n-th POST
+    is response n).
+    """
+
+    transport: ServerHttp
+    _posts: int = 0
+    _exchange: _Exchange = attrs.field(factory=lambda: _Exchange(stream=False))
+    _client_gone: bool = False
+
+    def on_give_up(self, reason: str) -> None:
+        """The transport gave this client up for not reading (the connection is dropped)."""
+        self.counters.clients_not_reading += 1
+        self.log.info(_NOT_READING_MESSAGE, self.index, self.transport.peer, reason)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    async def run(self, head: Head) -> None:
+        """Answer the request of ``head``, then the next ones, until the client closes,
+        asks to close, or stays idle for ``keep_alive_timeout``."""
+        transport = self.transport
+        config = self.server.config
+        request, error = head.request, head.error
+        while True:
+            if error is not None:
+                self._bad_request(error)
+                break
+            if request is None or not await self._handle(request):
+                break
+            if not transport.next_cycle():
+                break
+            request = None
+            with trio.move_on_after(config.keep_alive_timeout):
+                try:
+                    request = await transport.next_request()
+                except h11.RemoteProtocolError as exc:
+                    error = exc
+        with trio.move_on_after(config.close_timeout):
+            await transport.flush()
+
+    async def _handle(self, request: h11.Request) -> bool:
+        """Answer one request; whether the connection can take another one."""
+        server = self.server
+        config = server.config
+        counters = self.counters
+        counters.http_requests += 1
+        method = request.method.decode("ascii", "replace")
+        path = urlsplit(request.target.decode("latin-1")).path
+        headers = {bytes(name): bytes(value) for name, value in request.headers}
+        limit = config.max_message_size
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            self._too_large(int(length), limit)
+            return False
         try:
-            await self._generate(create, lane, stream, parent, parent_lane, new_input)
-        except _EndResponse as end:
-            if end.evict and parent is not None and parent_lane is lane:
-                self._evict(parent.id, lane)
-            if end.failed is not None:
-                # Reached only from a "fail" fault before the terminal event was sent. A
-                # response must exist before it can fail: announce it first if needed.
-                if writer.sequence == 0:
-                    stream.send_now(writer.created())
-                self._send_failed(stream, end.failed, end.message)
+            with trio.move_on_after(config.handshake_timeout) as reading:
+                body = await self.transport.read_body(limit)
+        except BodyTooLarge:
+            self._too_large(None, limit)
+            return False
+        except h11.RemoteProtocolError as exc:
+            self._bad_request(exc)
+            return False
+        if reading.cancelled_caught:
+            self._answer_error(
+                408,
+                "request_timeout",
+                f"The request body did not arrive within {config.handshake_timeout:g} s.",
+                close=True,
+            )
+            return False
+        counters.bytes_received += len(body)
+        if path not in RESPONSES_PATHS:
+            self._answer_error(
+                404,
+                "not_found",
+                f"No endpoint at {path}: POST /v1/responses (or /responses) creates a response.",
+            )
+            return True
+        if method != "POST":
+            self._answer_error(
+                405,
+                "method_not_allowed",
+                f"{method} {path} is not served: POST creates a response.",
+                headers=[(b"allow", b"POST")],
+            )
+            return True
+        self._posts += 1
+        fault = server._faults.take(self.index, self._posts, None, handshake=True)
+        if fault is not None:
+            counters.faults_fired += 1
+            if fault.kind == "delay_handshake":
+                await trio.sleep(fault.duration or 0)
+            elif fault.kind == "reject":
+                extra = []
+                if fault.retry_after is not None:
+                    extra.append((b"retry-after", str(fault.retry_after).encode()))
+                self._answer_error(
+                    fault.status, fault.error_code, fault.message or "rejected", headers=extra
+                )
+                return True
+        origin = headers.get(b"origin")
+        if origin is not None and origin.decode("latin-1") not in config.allowed_origins:
+            self._answer_error(403, "origin_not_allowed", "this Origin is not allowed")
+            return True
+        if not server._authorised(headers.get(b"authorization")):
+            self._answer_error(
+                401,
+                "invalid_api_key",
+                "Incorrect API key provided. The embedded server expects the token it printed "
+                "at start-up.",
+            )
+            return True
+        try:
+            create = decode_create_body(body)
+        except RemoteProtocolError as exc:
+            self._refuse_request(check_body(body, exc))
+            return True
+        refusal = check_http_create(create)
+        if refusal is not None:
+            self._refuse_request(refusal)
+            return True
+        if config.record_messages and len(server.received) < _RECORD_LIMIT:
+            server.received.append((self.index, create))
+        self.log.debug(
+            "connection {} POST {}: model {}, {} input items, previous_response_id {}, "
+            "store {}, stream {}",
+            self.index,
+            path,
+            create.model,
+            _input_count(create.input),
+            _or(create.previous_response_id, None),
+            create.store is not False,
+            create.stream is True,
+        )
+        await self._create(create, _tools_of(create, body), len(body))
+        return True
+
+    async def _create(self, create: ResponseCreate, tools_raw: msgspec.Raw, size: int) -> None:
+        """Run the response ``create`` asks for and answer with it (streamed or whole)."""
+        exchange = self._exchange = _Exchange(stream=create.stream is True)
+        # The n-th POST is response n (fault matching), whatever became of the ones before.
+        self._responses = self._posts - 1
+        self.request_bytes = size
+        self.peak_request_bytes = max(self.peak_request_bytes, size)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_client, nursery.cancel_scope)
+                try:
+                    await self._process(create, _Slot(None), tools_raw)
+                finally:
+                    nursery.cancel_scope.cancel()
         finally:
-            self._active_responses.pop(response_id, None)
+            self.request_bytes = 0
+        if self._client_gone:
+            self.log.debug("connection {}: the client left during a response", self.index)
+            raise _Stop
+        self._answer(exchange)
 
-    async def _generate(
-        self,
-        create: ResponseCreate,
-        lane: _Lane,
-        stream: _ResponseStream,
-        parent: CachedResponse | None,
-        parent_lane: _Lane | None,
-        new_input: list[Item],
-    ) -> None:
-        writer = stream.writer
-        self.counters.responses_started += 1
-        for draft in writer.opening():
-            await stream.emit(draft)
-        total_input, cached = await self._read_input(
-            create, writer.response.tools, parent, parent_lane, new_input
-        )
-        reply = ModelReply()
-        context: tuple[Item, ...] | None = None
-        if create.generate is not False:
-            context = (*(parent.context() if parent is not None else ()), *new_input)
-            hosted, reply = self._respond(create, context)
-            if reply.error is not None:
-                message = reply.message or "scripted error"
-                await stream.emit(writer.error(reply.error_status, reply.error, message))
-                raise _EndResponse(evict=True)
-            tokens_per_second = self.server.config.latency.tokens_per_second
-            # The service's own tools ran first, inside this response.
-            parts = (*(Hosted(item) for item in hosted), *_parts(reply))
-            await self._stream_output(stream, parts, tokens_per_second)
-        else:
-            self.counters.warmups += 1
-        output_tokens = writer.output_tokens
-        usage = Usage(
-            input_tokens=total_input,
-            input_tokens_details=InputTokensDetails(cached_tokens=cached, cache_write_tokens=0),
-            output_tokens=output_tokens,
-            total_tokens=total_input + output_tokens,
-        )
-        if reply.failed is not None:
-            self._send_failed(stream, reply.failed, reply.message, usage=usage, output=True)
-            raise _EndResponse(evict=True)
-        if reply.incomplete is not None:
-            status = "incomplete"
-            await stream.emit(writer.incomplete(usage, reply.incomplete))
-            self.counters.responses_incomplete += 1
-        else:
-            status = "completed"
-            await stream.emit(writer.completed(usage, completed_at=int(time.time())))
-            self.counters.responses_completed += 1
-        self.log.debug(
-            "connection {} response {} {}: {} input tokens ({} cached), {} output tokens",
+    async def _watch_client(self, scope: trio.CancelScope) -> None:
+        """Cancel the response being made when the client closes the connection."""
+        await self.transport.wait_gone()
+        self._client_gone = True
+        scope.cancel()
+
+    def _answer(self, exchange: _Exchange) -> None:
+        """Finish the answer to the current request, once its response has ended."""
+        transport = self.transport
+        if exchange.opened:
+            transport.end_stream()
+            return
+        outcome = exchange.outcome
+        if isinstance(outcome, ErrorEvent):
+            detail = outcome.detail()
+            status = outcome.http_status or 500
+            headers = [
+                (name.encode(), value.encode()) for name, value in outcome.header_map.items()
+            ]
+            code = detail.code if isinstance(detail.code, str) else None
+            param = detail.param if isinstance(detail.param, str) else None
+            body = _error_body(status, code, detail.message, param)
+            transport.respond(status, [_JSON, *headers], body)
+        elif isinstance(outcome, ResponseLifecycleEvent):
+            body = encode(outcome.response)
+            self.counters.bytes_sent += len(body)
+            transport.respond(200, [_JSON], body)
+        else:  # pragma: no cover - every response ends with a terminal or an error event
+            transport.respond(500, [_JSON], _error_body(500, None, "no response was produced"))
+
+    # -- answers ------------------------------------------------------------------------------
+
+    def send(self, event: ServerEvent) -> None:
+        """An event of the current response: on the event stream, or kept for the answer
+        (the terminal event of an answer not streamed; an error before the stream began,
+        answered with its HTTP status).
+
+        Raises:
+            TransportClosed: the connection is gone.
+        """
+        exchange = self._exchange
+        counters = self.counters
+        if isinstance(event, ErrorEvent):
+            code = event.code_value or "unknown"
+            counters.errors_sent[code] += 1
+            detail = event.detail()
+            self.log.info(
+                "connection {} sent error {} (status {}, param {}): {}",
+                self.index,
+                code,
+                event.http_status,
+                detail.param if isinstance(detail.param, str) else None,
+                detail.message,
+            )
+            if not exchange.opened:
+                exchange.outcome = event
+                return
+        if not exchange.stream:
+            if type(event) in _TERMINAL_EVENTS:
+                exchange.outcome = event
+            return
+        transport = self.transport
+        if not exchange.opened:
+            transport.open_stream(_SSE_HEADERS)
+            exchange.opened = True
+            counters.http_streams += 1
+        payload = encode(event)
+        counters.events_sent += 1
+        counters.bytes_sent += len(payload)
+        transport.send_event(_event_type(event), payload)
+
+    def _refuse_request(self, refusal: Refusal) -> None:
+        """Answer the current request with the HTTP error a check decided on."""
+        self.counters.errors_sent[refusal.code] += 1
+        self.log.info(
+            "connection {} refused a request with {} {} (param {}): {}",
             self.index,
-            writer.response.id,
-            status,
-            total_input,
-            cached,
-            output_tokens,
+            refusal.status,
+            refusal.code,
+            refusal.param,
+            refusal.message,
         )
-        self._remember(lane, stream, parent, new_input, status, total_input, context)
-        # A fault may be due right after the terminal event ("completed, then the socket died").
-        if self.server._faults:
-            await self.before_event(stream, ended=True)
+        body = _error_body(refusal.status, refusal.code, refusal.message, refusal.param)
+        self.transport.respond(refusal.status, [_JSON], body)
 
-    async def _read_input(
+    def _answer_error(
         self,
-        create: ResponseCreate,
-        tools_raw: msgspec.Raw,
-        parent: CachedResponse | None,
-        parent_lane: _Lane | None,
-        new_input: list[Item],
-    ) -> tuple[int, int]:
-        """Count the input tokens and take the latency model's time to read the uncached
-        ones (and to the first token); returns the input tokens and the cached ones."""
-        latency = self.server.config.latency
-        instructions = create.instructions if isinstance(create.instructions, str) else ""
-        tools_bytes = len(tools_raw) if isinstance(create.tools, list) and create.tools else 0
-        prefix_tokens = count_tokens(instructions) + -(-tools_bytes // 4)
-        input_tokens = sum(count_tokens(item_text(item)) for item in new_input)
-        parent_tokens = parent.context_tokens if parent is not None else 0
-        cached = parent_tokens + prefix_tokens if parent_lane is not None else 0
-        total_input = parent_tokens + prefix_tokens + input_tokens
-        if not latency.is_zero:
-            delay = (total_input - cached) * latency.seconds_per_input_token
-            if create.generate is not False:
-                delay += latency.time_to_first_token
-            if delay:
-                await trio.sleep(delay)
-        return total_input, cached
-
-    def _respond(
-        self, create: ResponseCreate, context: tuple[Item, ...]
-    ) -> tuple[list[UnknownItem], ModelReply]:
-        """Ask the local model the create names for its reply, the create's hosted tools
-        run in between (their output items come first)."""
-        model = create.model if isinstance(create.model, str) else ""
-        request = ModelRequest(
-            model=model,
-            instructions=(create.instructions if isinstance(create.instructions, str) else "")
-            or None,
-            tools=tuple(create.tools) if isinstance(create.tools, list) else (),
-            context=context,
-            parallel_tool_calls=create.parallel_tool_calls is not False,
-            tool_choice=_or(create.tool_choice, "auto"),
-            text_format=_text_format(create.text),
-            max_tool_calls=_or(create.max_tool_calls, None),
-        )
-        hosted, reply = respond_with_hosted(self.server.policy_for(model), request, self._ids.item)
-        return hosted, limit_output(reply, _or(create.max_output_tokens, None))
-
-    def _remember(
-        self,
-        lane: _Lane,
-        stream: _ResponseStream,
-        parent: CachedResponse | None,
-        new_input: list[Item],
-        status: str,
-        input_tokens: int,
-        context: tuple[Item, ...] | None,
-    ) -> None:
-        """Keep a finished response as its lane's latest (and in the store with store=true)."""
-        writer = stream.writer
-        output_items = tuple(writer.output)
-        cached_response = CachedResponse.create(
-            writer.response.id,
-            parent,
-            tuple(new_input),
-            output_items,
-            status,
-            store=writer.response.store is not False,
-            tokens=input_tokens + sum(count_tokens(item_text(item)) for item in output_items),
-            context=(*context, *output_items) if context is not None else None,
-        )
-        lane.latest = cached_response
-        if cached_response.store:
-            self.server._store.put(cached_response)
-
-    def _send_failed(
-        self,
-        stream: _ResponseStream,
+        status: int,
         code: str,
-        message: str | None,
+        message: str,
         *,
-        usage: Usage | None = None,
-        output: bool = False,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        close: bool = False,
     ) -> None:
-        """End ``stream`` with ``response.failed`` (``output``: with what it produced)."""
-        writer = stream.writer
-        self.counters.responses_failed += 1
-        self.log.debug(
-            "connection {} response {} failed: {} ({} input tokens, {} output tokens)",
+        """Answer the current request with ``status`` and a JSON error body (never echoing
+        a header, so never the token)."""
+        self.counters.errors_sent[code] += 1
+        # No colon after the code: "invalid_api_key: ..." would read as a secret to redact.
+        self.log.info(
+            "connection {} from {}: request refused with {} {} ({})",
             self.index,
-            writer.response.id,
+            self.transport.peer,
+            status,
             code,
-            usage.input_tokens if usage is not None else 0,
-            usage.output_tokens if usage is not None else 0,
+            message,
         )
-        failed = writer.failed(code, message, usage=usage, output=writer.output if output else ())
-        stream.send_now(failed)
+        body = _error_body(status, code, message)
+        self.transport.respond(status, [_JSON, *(headers or [])], body, close=close)
 
-    async def _stream_output(
-        self, stream: _ResponseStream, parts: Iterable[Part], tokens_per_second: float | None
-    ) -> None:
-        """Send the events of the reply's output items, deltas paced at ``tokens_per_second``."""
-        pace = 1.0 / tokens_per_second if tokens_per_second else 0.0
-        # Deltas are due at fixed times from the first one: sleeping `pace` after each would
-        # add every wake-up's lateness to the turn (tens of ms per turn with many streams).
-        due = trio.current_time()
-        for draft in stream.writer.items(parts):
-            if pace and type(draft) in DELTAS:
-                due += pace
-                await trio.sleep_until(due)
-            await stream.emit(draft)
+    def _too_large(self, length: int | None, limit: int) -> None:
+        size = f"{length} bytes" if length is not None else f"over {limit} bytes"
+        self._answer_error(
+            413,
+            "request_too_large",
+            f"The request body ({size}) is larger than the server accepts ({limit} bytes).",
+            close=True,
+        )
+
+    def _bad_request(self, error: h11.RemoteProtocolError) -> None:
+        """Answer bytes that are not an HTTP/1.1 request, then close."""
+        with contextlib.suppress(h11.LocalProtocolError):  # too broken to answer at all
+            self._answer_error(
+                error.error_status_hint,
+                "invalid_request",
+                f"Not a valid HTTP/1.1 request: {error}",
+                close=True,
+            )
+
+    # -- what an HTTP connection does differently ------------------------------------------
+
+    def _lookup(self, response_id: str) -> tuple[CachedResponse | None, _Slot | None]:
+        # No connection-local cache over HTTP: the store or nothing.
+        return self.server._store.get(response_id), None
+
+    async def _fire(self, fault: Fault, stream: _ResponseStream) -> None:
+        self.counters.faults_fired += 1
+        self.log.debug("fault {} on response {}", fault.kind, stream.index)
+        kind = fault.kind
+        transport = self.transport
+        if kind in _TRANSPORT_FAULTS:
+            # Exactly ``after_events`` events reach the client before the fault.
+            await transport.flush()
+        if kind == "abort":
+            await transport.abort()
+            raise _Stop
+        if kind == "close":
+            await transport.close_stream()
+            raise _Stop
+        if kind == "stall":
+            if fault.duration is None:
+                await trio.sleep_forever()
+            await trio.sleep(fault.duration)
+        elif kind == "blackhole":
+            transport.freeze()
+            await trio.sleep_forever()
+        elif kind == "error":
+            self._injected_error(fault, stream)
+            raise _EndResponse(evict=True)
+        elif kind == "fail":
+            raise _EndResponse(evict=True, failed=fault.error_code, message=fault.message)
+        elif kind in ("send_raw", "oversize") and self._exchange.stream:
+            if kind == "send_raw":
+                data = b"data: " + fault.payload.encode() + b"\n\n"
+            else:
+                padding = max(0, fault.size - 40)
+                data = (
+                    b"event: response.padding\ndata: "
+                    + b'{"type":"response.padding","pad":"'
+                    + b"x" * padding
+                    + b'"}\n\n'
+                )
+            exchange = self._exchange
+            if not exchange.opened:
+                transport.open_stream(_SSE_HEADERS)
+                exchange.opened = True
+                self.counters.http_streams += 1
+            transport.send_data(data)
+        # drop_cache and expire concern a WebSocket's cache and age: nothing to do here.
+
+
+def _event_type(event: ServerEvent) -> str:
+    """The ``type`` of an event, its SSE event name."""
+    tag = type(event).__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
 
 
 def _parts(reply: ModelReply) -> Iterator[Part]:

@@ -30,8 +30,10 @@ __all__ = [
     "LIMIT_MESSAGE",
     "QUEUE_FULL",
     "Refusal",
+    "check_body",
     "check_continuation",
     "check_create",
+    "check_http_create",
     "check_lane",
     "check_message",
     "check_tool_outputs",
@@ -93,6 +95,57 @@ def check_message(message: str | bytes, error: RemoteProtocolError) -> Refusal:
         )
     param, code = _param_from(text)
     return Refusal(400, code, f"Invalid client event: {text}", param=param, lane=False)
+
+
+def check_body(body: bytes, error: RemoteProtocolError) -> Refusal:
+    """The refusal of a ``POST /v1/responses`` body the codec could not decode (``error``)."""
+    text = str(error)
+    try:
+        parsed = _any_json.decode(body)
+    except DECODE_ERRORS:
+        return Refusal(
+            400,
+            "invalid_json",
+            f"We could not parse the JSON body of your request: {text}",
+            lane=False,
+        )
+    if not isinstance(parsed, dict):
+        return Refusal(
+            400,
+            "invalid_value",
+            f"The request body is a JSON object of parameters, not {type(parsed).__name__}.",
+            lane=False,
+        )
+    param, code = _param_from(text)
+    return Refusal(400, code, f"Invalid request body: {text}", param=param, lane=False)
+
+
+# Fields of a create that only WebSocket mode has; over HTTP the service does not know them.
+_WEBSOCKET_ONLY: Final = ("generate", "stream_id")
+
+
+def check_http_create(create: ResponseCreate) -> Refusal | None:
+    """What a create sent over HTTP may not ask for (docs/protocol.md#over-http): the
+    WebSocket-only fields (``generate``, ``stream_id``) are unknown parameters there, and
+    background responses are not served; then whatever :func:`check_create` refuses."""
+    for name in _WEBSOCKET_ONLY:
+        if getattr(create, name) is not msgspec.UNSET:
+            return Refusal(
+                400,
+                "unknown_parameter",
+                f"Unknown parameter: '{name}'. ({name} exists in WebSocket mode only.)",
+                param=name,
+                lane=False,
+            )
+    if create.background is True:
+        return Refusal(
+            400,
+            "invalid_value",
+            "background responses are not supported by the embedded server.",
+            param="background",
+            lane=False,
+        )
+    return check_create(create)
 
 
 def unknown_event(event: UnknownEvent) -> Refusal:

@@ -29,8 +29,8 @@ FaultKind = Literal[
     "expire",  # reach the connection age limit now
     "send_raw",  # send `payload` as a text frame (garbage, unknown events...)
     "oversize",  # send an unknown event padded to `size` bytes
-    "reject",  # refuse the WebSocket handshake with HTTP `status`
-    "delay_handshake",  # wait `duration` seconds before answering the handshake
+    "reject",  # refuse the WebSocket handshake (or answer the POST) with HTTP `status`
+    "delay_handshake",  # wait `duration` seconds before answering the handshake (or POST)
 ]
 
 _HANDSHAKE_FAULTS = frozenset({"reject", "delay_handshake"})
@@ -48,6 +48,11 @@ class Fault:
     connection, warm-ups included (``None``: the next one). The fault fires once
     ``after_events`` events of that response have been sent (for handshake faults, at the
     handshake), and at most ``times`` times in all.
+
+    Over HTTP (docs/faults.md#fault-injection) a TCP connection is a connection and the n-th
+    ``POST /v1/responses`` on it is response n; ``reject`` and ``delay_handshake`` act on
+    that POST's answer, ``abort`` and ``close`` drop the TCP connection, ``drop_cache`` and
+    ``expire`` do nothing.
     """
 
     kind: FaultKind
@@ -148,6 +153,13 @@ class ServerConfig:
         handshake_timeout: seconds from the TCP connection to the handshake's answer; a
             slower client is dropped.
         close_timeout: seconds a closing handshake may take before the socket is dropped.
+        keep_alive_timeout: seconds an HTTP connection may wait for its next request
+            (docs/protocol.md#over-http); then the server closes it.
+        websocket: serve WebSocket mode; ``False`` refuses every upgrade with ``426
+            Upgrade Required`` (``websocket_not_supported``), like an endpoint that speaks
+            only HTTP (docs/protocol.md#an-http-only-server).
+        http: serve ``POST /v1/responses``; ``False`` leaves plain HTTP requests to the
+            WebSocket handshake, which refuses them with ``400`` (a WebSocket-only endpoint).
         strict_single_flight: answer a create on a busy lane with 409 instead of queueing.
         require_tool_outputs: refuse a continuation that leaves function calls unanswered.
         latency: the latency model; zero by default.
@@ -183,6 +195,9 @@ class ServerConfig:
     record_messages: bool = False
     handshake_timeout: float = 10.0
     close_timeout: float = 5.0
+    keep_alive_timeout: float = 60.0
+    websocket: bool = True
+    http: bool = True
 
     def __attrs_post_init__(self) -> None:
         if not is_loopback(self.host) and not self.token:
@@ -231,6 +246,14 @@ class ServerConfig:
         if not self.close_timeout >= 0:
             raise ConfigurationError(
                 f"close_timeout must be >= 0 seconds, got {self.close_timeout}"
+            )
+        if not (self.websocket or self.http):
+            raise ConfigurationError(
+                "websocket=False and http=False: the server would serve nothing; keep at least one"
+            )
+        if not self.keep_alive_timeout > 0:
+            raise ConfigurationError(
+                f"keep_alive_timeout must be > 0 seconds, got {self.keep_alive_timeout}"
             )
         if self.expiry_close_code is not None and not 1000 <= self.expiry_close_code <= 4999:
             raise ConfigurationError(f"invalid expiry close code {self.expiry_close_code}")

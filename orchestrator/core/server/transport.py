@@ -186,20 +186,22 @@ class ServerWebSocket:
 
     # -- handshake ----------------------------------------------------------------------------
 
-    async def receive_request(self) -> Request | None:
-        """Read the upgrade request.
+    async def receive_request(self, data: bytes = b"") -> Request | None:
+        """Read the upgrade request, starting with ``data`` (bytes already read from the
+        stream: the server reads a request's head before it knows it is an upgrade).
 
         Returns:
             The request, or ``None`` when the peer left or sent something that is not a
             WebSocket upgrade (answered with wsproto's HTTP error, e.g. 400).
         """
         while True:
-            for event in self._ws.events():
-                if isinstance(event, Request):
-                    return event
-            data = await self._receive()
             if not data:
-                return None
+                for event in self._ws.events():
+                    if isinstance(event, Request):
+                        return event
+                data = await self._receive()
+                if not data:
+                    return None
             try:
                 self._ws.receive_data(data)
             except RemoteProtocolError as exc:
@@ -209,6 +211,7 @@ class ServerWebSocket:
                         self._append(self._ws.send(exc.event_hint))
                         await self.flush()
                 return None
+            data = b""
 
     def accept(self) -> None:
         """Answer the upgrade with 101: no subprotocol, no extension (no compression)."""
