@@ -172,7 +172,45 @@ def _add_serve(commands: Any) -> None:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="processing time per input token not served from the connection cache",
+        help="processing time per input token not served from a cache",
+    )
+    costs = parser.add_argument_group(
+        "request costs of the latency model (docs/protocol.md#determinism-and-latency)"
+    )
+    costs.add_argument(
+        "--http-request-cost",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="fixed API work per HTTP request (auth, routing, loading state)",
+    )
+    costs.add_argument(
+        "--websocket-request-cost",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="fixed work per response.create on a WebSocket",
+    )
+    costs.add_argument(
+        "--sent-token-cost",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="parsing and tokenising per input token a request carries",
+    )
+    costs.add_argument(
+        "--rehydrated-token-cost",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="loading a stored chain by previous_response_id, per token of the chain",
+    )
+    costs.add_argument(
+        "--cache-miss-rate",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="probability (0 to 1) that an HTTP request misses the prompt cache",
     )
     parser.add_argument(
         "--faults",
@@ -215,6 +253,11 @@ def _serve_command(args: argparse.Namespace) -> int:
                 time_to_first_token=args.ttft,
                 tokens_per_second=args.tokens_per_second,
                 seconds_per_input_token=args.input_token_cost,
+                http_request_seconds=args.http_request_cost,
+                websocket_request_seconds=args.websocket_request_cost,
+                seconds_per_sent_token=args.sent_token_cost,
+                seconds_per_rehydrated_token=args.rehydrated_token_cost,
+                cache_miss_rate=args.cache_miss_rate,
             ),
             faults=faults,
             seed=args.seed,

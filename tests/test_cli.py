@@ -704,7 +704,11 @@ def test_plain_ws_to_a_remote_host_is_refused(canary_key):
 @pytest.mark.parametrize(
     ("option", "value", "expected"),
     [
-        ("--local-ttft", "-1", "error[config.value]: latency model values must be >= 0"),
+        (
+            "--local-ttft",
+            "-1",
+            "error[config.value]: latency model: time_to_first_token must be >= 0, got -1.0",
+        ),
         ("--local-model", "scripted", "error[config.value]: model 'scripted' needs a script"),
     ],
     ids=["negative-latency", "script-missing"],

@@ -22,6 +22,7 @@ WebSocket path never loads it.
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -31,6 +32,7 @@ from orchestrator.core.failpoints import crash_point
 from orchestrator.core.protocol.codec import decode_server_event
 from orchestrator.core.protocol.events import ErrorDetail
 from orchestrator.core.protocol.recovery import Lost, Outcome, Refused, Rejected, Unreachable
+from orchestrator.core.protocol.sse import SseDecoder
 from orchestrator.core.protocol.turn import RequestError, Response, TurnAssembler
 from orchestrator.core.redaction import redact
 from orchestrator.core.rules import retry_after_seconds
@@ -42,7 +44,7 @@ from orchestrator.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
 
     import httpcore2
     import httpx2
@@ -56,8 +58,10 @@ __all__ = ["HttpTransport", "http_url"]
 # WebSocket envelope's ``type``, with ``stream: true``.
 _ENVELOPE: Final = b'{"type":"response.create",'
 _STREAMING: Final = b'{"stream":true,'
-# How much of an error body is read and quoted.
+# How much of an error body is read and quoted, and how much is read after the terminal
+# event (and for how long) to keep the connection for the next request.
 _ERROR_BODY_LIMIT: Final = 64 * 1024
+_DRAIN_SECONDS: Final = 5.0
 
 
 def http_url(websocket_url: str) -> str:
@@ -130,6 +134,7 @@ class HttpTransport:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.events_received = 0
+        self.max_event_size = 64 * 1024 * 1024
 
     def __repr__(self) -> str:
         return f"HttpTransport({self.url!r}, requests={self.requests})"
@@ -216,8 +221,6 @@ class HttpTransport:
         *,
         replayed: bool,
     ) -> Response | Outcome:
-        import httpx2
-
         kind = answer.headers.get("content-type", "").partition(";")[0].strip().lower()
         if kind != "text/event-stream":
             raise RemoteProtocolError(
@@ -225,33 +228,51 @@ class HttpTransport:
                 "not text/event-stream"
             )
         assembler = TurnAssembler()
-        received = answer.num_bytes_downloaded
-        async for sse in httpx2.EventSource(answer):
-            data = sse.data
-            if not data or data == "[DONE]":
-                continue
-            self.events_received += 1
-            event = decode_server_event(data)
-            crash_point("mid_stream")
-            result = assembler.receive(event)
-            if on_event is not None:
-                on_event(event)
-            if result is not None:
-                self.bytes_received += answer.num_bytes_downloaded - received
-                if isinstance(result, RequestError):
-                    return Rejected(result, replayed=replayed, connection_age=self.age())
-                return result
-        self.bytes_received += answer.num_bytes_downloaded - received
+        decoder = SseDecoder(self.max_event_size)
+        async with aclosing(answer.aiter_bytes()) as chunks:
+            async for chunk in chunks:
+                self.bytes_received += len(chunk)
+                for data in decoder.feed(chunk):
+                    if data == b"[DONE]":
+                        continue
+                    self.events_received += 1
+                    event = decode_server_event(data)
+                    crash_point("mid_stream")
+                    result = assembler.receive(event)
+                    if on_event is not None:
+                        on_event(event)
+                    if result is not None:
+                        await self._drain(chunks)
+                        if isinstance(result, RequestError):
+                            return Rejected(result, replayed=replayed, connection_age=self.age())
+                        return result
         lost = ConnectionLost(1006, "the event stream ended before the response did")
         return Lost(lost, connection_age=self.age())
+
+    async def _drain(self, chunks: AsyncIterator[bytes]) -> None:
+        """Read what follows the terminal event (normally only the body's end) so the HTTP
+        connection goes back to the pool for the next turn instead of being closed. A server
+        that goes on sending, or stays silent, only costs the connection."""
+        import httpx2
+
+        read = 0
+        with trio.move_on_after(_DRAIN_SECONDS):
+            try:
+                async for chunk in chunks:
+                    read += len(chunk)
+                    if read > _ERROR_BODY_LIMIT:
+                        return
+            except httpx2.TransportError:
+                return  # the response is complete; only the connection is lost
 
     async def _refused(self, answer: httpx2.Response, *, replayed: bool) -> Outcome:
         status = answer.status_code
         body = b""
-        async for chunk in answer.aiter_bytes():
-            body += chunk
-            if len(body) >= _ERROR_BODY_LIMIT:
-                break
+        async with aclosing(answer.aiter_bytes()) as chunks:
+            async for chunk in chunks:
+                body += chunk
+                if len(body) >= _ERROR_BODY_LIMIT:
+                    break
         self.bytes_received += len(body)
         headers = {k.lower(): v for k, v in answer.headers.items()}
         if status in (401, 403):

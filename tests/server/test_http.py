@@ -96,10 +96,7 @@ async def test_a_streamed_answer_carries_the_websocket_event_sequence():
                     )
         turns.append([*first, *second])
     websocket, http = turns
-    # The WebSocket continues from its connection cache, HTTP from the store: the usage's
-    # cached tokens differ (docs/protocol.md#over-http), nothing else does.
-    for events in turns:
-        events[-1]["response"]["usage"]["input_tokens_details"].pop("cached_tokens")
+    # The usage too: HTTP's prompt cache holds what the WebSocket's connection cache does.
     assert _without_clock(websocket) == _without_clock(http)
     assert "function_call" in {item["type"] for item in calls_of(http[: len(first)])}
     assert "Faro is hot." == http[-1]["response"]["output"][0]["content"][0]["text"]
@@ -345,8 +342,9 @@ async def test_a_websocket_create_body_is_accepted_as_is(running):
 
 
 async def test_an_error_after_the_stream_began_is_an_sse_error_event():
-    """An error found once the stream began is an ``error`` event on it (the stream ends
-    normally and the connection goes on); not streamed, it is the error's HTTP status."""
+    """An error found once the stream began is an ``error`` event on it, in the HTTP API's
+    SSE shape (``code``, ``message``, ``param`` at the top level); the stream ends normally
+    and the connection goes on. Not streamed, it is the error's HTTP status."""
     script = {"turns": [SCRIPT["turns"][2]], "on_exhausted": "cycle"}
     async with (
         open_local_server(script=script, model="scripted") as running,
@@ -356,8 +354,13 @@ async def test_an_error_after_the_stream_began_is_an_sse_error_event():
             events = await client.stream_events(input="go")
             whole = await client.post(input="go")
     assert ["response.created", "response.in_progress", "error"] == types_of(events)
-    assert 500 == events[-1]["status"]
-    assert 2 == events[-1]["sequence_number"]
+    assert {
+        "type": "error",
+        "sequence_number": 2,
+        "code": "server_error",
+        "message": "the model fell over",
+        "param": None,
+    } == events[-1]
     error = _error_of(whole, 500, "server_error")
     assert "server_error" == error["type"]
 

@@ -124,8 +124,9 @@ async def test_an_error_before_the_stream_is_the_http_status(autojump_clock, str
 
 
 async def test_an_error_in_the_stream_is_an_error_event(autojump_clock):
-    """Fault ``error`` after 3 events: the stream's fourth event is ``error`` (sequence 3,
-    ``retry-after`` in ``error.headers``), the answer ends properly, the connection goes on."""
+    """Fault ``error`` after 3 events: the stream's fourth event is ``error`` in the HTTP
+    API's SSE shape (``code``, ``message``, ``param`` at the top, sequence 3), the answer ends
+    properly, the connection goes on."""
     fault = Fault(
         "error", after_events=3, status=429, error_code="rate_limit_exceeded", retry_after=1
     )
@@ -135,9 +136,13 @@ async def test_an_error_in_the_stream_is_an_error_event(autojump_clock):
             events = await client.stream_events(**ECHO)
             after = await client.stream_events(**ECHO)
     assert 4 == len(events)
-    error = events[-1]
-    assert ("error", 3, 429) == (error["type"], error["sequence_number"], error["status"])
-    assert {"retry-after": "1"} == error["error"]["headers"]
+    assert {
+        "type": "error",
+        "sequence_number": 3,
+        "code": "rate_limit_exceeded",
+        "message": "injected error",
+        "param": None,
+    } == events[-1]
     assert "response.completed" == after[-1]["type"]
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
 from orchestrator.core.server import LatencyModel, LocalServer, ServerConfig
+from orchestrator.errors import ConfigurationError
 
-from .wire import LOOKUP_TOOL, calls_of, memory_client, output_for
+from .wire import LOOKUP_TOOL, calls_of, memory_client, memory_http_client, output_for
 
 SCRIPT: dict[str, Any] = {
     "on_exhausted": "cycle",
@@ -122,3 +124,173 @@ async def test_input_tokens_cost_only_when_not_cached(autojump_clock):
     hot_usage = hot_done["response"]["usage"]
     assert 500 == hot_usage["input_tokens_details"]["cached_tokens"]
     assert 501 == hot_usage["input_tokens"]
+
+
+# -- request costs: HTTP next to WebSocket ------------------------------------------------------
+
+CONTEXT = "word " * 800  # 4,000 characters: 1,000 tokens at four characters a token
+COSTS = LatencyModel(
+    http_request_seconds=0.5,
+    websocket_request_seconds=0.25,
+    seconds_per_sent_token=0.001,
+    seconds_per_rehydrated_token=0.0005,
+    seconds_per_input_token=0.002,
+    time_to_first_token=1.0,
+)
+
+
+async def _timed_post(client, **fields: Any) -> tuple[float, float, dict[str, Any]]:
+    """A streamed POST: when its first event and its first output item arrived (seconds
+    after it was sent) and its terminal event."""
+    start = trio.current_time()
+    await client.send_request(body={"model": "local-echo", "stream": True, **fields})
+    assert 200 == (await client.head()).status_code
+    times: dict[str, float] = {}
+    while (event := await client.event()) is not None:
+        times.setdefault(event.name, trio.current_time() - start)
+        last = event.json()
+    return times["response.created"], times["response.output_item.added"], last
+
+
+async def _timed_create(client, **fields: Any) -> tuple[float, float, dict[str, Any]]:
+    """The same for a WebSocket create."""
+    times, done = await _timed_turn(client, **fields)
+    arrivals = {kind: at for at, kinds in sorted(times.items()) for kind in reversed(kinds)}
+    return arrivals["response.created"], arrivals["response.output_item.added"], done
+
+
+def _usage(done: dict[str, Any]) -> tuple[int, int]:
+    usage = done["response"]["usage"]
+    return usage["input_tokens"], usage["input_tokens_details"]["cached_tokens"]
+
+
+async def test_an_http_request_pays_its_request_costs_then_its_input(autojump_clock):
+    """An HTTP request carrying 1,000 tokens: its first event comes after the fixed HTTP
+    cost and the parsing of every token sent (0.5 + 1000 x 0.001 = 1.5 s), its first output
+    after reading the uncached input and the time to first token (+ 1000 x 0.002 + 1)."""
+    server = LocalServer.from_config(ServerConfig(latency=COSTS))
+    async with memory_http_client(server) as client:
+        with trio.fail_after(60):
+            created, output, done = await _timed_post(
+                client, input=[{"role": "user", "content": CONTEXT}]
+            )
+    assert pytest.approx(1.5) == created
+    assert pytest.approx(4.5) == output
+    assert (1000, 0) == _usage(done)
+
+
+FULL_HISTORY = [
+    {"role": "user", "content": CONTEXT},  # 1,000 tokens
+    {"role": "assistant", "content": "done"},  # 1 token: the model's last output
+    {"role": "user", "content": "go"},  # 1 token: the only new item
+]
+
+
+@pytest.mark.parametrize(("miss_rate", "cached"), [(0.0, 1001), (1.0, 0)])
+async def test_a_replayed_conversation_hits_or_misses_the_prompt_cache(
+    autojump_clock, miss_rate, cached
+):
+    """HTTP with the whole conversation as input: every token sent is parsed (1,002); on a
+    prompt-cache hit only what follows the model's last output is read (1 token), on a miss
+    every token is (``cache_miss_rate`` 1), and the usage says which."""
+    latency = attrs.evolve(COSTS, cache_miss_rate=miss_rate)
+    server = LocalServer.from_config(ServerConfig(latency=latency))
+    async with memory_http_client(server) as client:
+        with trio.fail_after(60):
+            created, output, done = await _timed_post(client, input=FULL_HISTORY)
+    assert pytest.approx(0.5 + 1002 * 0.001) == created
+    assert pytest.approx(created + (1002 - cached) * 0.002 + 1.0) == output
+    assert (1002, cached) == _usage(done)
+    assert int(miss_rate) == server.statistics().prompt_cache_misses
+
+
+async def test_an_http_continuation_by_id_pays_for_rehydrating_its_chain(autojump_clock):
+    """HTTP with ``previous_response_id``: the request carries one token but loads the
+    stored chain (1,000 tokens in, 1,000 echoed out: 2,000 x 0.0005 s); the prompt cache
+    holds the chain, so only the new token is read."""
+    server = LocalServer.from_config(ServerConfig(latency=COSTS))
+    async with memory_http_client(server) as client:
+        with trio.fail_after(60):
+            *_, first = await _timed_post(client, input=CONTEXT, store=True)
+            created, output, done = await _timed_post(
+                client, input="go", previous_response_id=first["response"]["id"]
+            )
+    assert pytest.approx(0.5 + 1 * 0.001 + 2000 * 0.0005) == created
+    assert pytest.approx(created + 1 * 0.002 + 1.0) == output
+    assert (2001, 2000) == _usage(done)
+
+
+async def test_a_websocket_continuation_pays_only_for_its_new_items(autojump_clock):
+    """A WebSocket continuation from the connection cache: the fixed WebSocket cost and
+    the one token it carries; nothing to rehydrate, nothing cached to read again. The same
+    continuation on a new socket loads the chain from the store (and reads it all)."""
+    server = LocalServer.from_config(ServerConfig(latency=COSTS))
+    async with memory_client(server) as ws, memory_client(server) as other:
+        with trio.fail_after(60):
+            *_, first = await _timed_create(ws, input=CONTEXT, store=True)
+            previous = first["response"]["id"]
+            warm = await _timed_create(ws, input="go", previous_response_id=previous)
+            cold = await _timed_create(other, input="go", previous_response_id=previous)
+    created, output, done = warm
+    assert pytest.approx(0.25 + 1 * 0.001) == created
+    assert pytest.approx(created + 1 * 0.002 + 1.0) == output
+    assert (2001, 2000) == _usage(done)
+    created, output, done = cold
+    assert pytest.approx(0.25 + 1 * 0.001 + 2000 * 0.0005) == created
+    assert pytest.approx(created + 2001 * 0.002 + 1.0) == output
+    assert (2001, 0) == _usage(done)
+
+
+async def _cached_sequence(seed: int | None) -> list[int]:
+    latency = LatencyModel(cache_miss_rate=0.5)
+    server = LocalServer.from_config(ServerConfig(latency=latency, seed=seed))
+    cached = []
+    async with memory_http_client(server) as client:
+        for _ in range(24):
+            reply = await client.post(input=FULL_HISTORY)
+            cached.append(reply.json()["usage"]["input_tokens_details"]["cached_tokens"])
+    assert cached.count(0) == server.statistics().prompt_cache_misses
+    return cached
+
+
+async def test_cache_misses_are_drawn_from_the_seed():
+    """``cache_miss_rate`` 0.5: which requests miss depends on the seed alone (the same
+    seed, the same misses; no seed is seed 0), and both outcomes happen."""
+    one = await _cached_sequence(7)
+    assert one == await _cached_sequence(7)
+    assert {0, 1001} == set(one)
+    assert one != await _cached_sequence(8)
+    assert await _cached_sequence(None) == await _cached_sequence(0)
+
+
+def test_the_latency_model_adds_its_costs():
+    """``request_seconds`` and ``input_seconds`` are the documented sums; a warm-up does
+    not wait for a first token."""
+    assert pytest.approx(0.5 + 10 * 0.001 + 20 * 0.0005) == COSTS.request_seconds(
+        http=True, sent_tokens=10, rehydrated_tokens=20
+    )
+    assert pytest.approx(0.25 + 10 * 0.001) == COSTS.request_seconds(
+        http=False, sent_tokens=10, rehydrated_tokens=0
+    )
+    assert pytest.approx(5 * 0.002 + 1.0) == COSTS.input_seconds(5, generate=True)
+    assert pytest.approx(5 * 0.002) == COSTS.input_seconds(5, generate=False)
+    assert LatencyModel(cache_miss_rate=0.5).is_zero
+    assert not LatencyModel(http_request_seconds=0.1).is_zero
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"http_request_seconds": -1},
+        {"websocket_request_seconds": -0.1},
+        {"seconds_per_sent_token": -1},
+        {"seconds_per_rehydrated_token": float("nan")},
+        {"cache_miss_rate": 1.5},
+        {"cache_miss_rate": -0.1},
+    ],
+)
+def test_bad_request_costs_are_refused(options):
+    """A negative (or NaN) cost, or a miss rate outside 0..1, is a configuration error
+    naming the field."""
+    with pytest.raises(ConfigurationError, match=next(iter(options))):
+        LatencyModel(**options)

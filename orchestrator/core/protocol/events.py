@@ -684,7 +684,8 @@ class ErrorEvent(ServerEvent, tag="error", frozen=True, kw_only=True):
     error: ErrorDetail | str | UnsetType = UNSET
     status: int | UnsetType | None = UNSET
     sequence_number: int | UnsetType = UNSET
-    # Tolerated legacy / gateway shapes, never sent by the embedded server.
+    # Tolerated legacy / gateway shapes; the flat one is also the HTTP API's SSE shape, which
+    # the embedded server sends over HTTP (docs/protocol.md#over-http).
     code: str | UnsetType | None = UNSET
     message: str | UnsetType = UNSET
     param: str | UnsetType | None = UNSET

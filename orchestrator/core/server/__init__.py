@@ -1,4 +1,5 @@
-"""The embedded Responses-WebSocket server: the same wire protocol, with local models.
+"""The embedded Responses server: the same wire protocol, with local models, in WebSocket
+mode and over plain HTTP (``POST /v1/responses``, SSE or JSON) on one port.
 
 It is a product feature, not a test mock: offline demos, CI, benchmarks and fault injection
 all run against it, and the official SDK cannot tell it from the service.

@@ -30,11 +30,12 @@ import contextlib
 import hashlib
 import hmac
 import json
+import random
 import time
 from collections import Counter
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 from urllib.parse import urlsplit
 
 import attrs
@@ -49,9 +50,11 @@ from orchestrator.core.protocol.events import (
     ClientEvent,
     ErrorDetail,
     ErrorEvent,
+    FunctionCallItem,
     InputTokensDetails,
     Item,
     MessageItem,
+    ReasoningItem,
     ResponseCompleted,
     ResponseCreate,
     ResponseFailed,
@@ -138,7 +141,8 @@ class ServerStatistics:
     what open connections hold now (summed over them); the ``peak_*`` fields are the most
     one connection held at any time. ``connections_*`` count WebSockets; ``http_connections``
     the connections that spoke plain HTTP, ``http_requests`` the requests they carried (any
-    method and path) and ``http_streams`` the answers streamed as server-sent events.
+    method and path) and ``http_streams`` the answers streamed as server-sent events;
+    ``prompt_cache_misses`` the HTTP requests the latency model's ``cache_miss_rate`` drew.
     """
 
     connections_opened: int
@@ -171,6 +175,7 @@ class ServerStatistics:
     http_connections: int
     http_requests: int
     http_streams: int
+    prompt_cache_misses: int
 
 
 @attrs.define
@@ -200,6 +205,7 @@ class _Counters:
     http_connections: int = 0
     http_requests: int = 0
     http_streams: int = 0
+    prompt_cache_misses: int = 0
     # Peaks of connections already closed (open ones are read at snapshot time).
     peak_buffered_bytes: int = 0
     peak_request_bytes: int = 0
@@ -276,10 +282,13 @@ class LocalServer:
     _policies: dict[str, Policy] = attrs.field(factory=dict, init=False)
     _connection_count: int = attrs.field(default=0, init=False)
     _connections: set[_Connection] = attrs.field(factory=set, init=False)
+    # Draws the HTTP prompt-cache misses: seeded, so a benchmark's runs repeat.
+    _cache_rng: random.Random = attrs.field(init=False)
     received: list[tuple[int, ClientEvent | UnknownEvent]] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._store = ResponseStore(self.config.store_capacity)
+        self._cache_rng = random.Random(self.config.seed or 0)
         for fault in self.config.faults:
             self._faults.add(fault)
         if self.config.script is not None:
@@ -321,6 +330,14 @@ class LocalServer:
         """Forget every connection's cached responses (the store is kept)."""
         for connection in self._connections:
             connection.drop_cache()
+
+    def _prompt_cache_missed(self) -> bool:
+        """Whether this HTTP request misses the prompt cache (``cache_miss_rate``)."""
+        rate = self.config.latency.cache_miss_rate
+        if rate and self._cache_rng.random() < rate:
+            self._counters.prompt_cache_misses += 1
+            return True
+        return False
 
     def policy_for(self, model: str) -> Policy:
         policy = self._policies.get(model)
@@ -747,6 +764,20 @@ class _ResponseStream:
         self.connection.send(self.writer.take(draft))
 
 
+@attrs.frozen
+class _InputTokens:
+    """The input of a response, in tokens (docs/protocol.md#determinism-and-latency).
+
+    ``total``: all of it; ``cached``: served from a cache; ``sent``: carried by the request
+    (instructions, tools, ``input``); ``rehydrated``: the chain loaded from the store.
+    """
+
+    total: int
+    cached: int
+    sent: int
+    rehydrated: int
+
+
 @attrs.define(eq=False, kw_only=True)
 class _Connection:
     """What a connection of either kind does with a create: check it against what the
@@ -768,6 +799,8 @@ class _Connection:
     queued_requests: int = 0
     _ids: IdFactory = attrs.field(init=False)
     _active_responses: dict[str, _ResponseStream] = attrs.field(factory=dict)
+    #: Plain HTTP (the latency model charges its request costs), not a WebSocket.
+    http: ClassVar[bool] = False
 
     def __attrs_post_init__(self) -> None:
         self._ids = IdFactory(self.server.config.seed, self.index)
@@ -929,11 +962,26 @@ class _Connection:
     ) -> None:
         writer = stream.writer
         self.counters.responses_started += 1
+        tokens = self._count_input(create, writer.response.tools, parent, parent_lane, new_input)
+        latency = self.server.config.latency
+        timed = not latency.is_zero
+        if timed:
+            # The API's work on the request, before the response exists.
+            delay = latency.request_seconds(
+                http=self.http, sent_tokens=tokens.sent, rehydrated_tokens=tokens.rehydrated
+            )
+            if delay:
+                await trio.sleep(delay)
         for draft in writer.opening():
             await stream.emit(draft)
-        total_input, cached = await self._read_input(
-            create, writer.response.tools, parent, parent_lane, new_input
-        )
+        total_input, cached = tokens.total, tokens.cached
+        if timed:
+            # The model reads what is not cached, then thinks until its first token.
+            delay = latency.input_seconds(
+                total_input - cached, generate=create.generate is not False
+            )
+            if delay:
+                await trio.sleep(delay)
         reply = ModelReply()
         context: tuple[Item, ...] | None = None
         if create.generate is not False:
@@ -981,31 +1029,40 @@ class _Connection:
         if self.server._faults:
             await self.before_event(stream, ended=True)
 
-    async def _read_input(
+    def _count_input(
         self,
         create: ResponseCreate,
         tools_raw: msgspec.Raw,
         parent: CachedResponse | None,
         parent_lane: _Slot | None,
         new_input: list[Item],
-    ) -> tuple[int, int]:
-        """Count the input tokens and take the latency model's time to read the uncached
-        ones (and to the first token); returns the input tokens and the cached ones."""
-        latency = self.server.config.latency
+    ) -> _InputTokens:
+        """The input tokens of a response: all of them, the cached ones, the ones its
+        request carries and the ones of a chain loaded from the store."""
         instructions = create.instructions if isinstance(create.instructions, str) else ""
         tools_bytes = len(tools_raw) if isinstance(create.tools, list) and create.tools else 0
         prefix_tokens = count_tokens(instructions) + -(-tools_bytes // 4)
         input_tokens = sum(count_tokens(item_text(item)) for item in new_input)
         parent_tokens = parent.context_tokens if parent is not None else 0
-        cached = parent_tokens + prefix_tokens if parent_lane is not None else 0
-        total_input = parent_tokens + prefix_tokens + input_tokens
-        if not latency.is_zero:
-            delay = (total_input - cached) * latency.seconds_per_input_token
-            if create.generate is not False:
-                delay += latency.time_to_first_token
-            if delay:
-                await trio.sleep(delay)
-        return total_input, cached
+        return _InputTokens(
+            total=parent_tokens + prefix_tokens + input_tokens,
+            cached=self._cached_tokens(parent, parent_lane, prefix_tokens, new_input),
+            sent=prefix_tokens + input_tokens,
+            rehydrated=parent_tokens if parent_lane is None else 0,
+        )
+
+    def _cached_tokens(
+        self,
+        parent: CachedResponse | None,
+        parent_lane: _Slot | None,
+        prefix_tokens: int,
+        new_input: list[Item],
+    ) -> int:
+        """The input tokens served from a cache. On a WebSocket: the chain and the prefix
+        (instructions, tools) when the parent came from the connection-local cache."""
+        if parent is None or parent_lane is None:
+            return 0
+        return parent.context_tokens + prefix_tokens
 
     def _respond(
         self, create: ResponseCreate, context: tuple[Item, ...]
@@ -1396,6 +1453,7 @@ class _HttpConnection(_Connection):
     """
 
     transport: ServerHttp
+    http: ClassVar[bool] = True
     _posts: int = 0
     _exchange: _Exchange = attrs.field(factory=lambda: _Exchange(stream=False))
     _client_gone: bool = False
@@ -1615,6 +1673,8 @@ class _HttpConnection(_Connection):
             transport.open_stream(_SSE_HEADERS)
             exchange.opened = True
             counters.http_streams += 1
+        if isinstance(event, ErrorEvent):
+            event = _sse_error(event)
         payload = encode(event)
         counters.events_sent += 1
         counters.bytes_sent += len(payload)
@@ -1683,6 +1743,30 @@ class _HttpConnection(_Connection):
         # No connection-local cache over HTTP: the store or nothing.
         return self.server._store.get(response_id), None
 
+    def _cached_tokens(
+        self,
+        parent: CachedResponse | None,
+        parent_lane: _Slot | None,
+        prefix_tokens: int,
+        new_input: list[Item],
+    ) -> int:
+        """Over HTTP, what the prompt cache holds, unless this request misses it: for a
+        continuation by id, the chain and the prefix; for a replayed conversation, the
+        prefix and the conversation up to the model's last output item (what the previous
+        request and its answer put in the cache). Only what follows is new."""
+        if parent is not None:
+            cacheable = parent.context_tokens + prefix_tokens
+        else:
+            last = -1
+            for position, item in enumerate(new_input):
+                if _made_by_the_model(item):
+                    last = position
+            if last < 0:
+                return 0  # a first request: nothing of it was seen before
+            replayed = sum(count_tokens(item_text(item)) for item in new_input[: last + 1])
+            cacheable = prefix_tokens + replayed
+        return 0 if self.server._prompt_cache_missed() else cacheable
+
     async def _fire(self, fault: Fault, stream: _ResponseStream) -> None:
         self.counters.faults_fired += 1
         self.log.debug("fault {} on response {}", fault.kind, stream.index)
@@ -1727,6 +1811,27 @@ class _HttpConnection(_Connection):
                 self.counters.http_streams += 1
             transport.send_data(data)
         # drop_cache and expire concern a WebSocket's cache and age: nothing to do here.
+
+
+def _sse_error(event: ErrorEvent) -> ErrorEvent:
+    """An ``error`` event in the HTTP API's SSE shape: ``code``, ``message`` and ``param`` at
+    the top level, no ``status`` (the answer's status is 200 already; docs/protocol.md#over-http).
+    """
+    detail = event.detail()
+    return ErrorEvent(
+        code=detail.code if isinstance(detail.code, str) else None,
+        message=detail.message,
+        param=detail.param if isinstance(detail.param, str) else None,
+        sequence_number=event.sequence_number,
+    )
+
+
+def _made_by_the_model(item: Item) -> bool:
+    """Whether ``item`` is output of the model replayed as input (a call, reasoning, an
+    assistant message)."""
+    if isinstance(item, FunctionCallItem | ReasoningItem):
+        return True
+    return isinstance(item, MessageItem) and item.role == "assistant"
 
 
 def _event_type(event: ServerEvent) -> str:

@@ -91,30 +91,91 @@ class Fault:
 class LatencyModel:
     """How long the local model "thinks", so benchmarks show a real server's cost structure.
 
+    Every cost is zero by default (docs/protocol.md#determinism-and-latency). A response
+    first pays for its request (before ``response.created``): the fixed API work, parsing
+    the tokens the request carries and loading the chain it continues from the store. Then,
+    after ``response.in_progress``, the model reads the input it has not cached and thinks
+    until the first token; the deltas follow at ``tokens_per_second``.
+
     Args:
-        time_to_first_token: seconds between ``response.in_progress`` and the first output.
+        time_to_first_token: seconds between reading the input and the first output.
         tokens_per_second: pace of output deltas; ``None`` sends them as fast as possible.
-        seconds_per_input_token: processing cost of every input token *not* served from the
-            connection cache (what a warm-up or a cache hit saves).
+        seconds_per_input_token: processing cost of every input token not served from a
+            cache: the connection-local cache of a WebSocket (what a warm-up or a
+            continuation saves), or over HTTP the prompt cache, unless it missed.
+        http_request_seconds: fixed API work per HTTP request (auth, routing, loading
+            state).
+        websocket_request_seconds: fixed work per ``response.create`` on a WebSocket.
+        seconds_per_sent_token: parsing and tokenising each input token the request
+            carries (instructions, tools and ``input``), on both transports: a WebSocket
+            continuation carries only its new items, an HTTP request without
+            ``previous_response_id`` the whole conversation.
+        seconds_per_rehydrated_token: loading a stored chain by ``previous_response_id``
+            when it is not in a connection-local cache, per token of the chain (HTTP
+            always; a WebSocket only when it continues from the store).
+        cache_miss_rate: the probability (0 to 1) that an HTTP request's prompt prefix
+            misses the prompt cache, so every context token pays
+            ``seconds_per_input_token``, not only the new ones. Drawn from a generator
+            seeded by ``ServerConfig.seed`` (or 0), so runs repeat. A WebSocket
+            continuation is served from the connection's memory and never misses.
     """
 
     time_to_first_token: float = 0.0
     tokens_per_second: float | None = None
     seconds_per_input_token: float = 0.0
+    http_request_seconds: float = 0.0
+    websocket_request_seconds: float = 0.0
+    seconds_per_sent_token: float = 0.0
+    seconds_per_rehydrated_token: float = 0.0
+    cache_miss_rate: float = 0.0
 
     def __attrs_post_init__(self) -> None:
-        if self.time_to_first_token < 0 or self.seconds_per_input_token < 0:
-            raise ConfigurationError("latency model values must be >= 0")
-        if self.tokens_per_second is not None and self.tokens_per_second <= 0:
+        costs = {
+            "time_to_first_token": self.time_to_first_token,
+            "seconds_per_input_token": self.seconds_per_input_token,
+            "http_request_seconds": self.http_request_seconds,
+            "websocket_request_seconds": self.websocket_request_seconds,
+            "seconds_per_sent_token": self.seconds_per_sent_token,
+            "seconds_per_rehydrated_token": self.seconds_per_rehydrated_token,
+        }
+        for name, value in costs.items():
+            if not value >= 0:
+                raise ConfigurationError(f"latency model: {name} must be >= 0, got {value}")
+        if self.tokens_per_second is not None and not self.tokens_per_second > 0:
             raise ConfigurationError("tokens_per_second must be > 0 (or None for no pacing)")
+        if not 0 <= self.cache_miss_rate <= 1:
+            raise ConfigurationError(
+                f"latency model: cache_miss_rate must be in 0..1, got {self.cache_miss_rate}"
+            )
 
     @property
     def is_zero(self) -> bool:
+        """No cost at all: nothing waits (cache misses still change the usage reported)."""
         return (
             self.time_to_first_token == 0
             and self.tokens_per_second is None
             and self.seconds_per_input_token == 0
+            and self.http_request_seconds == 0
+            and self.websocket_request_seconds == 0
+            and self.seconds_per_sent_token == 0
+            and self.seconds_per_rehydrated_token == 0
         )
+
+    def request_seconds(self, *, http: bool, sent_tokens: int, rehydrated_tokens: int) -> float:
+        """The API work before a response starts: the request's fixed cost, parsing the
+        ``sent_tokens`` it carries, loading ``rehydrated_tokens`` of a stored chain."""
+        fixed = self.http_request_seconds if http else self.websocket_request_seconds
+        return (
+            fixed
+            + sent_tokens * self.seconds_per_sent_token
+            + rehydrated_tokens * self.seconds_per_rehydrated_token
+        )
+
+    def input_seconds(self, uncached_tokens: int, *, generate: bool) -> float:
+        """Reading the ``uncached_tokens`` of the input, then the time to the first token
+        (none for a warm-up, which generates nothing)."""
+        delay = uncached_tokens * self.seconds_per_input_token
+        return delay + self.time_to_first_token if generate else delay
 
 
 @attrs.frozen
