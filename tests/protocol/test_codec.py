@@ -25,6 +25,7 @@ from msgspec import UNSET, Raw, Struct
 from orchestrator.core.protocol import codec
 from orchestrator.core.protocol.codec import (
     decode_client_event,
+    decode_create_body,
     decode_item,
     decode_items,
     decode_server_event,
@@ -74,6 +75,7 @@ DECODERS: dict[str, tuple[Decoder, Callable[[object], bool]]] = {
     "client": (decode_client_event, lambda v: isinstance(v, ClientEvent | UnknownEvent)),
     "item": (decode_item, _is_item),
     "items": (decode_items, lambda v: isinstance(v, list) and all(_is_item(i) for i in v)),
+    "body": (decode_create_body, lambda v: isinstance(v, ResponseCreate)),
 }
 
 
@@ -156,6 +158,22 @@ def test_strategies_cover_every_event_type() -> None:
 def test_client_event_round_trip(event: ClientEvent) -> None:
     """decode_client_event(encode(e)) == e, unknown input items included."""
     assert event == decode_client_event(encode(event))
+
+
+@settings(max_examples=250)
+@given(s.client_events)
+def test_a_create_posted_over_http_decodes_without_its_type(event: ClientEvent) -> None:
+    """The body of ``POST /v1/responses`` is a create without ``type``
+    (docs/protocol.md#over-http): decode_create_body gives the same create, with or without
+    ``"type": "response.create"``; any other type is rejected naming ``$.type``."""
+    if not isinstance(event, ResponseCreate):
+        return
+    fields = msgspec.json.decode(encode(event))
+    assert "response.create" == fields.pop("type")
+    assert event == decode_create_body(msgspec.json.encode(fields))
+    assert event == decode_create_body(encode(event))
+    with pytest.raises(RemoteProtocolError, match=re.escape("$.type")):
+        decode_create_body(msgspec.json.encode({**fields, "type": "response.steer"}))
 
 
 @settings(max_examples=400)

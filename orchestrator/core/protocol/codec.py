@@ -181,7 +181,7 @@ def decode_client_event(data: str | bytes) -> ClientEvent | UnknownEvent:
     return _convert_slowly(obj, cls, f"{kind!r} event", error)
 
 
-def decode_create_body(data: bytes) -> ResponseCreate:
+def decode_create_body(data: str | bytes) -> ResponseCreate:
     """Decode the body of ``POST /v1/responses``: the create parameters without ``type``
     (docs/protocol.md#over-http). A ``type`` field, if present, must be ``response.create``.
 
