@@ -98,6 +98,9 @@ class Scenario:
     title: str
     added: dict[str, float | None]
     costs: dict[str, float | None]
+    # Rounds run, as a multiple of --rounds: S1's turns take about a millisecond, so its
+    # cells are the cheapest and, relative to their size, the noisiest.
+    repeat: int = 1
 
     def describe(self, which: dict[str, float | None] | None = None) -> str:
         shown = self.costs if which is None else which
@@ -141,12 +144,16 @@ _STEPS: Final[tuple[tuple[str, str, dict[str, float | None]], ...]] = (
 )
 
 
+S1_REPEAT: Final = 3
+
+
 def _build_scenarios() -> dict[str, Scenario]:
     scenarios: dict[str, Scenario] = {}
     costs = dict(ZERO_COSTS)
     for name, title, added in _STEPS:
         costs = {**costs, **added}
-        scenarios[name] = Scenario(name, title, dict(added), dict(costs))
+        repeat = S1_REPEAT if name == "S1" else 1
+        scenarios[name] = Scenario(name, title, dict(added), dict(costs), repeat)
     return scenarios
 
 
@@ -602,7 +609,9 @@ def measure(
             started = time.perf_counter()
             with scenario_server(scenario, calls, cpu=server_cpu, as_is=as_is) as server:
                 run.recounted |= server["recounted"] == "yes"
-                plan = Plan(server["base_url"], calls, rounds, warmup, SCRIPTED_MODEL)
+                plan = Plan(
+                    server["base_url"], calls, rounds * scenario.repeat, warmup, SCRIPTED_MODEL
+                )
                 records = run_client(plan, server["token"], cpu=client_cpu)
             run.records += [{**r, "scenario": scenario.name} for r in records]
             progress(f"  {len(records)} rollouts in {time.perf_counter() - started:.0f} s")
@@ -714,7 +723,7 @@ def render(run: Run) -> list[str]:
         "`http_full`: HTTP, `store=false`, each POST resends the whole transcript. Each "
         "variant keeps one connection for the whole run (HTTP keep-alive, one WebSocket); "
         f"every round runs each call count's three variants back to back in an order that "
-        f"rotates; {run.rounds} rounds, so {run.rounds} paired rollouts per cell. Saving = "
+        f"rotates; {_rounds(run)}. Saving = "
         "1 - WS/HTTP on the median rollout wall time; 'paired' is 1 - the median of the "
         "per-round ratios WS/HTTP; p is the Mann-Whitney test of the WS walls against the "
         "HTTP ones.",
@@ -746,6 +755,17 @@ def render(run: Run) -> list[str]:
         lines += _attribution(run, found)
     lines += _cpu(run, found)
     return lines
+
+
+def _rounds(run: Run) -> str:
+    repeated = [s for s in run.scenarios if s.repeat > 1]
+    text = f"{run.rounds} rounds, so {run.rounds} paired rollouts per cell"
+    for scenario in repeated:
+        text += (
+            f" ({scenario.name}: {run.rounds * scenario.repeat}, as its turns take about a "
+            "millisecond: its cells are the cheapest and, for their size, the noisiest)"
+        )
+    return text
 
 
 def _summary(run: Run, found: dict[tuple[str, int], Cell]) -> list[str]:

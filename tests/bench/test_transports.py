@@ -16,9 +16,10 @@ if TYPE_CHECKING:
 
 
 def test_a_tiny_run_measures_every_variant_over_its_own_transport() -> None:
-    """One round of 2 and 3 calls in S1 and S2 gives one rollout per variant and cell; each
-    rollout made its calls and answered, HTTP made one request per turn and WebSocket none,
-    and resending the transcript sent more than continuing by id."""
+    """One round of 2 and 3 calls in S1 and S2 (S1 repeats its rounds) gives a rollout per
+    variant, cell and round; each rollout made its calls and answered, HTTP made one request
+    per turn and WebSocket none, and resending the transcript sent more than continuing by
+    id."""
     run = transports.measure(
         scenarios=[transports.SCENARIOS["S1"], transports.SCENARIOS["S2"]],
         calls=[2, 3],
@@ -27,7 +28,7 @@ def test_a_tiny_run_measures_every_variant_over_its_own_transport() -> None:
         command="python -m bench.transports (test)",
         progress=lambda _line: None,
     )
-    assert 2 * 2 * 3 == len(run.records)
+    assert (transports.S1_REPEAT + 1) * 2 * 3 == len(run.records)
     for record in run.records:
         assert record["calls"] == record["calls_made"]
         assert record["calls"] + 1 == record["turns"]
