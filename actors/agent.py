@@ -6,13 +6,14 @@ code restarts it with its conversation intact. Socket expiry and loss never reac
 the connection rotates and recovers by itself, and only when it gives up (bounded attempts)
 does the failure crash the incarnation for the supervisor to restart.
 
-A message is a :class:`Task`; the reply is a :class:`TaskResult` with the agent's final text.
+A message is an :class:`Assignment`; the reply is an :class:`AssignmentResult` with the agent's
+final text.
 
 An agent with a declared output (``output``) must answer JSON of that type: its final text is
 decoded and validated; an answer that does not match gets one repair turn, a user message
 carrying the validation error, and a second mismatch ends the run with
 :class:`~orchestrator.errors.OutputInvalid`. The reply then carries the JSON text (what a
-planner or a later step reads) and the decoded value (``TaskResult.output``).
+planner or a later step reads) and the decoded value (``AssignmentResult.output``).
 """
 
 from __future__ import annotations
@@ -59,7 +60,14 @@ from orchestrator.errors import (
 if TYPE_CHECKING:
     from orchestrator.core.protocol.turn import Response
 
-__all__ = ["OUTPUT_REPAIRS", "AgentActor", "CallOutcome", "OutputCheck", "Task", "TaskResult"]
+__all__ = [
+    "OUTPUT_REPAIRS",
+    "AgentActor",
+    "Assignment",
+    "AssignmentResult",
+    "CallOutcome",
+    "OutputCheck",
+]
 
 _NO_SCOPE: Final = contextlib.nullcontext()
 ENDED_OUTPUT: Final = '{"status":"ended","note":"the previous task ended before this output"}'
@@ -88,8 +96,9 @@ def repair_message(output: str, error: str, *, cut: bool = False) -> str:
     )
 
 
-class Task(msgspec.Struct, frozen=True, kw_only=True):
-    """Work for an agent: the text becomes the next user message.
+class Assignment(msgspec.Struct, frozen=True, kw_only=True):
+    """Work for an agent: the text becomes the next user message. (Not a "task": in trio a
+    task is a running coroutine.)
 
     ``id`` names the task the same way in every process (``goal``, ``step:fetch``,
     ``planner/3/call_x``): a task delivered again under the same id is answered from the
@@ -103,8 +112,8 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     id: str | None = None
 
 
-class TaskResult(msgspec.Struct, frozen=True, kw_only=True):
-    """An agent's answer to a task. With a declared output, ``text`` is the answer's JSON and
+class AssignmentResult(msgspec.Struct, frozen=True, kw_only=True):
+    """An agent's answer to an assignment. With a declared output, ``text`` is the answer's JSON and
     ``output`` the decoded value; otherwise ``output`` is None."""
 
     agent: str
@@ -242,8 +251,10 @@ class AgentActor(Actor):
     # -- messages -----------------------------------------------------------------------------
 
     async def handle(self, message: Any) -> Any:
-        if not isinstance(message, Task):
-            raise TypeError(f"agent {self.name!r} expects a Task, got {type(message).__name__}")
+        if not isinstance(message, Assignment):
+            raise TypeError(
+                f"agent {self.name!r} expects an Assignment, got {type(message).__name__}"
+            )
         began = trio.current_time()
         if self.events is not None and self.events.active:
             self.events.emit(
@@ -284,7 +295,7 @@ class AgentActor(Actor):
                 self._state("idle")
         return None  # stop() cancelled the task and has answered its asker
 
-    async def perform(self, task: Task) -> TaskResult:
+    async def perform(self, task: Assignment) -> AssignmentResult:
         """Run the tool loop for ``task`` until the model answers without calling a tool.
 
         A task delivered again (same ``id``) is answered from memory when it was answered,
@@ -296,27 +307,13 @@ class AgentActor(Actor):
         self._repairs = 0
         if task.id is not None and task.id in memory.replies:
             text = memory.replies[task.id]
-            return TaskResult(
+            return AssignmentResult(
                 agent=self.name, text=text, turns=0, step=task.step, output=self._value(text)
             )
-        # A forcing tool_choice applies to the first turn of the task (Session.follow_up).
-        self.session.follow_up = False
-        if task.id is not None and memory.continues(task.id):
-            self.session.follow_up = True
-            outcome = await self.handle_calls(
-                [
-                    FunctionCallItem(call_id=c.call_id, name=c.name, arguments=c.arguments)
-                    for c in memory.open_calls
-                ]
-            )
-            if outcome.answer is not None:
-                return self._answered(task, outcome.answer, turns)
-            items: list[Item] = list(outcome.outputs)
-        elif self.fresh_context:
-            self.session.reset()
-            items = [MessageItem.user(task.text)]
-        else:
-            items = [*self._close_pending_calls(), MessageItem.user(task.text)]
+        opening = await self._opening(task)
+        if isinstance(opening, AssignmentResult):
+            return opening
+        items = opening
         while True:
             response = await self.turn(items, message=task.id)
             self.session.follow_up = True
@@ -324,20 +321,11 @@ class AgentActor(Actor):
             calls = response.function_calls
             requests = approval_requests(response)
             if not calls and not requests:
-                text = response.text
-                if self.output is None:
-                    self.tasks_done += 1
-                    return TaskResult(agent=self.name, text=text, turns=turns, step=task.step)
-                try:
-                    value, text = self.output.check(text)
-                except ValueError as exc:
-                    cut = _cut_off(response)
-                    items = [MessageItem.user(self.repair(str(exc), text, cut=cut))]
-                    continue
-                self.tasks_done += 1
-                return TaskResult(
-                    agent=self.name, text=text, turns=turns, step=task.step, output=value
-                )
+                answered = self._answer_or_repair(task, response, turns)
+                if isinstance(answered, AssignmentResult):
+                    return answered
+                items = answered
+                continue
             items = []
             if calls:
                 outcome = await self.handle_calls(calls)
@@ -345,6 +333,46 @@ class AgentActor(Actor):
                     return self._answered(task, outcome.answer, turns)
                 items.extend(outcome.outputs)
             items.extend(await self.answer_approvals(requests))
+
+    async def _opening(self, task: Assignment) -> list[Item] | AssignmentResult:
+        """The items of the task's first turn: for a task delivered again that stopped with
+        calls open, their outputs (reused when they completed); else the task's text, after
+        the outputs owed to calls an earlier task left open. An answer if a call gives it."""
+        # A forcing tool_choice applies to the first turn of the task (Session.follow_up).
+        self.session.follow_up = False
+        if task.id is not None and self.memory.continues(task.id):
+            self.session.follow_up = True
+            outcome = await self.handle_calls(
+                [
+                    FunctionCallItem(call_id=c.call_id, name=c.name, arguments=c.arguments)
+                    for c in self.memory.open_calls
+                ]
+            )
+            if outcome.answer is not None:
+                return self._answered(task, outcome.answer, 0)
+            return list(outcome.outputs)
+        if self.fresh_context:
+            self.session.reset()
+            return [MessageItem.user(task.text)]
+        return [*self._close_pending_calls(), MessageItem.user(task.text)]
+
+    def _answer_or_repair(
+        self, task: Assignment, response: Response, turns: int
+    ) -> AssignmentResult | list[Item]:
+        """A response without calls: the task's answer, or (not of the declared output) the
+        items of a repair turn."""
+        text = response.text
+        if self.output is None:
+            self.tasks_done += 1
+            return AssignmentResult(agent=self.name, text=text, turns=turns, step=task.step)
+        try:
+            value, text = self.output.check(text)
+        except ValueError as exc:
+            return [MessageItem.user(self.repair(str(exc), text, cut=_cut_off(response)))]
+        self.tasks_done += 1
+        return AssignmentResult(
+            agent=self.name, text=text, turns=turns, step=task.step, output=value
+        )
 
     async def answer_approvals(self, requests: Sequence[UnknownItem]) -> list[Item]:
         """``mcp_approval_response`` items for a remote MCP server's approval requests.
@@ -425,11 +453,11 @@ class AgentActor(Actor):
         except ValueError:
             return None  # journaled under another output type: a resume refuses that
 
-    def _answered(self, task: Task, answer: str, turns: int) -> TaskResult:
+    def _answered(self, task: Assignment, answer: str, turns: int) -> AssignmentResult:
         self.tasks_done += 1
         if task.id is not None:
             self.memory.replied(task.id, answer)
-        return TaskResult(
+        return AssignmentResult(
             agent=self.name, text=answer, turns=turns, step=task.step, output=self._value(answer)
         )
 
@@ -459,13 +487,9 @@ class AgentActor(Actor):
                 # being cancelled) produced nothing: the usage counts finished turns only.
                 if budget is not None:
                     budget.cancel_turn(self.name)
-                if isinstance(exc, ServerError) and exc.code == "model_not_found":
-                    # The plan's mistake, not a crash to restart: it ends the run (handle()).
-                    raise _model_not_found(self.name, self.session.model) from exc
-                if isinstance(exc, ServerError) and exc.code == "unsupported_tool":
-                    raise ConfigurationError(
-                        f"agent {self.name!r}: {exc}", code="tool.unsupported"
-                    ) from exc
+                translated = self._plan_error(exc)
+                if translated is not None:
+                    raise translated from exc
                 raise
             finally:
                 self.model_time += trio.current_time() - began
@@ -476,6 +500,24 @@ class AgentActor(Actor):
             raise budget.wall_clock_reached(self.name, limits.wall_clock, limits.wall_clock)
         crash_point("response_completed")
         self.model_turns += 1
+        self._record_turn(response, items, message)
+        usage = response.usage
+        if budget is not None and usage is not None:
+            budget.after_turn(self.name, usage.input_tokens, usage.output_tokens)
+        return response
+
+    def _plan_error(self, exc: BaseException) -> OrchestratorError | None:
+        """The plan's mistake a failed turn reveals, as the error that ends the run (not a
+        crash to restart: see ``handle()``); None for anything else."""
+        if isinstance(exc, ServerError) and exc.code == "model_not_found":
+            return _model_not_found(self.name, self.session.model)
+        if isinstance(exc, ServerError) and exc.code == "unsupported_tool":
+            return ConfigurationError(f"agent {self.name!r}: {exc}", code="tool.unsupported")
+        return None
+
+    def _record_turn(self, response: Response, items: Sequence[Item], message: str | None) -> None:
+        """The completed turn into memory (and the journal), with its reply when it is the
+        agent's answer (of the declared output, if any)."""
         calls = response.function_calls
         usage = response.usage
         reply = None if calls or approval_requests(response) else response.text
@@ -502,9 +544,6 @@ class AgentActor(Actor):
             side_effects={call.name: self.side_effect_of(call.name) for call in calls},
             reply=reply,
         )
-        if budget is not None and usage is not None:
-            budget.after_turn(self.name, usage.input_tokens, usage.output_tokens)
-        return response
 
     def side_effect_of(self, tool: str) -> str:
         """The side-effect class of one of this agent's tools (``read_only`` if unknown)."""

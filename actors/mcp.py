@@ -206,52 +206,73 @@ class McpServerConnection:
             if self.config.command is not None:
                 self._stderr = files.enter_context(tempfile.TemporaryFile("w+"))
             while True:
-                self._lost = trio.Event()
-                why = ""
-                # The deadline covers the start (handshake and listing) only.
-                with trio.CancelScope(deadline=trio.current_time() + self.startup_timeout) as scope:
-                    try:
-                        async with self._open() as client:
-                            listed = await self._list(client)
-                            scope.deadline = math.inf
-                            if not started:
-                                self.tools = listed
-                            self._client = client
-                            self._connected.set()
-                            log.info("MCP server {} up ({} tools)", self.name, len(listed))
-                            if not started:
-                                started = True
-                                task_status.started()
-                            wait = BACKOFF[0]
-                            try:
-                                await self._lost.wait()
-                            finally:
-                                self._drop(client)
-                        why = self._exit_reason()
-                    except Exception as exc:
-                        why = _describe(exc)
-                if scope.cancelled_caught:
-                    why = f"did not answer within {self.startup_timeout:g} s"
-                why += self._stderr_tail()
+                came_up, why = await self._incarnation(log, task_status, first=not started)
+                if came_up:
+                    started, wait = True, BACKOFF[0]
                 if not started:
                     raise McpServerFailed(
                         self.name, f"MCP server {self.name!r} did not start: {why}"
                     )
-                now = trio.current_time()
-                failures.append(now)
-                while failures and failures[0] < now - self.restart_period:
-                    failures.popleft()
-                if len(failures) > self.restart_intensity:
-                    raise McpServerFailed(
-                        self.name,
-                        f"MCP server {self.name!r} failed {len(failures)} times within "
-                        f"{self.restart_period:g} s (restart limit {self.restart_intensity}); "
-                        f"last: {why}",
-                    )
+                self._count_failure(failures, why)
                 log.warning("MCP server {} failed ({}); restarting in {:g} s", self.name, why, wait)
                 await trio.sleep(wait)
                 wait = min(wait * 2, BACKOFF[1])
                 self.restarts += 1
+
+    async def _incarnation(
+        self, log: Any, task_status: trio.TaskStatus[None], *, first: bool
+    ) -> tuple[bool, str]:
+        """Start the server and list its tools (the first time: they are the tools; and
+        report started), then serve until it is lost.
+
+        Returns:
+            Whether it came up, and why it ended (with the tail of its stderr).
+        """
+        self._lost = trio.Event()
+        came_up = False
+        why = ""
+        # The deadline covers the start (handshake and listing) only.
+        with trio.CancelScope(deadline=trio.current_time() + self.startup_timeout) as scope:
+            try:
+                async with self._open() as client:
+                    listed = await self._list(client)
+                    scope.deadline = math.inf
+                    if first:
+                        self.tools = listed
+                    self._client = client
+                    self._connected.set()
+                    log.info("MCP server {} up ({} tools)", self.name, len(listed))
+                    came_up = True
+                    if first:
+                        task_status.started()
+                    try:
+                        await self._lost.wait()
+                    finally:
+                        self._drop(client)
+                why = self._exit_reason()
+            except Exception as exc:
+                why = _describe(exc)
+        if scope.cancelled_caught:
+            why = f"did not answer within {self.startup_timeout:g} s"
+        return came_up, why + self._stderr_tail()
+
+    def _count_failure(self, failures: collections.deque[float], why: str) -> None:
+        """Count a failure in the restart window.
+
+        Raises:
+            McpServerFailed: more than ``restart_intensity`` failures within the window.
+        """
+        now = trio.current_time()
+        failures.append(now)
+        while failures and failures[0] < now - self.restart_period:
+            failures.popleft()
+        if len(failures) > self.restart_intensity:
+            raise McpServerFailed(
+                self.name,
+                f"MCP server {self.name!r} failed {len(failures)} times within "
+                f"{self.restart_period:g} s (restart limit {self.restart_intensity}); "
+                f"last: {why}",
+            )
 
     async def call(self, tool: str, arguments: dict[str, Any]) -> CallToolResult:
         """Call ``tool`` (its name on the server), waiting for the server to be up.

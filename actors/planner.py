@@ -19,7 +19,7 @@ import attrs
 import msgspec
 import trio
 
-from actors.agent import AgentActor, CallOutcome, Task, TaskResult
+from actors.agent import AgentActor, Assignment, AssignmentResult, CallOutcome
 from actors.journal import RUNTIME_CALL, MessageEntry
 from actors.tools import ToolRepairBudgetExceeded
 from orchestrator.core.observe import DelegationFinished, DelegationStarted, capped
@@ -202,22 +202,40 @@ class PlannerActor(AgentActor):
 
     async def handle_calls(self, calls: Sequence[FunctionCallItem]) -> CallOutcome:
         by_tool = self._by_tool
-        outputs: dict[str, Item] = {}
-        for call in calls:
-            entry = self.memory.call(call.call_id)
-            if call.name in by_tool and entry is not None and entry.output is not None:
-                # Answered before a crash or a restart: never delegated twice.
-                outputs[call.call_id] = FunctionCallOutputItem(
-                    call_id=call.call_id, output=entry.output
-                )
+        outputs = self._answered_before(calls)
         delegated = [c for c in calls if c.name in by_tool and c.call_id not in outputs]
         finishing = [call for call in calls if call.name == FINISH]
         own = [call for call in calls if call.name not in by_tool and call.name != FINISH]
         self.tool_calls += len(calls)
+        await self._run_calls(delegated, own, outputs)
+        answer = self._finish(finishing, outputs)
+        ordered = tuple(outputs[call.call_id] for call in calls)
+        return CallOutcome(ordered, answer)
+
+    def _answered_before(self, calls: Sequence[FunctionCallItem]) -> dict[str, Item]:
+        """The outputs of delegations answered before a crash or a restart: never
+        delegated twice."""
+        outputs: dict[str, Item] = {}
+        for call in calls:
+            entry = self.memory.call(call.call_id)
+            if call.name in self._by_tool and entry is not None and entry.output is not None:
+                outputs[call.call_id] = FunctionCallOutputItem(
+                    call_id=call.call_id, output=entry.output
+                )
+        return outputs
+
+    async def _run_calls(
+        self,
+        delegated: list[FunctionCallItem],
+        own: list[FunctionCallItem],
+        outputs: dict[str, Item],
+    ) -> None:
+        """The delegations, in parallel, beside the planner's own tools; their outputs into
+        ``outputs``."""
+        by_tool = self._by_tool
         pending = {call.call_id: by_tool[call.name].name for call in delegated}
         if pending:
             self._state("waiting", ", ".join(pending.values()))
-
         own_error: list[ToolRepairBudgetExceeded] = []
 
         async def delegate(call: FunctionCallItem) -> None:
@@ -245,6 +263,10 @@ class PlannerActor(AgentActor):
                 nursery.start_soon(run_own)
         if own_error:
             raise own_error[0]
+
+    def _finish(self, finishing: list[FunctionCallItem], outputs: dict[str, Item]) -> str | None:
+        """The answer of the ``finish`` calls (the last valid one), each call's output into
+        ``outputs``: done, or the error the model repairs."""
         answer: str | None = None
         for call in finishing:
             try:
@@ -261,8 +283,7 @@ class PlannerActor(AgentActor):
             else:
                 answer = text
                 outputs[call.call_id] = self._delegated(call, "done", None)
-        ordered = tuple(outputs[call.call_id] for call in calls)
-        return CallOutcome(ordered, answer)
+        return answer
 
     def _finish_answer(self, call: FunctionCallItem) -> str:
         """The answer of a ``finish`` call: its text, or with a declared output its JSON.
@@ -294,7 +315,7 @@ class PlannerActor(AgentActor):
                 reply = await self.router.ask(
                     self.name,
                     worker.name,
-                    Task(text=task, sender=self.name, id=message),
+                    Assignment(text=task, sender=self.name, id=message),
                     timeout=self.delegation_timeout,
                 )
             except ActorDead as exc:
@@ -312,7 +333,7 @@ class PlannerActor(AgentActor):
                 error = f"{type(exc).__name__}: {exc}"
                 break
             self._emit_delegation(call, worker, began)
-            text = reply.text if isinstance(reply, TaskResult) else str(reply)
+            text = reply.text if isinstance(reply, AssignmentResult) else str(reply)
             return self._delegated(call, text, None)
         self._emit_delegation(call, worker, began, error=error)
         self.failures.append(DelegationFailure(worker.name, message, task[:200], error))

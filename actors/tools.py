@@ -708,6 +708,31 @@ def _schema_hook(annotation: Any) -> dict[str, Any]:
 def _build_signature(
     function: Callable[..., Any], tool_name: str, docs: Mapping[str, str]
 ) -> _Signature:
+    signature, hints = _read_signature(function, tool_name)
+    parameters = _Parameters()
+    for parameter in signature.parameters.values():
+        parameters.add(parameter, hints, tool_name, docs)
+    struct_name = f"{tool_name}_arguments"
+    arguments_type, decoder, components = _arguments_struct(
+        struct_name, parameters.fields, tool_name
+    )
+    return _Signature(
+        arguments_type=arguments_type,
+        decoder=decoder,
+        positional=tuple(parameters.positional),
+        keyword=tuple(parameters.keyword),
+        context=tuple(parameters.context),
+        paths=tuple(parameters.paths),
+        schema=_finish_schema(struct_name, components),
+        is_async=_is_async(function),
+    )
+
+
+def _read_signature(
+    function: Callable[..., Any], tool_name: str
+) -> tuple[inspect.Signature, dict[str, Any]]:
+    """The function's signature and its resolved type hints (of ``func`` for a partial, of
+    ``__call__`` for a callable object)."""
     if not callable(function):
         raise ToolDefinitionError(f"{function!r} is not callable", tool=tool_name)
     hints_source: Any = function
@@ -723,13 +748,27 @@ def _build_signature(
             f"cannot read the signature of tool {tool_name!r}: {type(exc).__name__}: {exc}",
             tool=tool_name,
         ) from exc
+    return signature, hints
 
-    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
-    positional: list[str] = []
-    keyword: list[str] = []
-    context: list[str] = []
-    paths: list[str] = []
-    for parameter in signature.parameters.values():
+
+@attrs.define
+class _Parameters:
+    """A tool's parameters sorted out: the model's (``fields``, each passed positionally or
+    by keyword), the ``ToolContext`` ones, and those that are paths."""
+
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = attrs.field(factory=list)
+    positional: list[str] = attrs.field(factory=list)
+    keyword: list[str] = attrs.field(factory=list)
+    context: list[str] = attrs.field(factory=list)
+    paths: list[str] = attrs.field(factory=list)
+
+    def add(
+        self,
+        parameter: inspect.Parameter,
+        hints: Mapping[str, Any],
+        tool_name: str,
+        docs: Mapping[str, str],
+    ) -> None:
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             raise ToolDefinitionError(
                 f"tool {tool_name!r}: *args and **kwargs cannot be described to the model",
@@ -746,20 +785,28 @@ def _build_signature(
                 suggestion=f"annotate it, e.g. `{parameter.name}: str`; {_TYPES_HINT}",
             )
         if annotation is ToolContext:
-            context.append(parameter.name)
-            continue
+            self.context.append(parameter.name)
+            return
         if _is_path(annotation):
-            paths.append(parameter.name)
+            self.paths.append(parameter.name)
         if parameter.name in docs:
             annotation = Annotated[annotation, msgspec.Meta(description=docs[parameter.name])]
         if parameter.default is parameter.empty:
-            fields.append((parameter.name, annotation))
+            self.fields.append((parameter.name, annotation))
         else:
-            fields.append((parameter.name, annotation, parameter.default))
+            self.fields.append((parameter.name, annotation, parameter.default))
         kind = parameter.POSITIONAL_ONLY
-        (positional if parameter.kind == kind else keyword).append(parameter.name)
+        (self.positional if parameter.kind == kind else self.keyword).append(parameter.name)
 
-    struct_name = f"{tool_name}_arguments"
+
+def _arguments_struct(
+    struct_name: str, fields: list[tuple[str, Any] | tuple[str, Any, Any]], tool_name: str
+) -> tuple[type[msgspec.Struct], msgspec.json.Decoder[Any], dict[str, Any]]:
+    """The Struct of the arguments, its decoder and its JSON schema components.
+
+    Raises:
+        ToolDefinitionError: a parameter's type has no JSON schema.
+    """
     try:
         arguments_type = msgspec.defstruct(
             struct_name, fields, kw_only=True, forbid_unknown_fields=True, frozen=True
@@ -780,16 +827,7 @@ def _build_signature(
             parameter=name,
             suggestion=_TYPES_HINT,
         ) from exc
-    return _Signature(
-        arguments_type=arguments_type,
-        decoder=decoder,
-        positional=tuple(positional),
-        keyword=tuple(keyword),
-        context=tuple(context),
-        paths=tuple(paths),
-        schema=_finish_schema(struct_name, components),
-        is_async=_is_async(function),
-    )
+    return arguments_type, decoder, components
 
 
 _TYPES_HINT: Final = (

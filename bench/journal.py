@@ -44,7 +44,7 @@ from bench._harness import (
 async def measure(
     variant: str, url: str, token: str, rollouts: int, warmup: int, store_spec: str | None
 ) -> dict[str, Any]:
-    from actors.agent import Task, TaskResult
+    from actors.agent import Assignment, AssignmentResult
     from actors.journal import AgentMemory
     from orchestrator.core.router import EXTERNAL_SENDER
     from orchestrator.jobs.journal import Journal
@@ -53,7 +53,7 @@ async def measure(
 
     team = build_team(url, token, 1)
     worker = team.workers[0]
-    task = Task(text="go", id="goal")
+    task = Assignment(text="go", id="goal")
     owner = Owner.this_process()
     with tempfile.TemporaryDirectory() as folder:
         async with (
@@ -92,7 +92,7 @@ async def measure(
                 assert worker.tools is not None
                 worker.tools.memory = worker.memory
                 result = await team.router.ask(EXTERNAL_SENDER, worker.name, task)
-                assert isinstance(result, TaskResult), result
+                assert isinstance(result, AssignmentResult), result
                 assert result.turns == TURNS_PER_ROLLOUT, result
 
             wall, cpu = await time_rollouts(

@@ -6,7 +6,7 @@
 * ``connection``: our connection layer (``open_connection`` + ``Session`` +
   ``Connection.run_turn``), the caller answering each call.
 * ``runtime``: a full worker (``WorkerActor`` with a ``ToolRegistry`` holding a trivial async
-  tool, under a ``Supervisor``, reached through a ``Router``), given one ``Task`` per rollout.
+  tool, under a ``Supervisor``, reached through a ``Router``), given one ``Assignment`` per rollout.
 
 One process measures one variant (``bench.run_all`` interleaves them)::
 
@@ -257,19 +257,19 @@ async def connection(url: str, token: str, rollouts: int, warmup: int) -> dict[s
 
 
 async def runtime(url: str, token: str, rollouts: int, warmup: int) -> dict[str, Any]:
-    from actors.agent import Task, TaskResult
+    from actors.agent import Assignment, AssignmentResult
     from orchestrator.core.router import EXTERNAL_SENDER
 
     team = build_team(url, token, 1)
     worker = team.workers[0]
-    task = Task(text="go")
+    task = Assignment(text="go")
     async with trio.open_nursery() as nursery:
         await nursery.start(team.supervisor.run)
 
         async def rollout() -> None:
             team.fresh_conversation(worker)
             result = await team.router.ask(EXTERNAL_SENDER, worker.name, task)
-            assert isinstance(result, TaskResult), result
+            assert isinstance(result, AssignmentResult), result
             assert result.turns == TURNS_PER_ROLLOUT, result
 
         wall, cpu = await time_rollouts(

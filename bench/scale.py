@@ -157,7 +157,7 @@ def _summary(
 
 
 async def load(args: argparse.Namespace) -> dict[str, Any]:
-    from actors.agent import Task
+    from actors.agent import Assignment
     from orchestrator.core.router import EXTERNAL_SENDER
 
     agents: int = args.agents
@@ -165,7 +165,7 @@ async def load(args: argparse.Namespace) -> dict[str, Any]:
     fds_before = open_fds()
     rss_before = rss_kib()
     team = build_team(args.url, args.token, agents, worker_class=_timed_worker_class())
-    task = Task(text="go")
+    task = Assignment(text="go")
     stop = trio.Event()
     first_done = [0]
     all_connected = trio.Event()
@@ -355,7 +355,7 @@ def _short(path: str) -> str:
 async def idle(args: argparse.Namespace) -> dict[str, Any]:
     import tracemalloc
 
-    from actors.agent import Task
+    from actors.agent import Assignment
     from orchestrator.core.router import EXTERNAL_SENDER
 
     agents: int = args.agents
@@ -367,7 +367,7 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
     rss_before = rss_kib()
     with _policy(args) as policy:
         team = build_team(args.url, args.token, agents)
-        task = Task(text="go")
+        task = Assignment(text="go")
         limit = trio.Semaphore(args.connect_concurrency)
         started = time.perf_counter()
 

@@ -19,12 +19,16 @@ import signal
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Any, Final, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
+import attrs
 import msgspec
 import trio
 
 from orchestrator.errors import ConfigurationError, InternalError, PlanError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 _E = TypeVar("_E", bound=BaseException)
 
@@ -124,7 +128,14 @@ def _add_serve(commands: Any) -> None:
         action="store_true",
         help="answer a second create on a busy lane with 409 instead of queueing it",
     )
-    limits = parser.add_argument_group("limits per connection")
+    _add_serve_limits(parser.add_argument_group("limits per connection"))
+    _add_serve_behaviour(parser)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more")
+    parser.set_defaults(handler=_serve_command)
+
+
+def _add_serve_limits(limits: Any) -> None:
+    """``serve``'s limits per connection: request bytes, buffers, stalls, handshakes."""
     limits.add_argument(
         "--max-request-bytes",
         type=int,
@@ -163,6 +174,10 @@ def _add_serve(commands: Any) -> None:
         metavar="SECONDS",
         help="drop a client that has not completed its handshake by then (default 10)",
     )
+
+
+def _add_serve_behaviour(parser: Any) -> None:
+    """``serve``'s model pace and injected faults."""
     parser.add_argument("--ttft", type=float, default=0.0, help="time to first token, seconds")
     parser.add_argument(
         "--tokens-per-second", type=float, default=None, help="pace of output deltas"
@@ -218,8 +233,6 @@ def _add_serve(commands: Any) -> None:
         metavar="FILE",
         help="JSON list of faults to inject (fields of orchestrator.core.server.Fault)",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more")
-    parser.set_defaults(handler=_serve_command)
 
 
 def _serve_command(args: argparse.Namespace) -> int:
@@ -421,7 +434,13 @@ def _add_run(commands: Any) -> None:
         "'agent:tool', * wildcards) without asking; repeatable. Other such calls are asked "
         "on the terminal, or denied when the run is not interactive",
     )
-    offline = parser.add_argument_group("embedded server (offline runs)")
+    _add_run_offline(parser.add_argument_group("embedded server (offline runs)"))
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (stderr)")
+    parser.set_defaults(handler=_run_command)
+
+
+def _add_run_offline(offline: Any) -> None:
+    """``run``'s options for the embedded server of an offline run."""
     offline.add_argument(
         "--pace",
         choices=tuple(PACES),
@@ -452,8 +471,6 @@ def _add_run(commands: Any) -> None:
     offline.add_argument(
         "--local-seed", type=int, default=None, metavar="N", help="deterministic ids"
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (stderr)")
-    parser.set_defaults(handler=_run_command)
 
 
 def _read_key_file(path: Path) -> str:
@@ -553,6 +570,38 @@ def _run(args: argparse.Namespace, spared: set[int]) -> int:
     from orchestrator.core.logging import configure
 
     configure("DEBUG" if args.verbose > 1 else "INFO" if args.verbose else "WARNING")
+    plan = _runnable_plan(args)
+    key, offline = _key_and_offline(args, plan)
+    from rich.console import Console
+
+    # The live view is shown on a terminal (not with --json): there, offline runs go at a
+    # hosted model's pace by default, so that there is something to watch.
+    watching = not args.json and Console().is_terminal
+    pace = args.pace or ("realistic" if watching else "instant")
+    server_options = _server_options(args, pace) if offline else None
+    if offline:
+        _announce_offline(args, plan, pace, server_options)
+    from orchestrator.core.tuning import gc_policy, raise_fd_limit
+
+    raise_fd_limit()
+    invoke = _invoker(args, plan, key, offline, server_options)
+    # The process is ours: collect rarely (agents make little cyclic garbage; see tuning).
+    try:
+        with gc_policy():
+            return trio.run(_run_async, args, _where(offline, server_options, args), invoke, spared)
+    except* (PlanError, ConfigurationError) as group:
+        # What run() refuses before starting (a team too big for the fd limit...) is the
+        # user's to fix: error[...] and exit 2 (3 for a key), never "a bug in orchestrator".
+        leaves = _leaves(group)
+        for error in leaves:
+            print(_error_line(error), file=sys.stderr)
+        auth = any(getattr(e, "code", "").startswith("auth.") for e in leaves)
+        raise SystemExit(EXIT_AUTH if auth else EXIT_USAGE) from None
+
+
+def _runnable_plan(args: argparse.Namespace) -> Any:
+    """The plan of ``run``, checked, with a goal and valid ``--approve`` patterns; exits 2
+    otherwise."""
     plan = _check(args.plan)
     if args.goal is None and plan.goal is None and not plan.steps:
         _fail(
@@ -567,6 +616,12 @@ def _run(args: argparse.Namespace, spared: set[int]) -> int:
             print(str(issue), file=sys.stderr)
         if issues:
             raise SystemExit(EXIT_USAGE)
+    return plan
+
+
+def _key_and_offline(args: argparse.Namespace, plan: Any) -> tuple[str | None, bool]:
+    """The key (``--api-key-file``, else ``OPENAI_API_KEY`` unless ``--offline``) and whether
+    the run is offline; a live run's key and endpoint checked now (exit 3 or 2)."""
     key: str | None = None
     if args.api_key_file is not None:
         key = _read_key_file(args.api_key_file)
@@ -591,49 +646,46 @@ def _run(args: argparse.Namespace, spared: set[int]) -> int:
             _fail(exc.code, str(exc), EXIT_AUTH if exc.code.startswith("auth.") else EXIT_USAGE)
         if not key.startswith("sk-"):
             print("warning[auth.format]: key does not start with 'sk-'", file=sys.stderr)
-    from rich.console import Console
+    return key, offline
 
-    # The live view is shown on a terminal (not with --json): there, offline runs go at a
-    # hosted model's pace by default, so that there is something to watch.
-    watching = not args.json and Console().is_terminal
-    pace = args.pace or ("realistic" if watching else "instant")
-    server_options = _server_options(args, pace) if offline else None
-    if offline:
-        paced = ""
-        if server_options is not None and not server_options["latency"].is_zero:
-            paced = f", {pace} pace" if args.local_ttft is None else ", paced"
-            if pace == "realistic" and args.pace is None:
-                paced += " (or --pace instant)"
-        print(f"offline: no OPENAI_API_KEY, running on the embedded server{paced}", file=sys.stderr)
-        if args.local_model is None and args.local_script is None:
-            # (With a chosen local model, model names are only keys of its script.)
-            _model_warnings(plan, offline=True)
-    from orchestrator.core.tuning import gc_policy, raise_fd_limit
 
-    raise_fd_limit()
-    latency = server_options["latency"] if server_options else None
-    local = {
-        "model": args.local_model,
-        "script": str(args.local_script) if args.local_script else None,
-        "ttft": latency.time_to_first_token if latency else 0.0,
-        "tokens_per_second": latency.tokens_per_second if latency else None,
-        "seed": args.local_seed,
-    }
+def _announce_offline(
+    args: argparse.Namespace, plan: Any, pace: str, server_options: dict[str, Any] | None
+) -> None:
+    """Say that the run is offline (and at what pace), and warn of unknown model names."""
+    paced = ""
+    if server_options is not None and not server_options["latency"].is_zero:
+        paced = f", {pace} pace" if args.local_ttft is None else ", paced"
+        if pace == "realistic" and args.pace is None:
+            paced += " (or --pace instant)"
+    print(f"offline: no OPENAI_API_KEY, running on the embedded server{paced}", file=sys.stderr)
+    if args.local_model is None and args.local_script is None:
+        # (With a chosen local model, model names are only keys of its script.)
+        _model_warnings(plan, offline=True)
+
+
+def _invoker(
+    args: argparse.Namespace,
+    plan: Any,
+    key: str | None,
+    offline: bool,
+    server_options: dict[str, Any] | None,
+) -> Any:
+    """``invoke(run, common)`` for :func:`_run_async`: ``run`` of this plan with the
+    command's settings; the job's id announced first."""
+    from orchestrator.runner import EmbeddedServer, RunSettings, new_job_id
+
     job_id = None
     if not args.no_journal:
-        from orchestrator.runner import new_job_id
-
         job_id = args.job_id or new_job_id(plan.name)
         print(f"job {job_id}", file=sys.stderr)
-
-    from orchestrator.runner import EmbeddedServer, RunSettings
-
     settings = RunSettings(
         api_key=key,
         base_url=args.base_url,
         offline=offline,
         connection=connection_settings(args),
     )
+    local = _local_facts(args, server_options)
 
     async def invoke(run: Any, common: dict[str, Any]) -> Any:
         return await run(
@@ -647,18 +699,19 @@ def _run(args: argparse.Namespace, spared: set[int]) -> int:
             **common,
         )
 
-    # The process is ours: collect rarely (agents make little cyclic garbage; see tuning).
-    try:
-        with gc_policy():
-            return trio.run(_run_async, args, _where(offline, server_options, args), invoke, spared)
-    except* (PlanError, ConfigurationError) as group:
-        # What run() refuses before starting (a team too big for the fd limit...) is the
-        # user's to fix: error[...] and exit 2 (3 for a key), never "a bug in orchestrator".
-        leaves = _leaves(group)
-        for error in leaves:
-            print(_error_line(error), file=sys.stderr)
-        auth = any(getattr(e, "code", "").startswith("auth.") for e in leaves)
-        raise SystemExit(EXIT_AUTH if auth else EXIT_USAGE) from None
+    return invoke
+
+
+def _local_facts(args: argparse.Namespace, server_options: dict[str, Any] | None) -> dict[str, Any]:
+    """The embedded server's settings, kept with the job: a resume runs with the same."""
+    latency = server_options["latency"] if server_options else None
+    return {
+        "model": args.local_model,
+        "script": str(args.local_script) if args.local_script else None,
+        "ttft": latency.time_to_first_token if latency else 0.0,
+        "tokens_per_second": latency.tokens_per_second if latency else None,
+        "seed": args.local_seed,
+    }
 
 
 # --pace: (time to first token, tokens per second) of the embedded server's model.
@@ -735,79 +788,98 @@ async def _run_async(
     """
     from rich.console import Console
 
-    from actors.approval import ApprovalPolicy
     from orchestrator.core.observe import EventBus
-    from orchestrator.core.processes import stop_descendants
-    from orchestrator.display import LiveView, render_report
+    from orchestrator.display import LiveView
     from orchestrator.runner import run
     from orchestrator.trace import TraceWriter
 
     console = Console(stderr=args.json)
     bus = EventBus()
-    stop = trio.Event()
     trace = None
     if args.trace is not None:
         trace = _open_trace(args.trace, append=getattr(args, "resume_job", None) is not None)
         bus.add_listener(TraceWriter(trace))
     view = LiveView(where)
     bus.add_listener(view)
-    interactive = sys.stdin.isatty() and console.is_terminal
-    approve = ApprovalPolicy(
-        allow=tuple(args.approve),
-        ask=_TerminalApprover(Console(stderr=True), view) if interactive else None,
-    )
-    results: list[Any] = []
-    stopped_by: list[int] = []
+    stopping = _Stopping(console=console, trace=trace, spared=spared)
+    common = {"events": bus, "stop": stopping.stop, "approve": _approver(args, console, view)}
     try:
         with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
             async with trio.open_nursery() as nursery:
-
-                async def interrupt() -> None:
-                    async for signum in signals:
-                        if not stopped_by:
-                            stopped_by.append(signum)
-                            stop.set()
-                            with contextlib.suppress(OSError):  # a terminal that hung up
-                                print(f"\n{_STOP_SIGNALS[signum][0]}", file=sys.stderr)
-                        else:
-                            # Exit now (docs/faults.md#signals-and-processes). Cancelling cannot cut
-                            # the shutdown short: it is shielded, and may be waiting on a tool that
-                            # ignores cancellation or on close handshakes.
-                            with contextlib.suppress(OSError):
-                                print("forced stop", file=sys.stderr, flush=True)
-                                console.show_cursor(True)
-                            if trace is not None:
-                                trace.close()
-                            # A forced exit must not orphan tool processes, grandchildren
-                            # included: SIGKILL every descendant, then go.
-                            stop_descendants(0.0, spare=spared)
-                            os._exit(_STOP_SIGNALS[signum][1])
-
-                nursery.start_soon(interrupt)
-                live_scope = trio.CancelScope()
+                nursery.start_soon(stopping.serve, signals)
                 if console.is_terminal and not args.json:
-
-                    async def show() -> None:
-                        with live_scope:
-                            await view.refresh(console)
-
-                    nursery.start_soon(show)
-                result = await invoke(run, {"events": bus, "stop": stop, "approve": approve})
-                results.append(result)
-                live_scope.cancel()
+                    nursery.start_soon(view.refresh, console)
+                result = await invoke(run, common)
                 nursery.cancel_scope.cancel()
     finally:
         if trace is not None:
             trace.close()
-    result = results[0]
+    return _report(args, console, result, stopping.first_signal)
+
+
+def _approver(args: argparse.Namespace, console: Any, view: Any) -> Any:
+    """``--approve`` patterns, then the person at the terminal (when there is one)."""
+    from rich.console import Console
+
+    from actors.approval import ApprovalPolicy
+
+    interactive = sys.stdin.isatty() and console.is_terminal
+    return ApprovalPolicy(
+        allow=tuple(args.approve),
+        ask=_TerminalApprover(Console(stderr=True), view) if interactive else None,
+    )
+
+
+@attrs.define(eq=False, kw_only=True)
+class _Stopping:
+    """The stop signals of a run: the first stops it cleanly (``stop`` is set), a second
+    one forces the exit (every descendant process killed first)."""
+
+    console: Any
+    trace: Any
+    spared: set[int]
+    stop: trio.Event = attrs.field(factory=trio.Event)
+    first_signal: int | None = None
+
+    async def serve(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            if self.first_signal is None:
+                self.first_signal = signum
+                self.stop.set()
+                with contextlib.suppress(OSError):  # a terminal that hung up
+                    print(f"\n{_STOP_SIGNALS[signum][0]}", file=sys.stderr)
+            else:
+                self._force(signum)
+
+    def _force(self, signum: int) -> NoReturn:
+        """Exit now (docs/faults.md#signals-and-processes). Cancelling cannot cut the
+        shutdown short: it is shielded, and may be waiting on a tool that ignores
+        cancellation or on close handshakes."""
+        from orchestrator.core.processes import stop_descendants
+
+        with contextlib.suppress(OSError):
+            print("forced stop", file=sys.stderr, flush=True)
+            self.console.show_cursor(True)
+        if self.trace is not None:
+            self.trace.close()
+        # A forced exit must not orphan tool processes, grandchildren included: SIGKILL
+        # every descendant, then go.
+        stop_descendants(0.0, spare=self.spared)
+        os._exit(_STOP_SIGNALS[signum][1])
+
+
+def _report(args: argparse.Namespace, console: Any, result: Any, stopped_by: int | None) -> int:
+    """Print the result (``--json``, or the report) and the job hint; the exit code."""
+    from orchestrator.display import render_report
+
     if args.json:
         sys.stdout.write(result.to_json().decode() + "\n")
         sys.stdout.flush()
     else:
         console.print(render_report(result))
     _print_job_hint(result)
-    if result.status == "interrupted" and stopped_by:
-        return _STOP_SIGNALS[stopped_by[0]][1]  # 130 for Ctrl-C, 143 for SIGTERM
+    if result.status == "interrupted" and stopped_by is not None:
+        return _STOP_SIGNALS[stopped_by][1]  # 130 for Ctrl-C, 143 for SIGTERM
     return _exit_code(result)
 
 

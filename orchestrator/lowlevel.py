@@ -8,7 +8,14 @@ from the modules that define them (``orchestrator.core.*``, ``actors.*``): those
 
 from __future__ import annotations
 
-from actors.agent import AgentActor as AgentActor, Task as Task, TaskResult as TaskResult
+import warnings
+from typing import Any, Final
+
+from actors.agent import (
+    AgentActor as AgentActor,
+    Assignment as Assignment,
+    AssignmentResult as AssignmentResult,
+)
 from actors.base import Actor as Actor
 from actors.journal import AgentMemory as AgentMemory
 from actors.planner import PlannerActor as PlannerActor
@@ -48,10 +55,27 @@ from orchestrator.core.supervisor import (
 )
 from orchestrator.jobs import JobStore as JobStore, open_store as open_store
 
+# Renamed after 0.1.0 (trio's Task is a running coroutine); the old names are gone in the
+# release after.
+_RENAMED: Final = {"Task": "Assignment", "TaskResult": "AssignmentResult"}
+
+
+def __getattr__(name: str) -> Any:
+    new = _RENAMED.get(name)
+    if new is None:
+        raise AttributeError(f"module 'orchestrator.lowlevel' has no attribute {name!r}")
+    warnings.warn(
+        f"orchestrator.lowlevel.{name} is deprecated: use {new}", DeprecationWarning, stacklevel=2
+    )
+    return globals()[new]
+
+
 __all__ = [
     "Actor",
     "AgentActor",
     "AgentMemory",
+    "Assignment",
+    "AssignmentResult",
     "AttemptAbandoned",
     "Backoff",
     "ChildSpec",
@@ -72,8 +96,6 @@ __all__ = [
     "ServerConfig",
     "Session",
     "Supervisor",
-    "Task",
-    "TaskResult",
     "ToolExecutor",
     "ToolRegistry",
     "ToolSpec",

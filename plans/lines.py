@@ -15,6 +15,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any, Final
 
+import attrs
 import yaml
 
 if TYPE_CHECKING:
@@ -115,78 +116,98 @@ _JSON_SCALAR: Final = re.compile(r"[^\s,\]}]+")
 def _json_lines(text: str) -> dict[Parts, int]:
     """Positions of every key and array item of a valid JSON document (iterative: no
     recursion limit)."""
-    lines: dict[Parts, int] = {}
-    position, line = 0, 1
-    # Each frame: (parts of the container, is_object, next index for arrays)
-    frames: list[list[Any]] = []
-    expect_value_at: Parts | None = ()
-    length = len(text)
+    return _JsonScan(text).lines_of_parts()
 
-    def skip_space() -> None:
-        nonlocal position, line
-        while position < length and text[position] in " \t\r\n":
-            if text[position] == "\n":
-                line += 1
-            position += 1
 
-    while True:
-        skip_space()
-        if position >= length:
-            break
-        char = text[position]
-        if expect_value_at is not None:
-            parts = expect_value_at
-            lines.setdefault(parts, line)
-            expect_value_at = None
-            if char == "{":
-                frames.append([parts, True, 0])
-                position += 1
-            elif char == "[":
-                frames.append([parts, False, 0])
-                position += 1
-                skip_space()
-                if position < length and text[position] != "]":
-                    expect_value_at = (*parts, 0)
-            elif char == '"':
-                match = _JSON_STRING.match(text, position)
-                if match is None:
-                    raise ValueError("unterminated string")
-                line += match.group().count("\n")
-                position = match.end()
+@attrs.define
+class _JsonScan:
+    """One scan of a JSON document: where it is (position, line), the containers open (each
+    frame: the parts of the container, is_object, next index for arrays), and the line of
+    every key and item met so far."""
+
+    text: str
+    position: int = 0
+    line: int = 1
+    frames: list[list[Any]] = attrs.field(factory=list)
+    lines: dict[Parts, int] = attrs.field(factory=dict)
+
+    def lines_of_parts(self) -> dict[Parts, int]:
+        expect_value_at: Parts | None = ()
+        while True:
+            self._skip_space()
+            if self.position >= len(self.text):
+                break
+            if expect_value_at is not None:
+                expect_value_at = self._value(expect_value_at)
+            elif self.frames:
+                expect_value_at = self._in_container(self.frames[-1])
             else:
-                match = _JSON_SCALAR.match(text, position)
-                if match is None:
-                    raise ValueError(f"unexpected {char!r}")
-                position = match.end()
-            continue
-        if not frames:
-            break
-        frame = frames[-1]
+                break
+        return self.lines
+
+    def _skip_space(self) -> None:
+        text, length = self.text, len(self.text)
+        while self.position < length and text[self.position] in " \t\r\n":
+            if text[self.position] == "\n":
+                self.line += 1
+            self.position += 1
+
+    def _value(self, parts: Parts) -> Parts | None:
+        """Step over the value at ``parts`` (into it, for a container). Returns the parts
+        of the value expected next: a non-empty array's first item."""
+        self.lines.setdefault(parts, self.line)
+        char = self.text[self.position]
+        if char == "{":
+            self.frames.append([parts, True, 0])
+            self.position += 1
+        elif char == "[":
+            self.frames.append([parts, False, 0])
+            self.position += 1
+            self._skip_space()
+            if self.position < len(self.text) and self.text[self.position] != "]":
+                return (*parts, 0)
+        elif char == '"':
+            match = _JSON_STRING.match(self.text, self.position)
+            if match is None:
+                raise ValueError("unterminated string")
+            self.line += match.group().count("\n")
+            self.position = match.end()
+        else:
+            match = _JSON_SCALAR.match(self.text, self.position)
+            if match is None:
+                raise ValueError(f"unexpected {char!r}")
+            self.position = match.end()
+        return None
+
+    def _in_container(self, frame: list[Any]) -> Parts | None:
+        """Step over the next token inside the innermost container: its end, a comma, or
+        an object's key. Returns the parts of the value expected next."""
+        char = self.text[self.position]
         if char in "}]":
-            frames.pop()
-            position += 1
+            self.frames.pop()
+            self.position += 1
         elif char == ",":
-            position += 1
+            self.position += 1
             if not frame[1]:
                 frame[2] += 1
-                expect_value_at = (*frame[0], frame[2])
+                return (*frame[0], frame[2])
         elif char == '"' and frame[1]:
-            match = _JSON_STRING.match(text, position)
+            match = _JSON_STRING.match(self.text, self.position)
             if match is None:
                 raise ValueError("unterminated key")
             key = json.loads(match.group())
-            key_line = line
-            position = match.end()
-            skip_space()
-            if position >= length or text[position] != ":":
+            key_line = self.line
+            self.position = match.end()
+            self._skip_space()
+            if self.position >= len(self.text) or self.text[self.position] != ":":
                 raise ValueError("expected ':'")
-            position += 1
+            self.position += 1
             child = (*frame[0], key)
-            lines.setdefault(child, key_line)
-            expect_value_at = child
+            self.lines.setdefault(child, key_line)
+            return child
         else:
             raise ValueError(f"unexpected {char!r}")
-    return lines
+        return None
 
 
 # -- TOML ----------------------------------------------------------------------------------------

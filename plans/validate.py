@@ -829,9 +829,8 @@ class _Semantics:
     # -- steps ---------------------------------------------------------------------------------
 
     def check_steps(self) -> None:
-        view, out = self.view, self.out
+        view = self.view
         agent_names = list(dict.fromkeys(a.name for _, a in view.agents))
-        known_agents = set(agent_names) | view.broken_agent_names
         valid_ids = {step.id for _, step in view.steps}
         step_ids = valid_ids | view.broken_step_ids
         seen: dict[str, list[int]] = {}
@@ -841,48 +840,9 @@ class _Semantics:
             location = f"$.steps[{index}]"
             seen.setdefault(step.id, []).append(index)
             declared.setdefault(step.id, index)
-            if not NAME_PATTERN.fullmatch(step.id):
-                out.add(
-                    "plan.value",
-                    f"{location}.id",
-                    f"step id {_show(step.id)} must match {NAME_PATTERN.pattern}",
-                )
-            if not step.task.strip():
-                out.add(
-                    "plan.value", f"{location}.task", f"step {_show(step.id)} has an empty task"
-                )
-            if step.agent not in known_agents:
-                defined = ", ".join(agent_names) or "none"
-                out.add(
-                    "plan.unknown_agent",
-                    f"{location}.agent",
-                    f"step {_show(step.id)} uses agent {_show(step.agent)}; "
-                    f"defined agents: {defined}",
-                    _did_you_mean(step.agent, agent_names),
-                )
+            self.check_step_fields(step, location, agent_names)
             edges = graph.setdefault(step.id, set())
-            listed: set[str] = set()
-            for position, dependency in enumerate(step.depends_on):
-                where = f"{location}.depends_on[{position}]"
-                if dependency in listed:
-                    out.add(
-                        "plan.duplicate",
-                        where,
-                        f"step {_show(step.id)} lists {_show(dependency)} twice in depends_on",
-                        severity="warning",
-                    )
-                listed.add(dependency)
-                if dependency == step.id:
-                    out.add("plan.cycle", where, f"step {_show(step.id)} depends on itself")
-                elif dependency not in step_ids:
-                    out.add(
-                        "plan.unknown_step",
-                        where,
-                        f"step {_show(step.id)} depends on unknown step {_show(dependency)}",
-                        _did_you_mean(dependency, step_ids),
-                    )
-                elif dependency in valid_ids:
-                    edges.add(dependency)
+            edges |= self.check_dependencies(step, location, step_ids, valid_ids)
         for step_id, indices in seen.items():
             if len(indices) > 1:
                 self.report_duplicate("step id", step_id, "$.steps", indices)
@@ -892,6 +852,57 @@ class _Semantics:
         self.check_references(graph)
         if view.complete and view.steps:
             self.check_unused_agents()
+
+    def check_step_fields(self, step: Step, location: str, agent_names: list[str]) -> None:
+        """A step's id, task and agent."""
+        out = self.out
+        if not NAME_PATTERN.fullmatch(step.id):
+            out.add(
+                "plan.value",
+                f"{location}.id",
+                f"step id {_show(step.id)} must match {NAME_PATTERN.pattern}",
+            )
+        if not step.task.strip():
+            out.add("plan.value", f"{location}.task", f"step {_show(step.id)} has an empty task")
+        if step.agent not in set(agent_names) | self.view.broken_agent_names:
+            defined = ", ".join(agent_names) or "none"
+            out.add(
+                "plan.unknown_agent",
+                f"{location}.agent",
+                f"step {_show(step.id)} uses agent {_show(step.agent)}; defined agents: {defined}",
+                _did_you_mean(step.agent, agent_names),
+            )
+
+    def check_dependencies(
+        self, step: Step, location: str, step_ids: set[str], valid_ids: set[str]
+    ) -> set[str]:
+        """A step's ``depends_on``: no duplicate, not itself, known steps. Returns the
+        dependencies that are valid steps (the step's edges in the graph)."""
+        out = self.out
+        edges: set[str] = set()
+        listed: set[str] = set()
+        for position, dependency in enumerate(step.depends_on):
+            where = f"{location}.depends_on[{position}]"
+            if dependency in listed:
+                out.add(
+                    "plan.duplicate",
+                    where,
+                    f"step {_show(step.id)} lists {_show(dependency)} twice in depends_on",
+                    severity="warning",
+                )
+            listed.add(dependency)
+            if dependency == step.id:
+                out.add("plan.cycle", where, f"step {_show(step.id)} depends on itself")
+            elif dependency not in step_ids:
+                out.add(
+                    "plan.unknown_step",
+                    where,
+                    f"step {_show(step.id)} depends on unknown step {_show(dependency)}",
+                    _did_you_mean(dependency, step_ids),
+                )
+            elif dependency in valid_ids:
+                edges.add(dependency)
+        return edges
 
     def check_final_step(
         self, graph: dict[str, set[str]], step_ids: set[str], *, check_reach: bool
@@ -1203,52 +1214,7 @@ class _Semantics:
             self.check_import(
                 config.path, f"{location}.path", f"tool {_show(name)} uses", tool_name=name
             )
-
-        used: set[str] = set()
-        paths_by_name: dict[str, tuple[str, str]] = {}
-        for index, agent in view.agents:
-            names_here: dict[str, int] = {}
-            for position, entry in enumerate(agent.tools):
-                location = f"$.agents[{index}].tools[{position}]"
-                if ":" in entry:
-                    name, path = tool_name_of_path(entry), entry
-                    if not self.check_import(
-                        entry, location, f"agent {_show(agent.name)} lists", tool_name=name
-                    ):
-                        continue
-                elif entry in view.tools:
-                    name, path = entry, view.tools[entry].path
-                    used.add(entry)
-                elif entry in view.broken_tools:
-                    used.add(entry)
-                    continue
-                else:
-                    out.add(
-                        "plan.tool",
-                        location,
-                        f"agent {_show(agent.name)} lists tool {_show(entry)} which is not "
-                        "registered",
-                        _did_you_mean(entry, view.tools)
-                        or "define it under [tools] or give its import path 'module:function'",
-                    )
-                    continue
-                previous = paths_by_name.setdefault(name, (path, location))
-                if name in names_here and previous[0] == path:
-                    out.add(
-                        "plan.duplicate",
-                        location,
-                        f"agent {_show(agent.name)} lists tool {_show(name)} twice "
-                        f"($.agents[{index}].tools[{names_here[name]}])",
-                    )
-                names_here.setdefault(name, position)
-                if previous[0] != path:
-                    out.add(
-                        "plan.duplicate",
-                        location,
-                        f"tool name {_show(name)} means both {_show(previous[0])} "
-                        f"({previous[1]}) and {_show(path)}",
-                        "give one of them another name under [tools]",
-                    )
+        used = self.check_agent_tools()
         for name in view.tools:
             if name not in used and view.complete:
                 out.add(
@@ -1257,6 +1223,67 @@ class _Semantics:
                     f"tool {_show(name)} is listed by no agent",
                     severity="warning",
                 )
+
+    def check_agent_tools(self) -> set[str]:
+        """Each agent's tool list: every entry resolves, no name twice, no name for two
+        functions. Returns the names of ``[tools]`` some agent uses."""
+        used: set[str] = set()
+        paths_by_name: dict[str, tuple[str, str]] = {}
+        for index, agent in self.view.agents:
+            names_here: dict[str, int] = {}
+            for position, entry in enumerate(agent.tools):
+                location = f"$.agents[{index}].tools[{position}]"
+                resolved = self.resolve_tool_entry(agent, entry, location, used)
+                if resolved is None:
+                    continue
+                name, path = resolved
+                previous = paths_by_name.setdefault(name, (path, location))
+                if name in names_here and previous[0] == path:
+                    self.out.add(
+                        "plan.duplicate",
+                        location,
+                        f"agent {_show(agent.name)} lists tool {_show(name)} twice "
+                        f"($.agents[{index}].tools[{names_here[name]}])",
+                    )
+                names_here.setdefault(name, position)
+                if previous[0] != path:
+                    self.out.add(
+                        "plan.duplicate",
+                        location,
+                        f"tool name {_show(name)} means both {_show(previous[0])} "
+                        f"({previous[1]}) and {_show(path)}",
+                        "give one of them another name under [tools]",
+                    )
+        return used
+
+    def resolve_tool_entry(
+        self, agent: Agent, entry: str, location: str, used: set[str]
+    ) -> tuple[str, str] | None:
+        """An agent's tool entry (an import path or a ``[tools]`` name) as its name and
+        import path; None (reported, unless reported already) when it does not resolve.
+        A ``[tools]`` name goes into ``used``."""
+        view = self.view
+        if ":" in entry:
+            name = tool_name_of_path(entry)
+            if not self.check_import(
+                entry, location, f"agent {_show(agent.name)} lists", tool_name=name
+            ):
+                return None
+            return name, entry
+        if entry in view.tools:
+            used.add(entry)
+            return entry, view.tools[entry].path
+        if entry in view.broken_tools:
+            used.add(entry)
+            return None
+        self.out.add(
+            "plan.tool",
+            location,
+            f"agent {_show(agent.name)} lists tool {_show(entry)} which is not registered",
+            _did_you_mean(entry, view.tools)
+            or "define it under [tools] or give its import path 'module:function'",
+        )
+        return None
 
     def check_tool_options(self, config: ToolConfig, location: str) -> None:
         if config.timeout is not None and math.isfinite(config.timeout):

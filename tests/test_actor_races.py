@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from actors.agent import AgentActor, Task, TaskResult
+from actors.agent import AgentActor, Assignment, AssignmentResult
 from actors.planner import PlannerActor, WorkerInfo, delegation_tools
 from actors.tools import ToolRegistry, ToolRepairBudgetExceeded
 from actors.worker import WorkerActor
@@ -173,7 +173,7 @@ async def test_a_planner_own_tool_past_its_repair_budget_stops_the_run_with_that
                 sup = Supervisor("run", actors, backoff=NO_BACKOFF)
                 await nursery.start(sup.run)
                 try:
-                    outcome.append(await router.ask("run", "boss", Task(text="go")))
+                    outcome.append(await router.ask("run", "boss", Assignment(text="go")))
                 except ActorDead as exc:
                     outcome.append(exc)
                 sup.stop()
@@ -199,7 +199,7 @@ class _LongTasks(WorkerActor):
 
     performed: list[str] = attrs.field(factory=list)
 
-    async def perform(self, task: Task) -> TaskResult:
+    async def perform(self, task: Assignment) -> AssignmentResult:
         self.performed.append(task.text)
         await trio.sleep_forever()
         raise AssertionError("unreachable")
@@ -220,7 +220,7 @@ async def test_a_task_handed_over_as_the_agent_is_stopped_is_dropped_not_run(aut
         await nursery.start(agent.run)
         await trio.testing.wait_all_tasks_blocked()  # idle, waiting on its mailbox
         with trio.fail_after(60), pytest.raises(ActorDead) as caught:
-            await agent.ask(Task(text="late"))
+            await agent.ask(Assignment(text="late"))
     assert "stopped" == caught.value.reason
     assert [] == agent.performed
     assert ["stopped"] == [letter.reason for letter in router.dead_letters]

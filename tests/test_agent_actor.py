@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from actors.agent import AgentActor, Task, TaskResult
+from actors.agent import AgentActor, Assignment, AssignmentResult
 from actors.planner import PlannerActor, WorkerInfo, delegation_tools
 from actors.worker import WorkerActor
 from orchestrator.core.connection import Connection, ConnectionSettings, open_connection
@@ -101,9 +101,9 @@ def echo_worker(name: str):
 async def test_worker_answers_tasks_on_one_connection(autojump_clock):
     """Tasks become user messages; replies carry the final text; one socket serves them all."""
     async with team(ServerConfig(model="echo"), echo_worker("w")) as (t, (worker,)):
-        replies = [await t.router.ask("test", "w", Task(text=f"job {n}")) for n in range(3)]
+        replies = [await t.router.ask("test", "w", Assignment(text=f"job {n}")) for n in range(3)]
     assert ["job 0", "job 1", "job 2"] == [reply.text for reply in replies]
-    assert all(isinstance(reply, TaskResult) for reply in replies)
+    assert all(isinstance(reply, AssignmentResult) for reply in replies)
     assert 6 == len(worker.session.transcript)
     assert worker.connection is not None
     assert 1 == worker.connection.statistics().sockets_opened
@@ -114,7 +114,7 @@ async def test_rotations_never_restart_the_actor(autojump_clock):
     config = ServerConfig(model="echo", max_connection_age=3600)
     async with team(config, echo_worker("w")) as (t, (worker,)):
         for n in range(40):
-            await t.router.ask("test", "w", Task(text=f"job {n}"))
+            await t.router.ask("test", "w", Assignment(text=f"job {n}"))
             await trio.sleep(900)
     assert len(t.recorder.of(ConnectionRotated)) >= 9
     assert [] == t.recorder.of(ActorRestarted)
@@ -127,17 +127,17 @@ async def test_connection_giving_up_restarts_the_actor_with_its_session(autojump
     restarts it, the pending ask fails with ActorDead, and the conversation is kept."""
     settings = ConnectionSettings(max_attempts=3, backoff_initial=0.1)
     async with team(ServerConfig(model="echo"), echo_worker("w"), settings) as (t, (worker,)):
-        await t.router.ask("test", "w", Task(text="before"))
+        await t.router.ask("test", "w", Assignment(text="before"))
         before = list(worker.session.transcript)
         # The next turn loses its socket, and every reconnect is refused until the
         # connection gives up (3 attempts); the restarted actor's connection then succeeds.
         t.server.inject(Fault("abort", after_events=0))
         t.server.inject(Fault("reject", status=503, times=3))
         with pytest.raises(ActorDead):
-            await t.router.ask("test", "w", Task(text="lost"))
+            await t.router.ask("test", "w", Assignment(text="lost"))
         with trio.fail_after(60):
             await t.recorder.wait_for(ActorStarted, count=2)
-        reply = await t.router.ask("test", "w", Task(text="after"))
+        reply = await t.router.ask("test", "w", Assignment(text="after"))
     assert "after" == reply.text
     assert 1 == len(t.recorder.of(ActorRestarted))
     assert before == list(worker.session.transcript)[: len(before)]
@@ -152,7 +152,7 @@ async def test_crash_in_actor_code_keeps_the_session(autojump_clock):
     class Flaky(WorkerActor):
         crashes: int = 0
 
-        async def perform(self, task: Task) -> TaskResult:
+        async def perform(self, task: Assignment) -> AssignmentResult:
             if task.text == "boom" and self.crashes == 0:
                 self.crashes += 1
                 raise RuntimeError("bug in the agent's code")
@@ -170,13 +170,13 @@ async def test_crash_in_actor_code_keeps_the_session(autojump_clock):
         ]
 
     async with team(ServerConfig(model="echo"), build) as (t, (worker,)):
-        await t.router.ask("test", "w", Task(text="one"))
+        await t.router.ask("test", "w", Assignment(text="one"))
         with pytest.raises(ActorDead) as caught:
-            await t.router.ask("test", "w", Task(text="boom"))
+            await t.router.ask("test", "w", Assignment(text="boom"))
         assert isinstance(caught.value.__cause__, RuntimeError)
         with trio.fail_after(60):
             await t.recorder.wait_for(ActorStarted, count=2)
-        await t.router.ask("test", "w", Task(text="two"))
+        await t.router.ask("test", "w", Assignment(text="two"))
     texts = [item.text for item in worker.session.transcript if isinstance(item, MessageItem)]
     assert ["one", "one", "two", "two"] == texts
     assert 1 == len(t.recorder.of(ActorRestarted))
@@ -213,7 +213,7 @@ async def test_planner_delegates_in_parallel(autojump_clock):
         return actors
 
     async with team(config, build) as (t, actors):
-        reply = await t.router.ask("test", "boss", Task(text="Do the thing"))
+        reply = await t.router.ask("test", "boss", Assignment(text="Do the thing"))
     events = t.recorder.events
     asked = [i for i, e in enumerate(events) if isinstance(e, MessageRouted) and e.sender == "boss"]
     thinking = [

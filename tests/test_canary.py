@@ -122,7 +122,7 @@ INTERNAL_ERROR = """\
 import os
 import sys
 
-import orchestrator.runner
+import orchestrator.runner.job
 from orchestrator import cli
 
 
@@ -130,7 +130,7 @@ def broken(*args, **kwargs):
     raise RuntimeError("bug while reporting, key " + os.environ["OPENAI_API_KEY"])
 
 
-orchestrator.runner._result = broken
+orchestrator.runner.job.build_result = broken
 sys.exit(cli.main(sys.argv[1:]))
 """
 

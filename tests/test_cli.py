@@ -1438,3 +1438,19 @@ def test_a_run_without_a_goal_is_the_users_mistake_not_a_bug(tmp_path):
     assert [
         "error[plan.goal]: plan 'pair' has no goal: pass one with --goal or set 'goal' in the plan"
     ] == lines(done.stderr)
+
+
+def test_run_with_transport_http_posts_every_turn():
+    """``--transport http`` runs the plan over HTTP: every agent's report says so, with one
+    request per turn and no socket; a bad value is refused by the parser."""
+    done = orchestrator("run", TRIP, "--json", "--no-journal", "--transport", "http")
+    assert 0 == done.returncode, done.stderr
+    result = json.loads(done.stdout)
+    assert "completed" == result["status"]
+    connections = [agent["connection"] for agent in result["agents"]]
+    assert {"http"} == {c["transport"] for c in connections}
+    assert {0} == {c["sockets_opened"] for c in connections}
+    assert result["usage"]["turns"] == sum(c["http_requests"] for c in connections)
+    refused = orchestrator("run", TRIP, "--transport", "smoke-signals")
+    assert 2 == refused.returncode
+    assert "--transport" in refused.stderr

@@ -14,7 +14,8 @@ import trio
 from orchestrator.core.observe import ToolStarted, TurnFinished
 from orchestrator.core.protocol.events import MessageItem, ReasoningConfig
 from orchestrator.core.session import ModelSettings
-from orchestrator.runner import EmbeddedServer, RunResult, _team_for_fingerprints, run
+from orchestrator.runner import EmbeddedServer, RunResult, run
+from orchestrator.runner.team import team_for_fingerprints
 from orchestrator.testing import capture_logs
 from plans import Plan, PlanBuilder
 
@@ -50,7 +51,7 @@ async def run_memory(plan: Plan, **options: Any) -> RunResult:
 
 def wire(plan: Plan, agent: str, model_settings: ModelSettings | None = None) -> dict[str, Any]:
     """The JSON of ``agent``'s first create, as the connection sends it."""
-    session = _team_for_fingerprints(plan, model_settings).actors[agent].session
+    session = team_for_fingerprints(plan, model_settings).actors[agent].session
     create = session.request([MessageItem.user("go")], socket=None).create
     return json.loads(msgspec.json.encode(create))
 

@@ -106,8 +106,8 @@ LOWLEVEL = {
     "ServerConfig",
     "Session",
     "Supervisor",
-    "Task",
-    "TaskResult",
+    "Assignment",
+    "AssignmentResult",
     "ToolExecutor",
     "ToolRegistry",
     "ToolSpec",
@@ -141,6 +141,22 @@ def test_unknown_names_raise_attribute_error():
     """A typo is an AttributeError, not a silent None."""
     with pytest.raises(AttributeError, match="rnu"):
         orchestrator.rnu  # noqa: B018
+
+
+def test_renamed_lowlevel_names_still_import_with_a_warning():
+    """``Task`` and ``TaskResult`` (renamed ``Assignment`` and ``AssignmentResult``: trio's
+    Task is a running coroutine) still import from ``orchestrator.lowlevel`` for one release,
+    each with a DeprecationWarning naming its new name; other unknown names stay errors."""
+    import orchestrator.lowlevel as lowlevel
+
+    with pytest.warns(DeprecationWarning, match="use Assignment$"):
+        from orchestrator.lowlevel import Task
+    with pytest.warns(DeprecationWarning, match="use AssignmentResult$"):
+        from orchestrator.lowlevel import TaskResult
+    assert lowlevel.Assignment is Task
+    assert lowlevel.AssignmentResult is TaskResult
+    with pytest.raises(AttributeError, match="Tsak"):
+        lowlevel.Tsak  # noqa: B018
 
 
 def test_lower_layers_import_without_a_cycle():

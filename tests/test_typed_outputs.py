@@ -13,7 +13,8 @@ import trio
 
 from actors.agent import AgentActor
 from orchestrator.core.protocol.events import FunctionCallOutputItem, MessageItem
-from orchestrator.runner import EmbeddedServer, RunResult, _team_for_fingerprints, run
+from orchestrator.runner import EmbeddedServer, RunResult, run
+from orchestrator.runner.team import team_for_fingerprints
 from plans import Plan, PlanBuilder
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ async def test_a_plan_json_schema_answers_plain_data(autojump_clock):
 
 def test_text_format_goes_on_the_wire_strict():
     """The agent's creates carry text.format json_schema, strict, with the type's schema."""
-    team = _team_for_fingerprints(steps_plan())
+    team = team_for_fingerprints(steps_plan())
     create = team.actors["meteo"].session.request([MessageItem.user("go")], socket=None).create
     wire = json.loads(msgspec.json.encode(create))
     text_format = wire["text"]["format"]
@@ -128,7 +129,7 @@ async def test_a_typed_worker_reaches_the_planner_as_json_and_the_planner_answer
     )
     assert isinstance(result.output, Outlook)
     assert result.output == msgspec.json.decode(result.answer or "", type=Outlook)
-    team = _team_for_fingerprints(team_plan())
+    team = team_for_fingerprints(team_plan())
     tools = {str(tool.name): tool for tool in team.actors["planner"].session.tools}
     assert "It answers with JSON (Weather)." in str(tools["delegate_to_meteo"].description)
     assert "Outlook" == tools["finish"].parameters["properties"]["answer"]["title"]
@@ -228,7 +229,7 @@ def test_the_repair_message_says_when_the_answer_was_cut(cut):
 def test_agents_without_a_declared_output_send_no_format():
     """An untyped agent sends no text.format (the service's default, text)."""
     plan = PlanBuilder("plain", goal=GOAL, model="m").worker("w").step("s", agent="w", task="t")
-    team = _team_for_fingerprints(plan.build())
+    team = team_for_fingerprints(plan.build())
     actor = team.actors["w"]
     assert isinstance(actor, AgentActor)
     assert actor.output is None

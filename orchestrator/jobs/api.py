@@ -322,34 +322,8 @@ class Jobs:
         if job.status in FINAL:
             raise JobNotResumable(f"job {job_id} is {job.status}", job=job_id)
         in_doubt = list(parked_calls(journal))
-        matches = [
-            c for c in journal.calls if call in (c.call_id, f"{c.agent}/{c.turn}/{c.call_id}")
-        ]
-        if not matches:
-            raise JobError(f"job {job_id} has no call {call!r}", job=job_id)
-        if len(matches) > 1:
-            names = ", ".join(f"{c.agent}/{c.turn}/{c.call_id}" for c in matches)
-            raise JobError(f"call id {call!r} is ambiguous: use one of {names}", job=job_id)
-        entry = matches[0]
-        if entry.status != "started":
-            raise JobError(
-                f"call {call} is {entry.status}, not in doubt: nothing to resolve", job=job_id
-            )
-        if action == "output":
-            resolved = msgspec.structs.replace(entry, status="done", output=text or "", error=None)
-            detail = f"{entry.agent}/{entry.turn}/{entry.call_id}: output given by the operator"
-        elif action == "fail":
-            reason = text or "marked failed by the operator: the call may or may not have run"
-            output = msgspec.json.encode(
-                {"error": "tool_failed", "tool": entry.name, "message": reason}
-            ).decode()
-            resolved = msgspec.structs.replace(
-                entry, status="done", output=output, error=OPERATOR_FAILED
-            )
-            detail = f"{entry.agent}/{entry.turn}/{entry.call_id}: failed by the operator"
-        else:
-            resolved = msgspec.structs.replace(entry, status="pending")
-            detail = f"{entry.agent}/{entry.turn}/{entry.call_id}: to run again"
+        entry = _call_in_doubt(journal, call)
+        resolved, detail = _resolution(entry, action, text)
         await self.store.resolve(job_id, resolved, detail)
         remaining = [
             c
@@ -379,6 +353,47 @@ class Jobs:
             return ids
 
         return await self.store.command(prune)
+
+
+def _call_in_doubt(journal: JobJournal, call: str) -> CallEntry:
+    """The journaled call ``call`` names (its id, or ``agent/turn/call_id``), in doubt.
+
+    Raises:
+        JobError: no such call, an ambiguous id, or a call that is not in doubt.
+    """
+    job_id = journal.job.id
+    matches = [c for c in journal.calls if call in (c.call_id, f"{c.agent}/{c.turn}/{c.call_id}")]
+    if not matches:
+        raise JobError(f"job {job_id} has no call {call!r}", job=job_id)
+    if len(matches) > 1:
+        names = ", ".join(f"{c.agent}/{c.turn}/{c.call_id}" for c in matches)
+        raise JobError(f"call id {call!r} is ambiguous: use one of {names}", job=job_id)
+    entry = matches[0]
+    if entry.status != "started":
+        raise JobError(
+            f"call {call} is {entry.status}, not in doubt: nothing to resolve", job=job_id
+        )
+    return entry
+
+
+def _resolution(
+    entry: CallEntry, action: Literal["output", "rerun", "fail"], text: str | None
+) -> tuple[CallEntry, str]:
+    """The call as the operator's ``action`` resolves it, and the event detail saying so."""
+    where = f"{entry.agent}/{entry.turn}/{entry.call_id}"
+    if action == "output":
+        resolved = msgspec.structs.replace(entry, status="done", output=text or "", error=None)
+        return resolved, f"{where}: output given by the operator"
+    if action == "fail":
+        reason = text or "marked failed by the operator: the call may or may not have run"
+        output = msgspec.json.encode(
+            {"error": "tool_failed", "tool": entry.name, "message": reason}
+        ).decode()
+        resolved = msgspec.structs.replace(
+            entry, status="done", output=output, error=OPERATOR_FAILED
+        )
+        return resolved, f"{where}: failed by the operator"
+    return msgspec.structs.replace(entry, status="pending"), f"{where}: to run again"
 
 
 @asynccontextmanager

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -40,15 +41,32 @@ STATUSES: Final = (
 
 
 def add_jobs(commands: Any) -> None:
-    from orchestrator.cli import add_connection_options, add_store_option
-
     parser = commands.add_parser(
         "jobs",
         help="list, show, resume, cancel, resolve, retry and prune jobs",
         description="Every `orchestrator run` is a job journaled in the job store; these "
         "commands look at jobs and continue them.",
     )
-    sub = parser.add_subparsers(dest="jobs_command", required=True, metavar="COMMAND")
+    command = _command_adder(
+        parser.add_subparsers(dest="jobs_command", required=True, metavar="COMMAND")
+    )
+    _add_views(command)
+    _add_continuations(command)
+    _add_decisions(command)
+    command("migrate", _migrate, "create or upgrade the job store's schema")
+    p = command(
+        "submit", _submit, "queue a job for the workers (orchestrator worker); prints its id"
+    )
+    p.add_argument("plan", type=Path, help="the plan file (checked now)")
+    p.add_argument("--goal", help="what to achieve (default: the plan's goal)")
+    p.add_argument("--queue", default="default", help="the queue (default: default)")
+    p.add_argument("--job-id", metavar="ID", help="the job's id (default: from the plan's name)")
+
+
+def _command_adder(sub: Any) -> Any:
+    """``command(name, handler, help)``: a ``jobs`` subcommand with the options all share
+    (``--store``, ``--json``, ``-v``)."""
+    from orchestrator.cli import add_store_option
 
     def command(name: str, handler: Any, help_text: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
@@ -58,6 +76,11 @@ def add_jobs(commands: Any) -> None:
         p.set_defaults(handler=handler)
         return p
 
+    return command
+
+
+def _add_views(command: Any) -> None:
+    """``jobs list`` and ``jobs show``."""
     p = command("list", _list, "the newest jobs first, with their status and progress")
     p.add_argument(
         "--status", action="append", choices=STATUSES, default=[], help="only these (repeatable)"
@@ -68,6 +91,11 @@ def add_jobs(commands: Any) -> None:
     p.add_argument("job", help="the job id")
     p.add_argument("--transcript", metavar="AGENT", help="print this agent's transcript")
     p.add_argument("--events", action="store_true", help="print the job's event history")
+
+
+def _add_continuations(command: Any) -> None:
+    """``jobs resume`` and ``jobs retry``."""
+    from orchestrator.cli import add_connection_options
 
     for name, handler, text in (
         ("resume", _resume, "continue an interrupted, crashed or paused job from its journal"),
@@ -89,6 +117,9 @@ def add_jobs(commands: Any) -> None:
             "--approve", action="append", default=[], metavar="PATTERN", help="as for run"
         )
 
+
+def _add_decisions(command: Any) -> None:
+    """``jobs cancel``, ``jobs resolve`` and ``jobs prune``."""
     p = command("cancel", _cancel, "cancel a job (its owner stops it within seconds)")
     p.add_argument("job", help="the job id")
 
@@ -107,20 +138,10 @@ def add_jobs(commands: Any) -> None:
         "--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m (ended before)"
     )
 
-    command("migrate", _migrate, "create or upgrade the job store's schema")
-
-    p = command(
-        "submit", _submit, "queue a job for the workers (orchestrator worker); prints its id"
-    )
-    p.add_argument("plan", type=Path, help="the plan file (checked now)")
-    p.add_argument("--goal", help="what to achieve (default: the plan's goal)")
-    p.add_argument("--queue", default="default", help="the queue (default: default)")
-    p.add_argument("--job-id", metavar="ID", help="the job's id (default: from the plan's name)")
-
 
 def add_worker(commands: Any) -> None:
     """``orchestrator worker``: run queued jobs until SIGINT or SIGTERM."""
-    from orchestrator.cli import add_connection_options, add_store_option
+    from orchestrator.cli import add_store_option
     from orchestrator.jobs.store import DEFAULT_LEASE
     from orchestrator.jobs.worker import DEFAULT_POLL, DEFAULT_SLOTS
 
@@ -170,6 +191,15 @@ def add_worker(commands: Any) -> None:
         metavar="N",
         help="a job that crashed N times in a row without progress ends dead (default 3)",
     )
+    _add_worker_model_options(parser)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (stderr)")
+    parser.set_defaults(handler=_worker)
+
+
+def _add_worker_model_options(parser: Any) -> None:
+    """``worker``'s options for reaching the model, approvals, and the embedded server."""
+    from orchestrator.cli import add_connection_options
+
     parser.add_argument("--base-url", help="a compatible endpoint (https://host/v1 or wss://...)")
     parser.add_argument("--api-key-file", type=Path, metavar="FILE", help="0600 key file")
     parser.add_argument(
@@ -190,8 +220,6 @@ def add_worker(commands: Any) -> None:
     offline.add_argument("--local-ttft", type=float, default=0.0, metavar="S")
     offline.add_argument("--local-tokens-per-second", type=float, default=None, metavar="N")
     offline.add_argument("--local-seed", type=int, default=None, metavar="N")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (stderr)")
-    parser.set_defaults(handler=_worker)
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -317,7 +345,23 @@ def _show(args: argparse.Namespace) -> int:
 
 def _print_view(view: Any, *, transcript: str | None, events: bool) -> None:
     from orchestrator.display import clean
-    from orchestrator.jobs.api import agent_usage, transcript_of
+    from orchestrator.jobs.api import transcript_of
+
+    print("\n".join([*_job_lines(view), *_work_lines(view)]))
+    if events:
+        print("events")
+        for event in view.journal.events:
+            detail = f"  {clean(event.detail)}" if event.detail else ""
+            print(f"  {_when(event.time)}  {event.kind}{detail}")
+    if transcript is not None:
+        print(f"transcript of {transcript}")
+        for item in transcript_of(view.journal, transcript):
+            print("  " + clean(json.dumps(item, ensure_ascii=False))[:2000])
+
+
+def _job_lines(view: Any) -> list[str]:
+    """What the job is and where it stands: status, owner or queue, progress, usage."""
+    from orchestrator.display import clean
 
     job = view.job
     lines = [
@@ -347,6 +391,16 @@ def _print_view(view: Any, *, transcript: str | None, events: bool) -> None:
         f"usage     {job.input_tokens:,} input + {job.output_tokens:,} output tokens, "
         f"{job.active_seconds:.1f} s active, {job.recoveries} recoveries"
     )
+    return lines
+
+
+def _work_lines(view: Any) -> list[str]:
+    """Each agent's usage, the parked calls, failed delegations and the answer."""
+    from orchestrator.display import clean
+    from orchestrator.jobs.api import agent_usage
+
+    job = view.job
+    lines = []
     usage = agent_usage(view.journal)
     if usage:
         lines.append("agents")
@@ -368,16 +422,7 @@ def _print_view(view: Any, *, transcript: str | None, events: bool) -> None:
     if job.answer is not None:
         lines.append("answer")
         lines.extend("  " + line for line in clean(job.answer).splitlines())
-    print("\n".join(lines))
-    if events:
-        print("events")
-        for event in view.journal.events:
-            detail = f"  {clean(event.detail)}" if event.detail else ""
-            print(f"  {_when(event.time)}  {event.kind}{detail}")
-    if transcript is not None:
-        print(f"transcript of {transcript}")
-        for item in transcript_of(view.journal, transcript):
-            print("  " + clean(json.dumps(item, ensure_ascii=False))[:2000])
+    return lines
 
 
 # -- resume and retry -----------------------------------------------------------------------------
@@ -584,16 +629,10 @@ _WARNING: Final = 30
 
 
 def _worker(args: argparse.Namespace) -> int:
-    import signal
-
     import actors  # noqa: F401  (import before configure(): see orchestrator.cli)
     import plans  # noqa: F401
-    from actors.approval import ApprovalPolicy
-    from orchestrator.cli import _fail, _read_key_file, _server_options, connection_settings
     from orchestrator.core.logging import configure
     from orchestrator.core.tuning import gc_policy, raise_fd_limit
-    from orchestrator.jobs.store import open_store
-    from orchestrator.jobs.worker import Worker
 
     # A worker's log is its operator's record: claims, releases and lost leases (INFO);
     # the jobs' own lifecycle (actors, connections) only with -v.
@@ -601,12 +640,30 @@ def _worker(args: argparse.Namespace) -> int:
         configure("DEBUG" if args.verbose > 1 else "INFO")
     else:
         configure("INFO", filter=_worker_records)
+    _check_worker_numbers(args)
+    run_options = _worker_run_options(args)
+    raise_fd_limit()
+    with gc_policy():
+        return _guarded(partial(_serve_worker, args, run_options))
+
+
+def _check_worker_numbers(args: argparse.Namespace) -> None:
+    from orchestrator.cli import _fail
+
     for name, value in (("--slots", args.slots), ("--max-recoveries", args.max_recoveries)):
         if value < 1:
             _fail("config.value", f"{name} must be at least 1, got {value}")
     for name, number in (("--lease", args.lease), ("--poll", args.poll)):
         if not number > 0:
             _fail("config.value", f"{name} must be positive, got {number:g}")
+
+
+def _worker_run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What every job of this worker runs with: the key (checked now) or the embedded
+    server, and the ``--approve`` patterns."""
+    from actors.approval import ApprovalPolicy
+    from orchestrator.cli import _fail, _read_key_file, _server_options, connection_settings
+
     key: str | None = None
     if args.api_key_file is not None:
         key = _read_key_file(args.api_key_file)
@@ -623,7 +680,7 @@ def _worker(args: argparse.Namespace) -> int:
             _fail(exc.code, str(exc))
     from orchestrator.runner import EmbeddedServer, RunSettings
 
-    run_options: dict[str, Any] = {
+    return {
         "settings": RunSettings(
             api_key=key,
             base_url=args.base_url,
@@ -634,40 +691,45 @@ def _worker(args: argparse.Namespace) -> int:
         "approve": ApprovalPolicy(allow=tuple(args.approve)),
     }
 
-    async def main() -> int:
-        async with open_store(args.store, lease=args.lease) as store:
-            worker = Worker(
-                store,
-                slots=args.slots,
-                queues=tuple(args.queue) or ("default",),
-                poll=args.poll,
-                run_options=run_options,
-                max_recoveries=args.max_recoveries,
+
+async def _serve_worker(args: argparse.Namespace, run_options: dict[str, Any]) -> int:
+    """Run queued jobs until a signal: the first hands the running jobs back to the queue,
+    a second stops at once."""
+    import signal
+
+    from orchestrator.jobs.store import open_store
+    from orchestrator.jobs.worker import Worker
+
+    async with open_store(args.store, lease=args.lease) as store:
+        worker = Worker(
+            store,
+            slots=args.slots,
+            queues=tuple(args.queue) or ("default",),
+            poll=args.poll,
+            run_options=run_options,
+            max_recoveries=args.max_recoveries,
+        )
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_worker_signals, signals, worker, nursery.cancel_scope)
+                await worker.serve()
+                nursery.cancel_scope.cancel()
+    return 0
+
+
+async def _worker_signals(signals: Any, worker: Any, scope: trio.CancelScope) -> None:
+    import signal
+
+    count = 0
+    async for signum in signals:
+        count += 1
+        name = signal.Signals(signum).name
+        if count == 1:
+            print(
+                f"{name}: handing the running jobs back to the queue (again to stop at once)",
+                file=sys.stderr,
             )
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async with trio.open_nursery() as nursery:
-
-                    async def on_signals() -> None:
-                        count = 0
-                        async for signum in signals:
-                            count += 1
-                            name = signal.Signals(signum).name
-                            if count == 1:
-                                print(
-                                    f"{name}: handing the running jobs back to the queue "
-                                    "(again to stop at once)",
-                                    file=sys.stderr,
-                                )
-                                worker.stop()
-                            else:
-                                print(f"{name}: stopping at once", file=sys.stderr)
-                                nursery.cancel_scope.cancel()
-
-                    nursery.start_soon(on_signals)
-                    await worker.serve()
-                    nursery.cancel_scope.cancel()
-        return 0
-
-    raise_fd_limit()
-    with gc_policy():
-        return _guarded(main)
+            worker.stop()
+        else:
+            print(f"{name}: stopping at once", file=sys.stderr)
+            scope.cancel()

@@ -223,24 +223,7 @@ def rebuild(journal: JobJournal, fresh: frozenset[str] = frozenset()) -> dict[st
         fresh: agents that start a new conversation with every task (``context = "step"``):
             their transcript is that of their latest task only.
     """
-    by_agent: dict[str, list[TurnEntry]] = {}
-    for record in journal.turns:
-        new_items = decode_items(record.new_items)
-        output = decode_items(record.output)
-        by_agent.setdefault(record.agent, []).append(
-            TurnEntry(
-                agent=record.agent,
-                seq=record.seq,
-                message=record.message,
-                new_items=tuple(new_items),
-                output=tuple(output),
-                response_id=record.response_id,
-                input_tokens=record.input_tokens,
-                output_tokens=record.output_tokens,
-                calls=(),
-                reply=record.reply,
-            )
-        )
+    by_agent = _turns_by_agent(journal)
     calls: dict[str, list[CallEntry]] = {}
     for call in journal.calls:
         calls.setdefault(call.agent, []).append(call)
@@ -253,25 +236,8 @@ def rebuild(journal: JobJournal, fresh: frozenset[str] = frozenset()) -> dict[st
         last = turns[-1] if turns else None
         agent_calls = calls.get(agent, [])
         if last is not None:
-            # In the order the model made the calls (the store may return them by call id):
-            # a resumed task sends their outputs in that order, as an uninterrupted one does.
-            order = {
-                item.call_id: index
-                for index, item in enumerate(
-                    item for item in last.output if isinstance(item, FunctionCallItem)
-                )
-            }
-            own = sorted(
-                (call for call in agent_calls if call.turn == last.seq),
-                key=lambda call: order.get(call.call_id, len(order)),
-            )
-            turns[-1] = attrs.evolve(last, calls=tuple(_pending(call) for call in own))
-        conversation = turns
-        if agent in fresh and last is not None:
-            start = len(turns)
-            while start > 0 and turns[start - 1].message == last.message:
-                start -= 1
-            conversation = turns[start:]
+            turns[-1] = attrs.evolve(last, calls=_calls_of(last, agent_calls))
+        conversation = _latest_task(turns) if agent in fresh else turns
         transcript: list[Item] = []
         for turn in conversation:
             transcript.extend(turn.new_items)
@@ -287,6 +253,55 @@ def rebuild(journal: JobJournal, fresh: frozenset[str] = frozenset()) -> dict[st
             replies=replies.get(agent, {}),
         )
     return states
+
+
+def _turns_by_agent(journal: JobJournal) -> dict[str, list[TurnEntry]]:
+    """The journaled turns, decoded, by agent (in the store's order)."""
+    by_agent: dict[str, list[TurnEntry]] = {}
+    for record in journal.turns:
+        by_agent.setdefault(record.agent, []).append(
+            TurnEntry(
+                agent=record.agent,
+                seq=record.seq,
+                message=record.message,
+                new_items=tuple(decode_items(record.new_items)),
+                output=tuple(decode_items(record.output)),
+                response_id=record.response_id,
+                input_tokens=record.input_tokens,
+                output_tokens=record.output_tokens,
+                calls=(),
+                reply=record.reply,
+            )
+        )
+    return by_agent
+
+
+def _calls_of(last: TurnEntry, agent_calls: list[CallEntry]) -> tuple[CallEntry, ...]:
+    """The calls of the agent's latest turn, in the order the model made them (the store
+    may return them by call id): a resumed task sends their outputs in that order, as an
+    uninterrupted one does."""
+    order = {
+        item.call_id: index
+        for index, item in enumerate(
+            item for item in last.output if isinstance(item, FunctionCallItem)
+        )
+    }
+    own = sorted(
+        (call for call in agent_calls if call.turn == last.seq),
+        key=lambda call: order.get(call.call_id, len(order)),
+    )
+    return tuple(_pending(call) for call in own)
+
+
+def _latest_task(turns: list[TurnEntry]) -> list[TurnEntry]:
+    """The turns of the latest task (those of the last turn's message), for an agent whose
+    every task is a fresh conversation."""
+    if not turns:
+        return turns
+    start = len(turns)
+    while start > 0 and turns[start - 1].message == turns[-1].message:
+        start -= 1
+    return turns[start:]
 
 
 def _pending(call: CallEntry) -> CallEntry:

@@ -665,15 +665,61 @@ def select_jobs(
 
 
 def select_journal(cursor: Any, dialect: Dialect, job_id: str) -> JobJournal:
-    job = select_job(cursor, dialect, job_id)
-    cursor.execute(
-        dialect.sql(
-            "SELECT agent, seq, message, new_items, output, response_id, input_tokens, "
-            "output_tokens, reply, created_at FROM turns WHERE job = ? ORDER BY agent, seq"
-        ),
-        (job_id,),
+    """A job's row and everything journaled for it.
+
+    Raises:
+        JobNotFound: no such job.
+    """
+    return JobJournal(
+        job=select_job(cursor, dialect, job_id),
+        turns=_select_turns(cursor, dialect, job_id),
+        calls=_select_calls(cursor, dialect, job_id),
+        replies=[
+            ReplyRecord(agent=r[0], message=r[1], text=r[2])
+            for r in _rows(cursor, dialect, "SELECT agent, message, text FROM replies", job_id)
+        ],
+        messages=[
+            MessageRecord(
+                id=r[0], sender=r[1], recipient=r[2], text=r[3], step=r[4], created_at=r[5]
+            )
+            for r in _rows(
+                cursor,
+                dialect,
+                "SELECT id, sender, recipient, text, step, created_at FROM messages",
+                job_id,
+                order="created_at, id",
+            )
+        ],
+        steps=_select_steps(cursor, dialect, job_id),
+        events=[
+            EventRecord(time=r[0], kind=r[1], detail=r[2], epoch=r[3])
+            for r in _rows(
+                cursor, dialect, "SELECT time, kind, detail, epoch FROM events", job_id, order="seq"
+            )
+        ],
     )
-    turns = [
+
+
+def _rows(
+    cursor: Any, dialect: Dialect, select: str, job_id: str, *, order: str | None = None
+) -> list[Any]:
+    """The rows of ``select`` (a ``SELECT ... FROM table``) for one job, in ``order``."""
+    suffix = f" ORDER BY {order}" if order else ""
+    cursor.execute(dialect.sql(f"{select} WHERE job = ?{suffix}"), (job_id,))
+    rows: list[Any] = cursor.fetchall()
+    return rows
+
+
+def _select_turns(cursor: Any, dialect: Dialect, job_id: str) -> list[TurnRecord]:
+    rows = _rows(
+        cursor,
+        dialect,
+        "SELECT agent, seq, message, new_items, output, response_id, input_tokens, "
+        "output_tokens, reply, created_at FROM turns",
+        job_id,
+        order="agent, seq",
+    )
+    return [
         TurnRecord(
             agent=r[0],
             seq=r[1],
@@ -686,16 +732,20 @@ def select_journal(cursor: Any, dialect: Dialect, job_id: str) -> JobJournal:
             reply=r[8],
             created_at=r[9],
         )
-        for r in cursor.fetchall()
+        for r in rows
     ]
-    cursor.execute(
-        dialect.sql(
-            "SELECT agent, turn, call_id, name, arguments, side_effect, status, attempt, output, "
-            "error, truncated, timed_out FROM calls WHERE job = ? ORDER BY agent, turn"
-        ),
-        (job_id,),
+
+
+def _select_calls(cursor: Any, dialect: Dialect, job_id: str) -> list[CallEntry]:
+    rows = _rows(
+        cursor,
+        dialect,
+        "SELECT agent, turn, call_id, name, arguments, side_effect, status, attempt, output, "
+        "error, truncated, timed_out FROM calls",
+        job_id,
+        order="agent, turn",
     )
-    calls = [
+    return [
         CallEntry(
             agent=r[0],
             turn=r[1],
@@ -710,29 +760,18 @@ def select_journal(cursor: Any, dialect: Dialect, job_id: str) -> JobJournal:
             truncated=bool(r[10]),
             timed_out=bool(r[11]),
         )
-        for r in cursor.fetchall()
+        for r in rows
     ]
-    cursor.execute(dialect.sql("SELECT agent, message, text FROM replies WHERE job = ?"), (job_id,))
-    replies = [ReplyRecord(agent=r[0], message=r[1], text=r[2]) for r in cursor.fetchall()]
-    cursor.execute(
-        dialect.sql(
-            "SELECT id, sender, recipient, text, step, created_at FROM messages WHERE job = ? "
-            "ORDER BY created_at, id"
-        ),
-        (job_id,),
+
+
+def _select_steps(cursor: Any, dialect: Dialect, job_id: str) -> list[StepRecord]:
+    rows = _rows(
+        cursor,
+        dialect,
+        "SELECT id, agent, status, result, error, attempts, started_at, finished_at FROM steps",
+        job_id,
     )
-    messages = [
-        MessageRecord(id=r[0], sender=r[1], recipient=r[2], text=r[3], step=r[4], created_at=r[5])
-        for r in cursor.fetchall()
-    ]
-    cursor.execute(
-        dialect.sql(
-            "SELECT id, agent, status, result, error, attempts, started_at, finished_at "
-            "FROM steps WHERE job = ?"
-        ),
-        (job_id,),
-    )
-    steps = [
+    return [
         StepRecord(
             id=r[0],
             agent=r[1],
@@ -743,22 +782,8 @@ def select_journal(cursor: Any, dialect: Dialect, job_id: str) -> JobJournal:
             started_at=r[6],
             finished_at=r[7],
         )
-        for r in cursor.fetchall()
+        for r in rows
     ]
-    cursor.execute(
-        dialect.sql("SELECT time, kind, detail, epoch FROM events WHERE job = ? ORDER BY seq"),
-        (job_id,),
-    )
-    events = [EventRecord(time=r[0], kind=r[1], detail=r[2], epoch=r[3]) for r in cursor.fetchall()]
-    return JobJournal(
-        job=job,
-        turns=turns,
-        calls=calls,
-        replies=replies,
-        messages=messages,
-        steps=steps,
-        events=events,
-    )
 
 
 def claim_job(

@@ -101,52 +101,12 @@ def build_data() -> dict[str, list[dict[str, Any]]]:
     sites, inventory, shipments = [], [], []
     for region, names in REGIONS.items():
         for name in names:
-            capacity = rng.choice((800, 1000, 1200, 1500, 2000))
-            sites.append(
-                {
-                    "site": name,
-                    "region": region,
-                    "capacity_pallets": capacity,
-                    "used_pallets": round(capacity * rng.uniform(0.55, 0.97)),
-                    "docks": rng.randint(4, 12),
-                }
-            )
-            for sku, _, _, supplier, minimum, use in ITEMS:
-                daily_use = max(0, round(use * rng.uniform(0.6, 1.4)))
-                book = max(2, round((daily_use or 1) * rng.uniform(8, 40)))
-                # Most lines match; some drift a little, a few lose a lot (shrinkage).
-                roll = rng.random()
-                if roll < 0.55:
-                    counted = book
-                elif roll < 0.85:
-                    counted = book + round(book * rng.uniform(-0.04, 0.03))
-                else:
-                    counted = book - round(book * rng.uniform(0.08, 0.3))
-                inventory.append(
-                    {
-                        "site": name,
-                        "sku": sku,
-                        "book": book,
-                        "counted": counted,
-                        "reorder_point": max(1, round((daily_use or 0.2) * rng.uniform(5, 12))),
-                        "daily_use": daily_use,
-                    }
-                )
-                if rng.random() < 0.3:
-                    delayed = rng.random() < 0.25
-                    eta = tools.AUDIT_DATE + datetime.timedelta(
-                        days=rng.randint(2, 20) + (25 if delayed else 0)
-                    )
-                    shipments.append(
-                        {
-                            "site": name,
-                            "sku": sku,
-                            "quantity": minimum * rng.randint(1, 6),
-                            "eta": eta.isoformat(),
-                            "supplier": supplier,
-                            "status": "delayed" if delayed else "in transit",
-                        }
-                    )
+            sites.append(_site(rng, region, name))
+            for item in ITEMS:
+                line, shipment = _stock_line(rng, name, item)
+                inventory.append(line)
+                if shipment is not None:
+                    shipments.append(shipment)
     items = [
         {"sku": sku, "item": item, "unit_cost_eur": cost, "supplier": supplier, "min_order": m}
         for sku, item, cost, supplier, m, _ in ITEMS
@@ -162,6 +122,55 @@ def build_data() -> dict[str, list[dict[str, Any]]]:
         "inventory.json": inventory,
         "shipments.json": shipments,
     }
+
+
+def _site(rng: random.Random, region: str, name: str) -> dict[str, Any]:
+    capacity = rng.choice((800, 1000, 1200, 1500, 2000))
+    return {
+        "site": name,
+        "region": region,
+        "capacity_pallets": capacity,
+        "used_pallets": round(capacity * rng.uniform(0.55, 0.97)),
+        "docks": rng.randint(4, 12),
+    }
+
+
+def _stock_line(
+    rng: random.Random, site: str, item: tuple[Any, ...]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One item's stock line at a site, and the shipment of it under way, if any."""
+    sku, _, _, supplier, minimum, use = item
+    daily_use = max(0, round(use * rng.uniform(0.6, 1.4)))
+    book = max(2, round((daily_use or 1) * rng.uniform(8, 40)))
+    # Most lines match; some drift a little, a few lose a lot (shrinkage).
+    roll = rng.random()
+    if roll < 0.55:
+        counted = book
+    elif roll < 0.85:
+        counted = book + round(book * rng.uniform(-0.04, 0.03))
+    else:
+        counted = book - round(book * rng.uniform(0.08, 0.3))
+    line = {
+        "site": site,
+        "sku": sku,
+        "book": book,
+        "counted": counted,
+        "reorder_point": max(1, round((daily_use or 0.2) * rng.uniform(5, 12))),
+        "daily_use": daily_use,
+    }
+    if rng.random() >= 0.3:
+        return line, None
+    delayed = rng.random() < 0.25
+    eta = tools.AUDIT_DATE + datetime.timedelta(days=rng.randint(2, 20) + (25 if delayed else 0))
+    shipment = {
+        "site": site,
+        "sku": sku,
+        "quantity": minimum * rng.randint(1, 6),
+        "eta": eta.isoformat(),
+        "supplier": supplier,
+        "status": "delayed" if delayed else "in transit",
+    }
+    return line, shipment
 
 
 def build_plan() -> dict[str, Any]:
@@ -184,40 +193,53 @@ def build_plan() -> dict[str, Any]:
         )
     for region, names in REGIONS.items():
         for site in names:
-            key = step_key(site)
-            builder.step(
-                f"count-{key}",
-                agent="counter",
-                task=f"Count the stock at {site} ({region} region) and list every item whose "
-                "counted quantity differs from the books.",
-            )
-            builder.step(
-                f"inbound-{key}",
-                agent="logistics",
-                task=f"List the shipments due at {site} and the free storage space there.",
-            )
-            builder.step(
-                f"audit-{key}",
-                agent="auditor",
-                task=f"Audit {site} with a tolerance of 2 percent. The count: "
-                f"{{{{steps.count-{key}.result}}}}",
-                depends_on=[f"count-{key}"],
-            )
-            builder.step(
-                f"reorder-{key}",
-                agent="buyer",
-                task=f"Plan the reorders of {site} for the next 30 days. The audit: "
-                f"{{{{steps.audit-{key}.result}}}} The shipments due: "
-                f"{{{{steps.inbound-{key}.result}}}}",
-                depends_on=[f"audit-{key}", f"inbound-{key}"],
-            )
-            builder.step(
-                f"report-{key}",
-                agent="analyst",
-                task=f"Write the scorecard of {site}. The audit: {{{{steps.audit-{key}.result}}}} "
-                f"The reorders: {{{{steps.reorder-{key}.result}}}}",
-                depends_on=[f"audit-{key}", f"reorder-{key}"],
-            )
+            _add_site_steps(builder, region, site)
+    _add_summary_steps(builder)
+    builder.final_step("network-report")
+    builder.build()  # validates; raises PlanError on a mistake in this script
+    return builder.to_dict()
+
+
+def _add_site_steps(builder: PlanBuilder, region: str, site: str) -> None:
+    """One warehouse's chain: count and inbound, then audit, reorder and its scorecard."""
+    key = step_key(site)
+    builder.step(
+        f"count-{key}",
+        agent="counter",
+        task=f"Count the stock at {site} ({region} region) and list every item whose "
+        "counted quantity differs from the books.",
+    )
+    builder.step(
+        f"inbound-{key}",
+        agent="logistics",
+        task=f"List the shipments due at {site} and the free storage space there.",
+    )
+    builder.step(
+        f"audit-{key}",
+        agent="auditor",
+        task=f"Audit {site} with a tolerance of 2 percent. The count: "
+        f"{{{{steps.count-{key}.result}}}}",
+        depends_on=[f"count-{key}"],
+    )
+    builder.step(
+        f"reorder-{key}",
+        agent="buyer",
+        task=f"Plan the reorders of {site} for the next 30 days. The audit: "
+        f"{{{{steps.audit-{key}.result}}}} The shipments due: "
+        f"{{{{steps.inbound-{key}.result}}}}",
+        depends_on=[f"audit-{key}", f"inbound-{key}"],
+    )
+    builder.step(
+        f"report-{key}",
+        agent="analyst",
+        task=f"Write the scorecard of {site}. The audit: {{{{steps.audit-{key}.result}}}} "
+        f"The reorders: {{{{steps.reorder-{key}.result}}}}",
+        depends_on=[f"audit-{key}", f"reorder-{key}"],
+    )
+
+
+def _add_summary_steps(builder: PlanBuilder) -> None:
+    """A summary per region from its scorecards, then the network report from those."""
     for region, names in REGIONS.items():
         reports = " ".join(
             f"{site}: {{{{steps.report-{step_key(site)}.result}}}}" for site in names
@@ -238,9 +260,6 @@ def build_plan() -> dict[str, Any]:
         f"{summaries}",
         depends_on=[f"region-{region.lower()}" for region in REGIONS],
     )
-    builder.final_step("network-report")
-    builder.build()  # validates; raises PlanError on a mistake in this script
-    return builder.to_dict()
 
 
 def _json(data: Any) -> str:

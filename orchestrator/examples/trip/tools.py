@@ -241,21 +241,12 @@ def search_hotels(
         if max_price_per_night is None or h.price_per_night_eur <= max_price_per_night
     ]
     affordable.sort(key=lambda h: (-h.rating, h.price_per_night_eur))
-    result: dict[str, Any] = {"city": name, **stay, "guests": guests, "hotels": []}
-    for hotel in affordable[:MAX_RESULTS]:
-        rooms = math.ceil(guests / hotel.max_guests)
-        result["hotels"].append(
-            {
-                "name": hotel.name,
-                "neighbourhood": hotel.neighbourhood,
-                "stars": hotel.stars,
-                "rating": hotel.rating,
-                "price_per_night_eur": hotel.price_per_night_eur,
-                "rooms": rooms,
-                "total_eur": hotel.price_per_night_eur * rooms * nights,
-                "amenities": list(hotel.amenities),
-            }
-        )
+    result: dict[str, Any] = {
+        "city": name,
+        **stay,
+        "guests": guests,
+        "hotels": [_offer(hotel, guests, nights) for hotel in affordable[:MAX_RESULTS]],
+    }
     if len(affordable) > MAX_RESULTS:
         result["more"] = len(affordable) - MAX_RESULTS
     if booked := len(in_city) - len(free):
@@ -269,6 +260,21 @@ def search_hotels(
             cheapest = min(h.price_per_night_eur for h in free)
             result["note"] = f"nothing at or under {max_price_per_night:g} EUR; from {cheapest}"
     return result
+
+
+def _offer(hotel: Hotel, guests: int, nights: int) -> dict[str, Any]:
+    """A hotel as offered for a stay: the rooms the guests need and the total price."""
+    rooms = math.ceil(guests / hotel.max_guests)
+    return {
+        "name": hotel.name,
+        "neighbourhood": hotel.neighbourhood,
+        "stars": hotel.stars,
+        "rating": hotel.rating,
+        "price_per_night_eur": hotel.price_per_night_eur,
+        "rooms": rooms,
+        "total_eur": hotel.price_per_night_eur * rooms * nights,
+        "amenities": list(hotel.amenities),
+    }
 
 
 @tool(side_effect="read_only", timeout=10)
