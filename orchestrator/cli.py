@@ -117,6 +117,13 @@ def _add_serve(commands: Any) -> None:
         help="incoming message limit, enforced with close 1009 (default 16 MiB)",
     )
     parser.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="close an HTTP connection idle for this long between requests (default 60)",
+    )
+    parser.add_argument(
         "--no-websocket",
         dest="websocket",
         action="store_false",
@@ -262,6 +269,7 @@ def _serve_command(args: argparse.Namespace) -> int:
             handshake_timeout=args.handshake_timeout,
             strict_single_flight=args.strict_single_flight,
             websocket=args.websocket,
+            keep_alive_timeout=args.keep_alive_timeout,
             latency=LatencyModel(
                 time_to_first_token=args.ttft,
                 tokens_per_second=args.tokens_per_second,

@@ -183,7 +183,7 @@ async def test_other_paths_get_404(running, path):
     _error_of(reply, 404, "not_found")
 
 
-@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "OPTIONS"])
 async def test_other_methods_get_405_with_allow(running, method):
     """Another method on the endpoint is answered 405 with ``allow: POST``; the connection
     takes the next request."""
@@ -194,6 +194,20 @@ async def test_other_methods_get_405_with_allow(running, method):
     _error_of(reply, 405, "method_not_allowed")
     assert b"POST" == reply.headers[b"allow"]
     assert 200 == after.status
+    assert 0 == running.statistics().connection_errors
+
+
+async def test_head_gets_405_without_a_body(running):
+    """``HEAD`` gets the 405's head (its content-length included) and no body, and the
+    connection takes the next request."""
+    async with http_client(running) as client:
+        with trio.fail_after(10):
+            reply = await client.request("HEAD", "/v1/responses")
+            after = await client.post(input="still here")
+    assert (405, b"") == (reply.status, reply.body)
+    assert 0 < int(reply.headers[b"content-length"])
+    assert 200 == after.status
+    assert 0 == running.statistics().connection_errors
 
 
 @pytest.mark.parametrize(

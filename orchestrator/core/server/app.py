@@ -1457,6 +1457,7 @@ class _HttpConnection(_Connection):
     _posts: int = 0
     _exchange: _Exchange = attrs.field(factory=lambda: _Exchange(stream=False))
     _client_gone: bool = False
+    _method: str = ""  # of the request being answered
 
     def on_give_up(self, reason: str) -> None:
         """The transport gave this client up for not reading (the connection is dropped)."""
@@ -1494,7 +1495,7 @@ class _HttpConnection(_Connection):
         config = server.config
         counters = self.counters
         counters.http_requests += 1
-        method = request.method.decode("ascii", "replace")
+        method = self._method = request.method.decode("ascii", "replace")
         path = urlsplit(request.target.decode("latin-1")).path
         headers = {bytes(name): bytes(value) for name, value in request.headers}
         limit = config.max_message_size
@@ -1716,7 +1717,13 @@ class _HttpConnection(_Connection):
             message,
         )
         body = _error_body(status, code, message)
-        self.transport.respond(status, [_JSON, *(headers or [])], body, close=close)
+        self.transport.respond(
+            status,
+            [_JSON, *(headers or [])],
+            body,
+            close=close,
+            head_only=self._method == "HEAD",
+        )
 
     def _too_large(self, length: int | None, limit: int) -> None:
         size = f"{length} bytes" if length is not None else f"over {limit} bytes"

@@ -212,7 +212,8 @@ class ServerConfig:
         max_pending_handshakes: connections still in their handshake (not yet
             authenticated) at once; more are refused at once with HTTP 503.
         handshake_timeout: seconds from the TCP connection to the handshake's answer; a
-            slower client is dropped.
+            slower client is dropped. Over HTTP: to the first request's head, and for each
+            request's body once its head arrived (a slower body gets ``408``).
         close_timeout: seconds a closing handshake may take before the socket is dropped.
         keep_alive_timeout: seconds an HTTP connection may wait for its next request
             (docs/protocol.md#over-http); then the server closes it.

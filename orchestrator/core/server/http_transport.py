@@ -247,10 +247,17 @@ class ServerHttp:
     # -- writing ------------------------------------------------------------------------------
 
     def respond(
-        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, *, close: bool = False
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        close: bool = False,
+        head_only: bool = False,
     ) -> None:
         """Buffer a whole answer: ``status``, ``headers`` (``content-length`` is added), and
-        ``body``; ``close``: ask the client to close the connection after it."""
+        ``body``; ``close``: ask the client to close the connection after it; ``head_only``:
+        the answer to a ``HEAD`` request, which has no body (its length is still given)."""
         headers = [*headers, (b"content-length", str(len(body)).encode())]
         if close:
             headers.append((b"connection", b"close"))
@@ -260,7 +267,7 @@ class ServerHttp:
                 h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
             )
         )
-        if body:
+        if body and not head_only:
             self._append_parts(connection.send_with_data_passthrough(h11.Data(data=body)))
         self._append(connection.send(h11.EndOfMessage()) or b"")
 
