@@ -1,7 +1,7 @@
 """``make bench``: every figure of issue 6, measured, judged and written to bench/RESULTS.md.
 
     python -m bench.run_all            # the full run (about 23 minutes)
-    python -m bench.run_all --quick    # a smoke run (about 4 minutes)
+    python -m bench.run_all --quick    # a smoke run (about 5 minutes)
     python -m bench.run_all --only overhead scale
 
 Section 7 (issue 15) is ``bench.transports``: WebSocket mode against HTTP on the latency
@@ -881,7 +881,7 @@ def write(report: Report, started: str, load_before: str, load_after: str, took:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a smoke run of about 4 minutes")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of about 5 minutes")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     args = parser.parse_args()
     raise_fd_limit()

@@ -98,8 +98,8 @@ class Scenario:
     title: str
     added: dict[str, float | None]
     costs: dict[str, float | None]
-    # Rounds run, as a multiple of --rounds: S1's turns take about a millisecond, so its
-    # cells are the cheapest and, relative to their size, the noisiest.
+    # Rounds run, as a multiple of --rounds: the first scenario's turns take about a
+    # millisecond, so its cells are the cheapest and, relative to their size, the noisiest.
     repeat: int = 1
 
     def describe(self, which: dict[str, float | None] | None = None) -> str:
@@ -111,8 +111,8 @@ def _cost(value: float | None) -> str:
     return "None" if value is None else f"{value:g}"
 
 
-# Every cost of the latency model, at zero: S1 sets each explicitly, so a default the server
-# may give one of them never slips into "transport only".
+# Every cost of the latency model, at zero: the first scenario sets each explicitly, so a
+# default the server may give one of them never slips into "transport only".
 ZERO_COSTS: Final[dict[str, float | None]] = {
     "time_to_first_token": 0.0,
     "tokens_per_second": None,
@@ -123,15 +123,15 @@ ZERO_COSTS: Final[dict[str, float | None]] = {
     "seconds_per_rehydrated_token": 0.0,
     "cache_miss_rate": 0.0,
 }
-_STEPS: Final[tuple[tuple[str, str, dict[str, float | None]], ...]] = (
-    ("S1", "transport only (every latency cost zero)", {}),
+# The scenarios, in order: each adds its costs to the ones before. Each is named by its
+# number, as the issue names them.
+_STEPS: Final[tuple[tuple[str, dict[str, float | None]], ...]] = (
+    ("transport only (every latency cost zero)", {}),
     (
-        "S2",
         "+ per-request API work",
         {"http_request_seconds": 0.030, "websocket_request_seconds": 0.003},
     ),
     (
-        "S3",
         "+ cache misses",
         {
             "cache_miss_rate": 0.25,
@@ -140,19 +140,18 @@ _STEPS: Final[tuple[tuple[str, str, dict[str, float | None]], ...]] = (
             "seconds_per_rehydrated_token": 2e-6,
         },
     ),
-    ("S4", "+ fast inference", {"time_to_first_token": 0.05, "tokens_per_second": 1000.0}),
+    ("+ fast inference", {"time_to_first_token": 0.05, "tokens_per_second": 1000.0}),
 )
-
-
-S1_REPEAT: Final = 3
+TRANSPORT_ONLY_REPEAT: Final = 3
 
 
 def _build_scenarios() -> dict[str, Scenario]:
     scenarios: dict[str, Scenario] = {}
     costs = dict(ZERO_COSTS)
-    for name, title, added in _STEPS:
+    for number, (title, added) in enumerate(_STEPS, 1):
         costs = {**costs, **added}
-        repeat = S1_REPEAT if name == "S1" else 1
+        repeat = TRANSPORT_ONLY_REPEAT if number == 1 else 1
+        name = f"S{number}"
         scenarios[name] = Scenario(name, title, dict(added), dict(costs), repeat)
     return scenarios
 
@@ -593,9 +592,11 @@ def measure(
         started=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         load_before=_load(),
         pinned=(
-            f"server pinned to CPU {server_cpu}, client to CPU {client_cpu}"
-            if server_cpu is not None
-            else "one CPU: server and client unpinned"
+            "one CPU: unpinned"
+            if client_cpu is None
+            else f"client pinned to CPU {client_cpu}, no local server"
+            if live_base_url
+            else f"server pinned to CPU {server_cpu}, client to CPU {client_cpu}"
         ),
     )
     clock = time.perf_counter()
@@ -703,6 +704,7 @@ def _kb(value: float) -> str:
 def render(run: Run) -> list[str]:
     """The report as Markdown lines: printed as is, and the section of RESULTS.md."""
     found = cells(run)
+    answer = "the model's answer" if run.live else f"a text answer of {TEXT_DELTAS} deltas"
     lines = [
         "## 7. WebSocket mode against HTTP (issue 15)",
         "",
@@ -716,8 +718,8 @@ def render(run: Run) -> list[str]:
         "One rollout is one agent conversation driven by the runtime's `Connection` and "
         "`Session`: a user message and instructions, N turns that each end in one call of a "
         f"local tool whose output is about 1 KB ({len(lookup(CITY, 1))} characters, about "
-        f"{len(lookup(CITY, 1)) // 4} tokens), so the history grows turn by turn, then a "
-        f"text answer of {TEXT_DELTAS} deltas. `ws`: WebSocket, `store=false`, each turn "
+        f"{len(lookup(CITY, 1)) // 4} tokens), so the history grows turn by turn, then "
+        f"{answer}. `ws`: WebSocket, `store=false`, each turn "
         "continues by id on the socket and sends only the new items; `http_id`: HTTP, "
         "`store=true`, each turn is one POST continuing by `previous_response_id`; "
         "`http_full`: HTTP, `store=false`, each POST resends the whole transcript. Each "
@@ -1012,7 +1014,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--scenarios",
         type=_scenario_names,
-        help="local scenarios to run (S1,S2,S3,S4: all)",
+        help=f"local scenarios to run ({','.join(SCENARIOS)}: all)",
     )
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured rollouts per variant")
     parser.add_argument(

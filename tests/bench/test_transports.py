@@ -16,34 +16,35 @@ if TYPE_CHECKING:
 
 
 def test_a_tiny_run_measures_every_variant_over_its_own_transport() -> None:
-    """One round of 2 and 3 calls in S1 and S2 (S1 repeats its rounds) gives a rollout per
-    variant, cell and round; each rollout made its calls and answered, HTTP made one request
-    per turn and WebSocket none, and resending the transcript sent more than continuing by
-    id."""
+    """One round of 2 and 3 calls in the first two scenarios (the first repeats its rounds)
+    gives a rollout per variant, cell and round; each rollout made its calls and answered,
+    HTTP made one request per turn and WebSocket none, and resending the transcript sent
+    more than continuing by id."""
+    first, second = list(transports.SCENARIOS.values())[:2]
     run = transports.measure(
-        scenarios=[transports.SCENARIOS["S1"], transports.SCENARIOS["S2"]],
+        scenarios=[first, second],
         calls=[2, 3],
         rounds=1,
         warmup=0,
         command="python -m bench.transports (test)",
         progress=lambda _line: None,
     )
-    assert (transports.S1_REPEAT + 1) * 2 * 3 == len(run.records)
+    assert (first.repeat + second.repeat) * 2 * 3 == len(run.records)
     for record in run.records:
         assert record["calls"] == record["calls_made"]
         assert record["calls"] + 1 == record["turns"]
         expected = 0 if record["variant"] == "ws" else record["turns"]
         assert expected == record["http_requests"]
     found = transports.cells(run)
-    assert {(s, n) for s in ("S1", "S2") for n in (2, 3)} == set(found)
+    assert {(s.name, n) for s in (first, second) for n in (2, 3)} == set(found)
     for cell in found.values():
         assert cell.sent("http_full") > cell.sent("http_id")
     lines = transports.render(run)
     text = "\n".join(lines)
-    assert "| S2 + per-request API work | " in text
+    assert f"| {second.name} + per-request API work | " in text
     assert "http_request_seconds=0.03, websocket_request_seconds=0.003" in text
     assert "### What produces the gain" in text
-    assert "### Client CPU per turn (S1)" in text
+    assert f"### Client CPU per turn ({first.name})" in text
 
 
 def test_the_section_replaces_only_itself(tmp_path: Path) -> None:
