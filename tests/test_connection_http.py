@@ -10,6 +10,9 @@ would appear with an id no returned response carried.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import trio
 
@@ -230,3 +233,44 @@ async def test_http_unknown_previous_response_id_replays_once(autojump_clock):
     # The replay is a new chain carrying the whole transcript.
     assert not isinstance(creates[2].previous_response_id, str)
     assert len(creates[2].input) > len(creates[1].input)
+
+
+async def test_cancelling_an_http_turn_leaves_the_session_and_the_connection_usable(
+    autojump_clock,
+):
+    """A turn cancelled mid-stream over HTTP changes nothing in the session; the next turn
+    runs normally (a new HTTP connection replaces the abandoned one)."""
+    slow = Fault("stall", after_events=3, duration=60, response=1)
+    config = ServerConfig(script=SCRIPT, seed=1, faults=(slow,))
+    session = scripted_session()
+    with trio.fail_after(300):
+        async with memory_agent(config, HTTP) as (_, connection, _):
+            with trio.move_on_after(5) as scope:
+                await connection.run_turn(session, [MessageItem.user("Weather in Lisbon?")])
+            assert scope.cancelled_caught
+            assert (0, 0) == (len(session), session.turns)
+            response = await connection.run_turn(session, [MessageItem.user("Weather in Lisbon?")])
+    assert response.function_calls
+    assert 1 == session.turns
+
+
+def test_the_websocket_path_never_imports_the_http_client():
+    """httpx2 is loaded only when a connection goes over HTTP: a WebSocket run's process
+    never imports it (it stays off the hot path and out of the start-up time)."""
+    script = (
+        "import sys, trio\n"
+        "from orchestrator.lowlevel import MessageItem, Session, open_connection, "
+        "open_local_server\n"
+        "async def main():\n"
+        "    async with open_local_server() as server, open_connection(\n"
+        "        server.url, server.token) as connection:\n"
+        "        await connection.run_turn(Session(model='local-echo'), "
+        "[MessageItem.user('hi')])\n"
+        "trio.run(main)\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('httpx', 'httpcore'))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert 0 == done.returncode, done.stderr
+    assert "[]" == done.stdout.strip()

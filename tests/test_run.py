@@ -670,6 +670,8 @@ async def test_result_json_has_the_documented_shape(autojump_clock):
         "bytes_received",
         "events_received",
         "age",
+        "transport",
+        "http_requests",
     } == set(agent["connection"])
     assert "message" == agent["transcript"][0]["type"]
     assert {"function_call", "function_call_output"} <= {

@@ -17,6 +17,7 @@ import attrs
 import msgspec
 
 from actors.journal import CallEntry, in_doubt_action
+from orchestrator.core.rules import tool_error
 from orchestrator.errors import JobError, JobNotResumable, JobRunning
 from orchestrator.jobs import sql
 from orchestrator.jobs.model import (
@@ -386,9 +387,7 @@ def _resolution(
         return resolved, f"{where}: output given by the operator"
     if action == "fail":
         reason = text or "marked failed by the operator: the call may or may not have run"
-        output = msgspec.json.encode(
-            {"error": "tool_failed", "tool": entry.name, "message": reason}
-        ).decode()
+        output = tool_error("tool_failed", entry.name, reason)
         resolved = msgspec.structs.replace(
             entry, status="done", output=output, error=OPERATOR_FAILED
         )

@@ -3,7 +3,6 @@ anything starts), or the embedded server an offline run starts in-process."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
@@ -14,6 +13,7 @@ from loguru import logger
 
 from orchestrator.core.connection import Connector, resolve_api_key, resolve_endpoint
 from orchestrator.core.logging import Secret
+from orchestrator.core.rules import is_offline
 from orchestrator.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -25,7 +25,6 @@ __all__ = [
     "check_fd_budget",
     "live_label",
     "open_endpoint",
-    "resolve_offline",
 ]
 
 
@@ -55,13 +54,6 @@ class Endpoint:
     connector: Connector | None = None
 
 
-def resolve_offline(api_key: str | Secret | None, offline: bool | None) -> bool:
-    """An explicit choice, else offline exactly when no key is at hand."""
-    if offline is not None:
-        return offline
-    return api_key is None and not os.environ.get("OPENAI_API_KEY")
-
-
 def live_label(api_key: str | Secret | None, base_url: str | None, allow_insecure: bool) -> str:
     """The URL a live run's connections use (``OPENAI_BASE_URL`` included), never the raw
     option; the key is known to the redactor from here on.
@@ -83,7 +75,7 @@ async def open_endpoint(
 ) -> AsyncIterator[Endpoint]:
     """The live service, or the embedded server (over loopback TCP or in memory), for the
     time of the block."""
-    if not resolve_offline(api_key, offline):
+    if not is_offline(api_key, offline):
         key = resolve_api_key(api_key)  # first: the key is known to the redactor from here
         # Refuses a URL carrying credentials before anything starts; the label is the URL
         # the connections use (OPENAI_BASE_URL included), never the raw option.
@@ -122,7 +114,7 @@ def check_fd_budget(
     """
     from orchestrator.core.tuning import fd_limit
 
-    local = offline if offline is not None else not (api_key or os.environ.get("OPENAI_API_KEY"))
+    local = is_offline(api_key, offline)
     per_agent = 0 if (local and transport == "memory") else 2 if local else 1
     needed = agents * per_agent + 64
     limit = fd_limit()

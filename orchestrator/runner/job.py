@@ -23,6 +23,7 @@ from orchestrator.core.connection import Connection, open_connection
 from orchestrator.core.failpoints import crash_point
 from orchestrator.core.observe import EventBus, RunAgent, RunFinished, RunStarted, capped
 from orchestrator.core.redaction import redact
+from orchestrator.core.rules import is_offline
 from orchestrator.errors import InternalError, JournalError, OrchestratorError
 from orchestrator.jobs.journal import Journal, clamp_wall_clock
 from orchestrator.jobs.model import DRIVEN, AgentPrint, Claim, JobJournal, JobStatus, Owner
@@ -32,7 +33,6 @@ from orchestrator.runner.endpoint import (
     Endpoint,
     live_label,
     open_endpoint,
-    resolve_offline,
 )
 from orchestrator.runner.results import (
     ParkedCall,
@@ -167,7 +167,7 @@ async def _run_job(
     spec, plan = job_run.spec, job_run.spec.plan
     settings = spec.settings
     url_option = settings.base_url or plan.settings.base_url
-    offline = resolve_offline(settings.api_key, settings.offline)
+    offline = is_offline(settings.api_key, settings.offline)
     # A missing or malformed key, or a URL carrying credentials, is refused before a job is
     # recorded.
     label = (

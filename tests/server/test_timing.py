@@ -294,3 +294,22 @@ def test_bad_request_costs_are_refused(options):
     naming the field."""
     with pytest.raises(ConfigurationError, match=next(iter(options))):
         LatencyModel(**options)
+
+
+async def test_a_chain_counts_each_turn_once(autojump_clock):
+    """A chain's input is its turns so far, each counted once however long the chain: the
+    third turn of 1,000 tokens in, 1,000 echoed, then "go" and "go" echoed, reads
+    2,000 + 2 + 1 tokens (a stored chain that counted its parent twice would read 4,003, and
+    its rehydration and cache-miss costs would grow twice as fast every turn)."""
+    server = LocalServer.from_config(ServerConfig(latency=COSTS))
+    async with memory_client(server) as ws:
+        with trio.fail_after(60):
+            *_, first = await _timed_create(ws, input=CONTEXT, store=True)
+            *_, second = await _timed_create(
+                ws, input="go", previous_response_id=first["response"]["id"]
+            )
+            *_, third = await _timed_create(
+                ws, input="go", previous_response_id=second["response"]["id"]
+            )
+    assert (2001, 2000) == _usage(second)
+    assert (2003, 2002) == _usage(third)

@@ -769,13 +769,15 @@ class _InputTokens:
     """The input of a response, in tokens (docs/protocol.md#determinism-and-latency).
 
     ``total``: all of it; ``cached``: served from a cache; ``sent``: carried by the request
-    (instructions, tools, ``input``); ``rehydrated``: the chain loaded from the store.
+    (instructions, tools, ``input``); ``rehydrated``: the chain loaded from the store;
+    ``own``: the request's ``input`` items alone, what this response adds to its chain.
     """
 
     total: int
     cached: int
     sent: int
     rehydrated: int
+    own: int
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -1024,7 +1026,7 @@ class _Connection:
             cached,
             output_tokens,
         )
-        self._remember(lane, stream, parent, new_input, status, total_input, context)
+        self._remember(lane, stream, parent, new_input, status, tokens.own, context)
         # A fault may be due right after the terminal event ("completed, then the socket died").
         if self.server._faults:
             await self.before_event(stream, ended=True)
@@ -1049,6 +1051,7 @@ class _Connection:
             cached=self._cached_tokens(parent, parent_lane, prefix_tokens, new_input),
             sent=prefix_tokens + input_tokens,
             rehydrated=parent_tokens if parent_lane is None else 0,
+            own=input_tokens,
         )
 
     def _cached_tokens(
@@ -1094,7 +1097,10 @@ class _Connection:
         input_tokens: int,
         context: tuple[Item, ...] | None,
     ) -> None:
-        """Keep a finished response as its lane's latest (and in the store with store=true)."""
+        """Keep a finished response as its lane's latest (and in the store with store=true).
+
+        ``input_tokens`` are those of the request's own ``input`` items: the chain's earlier
+        turns are counted by the parent, and instructions and tools by every request."""
         writer = stream.writer
         output_items = tuple(writer.output)
         cached_response = CachedResponse.create(
