@@ -379,7 +379,6 @@ def serve_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.transports serve")
     parser.add_argument("--script", required=True)
     parser.add_argument("--costs", required=True, help="LatencyModel fields, as JSON")
-    parser.add_argument("--as-is", action="store_true", help="no workaround (RECOUNT_NOTE)")
     args = parser.parse_args(argv)
     from orchestrator.core.server import LatencyModel, ServerConfig
     from orchestrator.core.tuning import gc_policy
@@ -393,70 +392,11 @@ def serve_main(argv: list[str]) -> None:
             f"{', '.join(sorted(known))}): this tree's server lacks the HTTP costs"
         )
     config = ServerConfig(model="scripted", script=args.script, latency=LatencyModel(**costs))
-    recount = not args.as_is and trio.run(chain_tokens_double)
-    if recount:
-        recount_chain_tokens()
     with gc_policy():  # as `orchestrator serve` runs
-        trio.run(_serve, config, recount)
+        trio.run(_serve, config)
 
 
-# The note the server prints (and the report repeats) when it recounts chain tokens.
-RECOUNT_NOTE: Final = (
-    "Workaround: this tree's embedded server counts a chain's earlier turns twice in each "
-    "continuation's input tokens (`_remember` passes the whole input, parent included, as the "
-    "new response's own tokens, and `CachedResponse.create` adds the parent's again), so a "
-    "stored chain's tokens double every turn and `seconds_per_rehydrated_token` and cache "
-    "misses would charge http_id for millions of tokens by 20 calls. The bench's server "
-    "process found the doubling (a 4-turn check at start) and made `CachedResponse.create` "
-    "count its own input and output, as it does when not given a count; every other line of "
-    "the server ran unchanged. Without the doubling the check passes and nothing is changed."
-)
-
-
-async def chain_tokens_double() -> bool:
-    """Whether this tree's server doubles a chain's input tokens every turn (see
-    ``RECOUNT_NOTE``): 4 turns of 100-token tool outputs should each add about as many."""
-    from orchestrator.lowlevel import (
-        FunctionCallOutputItem,
-        FunctionTool,
-        MessageItem,
-        Session,
-        open_connection,
-        open_local_server,
-    )
-
-    call = {"function_calls": [{"name": "f", "arguments": {}}]}
-    script = {"turns": [call], "on_exhausted": "repeat_last"}
-    async with (
-        open_local_server(model="scripted", script=script) as server,
-        open_connection(server.url, server.token, agent="check") as connection,
-    ):
-        tool = FunctionTool("f", {"type": "object", "properties": {}}, "f")
-        session = Session(model="check", tools=(tool,))
-        items: list[Any] = [MessageItem.user("hi")]
-        counts = []
-        for _ in range(4):
-            response = await connection.run_turn(session, items)
-            assert response.usage is not None
-            counts.append(response.usage.input_tokens)
-            call_id = response.function_calls[0].call_id
-            items = [FunctionCallOutputItem(call_id=call_id, output="x" * 400)]
-    return counts[3] - counts[2] > 1.5 * (counts[2] - counts[1])
-
-
-def recount_chain_tokens() -> None:
-    """Make ``CachedResponse.create`` count its own input and output (``RECOUNT_NOTE``)."""
-    from orchestrator.core.server.state import CachedResponse
-
-    create = CachedResponse.create.__func__  # type: ignore[attr-defined]
-
-    def recounted(cls: type, *args: Any, tokens: int | None = None, **options: Any) -> Any:
-        return create(cls, *args, tokens=None, **options)
-
-    CachedResponse.create = classmethod(recounted)  # type: ignore[assignment,method-assign]
-
-
-async def _serve(config: Any, recounted: bool) -> None:
+async def _serve(config: Any) -> None:
     from orchestrator.core.server import LocalServer, serve_local_server
 
     server = LocalServer.from_config(config)
@@ -465,7 +405,6 @@ async def _serve(config: Any, recounted: bool) -> None:
             running = await nursery.start(partial(serve_local_server, config, server=server))
             print(f"serving {running.url}", flush=True)
             print(f"base_url {running.base_url}", flush=True)
-            print(f"recounted {'yes' if recounted else 'no'}", flush=True)
             print(f"token {running.token}", flush=True)
             async for _ in signals:
                 nursery.cancel_scope.cancel()
@@ -474,13 +413,12 @@ async def _serve(config: Any, recounted: bool) -> None:
 
 @contextlib.contextmanager
 def scenario_server(
-    scenario: Scenario, calls: list[int], *, cpu: int | None, as_is: bool = False
+    scenario: Scenario, calls: list[int], *, cpu: int | None
 ) -> Iterator[dict[str, str]]:
-    """The embedded server with ``scenario``'s latency model, in its own process on ``cpu``
-    (``as_is``: without the workaround of ``RECOUNT_NOTE``)."""
+    """The embedded server with ``scenario``'s latency model, in its own process on ``cpu``."""
     path = script_file(script(calls))
     command = [sys.executable, "-m", "bench.transports", "serve", "--script", path]
-    command += ["--costs", json.dumps(scenario.costs), *(["--as-is"] if as_is else [])]
+    command += ["--costs", json.dumps(scenario.costs)]
     # The server's stderr goes to a file: a pipe nobody reads could fill and stall it.
     with (
         tempfile.TemporaryFile("w+") as errors,
@@ -556,7 +494,6 @@ class Run:
     rounds: int
     command: str
     live: str = ""  # "base_url, model" in live mode
-    recounted: bool = False  # a server needed the workaround of RECOUNT_NOTE
     records: list[dict[str, Any]] = attrs.field(factory=list)
     started: str = ""
     took: float = 0.0
@@ -578,7 +515,6 @@ def measure(
     live_base_url: str = "",
     live_model: str = "",
     reasoning_effort: str = "",
-    as_is: bool = False,
     progress: Callable[[str], object] = print,
 ) -> Run:
     """Run every scenario (or the live endpoint) and return the records."""
@@ -608,8 +544,7 @@ def measure(
         for scenario in scenarios:
             progress(f"{scenario.name} {scenario.title}: {scenario.describe(scenario.added)}")
             started = time.perf_counter()
-            with scenario_server(scenario, calls, cpu=server_cpu, as_is=as_is) as server:
-                run.recounted |= server["recounted"] == "yes"
+            with scenario_server(scenario, calls, cpu=server_cpu) as server:
                 plan = Plan(
                     server["base_url"], calls, rounds * scenario.repeat, warmup, SCRIPTED_MODEL
                 )
@@ -748,8 +683,6 @@ def render(run: Run) -> list[str]:
             ],
             "",
         ]
-    if run.recounted:
-        lines += [RECOUNT_NOTE, ""]
     lines += _summary(run, found)
     for scenario in run.scenarios:
         lines += _scenario_table(run, scenario, found)
@@ -1020,11 +953,6 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--write", action="store_true", help="put the report in bench/RESULTS.md (its section)"
     )
-    parser.add_argument(
-        "--as-is-server",
-        action="store_true",
-        help="never work around the server's doubled chain tokens (see the report's note)",
-    )
     live = parser.add_argument_group("live mode (a real endpoint; key from OPENAI_API_KEY)")
     live.add_argument("--live", action="store_true", help="run against --base-url")
     live.add_argument("--base-url", default="https://api.openai.com/v1")
@@ -1070,7 +998,6 @@ def main(argv: list[str] | None = None) -> None:
         live_base_url=args.base_url if args.live else "",
         live_model=args.model if args.live else "",
         reasoning_effort=args.reasoning_effort if args.live else "",
-        as_is=args.as_is_server,
     )
     lines = render(run)
     print("\n" + "\n".join(lines), flush=True)
