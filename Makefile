@@ -41,8 +41,9 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Every figure of issue 6 (bench/run_all.py), written to bench/RESULTS.md; about 15 minutes.
-# `make bench BENCH_ARGS=--quick` is a 2-minute smoke run.
+# Every figure of issue 6 and WebSocket mode against HTTP (issue 15: bench/transports.py), by
+# bench/run_all.py, written to bench/RESULTS.md; about 23 minutes.
+# `make bench BENCH_ARGS=--quick` is a 5-minute smoke run.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,postgres,mcp,bench]'
 	$(BIN)/python -m bench.run_all $(BENCH_ARGS)

@@ -1,8 +1,11 @@
 """``make bench``: every figure of issue 6, measured, judged and written to bench/RESULTS.md.
 
-    python -m bench.run_all            # the full run (about 15 minutes)
-    python -m bench.run_all --quick    # a smoke run (about 2 minutes)
+    python -m bench.run_all            # the full run (about 23 minutes)
+    python -m bench.run_all --quick    # a smoke run (about 5 minutes)
     python -m bench.run_all --only overhead scale
+
+Section 7 (issue 15) is ``bench.transports``: WebSocket mode against HTTP on the latency
+model; ``python -m bench.transports --write`` reruns it alone and replaces only its section.
 
 Every comparison runs its variants interleaved over repeated rounds (the order rotates from
 round to round), each variant in a fresh process pinned to the client core while the
@@ -45,7 +48,7 @@ from bench._harness import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-SECTIONS = ("overhead", "scale", "paced", "rotation", "footprint")
+SECTIONS = ("overhead", "scale", "paced", "rotation", "footprint", "transports")
 # Events per turn of the rollout: 20 turns of 12 events and one of 58.
 EVENTS_PER_TURN = (20 * 12 + 58) / TURNS_PER_ROLLOUT
 
@@ -785,6 +788,45 @@ def footprint(report: Report, server_cpu: int | None, client_cpu: int | None) ->
         )
 
 
+# -- 7: WebSocket mode against HTTP (issue 15) ---------------------------------------------------
+
+
+def transports(report: Report, server_cpu: int | None, client_cpu: int | None) -> None:
+    from bench import transports as bench
+
+    command = "python -m bench.transports" + (" --quick" if report.quick else "")
+    run = bench.measure(
+        scenarios=list(bench.SCENARIOS.values()),
+        calls=list(bench.DEFAULT_CALLS),
+        rounds=bench.QUICK_ROUNDS if report.quick else bench.DEFAULT_ROUNDS,
+        warmup=1,
+        command=command,
+        progress=lambda line: print(f"  {line}", flush=True),
+    )
+    found = bench.cells(run)
+    for scenario in run.scenarios:
+        cell = found[(scenario.name, bench.CPU_CALLS)]
+        by_id, full = cell.compare("http_id"), cell.compare("http_full")
+        report.figure(
+            "7",
+            f"WebSocket saving at {bench.CPU_CALLS} calls, {scenario.name} {scenario.title}",
+            f"{by_id.saving:.1%} vs http_id (paired {by_id.paired:.1%}), {full.saving:.1%} "
+            f"vs http_full (paired {full.paired:.1%})",
+        )
+    cell = found[(run.scenarios[0].name, bench.CPU_CALLS)]
+    cpu = {variant: cell.per_turn(variant, "cpu") for variant in bench.VARIANTS}
+    report.figure(
+        "7",
+        f"client CPU per turn, {bench.CPU_CALLS} calls, ws / http_id / http_full",
+        " / ".join(_us(cpu[variant]) for variant in bench.VARIANTS),
+    )
+    report.sections.append("\n".join([bench.BEGIN, *bench.render(run), bench.END, ""]))
+    report.commands.append(
+        f"{command}   # section 7: its own server (python -m bench.transports serve) per "
+        "scenario and client (python -m bench.transports client)"
+    )
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -839,7 +881,7 @@ def write(report: Report, started: str, load_before: str, load_after: str, took:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a smoke run of about 2 minutes")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of about 5 minutes")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     args = parser.parse_args()
     raise_fd_limit()
@@ -857,6 +899,7 @@ def main() -> None:
         "paced": paced,
         "rotation": rotation,
         "footprint": footprint,
+        "transports": transports,
     }
     for name in args.only:
         print(f"== {name}", flush=True)
