@@ -643,7 +643,7 @@ def _key_and_offline(args: argparse.Namespace, plan: Any) -> tuple[str | None, b
             EXIT_AUTH,
         )
     if key is not None and not offline:
-        from orchestrator.core.connection import resolve_api_key, resolve_endpoint
+        from orchestrator.core.endpoint import resolve_api_key, resolve_endpoint
 
         try:
             resolve_api_key(key)  # from here on the redactor knows the key

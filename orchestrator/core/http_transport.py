@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     import httpcore2
     import httpx2
 
-    from orchestrator.core.connection import Connector
+    from orchestrator.core.endpoint import Connector
     from orchestrator.core.protocol.events import ResponseCreate
 
 __all__ = ["HttpTransport", "http_url"]
