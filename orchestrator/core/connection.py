@@ -540,24 +540,11 @@ class Connection:
             async with trio.open_nursery() as nursery:
                 with trio.fail_after(settings.connect_timeout):
                     stream = await self._connector()
-                    ws = await wrap_client_stream(
-                        nursery,
-                        stream,  # type: ignore[arg-type]
-                        f"{self.endpoint.host}:{self.endpoint.port}",
-                        self.endpoint.resource,
-                        extra_headers=self._headers(),
-                        message_queue_size=settings.message_queue_size,
-                        max_message_size=settings.max_message_size,
-                        receive_buffer_size=settings.receive_buffer_size,
-                    )
-                socket = _Socket(
-                    index,
-                    ws,
-                    stream,
-                    ConnectionLifecycle(
-                        trio.current_time(), settings.max_age, settings.rotation_margin
-                    ),
+                    ws = await self._handshake(nursery, stream)
+                lifecycle = ConnectionLifecycle(
+                    trio.current_time(), settings.max_age, settings.rotation_margin
                 )
+                socket = _Socket(index, ws, stream, lifecycle)
                 if settings.ping_interval is not None:
                     nursery.start_soon(self._keepalive, socket)
                 started = True
@@ -585,6 +572,23 @@ class Connection:
                 # A refused or failed handshake: nobody else will ever close this stream.
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
+
+    async def _handshake(
+        self, nursery: trio.Nursery, stream: trio.abc.Stream
+    ) -> WebSocketConnection:
+        """The WebSocket handshake on ``stream``, trio-websocket's reader started in
+        ``nursery``, with our sizes set explicitly (docs/protocol.md#frames-sizes-and-keepalive)."""
+        settings = self.settings
+        return await wrap_client_stream(
+            nursery,
+            stream,  # type: ignore[arg-type]
+            f"{self.endpoint.host}:{self.endpoint.port}",
+            self.endpoint.resource,
+            extra_headers=self._headers(),
+            message_queue_size=settings.message_queue_size,
+            max_message_size=settings.max_message_size,
+            receive_buffer_size=settings.receive_buffer_size,
+        )
 
     def _rejected(self, exc: ConnectionRejected) -> HandshakeRejected:
         status = exc.status_code
