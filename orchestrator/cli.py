@@ -87,6 +87,17 @@ def _add_serve(commands: Any) -> None:
         "HTTP with SSE) with deterministic local models, for offline runs, tests, benchmarks "
         "and fault injection.",
     )
+    _add_serve_listener(parser)
+    _add_serve_model(parser)
+    _add_serve_wire(parser)
+    _add_serve_limits(parser.add_argument_group("limits per connection"))
+    _add_serve_behaviour(parser)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more")
+    parser.set_defaults(handler=_serve_command)
+
+
+def _add_serve_listener(parser: Any) -> None:
+    """``serve``'s address, its token, and how long a connection may live."""
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any)")
     parser.add_argument(
@@ -102,6 +113,10 @@ def _add_serve(commands: Any) -> None:
         help="close connections with websocket_connection_limit_reached after this age "
         "(default 3600)",
     )
+
+
+def _add_serve_model(parser: Any) -> None:
+    """``serve``'s local model: which one, its script, the seed of its ids."""
     parser.add_argument(
         "--model",
         choices=("generic", "echo", "scripted"),
@@ -109,6 +124,10 @@ def _add_serve(commands: Any) -> None:
     )
     parser.add_argument("--script", type=Path, help="JSON/YAML turns for the scripted model")
     parser.add_argument("--seed", type=int, help="make ids deterministic")
+
+
+def _add_serve_wire(parser: Any) -> None:
+    """``serve``'s wire: message size, HTTP keep-alive, WebSocket or not, busy lanes."""
     parser.add_argument(
         "--max-message-size",
         type=int,
@@ -135,10 +154,6 @@ def _add_serve(commands: Any) -> None:
         action="store_true",
         help="answer a second create on a busy lane with 409 instead of queueing it",
     )
-    _add_serve_limits(parser.add_argument_group("limits per connection"))
-    _add_serve_behaviour(parser)
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more")
-    parser.set_defaults(handler=_serve_command)
 
 
 def _add_serve_limits(limits: Any) -> None:
@@ -643,7 +658,7 @@ def _key_and_offline(args: argparse.Namespace, plan: Any) -> tuple[str | None, b
             EXIT_AUTH,
         )
     if key is not None and not offline:
-        from orchestrator.core.connection import resolve_api_key, resolve_endpoint
+        from orchestrator.core.endpoint import resolve_api_key, resolve_endpoint
 
         try:
             resolve_api_key(key)  # from here on the redactor knows the key

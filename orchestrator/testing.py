@@ -19,7 +19,7 @@ from orchestrator.core.logging import PACKAGES, redacting_patcher
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from orchestrator.core.connection import Connector
+    from orchestrator.core.endpoint import Connector
     from orchestrator.core.server.app import LocalServer
 
 __all__ = ["capture_logs", "memory_connector"]

@@ -234,63 +234,72 @@ def _toml_keys(dotted: str) -> list[str]:
 
 
 def _toml_lines(text: str) -> dict[Parts, int]:
-    lines: dict[Parts, int] = {}
-    arrays: dict[Parts, int] = {}  # array-of-tables path -> its last index
-    table: Parts = ()
-    open_string: str | None = None  # the delimiter of a multi-line string being skipped
-    value: _TomlValue | None = None  # a multi-line array or inline table being read
+    """The line of every table header and key of a TOML document that decoded, and of each
+    item of an array written over several lines."""
+    scan = _TomlScan()
+    for number, raw in enumerate(text.splitlines(), start=1):
+        scan.line(raw, number)
+    return scan.lines
 
-    def resolve(keys: list[str]) -> Parts:
+
+@attrs.define
+class _TomlScan:
+    """One scan of a TOML document, line by line: the line of every key met so far, the
+    table that keys go in, the last index of each array of tables, and what is being skipped
+    (a multi-line string, by its delimiter) or read (a multi-line array or inline table)."""
+
+    lines: dict[Parts, int] = attrs.field(factory=dict)
+    arrays: dict[Parts, int] = attrs.field(factory=dict)
+    table: Parts = ()
+    open_string: str | None = None
+    value: _TomlValue | None = None
+
+    def line(self, raw: str, number: int) -> None:
+        if self.open_string is not None:
+            if self.open_string in raw:
+                self.open_string = None
+        elif self.value is not None:
+            self._read(self.value, raw, number)
+        elif array := _TOML_ARRAY_TABLE.match(raw):
+            self._array_table(_toml_keys(array.group(1)), number)
+        elif header := _TOML_TABLE.match(raw):
+            self.table = self._resolve(_toml_keys(header.group(1)))
+            self.lines.setdefault(self.table, number)
+        elif assignment := _TOML_ASSIGNMENT.match(raw):
+            self._assignment(assignment, raw, number)
+
+    def _array_table(self, keys: list[str], number: int) -> None:
+        """``[[a.b]]``: a new entry of the array of tables ``a.b``."""
+        path = (*self._resolve(keys[:-1]), keys[-1])
+        self.arrays[path] = self.arrays.get(path, -1) + 1
+        self.table = (*path, self.arrays[path])
+        self.lines.setdefault(path, number)
+        self.lines.setdefault(self.table, number)
+
+    def _assignment(self, assignment: re.Match[str], raw: str, number: int) -> None:
+        """``key = value``: the key's line, then its value read (or a string skipped) on."""
+        path = (*self.table, *_toml_keys(assignment.group(1)))
+        self.lines.setdefault(path, number)
+        rest = raw[assignment.end() :]
+        for delimiter in ('"""', "'''"):
+            if rest.count(delimiter) == 1:
+                self.open_string = delimiter
+                return
+        self._read(_TomlValue(path, self.lines), rest, number)
+
+    def _read(self, value: _TomlValue, text: str, number: int) -> None:
+        value.feed(text, number)
+        self.value = None if value.done else value
+
+    def _resolve(self, keys: list[str]) -> Parts:
         """A header's keys, each array of tables on the way replaced by its last entry."""
         parts: list[Part] = []
         for key in keys:
             parts.append(key)
-            index = arrays.get(tuple(parts))
+            index = self.arrays.get(tuple(parts))
             if index is not None:
                 parts.append(index)
         return tuple(parts)
-
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if open_string is not None:
-            if open_string in raw:
-                open_string = None
-            continue
-        if value is not None:
-            value.feed(raw, number)
-            if value.done:
-                value = None
-            continue
-        array = _TOML_ARRAY_TABLE.match(raw)
-        if array:
-            keys = _toml_keys(array.group(1))
-            parent = resolve(keys[:-1])
-            path = (*parent, keys[-1])
-            arrays[path] = arrays.get(path, -1) + 1
-            table = (*path, arrays[path])
-            lines.setdefault(path, number)
-            lines.setdefault(table, number)
-            continue
-        header = _TOML_TABLE.match(raw)
-        if header:
-            table = resolve(_toml_keys(header.group(1)))
-            lines.setdefault(table, number)
-            continue
-        assignment = _TOML_ASSIGNMENT.match(raw)
-        if not assignment:
-            continue
-        path = (*table, *_toml_keys(assignment.group(1)))
-        lines.setdefault(path, number)
-        rest = raw[assignment.end() :]
-        for delimiter in ('"""', "'''"):
-            if rest.count(delimiter) == 1:
-                open_string = delimiter
-                break
-        else:
-            value = _TomlValue(path, lines)
-            value.feed(rest, number)
-            if value.done:
-                value = None
-    return lines
 
 
 class _TomlValue:

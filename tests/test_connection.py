@@ -9,13 +9,8 @@ import trio
 import trio.testing
 import trio_websocket
 
-from orchestrator.core.connection import (
-    AttemptAbandoned,
-    ConnectionSettings,
-    open_connection,
-    resolve_api_key,
-    resolve_endpoint,
-)
+from orchestrator.core.connection import AttemptAbandoned, ConnectionSettings, open_connection
+from orchestrator.core.endpoint import resolve_api_key, resolve_endpoint
 from orchestrator.core.logging import Secret
 from orchestrator.core.observe import (
     ConnectionClosed,
@@ -770,6 +765,18 @@ def test_endpoints_resolve_like_the_sdk():
     assert "10.0.0.8" == resolve_endpoint("ws://10.0.0.8/v1", allow_insecure=True).host
     with pytest.raises(ConfigurationError, match="credentials in the URL"):
         resolve_endpoint("wss://user:pw@gw.example/v1")
+
+
+def test_endpoint_names_are_still_importable_from_the_connection_module():
+    """The names that moved to orchestrator.core.endpoint are the same objects when imported
+    from orchestrator.core.connection, where programs found them before."""
+    from orchestrator.core import connection, endpoint
+
+    moved = ["DEFAULT_URL", "SERVICE_HOST", "Connector", "Endpoint"]
+    moved += ["resolve_api_key", "resolve_endpoint", "resolve_transport"]
+    for name in moved:
+        assert getattr(endpoint, name) is getattr(connection, name)
+    assert set(connection.__all__) <= set(dir(connection))
 
 
 def test_default_endpoint_is_the_service(monkeypatch):

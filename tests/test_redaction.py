@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, strategies as st
 from loguru import logger
 
-from orchestrator.core.connection import resolve_endpoint
+from orchestrator.core.endpoint import resolve_endpoint
 from orchestrator.core.logging import PACKAGES, RedactingStream, Secret, configure
 from orchestrator.core.observe import ActorFailed, EventBus, TurnStarted
 from orchestrator.core.redaction import (

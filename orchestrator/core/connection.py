@@ -30,6 +30,9 @@ committed it to the session. Whatever happens to the socket meanwhile is handled
   endpoint shows it has no WebSocket mode (426, 404 or 405 to the upgrade...), goes on over
   HTTP for the rest of its life, without losing the turn. The same recovery policy decides
   for both.
+
+Where to connect (the endpoint, the key, the transport to start with) is resolved before
+any socket opens, in :mod:`orchestrator.core.endpoint`; the names are re-exported here.
 """
 
 from __future__ import annotations
@@ -37,12 +40,9 @@ from __future__ import annotations
 import math
 import os
 import random
-import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import attrs
 import trio
@@ -55,6 +55,16 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from orchestrator.core.endpoint import (
+    DEFAULT_URL as DEFAULT_URL,
+    SERVICE_HOST as SERVICE_HOST,
+    Connector as Connector,
+    Endpoint as Endpoint,
+    resolve_api_key as resolve_api_key,
+    resolve_endpoint as resolve_endpoint,
+    resolve_transport as resolve_transport,
+    tcp_connector,
+)
 from orchestrator.core.failpoints import crash_point
 from orchestrator.core.http_transport import HttpTransport, http_url, request_error
 from orchestrator.core.logging import Secret
@@ -90,8 +100,7 @@ from orchestrator.core.protocol.recovery import (
     Unreachable,
 )
 from orchestrator.core.protocol.turn import RequestError, Response, TurnAssembler
-from orchestrator.core.redaction import is_secret_name, looks_secret, redact
-from orchestrator.core.rules import TRANSPORTS, Transport, is_loopback, retry_after_seconds
+from orchestrator.core.rules import TRANSPORTS, Transport, retry_after_seconds
 from orchestrator.core.session import Session
 from orchestrator.errors import (
     AuthenticationError,
@@ -104,6 +113,8 @@ from orchestrator.errors import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Sequence
+
     from orchestrator.core.protocol.events import Item, ResponseCreate, ServerEvent, UnknownEvent
     from orchestrator.core.session import TurnRequest
 
@@ -121,10 +132,6 @@ __all__ = [
     "resolve_endpoint",
     "resolve_transport",
 ]
-
-DEFAULT_URL: Final = "wss://api.openai.com/v1/responses"
-# The host whose WebSocket mode is known to exist: ``auto`` elsewhere.
-SERVICE_HOST: Final = "api.openai.com"
 
 USER_AGENT: Final = "orchestrator/0.1 (trio)"
 
@@ -207,141 +214,6 @@ class ConnectionSettings:
             raise ConfigurationError("rotation_margin must be in [0, max_age)")
         if self.max_attempts < 1 or self.message_queue_size < 1:
             raise ConfigurationError("max_attempts and message_queue_size must be >= 1")
-
-
-@attrs.frozen
-class Endpoint:
-    """A resolved ``/responses`` WebSocket URL."""
-
-    url: str
-    host: str
-    port: int
-    resource: str
-    secure: bool
-
-
-def resolve_endpoint(url: str | None = None, *, allow_insecure: bool = False) -> Endpoint:
-    """Turn a WebSocket URL or an SDK-style base URL into the ``/responses`` endpoint.
-
-    ``https://host/v1`` becomes ``wss://host/v1/responses`` (as the official SDK derives it);
-    a ``ws(s)://`` URL ending in ``/responses`` is used as is. ``None`` means
-    ``OPENAI_BASE_URL`` if set, else the service.
-
-    Credentials in the URL are refused, in its user part (``wss://user:key@host``) as in its
-    query (``?api_key=...``, ``?token=...``, or any value shaped like a key): a URL ends up
-    in reports and logs, the key goes in the ``Authorization`` header only.
-
-    Raises:
-        ConfigurationError: the URL is malformed (``config.url``), carries credentials
-            (``config.url``; the message never repeats them), or is ``ws://`` to a remote
-            host without ``allow_insecure`` (``config.insecure``).
-    """
-    if url is None:
-        base = os.environ.get("OPENAI_BASE_URL")
-        url = base if base else DEFAULT_URL
-    try:
-        parts = urlsplit(url)
-        hostname, port = parts.hostname, parts.port
-    except ValueError as exc:  # a bad port, an unbalanced IPv6 bracket
-        raise ConfigurationError(
-            f"invalid endpoint URL {redact(url)!r}: {exc}", code="config.url"
-        ) from None
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    if scheme not in ("ws", "wss") or not hostname:
-        raise ConfigurationError(
-            f"invalid endpoint URL {redact(url)!r}: expected wss://host/v1/responses or "
-            "https://host/v1",
-            code="config.url",
-        )
-    if parts.username or parts.password:
-        raise ConfigurationError(
-            "credentials in the URL are refused: pass the API key instead", code="config.url"
-        )
-    carried = [
-        name
-        for name, value in parse_qsl(parts.query, keep_blank_values=True)
-        if is_secret_name(name) or looks_secret(value)
-    ]
-    if carried:
-        names = ", ".join(sorted({redact(name) for name in carried}))
-        raise ConfigurationError(
-            f"credentials in the URL's query ({names}) are refused: pass the API key in "
-            "OPENAI_API_KEY or --api-key-file, it is sent in the Authorization header",
-            code="config.url",
-        )
-    host = hostname
-    secure = scheme == "wss"
-    if not secure and not allow_insecure and not is_loopback(host):
-        raise ConfigurationError(
-            f"refusing ws:// to remote host {host}; use wss:// or allow_insecure "
-            "(--allow-insecure)",
-            code="config.insecure",
-        )
-    path = parts.path.rstrip("/")
-    if not path.endswith("/responses"):
-        path = f"{path}/responses"
-    resource = path + (f"?{parts.query}" if parts.query else "")
-    netloc = f"[{host}]" if ":" in host else host
-    if port:
-        netloc += f":{port}"
-    return Endpoint(
-        url=urlunsplit((scheme, netloc, path, parts.query, "")),
-        host=host,
-        port=port or (443 if secure else 80),
-        resource=resource,
-        secure=secure,
-    )
-
-
-def resolve_transport(transport: Transport | None, endpoint: Endpoint) -> Transport:
-    """The transport a connection to ``endpoint`` starts with.
-
-    An explicit choice is kept. By default the OpenAI service gets ``websocket`` (its
-    WebSocket mode is known to exist) and any other endpoint ``auto``: most servers that
-    implement the Responses API speak only HTTP.
-    """
-    if transport is not None:
-        return transport
-    return "websocket" if endpoint.host == SERVICE_HOST else "auto"
-
-
-def resolve_api_key(api_key: str | Secret | None = None) -> Secret:
-    """The API key as a :class:`Secret`, from the argument or ``OPENAI_API_KEY``.
-
-    Raises:
-        ConfigurationError: missing (``auth.missing``) or malformed (``auth.malformed``);
-            the message never contains the key.
-    """
-    if isinstance(api_key, Secret):
-        api_key = api_key.reveal()
-    if api_key is None:
-        api_key = os.environ.get("OPENAI_API_KEY")
-        if api_key is None:
-            raise ConfigurationError(
-                "OPENAI_API_KEY is not set (or pass --api-key-file)", code="auth.missing"
-            )
-    if not api_key.strip() or any(c.isspace() for c in api_key):
-        raise ConfigurationError(
-            "OPENAI_API_KEY is empty or contains whitespace", code="auth.malformed"
-        )
-    return Secret(api_key)
-
-
-Connector = Callable[[], Awaitable[trio.abc.Stream]]
-"""Opens the byte stream a socket runs on (TCP/TLS by default; in-memory in tests)."""
-
-
-def _tcp_connector(endpoint: Endpoint) -> Connector:
-    context = ssl.create_default_context() if endpoint.secure else None
-
-    async def connect() -> trio.abc.Stream:
-        if context is not None:
-            return await trio.open_ssl_over_tcp_stream(
-                endpoint.host, endpoint.port, ssl_context=context
-            )
-        return await trio.open_tcp_stream(endpoint.host, endpoint.port)
-
-    return connect
 
 
 @attrs.frozen
@@ -669,24 +541,11 @@ class Connection:
             async with trio.open_nursery() as nursery:
                 with trio.fail_after(settings.connect_timeout):
                     stream = await self._connector()
-                    ws = await wrap_client_stream(
-                        nursery,
-                        stream,  # type: ignore[arg-type]
-                        f"{self.endpoint.host}:{self.endpoint.port}",
-                        self.endpoint.resource,
-                        extra_headers=self._headers(),
-                        message_queue_size=settings.message_queue_size,
-                        max_message_size=settings.max_message_size,
-                        receive_buffer_size=settings.receive_buffer_size,
-                    )
-                socket = _Socket(
-                    index,
-                    ws,
-                    stream,
-                    ConnectionLifecycle(
-                        trio.current_time(), settings.max_age, settings.rotation_margin
-                    ),
+                    ws = await self._handshake(nursery, stream)
+                lifecycle = ConnectionLifecycle(
+                    trio.current_time(), settings.max_age, settings.rotation_margin
                 )
+                socket = _Socket(index, ws, stream, lifecycle)
                 if settings.ping_interval is not None:
                     nursery.start_soon(self._keepalive, socket)
                 started = True
@@ -714,6 +573,23 @@ class Connection:
                 # A refused or failed handshake: nobody else will ever close this stream.
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
+
+    async def _handshake(
+        self, nursery: trio.Nursery, stream: trio.abc.Stream
+    ) -> WebSocketConnection:
+        """The WebSocket handshake on ``stream``, trio-websocket's reader started in
+        ``nursery``, with our sizes set explicitly (docs/protocol.md#frames-sizes-and-keepalive)."""
+        settings = self.settings
+        return await wrap_client_stream(
+            nursery,
+            stream,  # type: ignore[arg-type]
+            f"{self.endpoint.host}:{self.endpoint.port}",
+            self.endpoint.resource,
+            extra_headers=self._headers(),
+            message_queue_size=settings.message_queue_size,
+            max_message_size=settings.max_message_size,
+            receive_buffer_size=settings.receive_buffer_size,
+        )
 
     def _rejected(self, exc: ConnectionRejected) -> HandshakeRejected:
         status = exc.status_code
@@ -1304,7 +1180,7 @@ async def open_connection(
             endpoint=endpoint,
             settings=settings,
             api_key=secret,
-            connector=connector if connector is not None else _tcp_connector(endpoint),
+            connector=connector if connector is not None else tcp_connector(endpoint),
             nursery=nursery,
             events=events,
             rng=rng if rng is not None else _JITTER,

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     import httpcore2
     import httpx2
 
-    from orchestrator.core.connection import Connector
+    from orchestrator.core.endpoint import Connector
     from orchestrator.core.protocol.events import ResponseCreate
 
 __all__ = ["HttpTransport", "encode_body", "http_url", "request_error"]

@@ -671,7 +671,7 @@ def _worker_run_options(args: argparse.Namespace) -> dict[str, Any]:
         key = os.environ.get("OPENAI_API_KEY")
     offline = args.offline or key is None
     if not offline:
-        from orchestrator.core.connection import resolve_api_key, resolve_endpoint
+        from orchestrator.core.endpoint import resolve_api_key, resolve_endpoint
 
         try:
             resolve_api_key(key)

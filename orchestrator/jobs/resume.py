@@ -143,52 +143,67 @@ def plan_changes(
     steps that started are compared by agent, task and
     dependencies; budgets separately. Steps that never started may change freely.
     """
-    blocking: list[str] = []
-    for name in sorted(old_agents.keys() - new_agents.keys()):
-        blocking.append(f"agent {name!r} was removed")
-    for name in sorted(new_agents.keys() - old_agents.keys()):
-        blocking.append(f"agent {name!r} was added")
-    for name in sorted(old_agents.keys() & new_agents.keys()):
-        before, after = old_agents[name], new_agents[name]
-        for field in ("role", "model", "instructions", "store", "context"):
-            if getattr(before, field) != getattr(after, field):
-                blocking.append(f"agent {name!r}: {field} changed")
-        if before.settings != after.settings:
-            blocking.append(
-                f"agent {name!r}: model settings changed "
-                f"({before.settings or 'none'} -> {after.settings or 'none'})"
-            )
-        if before.output != after.output:
-            was, now = before.output.partition(":")[0], after.output.partition(":")[0]
-            detail = f"{was or 'text'} -> {now or 'text'}" if was != now else "its schema"
-            blocking.append(f"agent {name!r}: output type changed ({detail})")
-        for tool in sorted(before.tools.keys() - after.tools.keys()):
-            blocking.append(f"agent {name!r}: tool {tool!r} was removed")
-        for tool in sorted(after.tools.keys() - before.tools.keys()):
-            blocking.append(f"agent {name!r}: tool {tool!r} was added")
-        for tool in sorted(before.tools.keys() & after.tools.keys()):
-            if before.tools[tool] != after.tools[tool]:
-                blocking.append(f"agent {name!r}: tool {tool!r} changed (schema or side effect)")
+    before, after = old_agents.keys(), new_agents.keys()
+    blocking = [f"agent {name!r} was removed" for name in sorted(before - after)]
+    blocking += [f"agent {name!r} was added" for name in sorted(after - before)]
+    common = sorted(before & after)
+    for name in common:
+        blocking += _agent_changes(name, old_agents[name], new_agents[name])
+    blocking += _started_step_changes(old, new, started_steps)
+    budgets = ["budgets changed"] if old.budgets != new.budgets else []
+    budgets += [
+        f"agent {name!r}: limits changed"
+        for name in common
+        if _limits(old, name) != _limits(new, name)
+    ]
+    return PlanChanges(tuple(blocking), tuple(budgets))
+
+
+def _agent_changes(name: str, before: AgentPrint, after: AgentPrint) -> list[str]:
+    """What changed in one agent's fingerprint, in words (each change blocks a resume)."""
+    changes = [
+        f"agent {name!r}: {field} changed"
+        for field in ("role", "model", "instructions", "store", "context")
+        if getattr(before, field) != getattr(after, field)
+    ]
+    if before.settings != after.settings:
+        changes.append(
+            f"agent {name!r}: model settings changed "
+            f"({before.settings or 'none'} -> {after.settings or 'none'})"
+        )
+    if before.output != after.output:
+        was, now = before.output.partition(":")[0], after.output.partition(":")[0]
+        detail = f"{was or 'text'} -> {now or 'text'}" if was != now else "its schema"
+        changes.append(f"agent {name!r}: output type changed ({detail})")
+    tools_before, tools_after = before.tools.keys(), after.tools.keys()
+    changes += [
+        f"agent {name!r}: tool {tool!r} was removed" for tool in sorted(tools_before - tools_after)
+    ]
+    changes += [
+        f"agent {name!r}: tool {tool!r} was added" for tool in sorted(tools_after - tools_before)
+    ]
+    changes += [
+        f"agent {name!r}: tool {tool!r} changed (schema or side effect)"
+        for tool in sorted(tools_before & tools_after)
+        if before.tools[tool] != after.tools[tool]
+    ]
+    return changes
+
+
+def _started_step_changes(old: Plan, new: Plan, started_steps: set[str]) -> list[str]:
+    """Started steps removed or changed, and a changed ``final_step`` once any step started."""
     old_steps = {step.id: step for step in old.steps}
     new_steps = {step.id: step for step in new.steps}
+    changes: list[str] = []
     for step_id in sorted(started_steps):
-        before_step = old_steps.get(step_id)
-        after_step = new_steps.get(step_id)
-        if after_step is None:
-            blocking.append(f"step {step_id!r} (started) was removed")
-        elif before_step is not None and before_step != after_step:
-            blocking.append(f"step {step_id!r} (started) changed")
+        before, after = old_steps.get(step_id), new_steps.get(step_id)
+        if after is None:
+            changes.append(f"step {step_id!r} (started) was removed")
+        elif before is not None and before != after:
+            changes.append(f"step {step_id!r} (started) changed")
     if (old.final_step != new.final_step) and started_steps:
-        blocking.append("final_step changed")
-    budgets: list[str] = []
-    if old.budgets != new.budgets:
-        budgets.append("budgets changed")
-    for name in sorted(old_agents.keys() & new_agents.keys()):
-        before_limits = _limits(old, name)
-        after_limits = _limits(new, name)
-        if before_limits != after_limits:
-            budgets.append(f"agent {name!r}: limits changed")
-    return PlanChanges(tuple(blocking), tuple(budgets))
+        changes.append("final_step changed")
+    return changes
 
 
 def _limits(plan: Plan, name: str) -> object:

@@ -11,7 +11,7 @@ import attrs
 import trio
 from loguru import logger
 
-from orchestrator.core.connection import Connector, resolve_api_key, resolve_endpoint
+from orchestrator.core.endpoint import Connector, resolve_api_key, resolve_endpoint
 from orchestrator.core.logging import Secret
 from orchestrator.core.rules import is_offline
 from orchestrator.errors import ConfigurationError
