@@ -175,87 +175,25 @@ class HttpConnection(BaseConnection):
 
     async def _handle(self, request: h11.Request) -> bool:
         """Answer one request; whether the connection can take another one."""
-        server = self.server
-        config = server.config
-        counters = self.counters
-        counters.http_requests += 1
+        self.counters.http_requests += 1
         method = self._method = request.method.decode("ascii", "replace")
         path = urlsplit(request.target.decode("latin-1")).path
         headers = {bytes(name): bytes(value) for name, value in request.headers}
-        limit = config.max_message_size
-        length = headers.get(b"content-length", b"")
-        if length.isdigit() and int(length) > limit:
-            self._too_large(int(length), limit)
+        body = await self._read_body(headers)
+        if body is None:
             return False
-        try:
-            with trio.move_on_after(config.handshake_timeout) as reading:
-                body = await self.transport.read_body(limit)
-        except BodyTooLarge:
-            self._too_large(None, limit)
-            return False
-        except h11.RemoteProtocolError as exc:
-            self._bad_request(exc)
-            return False
-        if reading.cancelled_caught:
-            self._answer_error(
-                408,
-                "request_timeout",
-                f"The request body did not arrive within {config.handshake_timeout:g} s.",
-                close=True,
-            )
-            return False
-        counters.bytes_received += len(body)
-        if path not in RESPONSES_PATHS:
-            self._answer_error(
-                404,
-                "not_found",
-                f"No endpoint at {path}: POST /v1/responses (or /responses) creates a response.",
-            )
+        self.counters.bytes_received += len(body)
+        if not self._routed(method, path):
             return True
-        if method != "POST":
-            self._answer_error(
-                405,
-                "method_not_allowed",
-                f"{method} {path} is not served: POST creates a response.",
-                headers=[(b"allow", b"POST")],
-            )
-            return True
+        # Each POST is a response for fault matching, answered or refused.
         self._posts += 1
-        fault = server._faults.take(self.index, self._posts, None, handshake=True)
-        if fault is not None:
-            counters.faults_fired += 1
-            if fault.kind == "delay_handshake":
-                await trio.sleep(fault.duration or 0)
-            elif fault.kind == "reject":
-                extra = []
-                if fault.retry_after is not None:
-                    extra.append((b"retry-after", str(fault.retry_after).encode()))
-                self._answer_error(
-                    fault.status, fault.error_code, fault.message or "rejected", headers=extra
-                )
-                return True
-        origin = headers.get(b"origin")
-        if origin is not None and origin.decode("latin-1") not in config.allowed_origins:
-            self._answer_error(403, "origin_not_allowed", "this Origin is not allowed")
+        if not await self._admitted(headers):
             return True
-        if not server._authorised(headers.get(b"authorization")):
-            self._answer_error(
-                401,
-                "invalid_api_key",
-                "Incorrect API key provided. The embedded server expects the token it printed "
-                "at start-up.",
-            )
+        create = self._decode(body)
+        if create is None:
             return True
-        try:
-            create = decode_create_body(body)
-        except RemoteProtocolError as exc:
-            self._refuse_request(check_body(body, exc))
-            return True
-        refusal = check_http_create(create)
-        if refusal is not None:
-            self._refuse_request(refusal)
-            return True
-        if config.record_messages and len(server.received) < RECORD_LIMIT:
+        server = self.server
+        if server.config.record_messages and len(server.received) < RECORD_LIMIT:
             server.received.append((self.index, create))
         self.log.debug(
             "connection {} POST {}: model {}, {} input items, previous_response_id {}, "
@@ -270,6 +208,99 @@ class HttpConnection(BaseConnection):
         )
         await self._create(create, tools_of(create, body), len(body))
         return True
+
+    async def _read_body(self, headers: dict[bytes, bytes]) -> bytes | None:
+        """The current request's body; or ``None``: it was too large, malformed or too slow
+        (answered so, and the connection is to close)."""
+        config = self.server.config
+        limit = config.max_message_size
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            self._too_large(int(length), limit)
+            return None
+        try:
+            with trio.move_on_after(config.handshake_timeout) as reading:
+                body = await self.transport.read_body(limit)
+        except BodyTooLarge:
+            self._too_large(None, limit)
+            return None
+        except h11.RemoteProtocolError as exc:
+            self._bad_request(exc)
+            return None
+        if reading.cancelled_caught:
+            self._answer_error(
+                408,
+                "request_timeout",
+                f"The request body did not arrive within {config.handshake_timeout:g} s.",
+                close=True,
+            )
+            return None
+        return body
+
+    def _routed(self, method: str, path: str) -> bool:
+        """Whether the request is a ``POST`` to the responses endpoint (else answered with
+        404 or 405)."""
+        if path not in RESPONSES_PATHS:
+            self._answer_error(
+                404,
+                "not_found",
+                f"No endpoint at {path}: POST /v1/responses (or /responses) creates a response.",
+            )
+            return False
+        if method != "POST":
+            self._answer_error(
+                405,
+                "method_not_allowed",
+                f"{method} {path} is not served: POST creates a response.",
+                headers=[(b"allow", b"POST")],
+            )
+            return False
+        return True
+
+    async def _admitted(self, headers: dict[bytes, bytes]) -> bool:
+        """Whether the POST is let in: a handshake fault due on it carried out (``reject``
+        refuses it), then its Origin and its token checked (else answered 403 or 401)."""
+        server = self.server
+        fault = server._faults.take(self.index, self._posts, None, handshake=True)
+        if fault is not None:
+            self.counters.faults_fired += 1
+            if fault.kind == "delay_handshake":
+                await trio.sleep(fault.duration or 0)
+            elif fault.kind == "reject":
+                extra = []
+                if fault.retry_after is not None:
+                    extra.append((b"retry-after", str(fault.retry_after).encode()))
+                self._answer_error(
+                    fault.status, fault.error_code, fault.message or "rejected", headers=extra
+                )
+                return False
+        origin = headers.get(b"origin")
+        if origin is not None and origin.decode("latin-1") not in server.config.allowed_origins:
+            self._answer_error(403, "origin_not_allowed", "this Origin is not allowed")
+            return False
+        if not server._authorised(headers.get(b"authorization")):
+            self._answer_error(
+                401,
+                "invalid_api_key",
+                "Incorrect API key provided. The embedded server expects the token it printed "
+                "at start-up.",
+            )
+            return False
+        return True
+
+    def _decode(self, body: bytes) -> ResponseCreate | None:
+        """The create a POST's ``body`` carries; or ``None``: it is not a valid one
+        (answered with the HTTP error its check decided on)."""
+        try:
+            create = decode_create_body(body)
+        except RemoteProtocolError as exc:
+            self._refuse_request(check_body(body, exc))
+            return None
+        refusal = check_http_create(create)
+        if refusal is not None:
+            self._refuse_request(refusal)
+            return None
+        return create
 
     async def _create(self, create: ResponseCreate, tools_raw: msgspec.Raw, size: int) -> None:
         """Run the response ``create`` asks for and answer with it (streamed or whole)."""
