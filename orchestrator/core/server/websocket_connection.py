@@ -1,5 +1,5 @@
 """The WebSocket side of the embedded server: the upgrade's handshake, then one
-:class:`WebSocketConnection` (docs/protocol.md#lanes): its read loop, lanes and their
+:class:`WebSocketConnection` (docs/protocol.md#lanes-and-limits): its read loop, lanes and their
 workers, the connection-local cache, the age limit, steering and injected faults.
 
 The socket itself is :class:`~orchestrator.core.server.transport.ServerWebSocket` (wsproto,
