@@ -155,6 +155,7 @@ async def _serve(
 
 
 def _log_closed(transport: ServerWebSocket, index: int, log: Any, peer: str) -> None:
+    """Say how the connection ended: closed by which side with which code, or lost."""
     if transport.closed_by is None:
         log.info("connection {} from {} lost (no close frame: 1006)", index, peer)
     else:
