@@ -193,70 +193,83 @@ def simulate(
     data, query = call.tool, " ".join(call.query.split())[:200]
     kind = _key(data)[0]
     if kind == "web_search":
-        url = "https://example.org/offline-search?q=" + quote_plus(query)
-        return [
-            {
-                "type": "web_search_call",
-                "id": new_id("ws"),
-                "status": "completed",
-                "action": {
-                    "type": "search",
-                    "query": query,
-                    "sources": [{"type": "url", "url": url}],
-                },
-            }
-        ]
+        return [_web_search(query, new_id)]
     if kind == "file_search":
-        stores = data.get("vector_store_ids")
-        names = [s for s in stores if isinstance(s, str)] if isinstance(stores, list) else []
-        return [
-            {
-                "type": "file_search_call",
-                "id": new_id("fs"),
-                "status": "completed",
-                "queries": [query],
-                "results": [
-                    {
-                        "file_id": "file-offline-" + _digest(store, 12),
-                        "filename": f"{store}.offline.txt",
-                        "score": 0.0,
-                        "text": f"{MARK} the embedded server holds no files of vector store "
-                        f"{store}; nothing was searched.",
-                        "attributes": {},
-                    }
-                    for store in names
-                ],
-            }
-        ]
+        return [_file_search(data, query, new_id)]
     if kind == "code_interpreter":
-        code, logs = _code_for(query)
-        container = data.get("container")
-        container_id = (
-            container if isinstance(container, str) else "cntr_offline_" + _digest(query, 16)
-        )
-        return [
-            {
-                "type": "code_interpreter_call",
-                "id": new_id("ci"),
-                "status": "completed",
-                "code": code,
-                "container_id": container_id,
-                "outputs": [{"type": "logs", "logs": logs}],
-            }
-        ]
+        return [_code_interpreter(data, query, new_id)]
     if kind == "image_generation":
-        return [
-            {
-                "type": "image_generation_call",
-                "id": new_id("ig"),
-                "status": "completed",
-                "result": _png(query),
-                "revised_prompt": f"{MARK} {query}",
-                "output_format": "png",
-                "size": "16x16",
-            }
-        ]
+        return [_image_generation(query, new_id)]
     return _mcp(data, query, context, new_id)
+
+
+def _web_search(query: str, new_id: Callable[[str], str]) -> dict[str, Any]:
+    """A search that found one source: a link to the query itself."""
+    url = "https://example.org/offline-search?q=" + quote_plus(query)
+    return {
+        "type": "web_search_call",
+        "id": new_id("ws"),
+        "status": "completed",
+        "action": {
+            "type": "search",
+            "query": query,
+            "sources": [{"type": "url", "url": url}],
+        },
+    }
+
+
+def _file_search(data: dict[str, Any], query: str, new_id: Callable[[str], str]) -> dict[str, Any]:
+    """A search of the tool's vector stores: one result per store, saying it holds nothing."""
+    stores = data.get("vector_store_ids")
+    names = [s for s in stores if isinstance(s, str)] if isinstance(stores, list) else []
+    return {
+        "type": "file_search_call",
+        "id": new_id("fs"),
+        "status": "completed",
+        "queries": [query],
+        "results": [
+            {
+                "file_id": "file-offline-" + _digest(store, 12),
+                "filename": f"{store}.offline.txt",
+                "score": 0.0,
+                "text": f"{MARK} the embedded server holds no files of vector store "
+                f"{store}; nothing was searched.",
+                "attributes": {},
+            }
+            for store in names
+        ],
+    }
+
+
+def _code_interpreter(
+    data: dict[str, Any], query: str, new_id: Callable[[str], str]
+) -> dict[str, Any]:
+    """A run of the query's first arithmetic expression, in the tool's container (or one
+    named after the query), with its logs."""
+    code, logs = _code_for(query)
+    container = data.get("container")
+    container_id = container if isinstance(container, str) else "cntr_offline_" + _digest(query, 16)
+    return {
+        "type": "code_interpreter_call",
+        "id": new_id("ci"),
+        "status": "completed",
+        "code": code,
+        "container_id": container_id,
+        "outputs": [{"type": "logs", "logs": logs}],
+    }
+
+
+def _image_generation(query: str, new_id: Callable[[str], str]) -> dict[str, Any]:
+    """A 16x16 PNG of one colour drawn from the query."""
+    return {
+        "type": "image_generation_call",
+        "id": new_id("ig"),
+        "status": "completed",
+        "result": _png(query),
+        "revised_prompt": f"{MARK} {query}",
+        "output_format": "png",
+        "size": "16x16",
+    }
 
 
 def approved_calls(

@@ -283,44 +283,17 @@ class GenericPolicy(Policy):
         context = request.context
         recent = _since_last_user(context)
         called = {item.name for item in recent if isinstance(item, FunctionCallItem)}
-        offered = [
-            tool
-            for tool in request.tools
-            if isinstance(tool, Tool)
-            and tool.type == "function"
-            and isinstance(tool.name, str)
-            and tool.name
-        ]
+        offered, forced = _offered(request)
         choice = request.tool_choice
-        forced = choice == "required"
-        if choice == "none":
-            offered = []
-        elif isinstance(choice, dict) and choice.get("type") == "function":
-            offered = [tool for tool in offered if tool.name == choice.get("name")]
-            forced = bool(offered)
         if choice != "none" and not (isinstance(choice, dict) and forced):
             # The service's own tools first: they run inside this response.
             owed = hosted_tools.pending(request.tools, recent)
             if owed:
                 query = _last_user_text(context)
                 return ModelReply(hosted=tuple(HostedCall(tool, query) for tool in owed))
-        pending = [
-            tool for tool in offered if tool.name not in called and tool.name not in TERMINAL_TOOLS
-        ]
-        if not pending and forced and not any(t.name in TERMINAL_TOOLS for t in offered):
-            pending = offered[:1]  # a forced call, even of a tool called before
-        if pending:
-            if not request.parallel_tool_calls:
-                pending = pending[:1]
-            if request.max_tool_calls is not None:
-                pending = pending[: max(1, request.max_tool_calls)]
-            text = _last_user_text(context)
-            return ModelReply(
-                calls=tuple(
-                    CallSpec(name=str(tool.name), arguments=arguments_for(tool, text))
-                    for tool in pending
-                )
-            )
+        calls = _calls_due(request, offered, called, forced)
+        if calls:
+            return ModelReply(calls=calls)
         names = {item.call_id: item.name for item in recent if isinstance(item, FunctionCallItem)}
         answered = [item for item in recent if isinstance(item, FunctionCallOutputItem)]
         terminal = [
@@ -329,34 +302,96 @@ class GenericPolicy(Policy):
             if tool.name in TERMINAL_TOOLS and (tool.name not in called or forced)
         ]
         if terminal:
-            summary = (
-                _summarise(answered, names)
-                if answered
-                else " ".join(_last_user_text(context).split())
-            )
-            tool = terminal[0]
-            if _text_only(tool.parameters):
-                arguments = arguments_for(tool, summary, prefer_text=True)
-            else:  # a typed answer: the schema filled from the results
-                arguments = answer_for_schema(
-                    tool.parameters,
-                    _last_user_text(context),
-                    prose=summary,
-                    known=known_values(item_text(item) for item in answered),
-                )
-            return ModelReply(calls=(CallSpec(name=str(tool.name), arguments=arguments),))
-        outputs = _trailing_outputs(context)
-        learnt = hosted_tools.results(recent)
-        if learnt:
-            text = summarise(
-                [*((names.get(o.call_id, "tool"), item_text(o)) for o in answered), *learnt]
-            )
-        elif outputs:
-            text = _summarise(outputs, names)
-        else:
-            question = " ".join(_last_user_text(context).split())
-            text = f"Answer to: {cut(question, MAX_QUESTION)}" if question else "Ready."
-        return ModelReply(text=_formatted(request, text, outputs))
+            return ModelReply(calls=(_finish(terminal[0], context, answered, names),))
+        return ModelReply(text=_answer(request, recent, answered, names))
+
+
+def _offered(request: ModelRequest) -> tuple[list[Tool], bool]:
+    """The function tools ``tool_choice`` lets the model call, and whether it must call one."""
+    offered = [
+        tool
+        for tool in request.tools
+        if isinstance(tool, Tool)
+        and tool.type == "function"
+        and isinstance(tool.name, str)
+        and tool.name
+    ]
+    choice = request.tool_choice
+    forced = choice == "required"
+    if choice == "none":
+        offered = []
+    elif isinstance(choice, dict) and choice.get("type") == "function":
+        offered = [tool for tool in offered if tool.name == choice.get("name")]
+        forced = bool(offered)
+    return offered, forced
+
+
+def _calls_due(
+    request: ModelRequest, offered: list[Tool], called: set[str], forced: bool
+) -> tuple[CallSpec, ...]:
+    """The calls of the offered tools not called yet since the user spoke (the terminal
+    ones wait), as many as ``parallel_tool_calls`` and ``max_tool_calls`` allow."""
+    pending = [
+        tool for tool in offered if tool.name not in called and tool.name not in TERMINAL_TOOLS
+    ]
+    if not pending and forced and not any(t.name in TERMINAL_TOOLS for t in offered):
+        pending = offered[:1]  # a forced call, even of a tool called before
+    if not pending:
+        return ()
+    if not request.parallel_tool_calls:
+        pending = pending[:1]
+    if request.max_tool_calls is not None:
+        pending = pending[: max(1, request.max_tool_calls)]
+    text = _last_user_text(request.context)
+    return tuple(
+        CallSpec(name=str(tool.name), arguments=arguments_for(tool, text)) for tool in pending
+    )
+
+
+def _finish(
+    tool: Tool,
+    context: Sequence[Item],
+    answered: list[FunctionCallOutputItem],
+    names: dict[str, str],
+) -> CallSpec:
+    """The call of a terminal ``tool``: the summary of the tools' answers (or the question)
+    as its text, or its typed answer filled from them."""
+    summary = (
+        _summarise(answered, names) if answered else " ".join(_last_user_text(context).split())
+    )
+    if _text_only(tool.parameters):
+        arguments = arguments_for(tool, summary, prefer_text=True)
+    else:  # a typed answer: the schema filled from the results
+        arguments = answer_for_schema(
+            tool.parameters,
+            _last_user_text(context),
+            prose=summary,
+            known=known_values(item_text(item) for item in answered),
+        )
+    return CallSpec(name=str(tool.name), arguments=arguments)
+
+
+def _answer(
+    request: ModelRequest,
+    recent: Sequence[Item],
+    answered: list[FunctionCallOutputItem],
+    names: dict[str, str],
+) -> str:
+    """The text answer, once no call is due: what the tools (hosted ones included)
+    returned, or the question repeated; in the form ``text.format`` asks."""
+    context = request.context
+    outputs = _trailing_outputs(context)
+    learnt = hosted_tools.results(recent)
+    if learnt:
+        text = summarise(
+            [*((names.get(o.call_id, "tool"), item_text(o)) for o in answered), *learnt]
+        )
+    elif outputs:
+        text = _summarise(outputs, names)
+    else:
+        question = " ".join(_last_user_text(context).split())
+        text = f"Answer to: {cut(question, MAX_QUESTION)}" if question else "Ready."
+    return _formatted(request, text, outputs)
 
 
 # Rounds of hosted calls in one response (the generic model needs one per tool it adds).
