@@ -346,13 +346,19 @@ async def test_bad_bodies_get_400_naming_the_parameter(running, body, code, para
     assert 1 == running.statistics().responses_started
 
 
-async def test_a_websocket_create_body_is_accepted_as_is(running):
-    """A body with ``"type": "response.create"`` (a WebSocket message posted as it is) is
-    accepted."""
+async def test_a_websocket_message_posted_as_it_is_is_refused(running):
+    """A body with the envelope's ``"type": "response.create"`` (a WebSocket message posted
+    as it is) gets 400 ``unknown_parameter`` naming ``type``, as from the service (so a client
+    that starts sending it over HTTP fails here too); the connection goes on. A ``type``
+    inside the input items is no envelope."""
     async with http_client(running) as client:
         with trio.fail_after(10):
-            reply = await client.post(type="response.create", input="same body")
-    assert "same body" == reply.json()["output"][0]["content"][0]["text"]
+            reply = await client.request(
+                body=b'{"type":"response.create","model":"local-echo","input":"same body"}'
+            )
+            after = await client.post(input=[{"type": "message", "role": "user", "content": "ok"}])
+    _error_of(reply, 400, "unknown_parameter", "type")
+    assert 200 == after.status
 
 
 async def test_an_error_after_the_stream_began_is_an_sse_error_event():

@@ -181,9 +181,22 @@ def decode_client_event(data: str | bytes) -> ClientEvent | UnknownEvent:
     return _convert_slowly(obj, cls, f"{kind!r} event", error)
 
 
+def has_envelope(data: str | bytes) -> bool:
+    """Whether a ``POST /v1/responses`` body carries the WebSocket envelope's ``type`` at its
+    top level (which the HTTP API does not know). Cheap unless the body names
+    ``response.create`` somewhere."""
+    marker = "response.create" if isinstance(data, str) else b"response.create"
+    if marker not in data:  # type: ignore[operator]
+        return False
+    obj = _generic(data)
+    return isinstance(obj, dict) and "type" in obj
+
+
 def decode_create_body(data: str | bytes) -> ResponseCreate:
     """Decode the body of ``POST /v1/responses``: the create parameters without ``type``
-    (docs/protocol.md#over-http). A ``type`` field, if present, must be ``response.create``.
+    (docs/protocol.md#over-http). A ``type`` field, if present, must be ``response.create``
+    (:func:`has_envelope` tells whether there was one: the server refuses it, as the service
+    does).
 
     Accepts what :func:`decode_client_event` accepts in a create (short-form messages,
     unknown item types, hosted tools).

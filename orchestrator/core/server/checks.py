@@ -124,19 +124,22 @@ def check_body(body: bytes, error: RemoteProtocolError) -> Refusal:
 _WEBSOCKET_ONLY: Final = ("generate", "stream_id")
 
 
-def check_http_create(create: ResponseCreate) -> Refusal | None:
+def check_http_create(create: ResponseCreate, *, envelope: bool = False) -> Refusal | None:
     """What a create sent over HTTP may not ask for (docs/protocol.md#over-http): the
-    WebSocket-only fields (``generate``, ``stream_id``) are unknown parameters there, and
-    background responses are not served; then whatever :func:`check_create` refuses."""
-    for name in _WEBSOCKET_ONLY:
-        if getattr(create, name) is not msgspec.UNSET:
-            return Refusal(
-                400,
-                "unknown_parameter",
-                f"Unknown parameter: '{name}'. ({name} exists in WebSocket mode only.)",
-                param=name,
-                lane=False,
-            )
+    WebSocket-only fields (the envelope's ``type``, ``generate``, ``stream_id``) are unknown
+    parameters there, and background responses are not served; then whatever
+    :func:`check_create` refuses. ``envelope``: the body had a top-level ``type``."""
+    present = [name for name in _WEBSOCKET_ONLY if getattr(create, name) is not msgspec.UNSET]
+    unknown = ["type", *present] if envelope else present
+    if unknown:
+        name = unknown[0]
+        return Refusal(
+            400,
+            "unknown_parameter",
+            f"Unknown parameter: '{name}'. ({name} exists in WebSocket mode only.)",
+            param=name,
+            lane=False,
+        )
     if create.background is True:
         return Refusal(
             400,

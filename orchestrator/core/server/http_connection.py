@@ -14,7 +14,7 @@ import attrs
 import h11
 import trio
 
-from orchestrator.core.protocol.codec import decode_create_body, encode
+from orchestrator.core.protocol.codec import decode_create_body, encode, has_envelope
 from orchestrator.core.protocol.events import (
     ErrorEvent,
     FunctionCallItem,
@@ -296,7 +296,7 @@ class HttpConnection(BaseConnection):
         except RemoteProtocolError as exc:
             self._refuse_request(check_body(body, exc))
             return None
-        refusal = check_http_create(create)
+        refusal = check_http_create(create, envelope=has_envelope(body))
         if refusal is not None:
             self._refuse_request(refusal)
             return None
