@@ -328,7 +328,11 @@ async def _serve_until_signal(config: Any, print_token: bool) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             running = await nursery.start(partial(serve_local_server, config, server=server))
-            print(f"serving {running.url}", flush=True)
+            if config.websocket:
+                print(f"serving {running.url}", flush=True)
+            else:
+                http_url = f"{running.base_url}/responses"
+                print(f"serving {http_url} (HTTP only: upgrades get 426)", flush=True)
             print(f"base_url {running.base_url}", flush=True)
             if print_token:
                 print(f"token {running.token}", flush=True)

@@ -553,7 +553,8 @@ def test_a_server_must_serve_something():
 
 
 def test_serve_no_websocket_serves_http_only():
-    """``orchestrator serve --no-websocket``: upgrades get 426, POSTs are answered."""
+    """``orchestrator serve --no-websocket``: it says it serves HTTP only, at the http://
+    URL; upgrades get 426, POSTs are answered."""
     server = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "serve", "--port", "0", "--no-websocket"],
         stdout=subprocess.PIPE,
@@ -562,7 +563,10 @@ def test_serve_no_websocket_serves_http_only():
     )
     try:
         assert server.stdout is not None
-        url = server.stdout.readline().split()[1]  # "serving ws://127.0.0.1:PORT/..."
+        first = server.stdout.readline()
+        assert first.startswith("serving http://127.0.0.1:"), first
+        assert "HTTP only" in first
+        url = first.split()[1]
         server.stdout.readline()  # base_url
         token = server.stdout.readline().split()[1]  # "token ..."
         port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
