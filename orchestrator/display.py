@@ -484,7 +484,8 @@ _HANDLERS: Final[dict[type[RuntimeEvent], Callable[[LiveView, Any], None]]] = {
 def render_report(result: RunResult) -> Group:
     """The final report: status and figures, why it ended early, the answer, a line per
     agent (``busy``: time on its tasks; ``model``: the part of it in model turns; ``sockets``
-    opened, and how many losses were recovered), and in steps mode how every step ended."""
+    opened, and how many losses were recovered, or ``http`` and its requests for an agent
+    whose turns went over HTTP), and in steps mode how every step ended."""
     status_style = {"completed": "bold green", "interrupted": "bold yellow"}.get(
         result.status, "bold red"
     )
@@ -508,6 +509,8 @@ def render_report(result: RunResult) -> Group:
     for agent in result.agents:
         connection = agent.connection
         sockets = str(connection.sockets_opened) if connection else "0"
+        if connection is not None and connection.transport == "http":
+            sockets = f"http, {connection.http_requests} requests"
         recovered = (connection.reconnects + connection.replays) if connection else 0
         if recovered:
             sockets += f", {recovered} recovered"

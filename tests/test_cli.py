@@ -1442,7 +1442,8 @@ def test_a_run_without_a_goal_is_the_users_mistake_not_a_bug(tmp_path):
 
 def test_run_with_transport_http_posts_every_turn():
     """``--transport http`` runs the plan over HTTP: every agent's report says so, with one
-    request per turn and no socket; a bad value is refused by the parser."""
+    request per turn and no socket (the printed report too); a bad value is refused by the
+    parser."""
     done = orchestrator("run", TRIP, "--json", "--no-journal", "--transport", "http")
     assert 0 == done.returncode, done.stderr
     result = json.loads(done.stdout)
@@ -1451,6 +1452,9 @@ def test_run_with_transport_http_posts_every_turn():
     assert {"http"} == {c["transport"] for c in connections}
     assert {0} == {c["sockets_opened"] for c in connections}
     assert result["usage"]["turns"] == sum(c["http_requests"] for c in connections)
+    report = orchestrator("run", TRIP, "--no-journal", "--transport", "http")
+    assert 0 == report.returncode, report.stderr
+    assert "http, 2 requests" in report.stdout
     refused = orchestrator("run", TRIP, "--transport", "smoke-signals")
     assert 2 == refused.returncode
     assert "--transport" in refused.stderr
