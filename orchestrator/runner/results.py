@@ -54,6 +54,9 @@ RunStatus = Literal[
 
 
 class ConnectionReport(msgspec.Struct, frozen=True, kw_only=True):
+    """An agent's connection at the end of the run: its statistics but the agent's name and
+    the socket in use."""
+
     sockets_opened: int
     rotations: int
     warmups: int
@@ -70,21 +73,8 @@ class ConnectionReport(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def of(cls, stats: ConnectionStatistics) -> ConnectionReport:
-        return cls(
-            sockets_opened=stats.sockets_opened,
-            rotations=stats.rotations,
-            warmups=stats.warmups,
-            reconnects=stats.reconnects,
-            replays=stats.replays,
-            retries=stats.retries,
-            failures=stats.failures,
-            bytes_sent=stats.bytes_sent,
-            bytes_received=stats.bytes_received,
-            events_received=stats.events_received,
-            age=stats.age,
-            transport=stats.transport,
-            http_requests=stats.http_requests,
-        )
+        # Field by field from the statistics: a field they lack fails here, loudly.
+        return cls(**{name: getattr(stats, name) for name in cls.__struct_fields__})
 
 
 class AgentReport(msgspec.Struct, frozen=True, kw_only=True):
