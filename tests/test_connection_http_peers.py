@@ -214,3 +214,24 @@ async def test_a_rotation_that_finds_no_websocket_closes_the_old_socket(autojump
             transport = connection.statistics().transport
     assert ("http", 0) == (transport, active)
     assert 1 == len(recorder.of(TransportFellBack))
+
+
+async def test_a_connector_carries_http_turns_to_a_wss_endpoint(autojump_clock):
+    """With a connector of its own (in-memory streams, a tunnel), a ``wss://`` endpoint's
+    HTTP turns go over the connector's streams as they are: no TLS is started over them."""
+    server = LocalServer.from_config(ServerConfig(script=SCRIPT, seed=1))
+    settings = ConnectionSettings(transport="http")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            async with open_connection(
+                "wss://api.example.com/v1/responses",
+                server.token,
+                settings=settings,
+                connector=memory_connector(server, nursery),
+            ) as connection:
+                response = await connection.run_turn(
+                    scripted_session(), [MessageItem.user("Weather in Lisbon?")]
+                )
+            nursery.cancel_scope.cancel()
+    assert response.function_calls
+    assert 1 == server.statistics().http_requests
