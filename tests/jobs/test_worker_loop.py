@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from orchestrator.core.budget import BudgetTracker
+from orchestrator.core.observe import TurnStarted
 from orchestrator.core.server import LatencyModel
 from orchestrator.errors import JobLost
 from orchestrator.jobs.journal import Journal
@@ -74,13 +75,21 @@ async def test_a_worker_runs_queued_jobs_within_its_slots(store_spec):
 
 
 async def test_stopping_a_worker_hands_its_running_job_back(store_spec):
-    """``stop()`` interrupts the running job where it is and releases it to the queue in
-    the same write (status ``queued``, no owner, no lease); the worker then returns."""
+    """``stop()`` interrupts the running job where it is (its first model turn in flight)
+    and releases it to the queue in the same write (status ``queued``, no owner, no lease);
+    the worker then returns."""
+    in_flight = trio.Event()
+
+    def watch(event: object) -> None:
+        if isinstance(event, TurnStarted):
+            in_flight.set()
+
     slow = {
         **IN_MEMORY,
         "embedded": EmbeddedServer(
             config={"latency": LatencyModel(time_to_first_token=30.0)}, transport="memory"
         ),
+        "events": watch,
     }
     async with open_store(store_spec) as store:
         await submit(PLAN, "Guest", store=store, job_id="slow")
@@ -88,11 +97,8 @@ async def test_stopping_a_worker_hands_its_running_job_back(store_spec):
         with trio.fail_after(20):
             async with trio.open_nursery() as nursery:
                 await nursery.start(worker.serve)
-
-                async def running() -> bool:
-                    return "running" == (await store.get("slow")).status
-
-                await wait_until(running)
+                await in_flight.wait()
+                assert "running" == (await store.get("slow")).status
                 worker.stop()
         job = await store.get("slow")
         assert ("queued", None, None) == (job.status, job.owner, job.lease_expires)
