@@ -172,6 +172,19 @@ class AuthenticationError(HandshakeRejected):
     def code(self) -> str:
         return "auth.rejected" if self.status == 401 else "auth.forbidden"
 
+    @classmethod
+    def refused(
+        cls, status: int, url: str, fingerprint: str, *, explained: bool = True
+    ) -> AuthenticationError:
+        """The refusal of ``url`` (401 or 403, to an upgrade or a request), naming the key by
+        its ``fingerprint`` only."""
+        what = "rejected the API key" if status == 401 else "refused access"
+        return cls(
+            status,
+            f"server {what} (HTTP {status}) for {url}; key fingerprint {fingerprint}",
+            explained=explained,
+        )
+
 
 class ServerError(OrchestratorError):
     """The server reported an error for a request: an ``error`` event or ``response.failed``.

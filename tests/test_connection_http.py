@@ -25,7 +25,12 @@ from orchestrator.core.observe import (
 from orchestrator.core.protocol import MessageItem
 from orchestrator.core.server import Fault, ServerConfig
 from orchestrator.core.session import Session
-from orchestrator.errors import HandshakeRejected, RemoteProtocolError, ServerError
+from orchestrator.errors import (
+    AuthenticationError,
+    HandshakeRejected,
+    RemoteProtocolError,
+    ServerError,
+)
 
 from .helpers import PROMPTS, SCRIPT, converse, memory_agent, normalised, scripted_session
 
@@ -274,3 +279,18 @@ def test_the_websocket_path_never_imports_the_http_client():
     )
     assert 0 == done.returncode, done.stderr
     assert "[]" == done.stdout.strip()
+
+
+async def test_a_rejected_key_over_http_fails_at_once_naming_only_its_fingerprint(autojump_clock):
+    """401 to a POST: AuthenticationError after one request, as at a WebSocket handshake;
+    the message names the key by its fingerprint, never the key."""
+    key = "sk-wrong-key-0123456789abcdef"
+    config = ServerConfig(script=SCRIPT, seed=1)
+    with trio.fail_after(60):
+        async with memory_agent(config, HTTP, token=key) as (server, connection, _):
+            with pytest.raises(AuthenticationError) as caught:
+                await connection.run_turn(scripted_session(), [MessageItem.user("hi")])
+            requests = server.statistics().http_requests
+    assert (401, 1) == (caught.value.status, requests)
+    assert "key fingerprint" in str(caught.value)
+    assert key not in str(caught.value)

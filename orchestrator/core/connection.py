@@ -473,6 +473,7 @@ class Connection:
             idle_timeout=self.settings.idle_timeout,
             max_event_size=self.settings.max_message_size,
             connector=self._http_connector,
+            key_fingerprint=self._api_key.fingerprint,
         )
 
     async def _fall_back(self, reason: str) -> None:
@@ -598,12 +599,9 @@ class Connection:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in exc.headers}
         explained = request_error(status, raw, headers) is not None
         if status in (401, 403):
-            what = "rejected the API key" if status == 401 else "refused access (HTTP 403)"
-            return AuthenticationError(
-                status,
-                f"server {what} (HTTP {status}) for {self.endpoint.url}; key fingerprint "
-                f"{self._api_key.fingerprint}",
-                explained=explained,
+            fingerprint = self._api_key.fingerprint
+            return AuthenticationError.refused(
+                status, self.endpoint.url, fingerprint, explained=explained
             )
         retry_after = retry_after_seconds(headers.get("retry-after"))
         return HandshakeRejected(

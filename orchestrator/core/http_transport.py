@@ -135,6 +135,7 @@ class HttpTransport:
         *,
         idle_timeout: float,
         max_event_size: int,
+        key_fingerprint: str = "",
     ) -> None:
         self.url = url
         self.headers = tuple(headers)
@@ -146,6 +147,7 @@ class HttpTransport:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.events_received = 0
+        self.key_fingerprint = key_fingerprint  # names the key in an authentication error
 
     def __repr__(self) -> str:
         return f"HttpTransport({self.url!r}, requests={self.requests})"
@@ -160,6 +162,7 @@ class HttpTransport:
         idle_timeout: float,
         max_event_size: int = 64 * 1024 * 1024,
         connector: Connector | None = None,
+        key_fingerprint: str = "",
     ) -> HttpTransport:
         """A transport for ``url``.
 
@@ -180,7 +183,14 @@ class HttpTransport:
             transport._pool = _pool_over(connector)  # no public hook in httpx2
             client = httpx2.AsyncClient(timeout=timeout, transport=transport)
             url = url.replace("https://", "http://", 1)
-        return cls(url, headers, client, idle_timeout=idle_timeout, max_event_size=max_event_size)
+        return cls(
+            url,
+            headers,
+            client,
+            idle_timeout=idle_timeout,
+            max_event_size=max_event_size,
+            key_fingerprint=key_fingerprint,
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -325,8 +335,8 @@ class HttpTransport:
         self.bytes_received += len(body)
         headers = {k.lower(): v for k, v in answer.headers.items()}
         if status in (401, 403):
-            what = "rejected the API key" if status == 401 else "refused access (HTTP 403)"
-            return Refused.of(AuthenticationError(status, f"server {what} for {self.url}"))
+            refusal = AuthenticationError.refused(status, self.url, self.key_fingerprint)
+            return Refused.of(refusal)
         error = request_error(status, body, headers)
         if error is not None:
             return Rejected(error, replayed=replayed, connection_age=self.age(), refused=True)
