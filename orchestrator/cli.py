@@ -25,6 +25,7 @@ import attrs
 import msgspec
 import trio
 
+from orchestrator.core.rules import TRANSPORTS
 from orchestrator.errors import ConfigurationError, InternalError, PlanError
 
 if TYPE_CHECKING:
@@ -522,7 +523,7 @@ def add_connection_options(parser: Any) -> None:
     )
     parser.add_argument(
         "--transport",
-        choices=("websocket", "http", "auto"),
+        choices=TRANSPORTS,
         help="websocket (WebSocket mode), http (one POST per turn, server-sent events) or "
         "auto (WebSocket, going on over HTTP when the endpoint has no WebSocket mode); "
         "default: the plan's, else websocket for the OpenAI service and auto elsewhere",

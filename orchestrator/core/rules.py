@@ -24,7 +24,7 @@ import math
 import os
 import pkgutil
 import re
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -48,7 +48,7 @@ __all__ = [
 Transport = Literal["websocket", "http", "auto"]
 """How a connection reaches ``/responses``: WebSocket mode, HTTP with server-sent events,
 or ``auto`` (WebSocket, going on over HTTP when the endpoint has no WebSocket mode)."""
-TRANSPORTS: Final = ("websocket", "http", "auto")
+TRANSPORTS: Final = get_args(Transport)
 
 # -- side effects ----------------------------------------------------------------------------------
 
